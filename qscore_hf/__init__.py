@@ -1,0 +1,57 @@
+"""qscore-hf: Q-Score (label-free representation quality of self-supervised models) for Hugging Face.
+
+Importing the package registers ``QScoreConfig``/``QScoreModel``/``QScoreImageProcessor`` with transformers'
+Auto classes and the ``evaluate`` metric ``"qscore"``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .configuration_qscore import QScoreConfig
+from .image_processing_qscore import QScoreImageProcessor
+from .metrics import misclassification_metrics
+from .modeling_qscore import QScoreModel, QScoreModelOutput, WeightsMismatchError
+from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
+from .score import ActivationStats, NegativeFeaturesWarning, QScoreDetails, highly_activating, qscore, qscore_details
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationStats",
+    "NegativeFeaturesWarning",
+    "QScoreConfig",
+    "QScoreDetails",
+    "QScoreImageProcessor",
+    "QScoreModel",
+    "QScoreModelOutput",
+    "QScoreRegularizer",
+    "QScoreRegularizerOutput",
+    "WeightsMismatchError",
+    "highly_activating",
+    "misclassification_metrics",
+    "qscore",
+    "qscore_details",
+]
+
+AutoConfig.register(QScoreConfig.model_type, QScoreConfig, exist_ok=True)
+AutoModel.register(QScoreConfig, QScoreModel, exist_ok=True)
+AutoImageProcessor.register(QScoreConfig, fast_image_processor_class=QScoreImageProcessor, exist_ok=True)
+
+
+def _register_evaluate_metric() -> None:
+    from .evaluate_metric import install_evaluate_metric
+
+    try:
+        install_evaluate_metric()
+    except OSError as error:  # a read-only cache must not make the library unusable
+        warnings.warn(
+            f"could not register the evaluate metric 'qscore' ({error}); load it by path instead: "
+            "evaluate.load(str(qscore_hf.evaluate_metric.METRIC_PATH)), or set HF_MODULES_CACHE to a writable folder.",
+            stacklevel=2,
+        )
+
+
+_register_evaluate_metric()

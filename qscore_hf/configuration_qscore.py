@@ -1,0 +1,85 @@
+"""``QScoreConfig``: what a ``QScoreModel`` is (backbone, provenance, preprocessing, Q-Score settings)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from transformers import PretrainedConfig
+
+from .score import NORMALIZE_OPTIONS
+
+__all__ = ["QScoreConfig"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SSL_METHODS = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
+
+
+class QScoreConfig(PretrainedConfig):
+    """Configuration of a :class:`QScoreModel`.
+
+    Args:
+        backbone: timm model name, or a ResNet name with ``_cifar`` for the 3x3 stride-1 CIFAR stem.
+        stem_padding: padding of the CIFAR stem's conv (1 by default; 2 in solo-learn's checkpoints).
+        hidden_size: width ``d`` of the pooled features; filled in from the backbone when ``None``.
+        ssl_method: the self-supervised method that trained the backbone (simclr, swav, moco, byol, dino,
+            simsiam) or ``None``.
+        pretraining_data: the data set the backbone was pre-trained on (e.g. ``"imagenet-1k"``).
+        image_size: input resolution; ``crop_pct`` is the centre-crop fraction (resize to
+            ``image_size / crop_pct``, then crop ``image_size``).
+        image_mean, image_std: per-channel normalization the backbone expects.
+        qscore_eps, qscore_normalize, qscore_p_lo, qscore_p_hi: Q-Score parameters (SPEC §2-4).
+        qscore_regularized: whether the backbone was trained with Q-Score regularization (SPEC §6);
+            ``qscore_regularization`` may record its settings (lambda1, lambda2, ...).
+        probe_head: add a linear head on the features (``num_labels`` outputs) for a linear probe.
+    """
+
+    model_type = "qscore"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        stem_padding: int = 1,
+        hidden_size: int | None = None,
+        ssl_method: str | None = None,
+        pretraining_data: str | None = None,
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        image_mean: Sequence[float] = IMAGENET_MEAN,
+        image_std: Sequence[float] = IMAGENET_STD,
+        qscore_eps: float = 4.0,
+        qscore_normalize: str = "none",
+        qscore_p_lo: float = 50.0,
+        qscore_p_hi: float = 95.0,
+        qscore_regularized: bool = False,
+        qscore_regularization: dict[str, Any] | None = None,
+        probe_head: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if qscore_normalize not in NORMALIZE_OPTIONS:
+            raise ValueError(f"qscore_normalize must be one of {NORMALIZE_OPTIONS}; got {qscore_normalize!r}.")
+        if not 0.0 <= qscore_p_lo <= qscore_p_hi <= 100.0:
+            raise ValueError(f"need 0 <= qscore_p_lo <= qscore_p_hi <= 100; got {qscore_p_lo}, {qscore_p_hi}.")
+        if ssl_method is not None and ssl_method.lower() not in SSL_METHODS:
+            raise ValueError(f"ssl_method must be one of {SSL_METHODS} or None; got {ssl_method!r}.")
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ValueError("image_mean and image_std need one value per RGB channel (3 each).")
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1]; got {crop_pct}.")
+        self.backbone = backbone
+        self.stem_padding = int(stem_padding)
+        self.hidden_size = hidden_size
+        self.ssl_method = ssl_method.lower() if ssl_method else None
+        self.pretraining_data = pretraining_data
+        self.image_size = int(image_size)
+        self.crop_pct = float(crop_pct)
+        self.image_mean = [float(v) for v in image_mean]
+        self.image_std = [float(v) for v in image_std]
+        self.qscore_eps = float(qscore_eps)
+        self.qscore_normalize = qscore_normalize
+        self.qscore_p_lo = float(qscore_p_lo)
+        self.qscore_p_hi = float(qscore_p_hi)
+        self.qscore_regularized = bool(qscore_regularized)
+        self.qscore_regularization = dict(qscore_regularization) if qscore_regularization else None
+        self.probe_head = bool(probe_head)
+        super().__init__(**kwargs)

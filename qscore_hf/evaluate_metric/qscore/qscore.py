@@ -1,0 +1,145 @@
+"""Q-Score as a Hugging Face `evaluate` metric: a thin wrapper over `qscore_hf`'s score and SPEC §5 metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+
+from qscore_hf.metrics import misclassification_metrics
+from qscore_hf.score import ActivationStats, qscore_details
+
+_NO_REFERENCE = -1
+
+_CITATION = """\
+@inproceedings{kalibhat2024measuring,
+  title     = {Measuring Self-Supervised Representation Quality for Downstream Classification using Discriminative Features},
+  author    = {Kalibhat, Neha and Narang, Kanika and Firooz, Hamed and Sanjabi, Maziar and Feizi, Soheil},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2024},
+  note      = {arXiv:2203.01881}
+}
+"""
+
+_DESCRIPTION = """\
+Q-Score is a label-free, per-sample score of how good a self-supervised representation is. For each
+representation it selects the highly activating features (value above mean + eps * std of that sample) among the
+dataset's discriminative features and averages how far they stand above the sample's mean. Low Q-Scores flag
+samples a linear probe is likely to misclassify; with correctness references the metric reports how well Q-Score
+predicts them (AUPRC, AUROC).
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of `list` of `float`): one representation (pooled encoder features) per sample.
+    references (`list` of `int`, *optional*): 1 if a linear probe classified the sample correctly, else 0.
+    eps (`float`, defaults to 4.0): highly activating means > mean + eps * std of the sample.
+    normalize (`str`, defaults to "none"): "none", "zscore" or "l1".
+    p_lo, p_hi (`float`, defaults to 50 and 95): percentile band of activation frequencies that makes a feature
+        discriminative.
+    activation_stats (*optional*): saved statistics: an `ActivationStats`, its `state_dict()`, or the path or Hub
+        id of a `QScoreModel` whose statistics to use.
+    reference_features (*optional*): a reference set (N x d array) to compute the statistics from.
+        Without either, every feature counts as discriminative.
+Returns:
+    q_scores (`list` of `float`), mean, median, empty_fraction (samples whose selected set is empty, scored 0),
+    num_discriminative; with references also auprc_correct, auprc_misclassified, auroc, accuracy.
+Examples:
+    >>> import qscore_hf, evaluate
+    >>> metric = evaluate.load("qscore")
+    >>> out = metric.compute(predictions=[[0.0, 0.0, 0.0, 4.0], [1.0, 1.0, 1.0, 1.0]], eps=1.0)
+    >>> [round(q, 2) for q in out["q_scores"]], out["empty_fraction"]
+    ([3.0, 0.0], 0.5)
+"""
+
+
+def _statistics(activation_stats: Any, reference_features: Any, eps: float, width: int) -> ActivationStats | None:
+    if activation_stats is not None and reference_features is not None:
+        raise ValueError("pass activation_stats or reference_features, not both.")
+    if reference_features is not None:
+        return ActivationStats(width, eps).update(np.asarray(reference_features, dtype=np.float32))
+    if activation_stats is None:
+        return None
+    if isinstance(activation_stats, ActivationStats):
+        return activation_stats
+    stats = ActivationStats(width, eps)
+    if isinstance(activation_stats, Mapping):
+        stats.load_state_dict({key: torch.as_tensor(value) for key, value in activation_stats.items()})
+        return stats
+    if isinstance(activation_stats, str):
+        from qscore_hf.modeling_qscore import QScoreModel
+
+        return QScoreModel.from_pretrained(activation_stats).activation_stats
+    raise ValueError(
+        "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
+        f"got {type(activation_stats).__name__}."
+    )
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class QScore(evaluate.Metric):
+    """Q-Score of representations and, with correctness references, how well it predicts misclassification."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            # evaluate needs every declared input on every row, so absent references are stored as -1.
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int32")}
+            ),
+            reference_urls=["https://arxiv.org/abs/2203.01881"],
+        )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
+        """Add a batch of representations (and, optionally, correctness references)."""
+        if references is None and predictions is not None:
+            references = [_NO_REFERENCE] * len(predictions)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def add(self, *, prediction=None, reference=None, **kwargs) -> None:
+        """Add one representation (and, optionally, its correctness reference)."""
+        if reference is None and prediction is not None:
+            reference = _NO_REFERENCE
+        super().add(prediction=prediction, reference=reference, **kwargs)
+
+    def _compute(
+        self,
+        predictions,
+        references=None,
+        eps: float = 4.0,
+        normalize: str = "none",
+        p_lo: float = 50.0,
+        p_hi: float = 95.0,
+        activation_stats: Any = None,
+        reference_features: Any = None,
+    ) -> dict[str, Any]:
+        features = np.asarray(predictions, dtype=np.float32)
+        if features.ndim != 2:
+            raise ValueError(
+                "predictions must be representations of equal length (one list of floats per sample); "
+                f"got an array of shape {features.shape}."
+            )
+        stats = _statistics(activation_stats, reference_features, eps, features.shape[1])
+        discriminative = stats.discriminative(p_lo, p_hi) if stats is not None else None
+        details = qscore_details(features, discriminative, eps, normalize)
+        q = details.q_scores.numpy()
+        result: dict[str, Any] = {
+            "q_scores": q.tolist(),
+            "mean": float(q.mean()),
+            "median": float(np.median(q)),
+            "empty_fraction": float((details.num_selected == 0).double().mean()),
+            "num_discriminative": int(features.shape[1] if discriminative is None else discriminative.numel()),
+        }
+        references = np.asarray(references)
+        given = references != _NO_REFERENCE
+        if given.any() and not given.all():
+            raise ValueError("references were given for some batches but not others; pass them for all or none.")
+        if given.all():
+            metrics = misclassification_metrics(q, references)
+            result.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc", "accuracy")})
+        return result

@@ -1,0 +1,167 @@
+"""Q-Score regularization (SPEC §6) as an ``nn.Module`` for pre-training and fine-tuning loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .distributed import all_reduce_sum, world_size
+from .score import NORMALIZE_OPTIONS, ActivationStats, Normalize, as_feature_matrix, qscore_details
+
+__all__ = ["QScoreRegularizer", "QScoreRegularizerOutput"]
+
+
+@dataclass
+class QScoreRegularizerOutput:
+    """The regularizer's loss and its parts. Every part is a global-batch value, detached, for logging."""
+
+    loss: Tensor
+    """``L_Q = q_term + l1_term``, differentiable with respect to this process's features."""
+    q_term: Tensor
+    """``-lambda1 * sum_{i: Q_i < alpha} Q_i``."""
+    l1_term: Tensor
+    """``lambda2 * sum_{j: c_j > beta} c_j``."""
+    alpha: Tensor
+    """The batch mean of Q (the threshold of the first term)."""
+    beta: Tensor
+    """The mean column L1 norm ``mean_j c_j`` (the threshold of the second term)."""
+    num_discriminative: int
+    """``|D|`` used for this batch (``d`` while every feature counts as discriminative)."""
+    batch_size: int
+    """Samples in the global batch."""
+
+    def log_dict(self, prefix: str = "qscore/") -> dict[str, float]:
+        """Plain floats for ``accelerator.log`` / TensorBoard."""
+        return {
+            f"{prefix}loss": float(self.loss.detach()),
+            f"{prefix}q_term": float(self.q_term),
+            f"{prefix}l1_term": float(self.l1_term),
+            f"{prefix}alpha_mean_q": float(self.alpha),
+            f"{prefix}beta": float(self.beta),
+            f"{prefix}num_discriminative": float(self.num_discriminative),
+        }
+
+
+class QScoreRegularizer(nn.Module):
+    """``L_Q = -lambda1 * sum_{i: Q_i < alpha} Q_i + lambda2 * sum_{j: c_j > beta} c_j`` (SPEC §6).
+
+    Call it on the backbone's pooled features (before any projector) and add ``out.loss`` to the SSL loss.
+    ``alpha`` (batch mean of Q), ``beta`` (mean of the column L1 norms ``c_j``) and every mask are constants
+    in the backward pass.
+
+    Under torch.distributed (e.g. ``accelerate launch``) the batch is the global batch: Q sums, ``c_j``, batch
+    sizes and activation counts are summed over processes, so the loss value is the same on every process and
+    equals the single-process loss on the concatenated batch. Its gradient with respect to the local features
+    is the global loss's gradient times the world size when ``ddp_averages_gradients`` (the default), because
+    DDP averages gradients over processes; set it to ``False`` when gradients are summed instead.
+
+    The discriminative set ``D`` comes from a running ``ActivationStats`` that every training-mode call updates
+    with the global batch. Until ``warmup_samples`` samples were seen all features count; then ``D`` is computed
+    once automatically and again at every ``refresh()`` (call it at each epoch end).
+    """
+
+    discriminative_mask: Tensor
+    has_discriminative: Tensor
+
+    def __init__(
+        self,
+        num_features: int,
+        lambda1: float = 1e-4,
+        lambda2: float = 1e-4,
+        eps: float = 4.0,
+        normalize: Normalize = "none",
+        p_lo: float = 50.0,
+        p_hi: float = 95.0,
+        warmup_samples: int = 10_000,
+        ddp_averages_gradients: bool = True,
+    ) -> None:
+        super().__init__()
+        if normalize not in NORMALIZE_OPTIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}; got {normalize!r}.")
+        if not 0.0 <= p_lo <= p_hi <= 100.0:
+            raise ValueError(f"need 0 <= p_lo <= p_hi <= 100; got p_lo={p_lo}, p_hi={p_hi}.")
+        self.lambda1 = float(lambda1)
+        self.lambda2 = float(lambda2)
+        self.normalize = normalize
+        self.p_lo = float(p_lo)
+        self.p_hi = float(p_hi)
+        self.warmup_samples = int(warmup_samples)
+        self.ddp_averages_gradients = ddp_averages_gradients
+        self.stats = ActivationStats(num_features, eps)
+        self.register_buffer("discriminative_mask", torch.ones(num_features, dtype=torch.bool))
+        self.register_buffer("has_discriminative", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def eps(self) -> float:
+        return self.stats.eps
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda1={self.lambda1}, lambda2={self.lambda2}, normalize={self.normalize!r}, p_lo={self.p_lo}, "
+            f"p_hi={self.p_hi}, warmup_samples={self.warmup_samples}"
+        )
+
+    @torch.no_grad()
+    def refresh(self, reset: bool = False) -> int:
+        """Recompute ``D`` from the running statistics (once ``warmup_samples`` were seen); returns ``|D|``.
+
+        With ``reset=True`` the statistics then start afresh, so the next ``D`` reflects only what the
+        encoder produced since this call.
+        """
+        if int(self.stats.num_samples) >= max(1, self.warmup_samples):
+            self.discriminative_mask.copy_(self.stats.discriminative_mask(self.p_lo, self.p_hi))
+            self.has_discriminative.fill_(True)
+            if reset:
+                self.stats.reset()
+        return self.num_discriminative
+
+    @property
+    def num_discriminative(self) -> int:
+        return int(self.discriminative_mask.sum()) if bool(self.has_discriminative) else self.stats.num_features
+
+    def forward(self, features: Tensor) -> QScoreRegularizerOutput:
+        features = as_feature_matrix(features)
+        discriminative = self.discriminative_mask if bool(self.has_discriminative) else None
+        num_discriminative = self.num_discriminative
+        details = qscore_details(
+            features, discriminative, self.eps, self.normalize, count_highly_activating=self.training
+        )
+        q, counts = details.q_scores, details.highly_activating_counts
+        column_l1 = features.abs().sum(dim=0).to(q.dtype)
+
+        # Global-batch statistics: one reduction of [sum Q, batch size] and one of c.
+        totals = all_reduce_sum(torch.stack([q.detach().sum(), q.new_tensor(float(features.shape[0]))]))
+        batch_size = int(totals[1])
+        alpha = totals[0] / totals[1]
+        column_l1_global = all_reduce_sum(column_l1)
+        beta = column_l1_global.mean()
+
+        low_quality = q.detach() < alpha
+        generic = column_l1_global > beta
+        local_q_term = -self.lambda1 * (q * low_quality).sum()
+        local_l1_term = self.lambda2 * (column_l1 * generic).sum()
+        q_term = all_reduce_sum(local_q_term)
+        l1_term = self.lambda2 * (column_l1_global * generic).sum()
+        local = local_q_term + local_l1_term
+        if world_size() > 1:
+            # Value: the global loss. Gradient: this process's share, scaled to undo DDP's averaging.
+            scale = world_size() if self.ddp_averages_gradients else 1
+            loss = (q_term + l1_term) + scale * (local - local.detach())
+        else:
+            loss = local
+
+        if self.training and counts is not None:
+            self.stats.add_counts(all_reduce_sum(counts), batch_size)
+            if not bool(self.has_discriminative) and int(self.stats.num_samples) >= max(1, self.warmup_samples):
+                self.refresh()
+        return QScoreRegularizerOutput(
+            loss=loss,
+            q_term=q_term.detach(),
+            l1_term=l1_term.detach(),
+            alpha=alpha,
+            beta=beta,
+            num_discriminative=num_discriminative,
+            batch_size=batch_size,
+        )

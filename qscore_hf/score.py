@@ -1,0 +1,375 @@
+"""The Q-Score math of SPEC §2-4: highly activating features, discriminative features, per-sample Q-Score.
+
+Torch only (no transformers, no I/O). Every function works on CPU and GPU tensors, accepts NumPy arrays,
+computes half-precision input in float32 (float64 input stays float64), and processes rows in chunks so
+that scoring ``N x d`` features needs only a chunk's worth of extra memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationStats",
+    "NegativeFeaturesWarning",
+    "Normalize",
+    "QScoreDetails",
+    "highly_activating",
+    "qscore",
+    "qscore_details",
+]
+
+Normalize = Literal["none", "zscore", "l1"]
+NORMALIZE_OPTIONS = ("none", "zscore", "l1")
+DiscriminativeLike = Tensor | np.ndarray | Sequence[int] | None
+
+# Elements per chunk. On the CPU a chunk that stays in cache is fastest (bench/qscore_speed.py measured
+# 2**19 elements, i.e. 256 rows of 2048, as the best size); a GPU wants large launches.
+_CPU_CHUNK_ELEMENTS = 2**19
+_GPU_CHUNK_ELEMENTS = 2**26
+_MAX_ROWS_NAMED = 5
+
+
+class NegativeFeaturesWarning(UserWarning):
+    """Features with negative entries: Q-Score was defined for non-negative (ReLU) representations."""
+
+
+_warned_call_sites: set[tuple[str, int]] = set()
+_SKIPPED_FRAME_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(torch.__file__))
+
+
+def _warn_negative_once() -> None:
+    """Warn once per call site: the first frame outside qscore_hf and torch (e.g. a user's script line)."""
+    frame = sys._getframe(1)
+    stacklevel = 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SKIPPED_FRAME_DIRS):
+        frame = frame.f_back
+        stacklevel += 1
+    site = (frame.f_code.co_filename, frame.f_lineno)
+    if site in _warned_call_sites:
+        return
+    _warned_call_sites.add(site)
+    warnings.warn(
+        "features contain negative values; Q-Score (SPEC §1) was defined for non-negative representations "
+        "such as pooled ReLU CNN features. Scores are computed anyway; for ViT-like features consider "
+        "normalize='zscore'. This warning is shown once per call site.",
+        NegativeFeaturesWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def as_feature_matrix(features: Tensor | np.ndarray, name: str = "features") -> Tensor:
+    """Return ``features`` as a 2-D floating tensor, or raise ``ValueError`` saying what is wrong."""
+    if not isinstance(features, Tensor):
+        features = torch.as_tensor(np.asarray(features))
+    if features.dim() != 2:
+        raise ValueError(
+            f"{name} must be a 2-D tensor of shape (num_samples, num_features); got shape {tuple(features.shape)}. "
+            "Flatten or pool the representation first (e.g. features.flatten(1))."
+        )
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (0 rows); pass at least one sample.")
+    if features.shape[1] == 0:
+        raise ValueError(f"{name} has 0 features per sample; pass representations with at least one feature.")
+    if not (features.is_floating_point()):
+        if features.dtype == torch.bool or features.is_complex():
+            raise ValueError(f"{name} must hold real numbers; got dtype {features.dtype}.")
+        features = features.to(torch.float32)
+    return features
+
+
+def _compute_dtype(features: Tensor) -> torch.dtype:
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def default_chunk_rows(num_features: int, device: torch.device) -> int:
+    """Rows per chunk for ``num_features`` columns on ``device``."""
+    elements = _GPU_CHUNK_ELEMENTS if device.type != "cpu" else _CPU_CHUNK_ELEMENTS
+    return max(1, elements // max(1, num_features))
+
+
+def as_feature_mask(discriminative: DiscriminativeLike, num_features: int, device: torch.device) -> Tensor | None:
+    """Turn ``discriminative`` (indices, a boolean mask, or None for all features) into a bool mask."""
+    if discriminative is None:
+        return None
+    index = torch.as_tensor(np.asarray(discriminative) if not isinstance(discriminative, Tensor) else discriminative)
+    if index.dtype == torch.bool:
+        if index.shape != (num_features,):
+            raise ValueError(
+                f"discriminative mask has shape {tuple(index.shape)} but features have {num_features} columns."
+            )
+        return index.to(device)
+    if index.numel() == 0:
+        return torch.zeros(num_features, dtype=torch.bool, device=device)
+    if index.is_floating_point() or index.dim() != 1:
+        raise ValueError(
+            "discriminative must be a 1-D tensor of feature indices, a boolean mask, or None (all features); "
+            f"got dtype {index.dtype} and shape {tuple(index.shape)}."
+        )
+    if int(index.min()) < 0 or int(index.max()) >= num_features:
+        raise ValueError(
+            f"discriminative indices must lie in [0, {num_features}); got min {int(index.min())}, "
+            f"max {int(index.max())}. Were the statistics computed on another model?"
+        )
+    mask = torch.zeros(num_features, dtype=torch.bool, device=device)
+    mask[index.to(device)] = True
+    return mask
+
+
+@dataclass
+class _Chunk:
+    """Per-row quantities of one chunk of rows (SPEC §2)."""
+
+    values: Tensor  # h_ij in the compute dtype
+    deviation: Tensor  # h_ij - mu_i
+    sigma: Tensor  # population std, shape (rows, 1)
+    highly_activating: Tensor  # L_i as a 0/1 mask in the compute dtype (float masks reduce faster than bool)
+    has_negative: bool
+
+
+def _iter_chunks(features: Tensor, eps: float, chunk_rows: int | None) -> Iterator[tuple[int, _Chunk]]:
+    """Yield ``(row_offset, chunk)``, raising ``ValueError`` on the first rows that hold NaN or Inf."""
+    rows = chunk_rows or default_chunk_rows(features.shape[1], features.device)
+    if rows < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows; got {rows}.")
+    dtype = _compute_dtype(features)
+    for start in range(0, features.shape[0], rows):
+        x = features[start : start + rows].to(dtype)
+        # Two reductions: torch.aminmax is far slower than amin + amax on CPU.
+        low, high = x.detach().amin(dim=1, keepdim=True), x.detach().amax(dim=1, keepdim=True)
+        # A NaN or Inf anywhere in a row makes its min or max non-finite: one check covers both.
+        finite = torch.isfinite(low) & torch.isfinite(high)
+        if not bool(finite.all()):
+            bad = (~finite.squeeze(1)).nonzero().squeeze(1)[:_MAX_ROWS_NAMED] + start
+            raise ValueError(
+                f"features contain NaN or Inf in row(s) {bad.tolist()} (first offending rows shown); "
+                "Q-Score is undefined there. Check the encoder's numerics (e.g. fp16 overflow) or drop those samples."
+            )
+        mu = x.mean(dim=1, keepdim=True)
+        deviation = x - mu
+        sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
+        # A constant row has sigma = 0 and no highly activating feature (SPEC §2). Detect it exactly with
+        # min == max: the floating-point mean of a constant row can differ from its entries by one ulp.
+        threshold = torch.where(low == high, math.inf, eps * sigma.detach())
+        mask = (deviation.detach() > threshold).to(dtype)
+        yield start, _Chunk(x, deviation, sigma, mask, bool((low < 0).any()))
+
+
+def highly_activating(
+    features: Tensor | np.ndarray, eps: float = 4.0, chunk_size: int | None = None
+) -> Tensor:
+    """Boolean ``N x d`` mask of the highly activating features ``L_i`` (SPEC §2): ``h_ij > mu_i + eps * sigma_i``."""
+    features = as_feature_matrix(features)
+    out = torch.empty(features.shape, dtype=torch.bool, device=features.device)
+    negative = False
+    for start, chunk in _iter_chunks(features, eps, chunk_size):
+        out[start : start + chunk.deviation.shape[0]] = chunk.highly_activating.bool()
+        negative |= chunk.has_negative
+    if negative:
+        _warn_negative_once()
+    return out
+
+
+def qscore(
+    features: Tensor | np.ndarray,
+    discriminative: DiscriminativeLike = None,
+    eps: float = 4.0,
+    normalize: Normalize = "none",
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Per-sample Q-Score (SPEC §4), a float tensor of shape ``(N,)`` on the features' device.
+
+    Args:
+        features: ``N x d`` representations (pooled encoder output, before any projector).
+        discriminative: the discriminative feature set ``D`` as indices or a boolean mask
+            (e.g. ``ActivationStats.discriminative()``); ``None`` means all features.
+        eps: the highly-activating threshold ``mu_i + eps * sigma_i`` (strict ``>``).
+        normalize: ``"none"`` (the published formula), ``"zscore"`` (divide by ``sigma_i``) or
+            ``"l1"`` (divide by ``||h_i||_1``).
+        chunk_size: rows per chunk; by default a cache-sized chunk on CPU and a large one on GPU.
+
+    Samples whose selected set ``S_i = L_i ∩ D`` is empty score 0. Gradients flow to ``features``
+    (the masks are constants), which is what ``QScoreRegularizer`` relies on.
+    """
+    return qscore_details(features, discriminative, eps, normalize, chunk_size).q_scores
+
+
+@dataclass
+class QScoreDetails:
+    """Per-sample Q-Scores with the by-products of the same pass."""
+
+    q_scores: Tensor
+    """``(N,)`` Q-Scores (SPEC §4)."""
+    num_selected: Tensor
+    """``(N,)`` int64 ``|S_i|``: 0 marks a sample whose score is 0 because nothing was selected."""
+    highly_activating_counts: Tensor | None
+    """``(d,)`` int64 count of samples with feature ``j`` in ``L_i`` (``None`` unless asked for)."""
+
+
+def qscore_details(
+    features: Tensor | np.ndarray,
+    discriminative: DiscriminativeLike = None,
+    eps: float = 4.0,
+    normalize: Normalize = "none",
+    chunk_size: int | None = None,
+    count_highly_activating: bool = False,
+) -> QScoreDetails:
+    """``qscore`` plus ``|S_i|`` per sample and, optionally, the column sums of ``L`` (for ``ActivationStats``)."""
+    if normalize not in NORMALIZE_OPTIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}; got {normalize!r}.")
+    features = as_feature_matrix(features)
+    feature_mask = as_feature_mask(discriminative, features.shape[1], features.device)
+    scores, sizes = [], []
+    counts = torch.zeros(features.shape[1], dtype=torch.int64, device=features.device) if count_highly_activating else None
+    negative = False
+    for _, chunk in _iter_chunks(features, eps, chunk_size):
+        q, size = _qscore_of_chunk(chunk, feature_mask, normalize)
+        scores.append(q)
+        sizes.append(size)
+        if counts is not None:
+            counts += chunk.highly_activating.sum(dim=0).to(torch.int64)
+        negative |= chunk.has_negative
+    if negative:
+        _warn_negative_once()
+    return QScoreDetails(torch.cat(scores) if len(scores) > 1 else scores[0], torch.cat(sizes), counts)
+
+
+def _qscore_of_chunk(chunk: _Chunk, feature_mask: Tensor | None, normalize: str) -> tuple[Tensor, Tensor]:
+    selected = chunk.highly_activating
+    if feature_mask is not None:
+        selected = selected * feature_mask.to(selected.dtype)
+    count = selected.sum(dim=1).to(torch.int64)
+    total = (chunk.deviation * selected).sum(dim=1)
+    q = total / count.clamp(min=1)
+    if normalize == "zscore":
+        # sigma > 0 wherever S_i is non-empty; the clamp only keeps empty rows at 0 instead of 0/0.
+        q = q / chunk.sigma.squeeze(1).clamp(min=torch.finfo(q.dtype).tiny)
+    elif normalize == "l1":
+        l1 = torch.linalg.vector_norm(chunk.values, ord=1, dim=1)
+        q = q / l1.clamp(min=torch.finfo(q.dtype).tiny)
+    return torch.where(count > 0, q, torch.zeros((), dtype=q.dtype, device=q.device)), count
+
+
+class ActivationStats(nn.Module):
+    """Streaming activation frequencies ``A_j`` and the discriminative set ``D`` (SPEC §3).
+
+    Holds ``O(d)`` state: how many samples had feature ``j`` highly activating (``counts``) and how many
+    samples were seen (``num_samples``), both int64 buffers, so they are saved in a model's safetensors
+    and merged across processes by summation.
+
+    Example::
+
+        stats = ActivationStats(num_features=512)
+        for batch in loader:
+            stats.update(encoder(batch))
+        stats.all_reduce()                 # under torch.distributed / accelerate
+        q = qscore(features, discriminative=stats.discriminative())
+    """
+
+    counts: Tensor
+    num_samples: Tensor
+
+    def __init__(self, num_features: int, eps: float = 4.0) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive; got {num_features}.")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.register_buffer("counts", torch.zeros(self.num_features, dtype=torch.int64))
+        self.register_buffer("num_samples", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}, eps={self.eps}, num_samples={int(self.num_samples)}"
+
+    @torch.no_grad()
+    def update(self, features: Tensor | np.ndarray, chunk_size: int | None = None) -> "ActivationStats":
+        """Count the highly activating features of a batch of ``N x d`` representations."""
+        features = as_feature_matrix(features)
+        self._check_width(features.shape[1], "features")
+        # Chunk by chunk: the N x d mask of L is never materialised.
+        counts = torch.zeros(self.num_features, dtype=torch.int64, device=features.device)
+        negative = False
+        for _, chunk in _iter_chunks(features, self.eps, chunk_size):
+            counts += chunk.highly_activating.sum(dim=0).to(torch.int64)
+            negative |= chunk.has_negative
+        if negative:
+            _warn_negative_once()
+        return self.add_counts(counts, features.shape[0])
+
+    @torch.no_grad()
+    def add_counts(self, counts: Tensor, num_samples: int | Tensor) -> "ActivationStats":
+        """Add precomputed per-feature counts of ``num_samples`` samples (e.g. a mask's column sums)."""
+        self._check_width(counts.shape[-1], "counts")
+        self.counts += counts.to(self.counts.device, torch.int64)
+        self.num_samples += torch.as_tensor(num_samples, dtype=torch.int64).to(self.num_samples.device)
+        return self
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Add another instance's counts (e.g. from another shard or process); returns ``self``."""
+        if other.num_features != self.num_features or other.eps != self.eps:
+            raise ValueError(
+                "cannot merge activation statistics of different settings: "
+                f"(num_features={self.num_features}, eps={self.eps}) vs "
+                f"(num_features={other.num_features}, eps={other.eps})."
+            )
+        return self.add_counts(other.counts, other.num_samples)
+
+    @torch.no_grad()
+    def all_reduce(self) -> "ActivationStats":
+        """Sum the statistics over all processes of torch.distributed (no-op in one process); returns ``self``."""
+        from .distributed import all_reduce_sum
+
+        self.counts.copy_(all_reduce_sum(self.counts))
+        self.num_samples.copy_(all_reduce_sum(self.num_samples))
+        return self
+
+    def reset(self) -> "ActivationStats":
+        """Forget every sample seen so far."""
+        self.counts.zero_()
+        self.num_samples.zero_()
+        return self
+
+    def frequency(self) -> Tensor:
+        """``A_j``: the fraction of samples for which feature ``j`` was highly activating (float64)."""
+        if int(self.num_samples) == 0:
+            raise ValueError(
+                "ActivationStats has seen no samples; call update(features) on a reference set first "
+                "(or score with discriminative=None to use all features)."
+            )
+        return self.counts.to(torch.float64) / self.num_samples.to(torch.float64)
+
+    def discriminative_mask(self, p_lo: float = 50.0, p_hi: float = 95.0) -> Tensor:
+        """Boolean mask of ``D``: features with ``A_j > 0`` whose ``A_j`` lies within the
+        ``[p_lo, p_hi]`` percentiles (inclusive, linear interpolation as NumPy's default) of all ``A``."""
+        if not 0.0 <= p_lo <= p_hi <= 100.0:
+            raise ValueError(f"need 0 <= p_lo <= p_hi <= 100; got p_lo={p_lo}, p_hi={p_hi}.")
+        freq = self.frequency()
+        bounds = torch.quantile(freq, torch.tensor([p_lo / 100.0, p_hi / 100.0], dtype=freq.dtype, device=freq.device))
+        mask = (freq >= bounds[0]) & (freq <= bounds[1]) & (freq > 0)
+        if not bool(mask.any()):
+            inactive = float((freq == 0).double().mean())
+            warnings.warn(
+                f"no discriminative features: {100 * inactive:.1f}% of the {self.num_features} features were never "
+                f"highly activating (eps={self.eps}) in {int(self.num_samples)} samples, so the [{p_lo}, {p_hi}] "
+                "percentile band holds only never-active features and every Q-Score will be 0. Use more reference "
+                "samples, a trained encoder, or a smaller eps.",
+                stacklevel=2,
+            )
+        return mask
+
+    def discriminative(self, p_lo: float = 50.0, p_hi: float = 95.0) -> Tensor:
+        """Indices (int64, ascending) of the discriminative features ``D``; see ``discriminative_mask``."""
+        return self.discriminative_mask(p_lo, p_hi).nonzero().squeeze(1)
+
+    def _check_width(self, width: int, name: str) -> None:
+        if width != self.num_features:
+            raise ValueError(f"{name} have {width} features but these statistics track {self.num_features}.")
