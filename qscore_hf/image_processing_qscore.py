@@ -13,17 +13,18 @@ from .configuration_qscore import QScoreConfig
 __all__ = ["QScoreImageProcessor"]
 
 
-def _to_three_channels(image: Any) -> Any:
-    """Repeat a single channel three times for 2-D or 1-channel arrays/tensors (PIL images are converted by
-    ``do_convert_rgb``)."""
+def _to_three_channels(image: Any) -> tuple[Any, bool]:
+    """Repeat a single channel three times for 2-D or 1-channel arrays/tensors, channels last; returns the image
+    and whether it was converted (PIL images are converted by ``do_convert_rgb``)."""
     if isinstance(image, (np.ndarray, torch.Tensor)):
-        if image.ndim == 2:
-            return image[..., None].repeat(3, -1) if isinstance(image, np.ndarray) else image[None].expand(3, -1, -1)
+        if image.ndim == 3 and image.shape[0] == 1 and image.shape[-1] != 1:
+            image = image[0]
         if image.ndim == 3 and image.shape[-1] == 1:
-            return image.repeat(3, -1) if isinstance(image, np.ndarray) else image.expand(-1, -1, 3)
-        if image.ndim == 3 and image.shape[0] == 1:
-            return image.repeat(3, 0) if isinstance(image, np.ndarray) else image.expand(3, -1, -1)
-    return image
+            image = image[..., 0]
+        if image.ndim == 2:
+            stacked = image[..., None]
+            return (stacked.repeat(3, -1) if isinstance(image, np.ndarray) else stacked.expand(-1, -1, 3)), True
+    return image, False
 
 
 class QScoreImageProcessor(BitImageProcessor):
@@ -48,8 +49,10 @@ class QScoreImageProcessor(BitImageProcessor):
         )
 
     def preprocess(self, images: Any, *args: Any, **kwargs: Any):  # noqa: D102 (BitImageProcessor's doc applies)
-        if isinstance(images, (list, tuple)):
-            images = [_to_three_channels(image) for image in images]
-        else:
-            images = _to_three_channels(images)
+        batch = isinstance(images, (list, tuple))
+        converted = [_to_three_channels(image) for image in (images if batch else [images])]
+        if converted and all(was_gray for _, was_gray in converted):
+            # Our (H, W, 3) arrays are channels-last; say so, or an image of height 1 or 3 looks channels-first.
+            kwargs.setdefault("input_data_format", "channels_last")
+        images = [image for image, _ in converted] if batch else converted[0][0]
         return super().preprocess(images, *args, **kwargs)

@@ -129,7 +129,7 @@ class QScoreRegularizer(nn.Module):
             features, discriminative, self.eps, self.normalize, count_highly_activating=self.training
         )
         q, counts = details.q_scores, details.highly_activating_counts
-        column_l1 = features.abs().sum(dim=0).to(q.dtype)
+        column_l1 = features.to(q.dtype).abs().sum(dim=0)  # in float32 also under bf16/fp16 autocast
 
         # Global-batch statistics: one reduction of [sum Q, batch size] and one of c.
         totals = all_reduce_sum(torch.stack([q.detach().sum(), q.new_tensor(float(features.shape[0]))]))

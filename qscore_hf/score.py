@@ -44,7 +44,9 @@ class NegativeFeaturesWarning(UserWarning):
 
 
 _warned_call_sites: set[tuple[str, int]] = set()
-_SKIPPED_FRAME_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(torch.__file__))
+_SKIPPED_FRAME_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, torch.__file__)
+)
 
 
 def _warn_negative_once() -> None:

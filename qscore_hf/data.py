@@ -1,0 +1,168 @@
+"""Resolve a data set name to a ``datasets.Dataset`` of images (and labels when it has them).
+
+Accepted: the built-in offline names ``digits`` (scikit-learn's 8x8 digits) and ``fashion_mnist`` (read from
+Debian's ``dataset-fashion-mnist`` files), a local image folder (``imagefolder`` layout), a local parquet file or
+folder of parquet files, a folder written by ``Dataset.save_to_disk``, or a Hugging Face Hub data set id.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+__all__ = ["BUILTIN_DATASETS", "ImageDataset", "load_image_dataset"]
+
+FASHION_MNIST_DIR = Path(os.environ.get("QSCORE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]  # fmt: skip
+BUILTIN_DATASETS = ("digits", "fashion_mnist")
+_DIGITS_TEST_FRACTION = 0.2
+_SPLIT_SEED = 0
+
+
+@dataclass
+class ImageDataset:
+    """A data set with the names of its image column and (if any) label column."""
+
+    dataset: datasets.Dataset | datasets.IterableDataset
+    image_column: str
+    label_column: str | None
+    name: str
+    split: str
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.label_column is None:
+            return None
+        feature = self.dataset.features[self.label_column] if self.dataset.features else None
+        if isinstance(feature, datasets.ClassLabel):
+            return feature.num_classes
+        return None
+
+
+def load_image_dataset(
+    name: str,
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = False,
+    max_samples: int | None = None,
+) -> ImageDataset:
+    """Load ``name`` (see the module docstring) and find its image and label columns.
+
+    ``image_column`` defaults to the first ``Image`` feature (or a column named ``image``/``img``);
+    ``label_column`` to the first ``ClassLabel`` feature or a column named ``label``/``labels`` (``None`` if absent).
+    """
+    if name in BUILTIN_DATASETS:
+        dataset = _load_digits(split) if name == "digits" else _load_fashion_mnist(split, max_samples)
+    else:
+        dataset = _load_external(name, split, streaming)
+    if max_samples is not None:
+        dataset = dataset.take(max_samples) if isinstance(dataset, datasets.IterableDataset) else dataset.select(
+            range(min(max_samples, len(dataset)))
+        )
+    features = dataset.features or {}
+    image_column = image_column or _find_column(features, datasets.Image, ("image", "img", "pixel_values"))
+    if image_column is None or image_column not in features:
+        raise ValueError(
+            f"data set {name!r} has no image column{f' {image_column!r}' if image_column else ''}; "
+            f"its columns are {list(features)}. Pass the image column's name (--image-column)."
+        )
+    if label_column is not None and label_column not in features:
+        raise ValueError(
+            f"data set {name!r} has no label column {label_column!r}; its columns are {list(features)}."
+        )
+    label_column = label_column or _find_column(features, datasets.ClassLabel, ("label", "labels"))
+    return ImageDataset(dataset, image_column, label_column, name, split)
+
+
+def _find_column(features: datasets.Features, kind: type, names: tuple[str, ...]) -> str | None:
+    for column, feature in features.items():
+        if isinstance(feature, kind):
+            return column
+    return next((column for column in names if column in features), None)
+
+
+def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    path = Path(name)
+    if path.exists():
+        if path.is_file():
+            kind = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
+            if kind is None:
+                raise ValueError(f"{name}: a data set file must be .parquet or .arrow.")
+            return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming)
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                _check_split(name, split, list(loaded))
+                loaded = loaded[split]
+            return loaded.to_iterable_dataset() if streaming else loaded
+        builder = "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
+        loaded = datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
+        _check_split(name, split, list(loaded))
+        return loaded[split]
+    if name.count("/") > 1 or name.startswith((".", "/")):
+        raise ValueError(f"{name}: no such file or folder.")
+    try:
+        return datasets.load_dataset(name, split=split, streaming=streaming)
+    except FileNotFoundError as error:
+        raise ValueError(
+            f"data set {name!r} is neither a local path, a built-in name {BUILTIN_DATASETS}, nor reachable on the "
+            f"Hugging Face Hub ({error})."
+        ) from error
+
+
+def _check_split(name: str, split: str, available: list[str]) -> None:
+    if split not in available:
+        raise ValueError(f"data set {name!r} has no split {split!r}; it has {available}.")
+
+
+def _load_digits(split: str) -> datasets.Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    _check_split("digits", split, ["train", "test", "all"])
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    index = np.arange(len(images))
+    if split != "all":
+        train, test = train_test_split(
+            index, test_size=_DIGITS_TEST_FRACTION, random_state=_SPLIT_SEED, stratify=digits.target
+        )
+        index = np.sort(train if split == "train" else test)
+    return _from_arrays(images[index], digits.target[index], [str(k) for k in range(10)])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = gzip.open(path).read()
+    dims = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _load_fashion_mnist(split: str, max_samples: int | None) -> datasets.Dataset:
+    _check_split("fashion_mnist", split, ["train", "test"])
+    prefix = "train" if split == "train" else "t10k"
+    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.exists():
+        raise ValueError(
+            f"Fashion-MNIST files not found in {FASHION_MNIST_DIR}. Install Debian's package "
+            "(apt-get install dataset-fashion-mnist) or set QSCORE_FASHION_MNIST_DIR to a folder holding the "
+            "IDX .gz files."
+        )
+    images = _read_idx(images_path)
+    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    if max_samples is not None:  # encode only what is used
+        images, labels = images[:max_samples], labels[:max_samples]
+    return _from_arrays(images, labels, FASHION_MNIST_CLASSES)
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> datasets.Dataset:
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)})
+    return datasets.Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64).tolist()}, features=features)

@@ -1,0 +1,354 @@
+"""Frozen features of a ``QScoreModel`` over an image data set: batched, on the GPU when there is one, cached on disk.
+
+Two entry points:
+
+- ``iter_features`` yields one batch of pooled features (and labels) at a time: memory stays flat in the data set
+  size, for one-pass uses such as computing activation statistics and Q-Scores on the fly.
+- ``extract_features`` writes all features to a ``.npy`` file, memory-mapped, inside a cache folder keyed by the
+  model's weights and preprocessing and by the data set; a second call with the same inputs loads the file
+  (``mmap_mode="r"``) without running the model.
+
+A cache folder appears under its final name only once complete (it is written under a temporary name and renamed),
+so an interrupted extraction leaves nothing that a later call would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import datasets
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .data import ImageDataset
+from .modeling_qscore import QScoreModel
+
+__all__ = ["FeatureBatch", "FeatureSet", "default_cache_dir", "extract_features", "feature_cache_key", "iter_features"]
+
+CACHE_FORMAT_VERSION = 1
+FEATURES_FILE = "features.npy"
+LABELS_FILE = "labels.npy"
+META_FILE = "meta.json"
+_NO_LABEL = -1
+
+
+@dataclass
+class FeatureBatch:
+    """One batch of ``iter_features``: float32 features on the extraction device and labels (or ``None``)."""
+
+    features: Tensor
+    labels: Tensor | None
+
+
+@dataclass
+class FeatureSet:
+    """Frozen features of a whole data set split.
+
+    Attributes:
+        features: ``(N, d)`` float32, a read-only ``np.memmap`` when loaded from or written to a cache folder.
+        labels: ``(N,)`` int64 class labels, or ``None`` for a data set without labels.
+        row_ids: ``(N,)`` int64 position of each row in the data set (iteration order for streaming data).
+        cache_path: the cache folder holding the arrays, or ``None`` when nothing was cached.
+        from_cache: whether the features were loaded from the cache instead of computed.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray | None
+    row_ids: np.ndarray
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def num_features(self) -> int:
+        """Width ``d`` of the features."""
+        return int(self.features.shape[1])
+
+
+def default_cache_dir() -> Path:
+    """Where features are cached by default: ``$QSCORE_HF_CACHE`` or ``$HF_HOME/qscore_hf/features``."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("QSCORE_HF_CACHE") or Path(constants.HF_HOME) / "qscore_hf" / "features")
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _collate(processor: Any, image_column: str, label_column: str | None):
+    """A DataLoader collate function: the model's image processor on the images, labels as an int64 tensor."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        batch = {"pixel_values": processor([row[image_column] for row in rows], return_tensors="pt")["pixel_values"]}
+        if label_column is not None:
+            batch["labels"] = torch.tensor([int(row[label_column]) for row in rows], dtype=torch.int64)
+        return batch
+
+    return collate
+
+
+def _num_rows(image_dataset: ImageDataset) -> int | None:
+    """Number of rows of a map-style data set, ``None`` for a streaming (iterable) one."""
+    return len(image_dataset.dataset) if isinstance(image_dataset.dataset, datasets.Dataset) else None
+
+
+def iter_features(
+    model: QScoreModel,
+    image_dataset: ImageDataset,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Iterator[FeatureBatch]:
+    """Yield the pooled features of ``image_dataset`` batch by batch, in data set order.
+
+    Args:
+        model: the encoder; moved to ``device`` and put in eval mode for the pass (its training mode is restored).
+        image_dataset: images (and labels) from ``qscore_hf.data.load_image_dataset``, map-style or streaming.
+        batch_size: images per forward pass.
+        device: where the model runs; the GPU when available by default.
+        dtype: autocast dtype for the forward pass (e.g. ``torch.bfloat16``); ``None`` runs in the model's dtype.
+            Features are always returned as float32.
+        num_workers: DataLoader worker processes decoding and preprocessing images.
+        progress: show a tqdm progress bar.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
+    device = _resolve_device(device)
+    columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
+    loader = DataLoader(
+        image_dataset.dataset.select_columns(columns),
+        batch_size=batch_size,
+        collate_fn=_collate(model.image_processor(), image_dataset.image_column, image_dataset.label_column),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    rows = _num_rows(image_dataset)
+    total = None if rows is None else -(-rows // batch_size)
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        bar = tqdm(loader, total=total, desc=f"features {image_dataset.name}/{image_dataset.split}", unit="batch",
+                   disable=not progress)  # fmt: skip
+        for batch in bar:
+            pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            with torch.no_grad(), autocast:
+                features = model(pixels, return_qscore=False).features
+            yield FeatureBatch(features.float(), batch.get("labels"))
+    finally:
+        model.train(was_training)
+
+
+# ------------------------------------------------------------------------------------------------------ cache key
+def _weights_digest(model: QScoreModel) -> str:
+    """Hash of the backbone's tensors (names, dtypes, shapes and bytes): what determines the features."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _iterable_pipeline(dataset: datasets.IterableDataset) -> list[str]:
+    """Describe a streaming data set's chain of operations (take/skip/shuffle with their sizes and seeds)."""
+    steps, node = [], getattr(dataset, "_ex_iterable", None)
+    while node is not None:
+        settings = {key: value for key, value in vars(node).items() if key in ("n", "seed", "generator_seed")}
+        steps.append(f"{type(node).__name__}{sorted(settings.items())}")
+        node = getattr(node, "ex_iterable", None)
+    return steps
+
+
+def _dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
+    dataset = image_dataset.dataset
+    identity: dict[str, Any] = {
+        "name": image_dataset.name,
+        "split": image_dataset.split,
+        "image_column": image_dataset.image_column,
+        "label_column": image_dataset.label_column,
+    }
+    if isinstance(dataset, datasets.Dataset):
+        identity.update(num_rows=len(dataset), fingerprint=dataset._fingerprint)
+    else:
+        identity.update(streaming=True, pipeline=_iterable_pipeline(dataset))
+    return identity
+
+
+def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT_VERSION,
+        "backbone": model.config.backbone,
+        "stem_padding": model.config.stem_padding,
+        "weights": _weights_digest(model),
+        "preprocessing": model.image_processor().to_dict(),
+        "autocast_dtype": None if dtype is None else str(dtype),
+        "dataset": _dataset_identity(image_dataset),
+    }
+
+
+def _key_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def feature_cache_key(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None = None) -> str:
+    """The cache folder name for these features: a hash of the backbone's weights, the preprocessing, the autocast
+    dtype and the data set (name, split, columns, and its fingerprint or streaming pipeline)."""
+    return _key_of(_cache_identity(model, image_dataset, dtype))
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+class _FeatureWriter:
+    """Appends float32 feature batches to ``features.npy`` in a folder with flat memory.
+
+    With a known row count the ``.npy`` file is preallocated and filled through ``open_memmap``; for a streaming data
+    set rows go to a raw file that ``finish`` turns into a ``.npy`` (header, then the raw bytes copied in blocks).
+    """
+
+    def __init__(self, folder: Path, num_rows: int | None) -> None:
+        self.folder = folder
+        self.num_rows = num_rows
+        self.written = 0
+        self.width: int | None = None
+        self._memmap: np.memmap | None = None
+        self._raw = None if num_rows is not None else open(folder / "features.raw", "wb")
+
+    def append(self, features: np.ndarray) -> None:
+        if self.width is None:
+            self.width = features.shape[1]
+            if self.num_rows is not None:
+                self._memmap = np.lib.format.open_memmap(
+                    self.folder / FEATURES_FILE, mode="w+", dtype=np.float32, shape=(self.num_rows, self.width)
+                )
+        if self._memmap is not None:
+            self._memmap[self.written : self.written + len(features)] = features
+        else:
+            self._raw.write(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+        self.written += len(features)
+
+    def finish(self) -> None:
+        if self.written == 0:
+            raise ValueError("the data set yielded no images; nothing to extract.")
+        if self._memmap is not None:
+            if self.written != self.num_rows:
+                raise RuntimeError(f"expected {self.num_rows} rows but the data loader yielded {self.written}.")
+            self._memmap.flush()
+            del self._memmap
+            return
+        self._raw.close()
+        raw_path = self.folder / "features.raw"
+        with open(self.folder / FEATURES_FILE, "wb") as out, open(raw_path, "rb") as raw:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                      "shape": (self.written, self.width)}  # fmt: skip
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, length=1 << 24)
+        raw_path.unlink()
+
+    def close(self) -> None:
+        """Release open files (after an error)."""
+        if self._raw is not None and not self._raw.closed:
+            self._raw.close()
+        self._memmap = None
+
+
+def _load_cached(folder: Path, identity: dict[str, Any]) -> FeatureSet | None:
+    """The cached features in ``folder``, or ``None`` when it is missing, incomplete or for other inputs."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta.get("identity") != json.loads(json.dumps(identity, default=str)):
+            return None
+        features = np.load(folder / FEATURES_FILE, mmap_mode="r")
+        labels = np.load(folder / LABELS_FILE) if meta["has_labels"] else None
+    except (OSError, ValueError, KeyError):
+        return None
+    if features.shape != (meta["num_rows"], meta["num_features"]) or features.dtype != np.float32:
+        return None
+    return FeatureSet(features, labels, np.arange(len(features), dtype=np.int64), folder, from_cache=True)
+
+
+def _write_cache(
+    folder: Path, identity: dict[str, Any], batches: Iterator[FeatureBatch], num_rows: int | None, has_labels: bool
+) -> None:
+    """Run the extraction into a temporary folder beside ``folder`` and rename it into place when complete."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    writer = _FeatureWriter(tmp, num_rows)
+    try:
+        labels = []
+        for batch in batches:
+            writer.append(batch.features.cpu().numpy())
+            if has_labels:
+                labels.append(batch.labels.numpy())
+        writer.finish()
+        if has_labels:
+            np.save(tmp / LABELS_FILE, np.concatenate(labels).astype(np.int64))
+        meta = {"identity": identity, "num_rows": writer.written, "num_features": writer.width, "has_labels": has_labels}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        if folder.exists():  # an unreadable or stale folder of the same key: replace it
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    except BaseException:
+        writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _extract_in_memory(batches: Iterator[FeatureBatch], has_labels: bool) -> FeatureSet:
+    features, labels = [], []
+    for batch in batches:
+        features.append(batch.features.cpu().numpy())
+        if has_labels:
+            labels.append(batch.labels.numpy())
+    if not features:
+        raise ValueError("the data set yielded no images; nothing to extract.")
+    array = np.concatenate(features)
+    return FeatureSet(array, np.concatenate(labels) if has_labels else None, np.arange(len(array), dtype=np.int64))
+
+
+def extract_features(
+    model: QScoreModel,
+    image_dataset: ImageDataset,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Pooled features of every image of ``image_dataset`` (see ``iter_features`` for the arguments).
+
+    With ``cache_dir`` the features go to ``cache_dir/<feature_cache_key>/features.npy`` (plus ``labels.npy`` and
+    ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
+    call with the same model weights, preprocessing, autocast dtype and data set loads them memory-mapped without
+    running the model. Without ``cache_dir`` the features are gathered in memory.
+    """
+    has_labels = image_dataset.label_column is not None
+    batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress)
+    if cache_dir is None:
+        return _extract_in_memory(batches, has_labels)
+    identity = _cache_identity(model, image_dataset, dtype)
+    folder = Path(cache_dir) / _key_of(identity)
+    cached = _load_cached(folder, identity)
+    if cached is not None:
+        return cached
+    _write_cache(folder, identity, batches, _num_rows(image_dataset), has_labels)
+    loaded = _load_cached(folder, identity)
+    if loaded is None:
+        raise RuntimeError(f"features written to {folder} could not be read back; check the disk (free space, permissions).")
+    return FeatureSet(loaded.features, loaded.labels, loaded.row_ids, folder, from_cache=False)

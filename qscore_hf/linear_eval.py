@@ -1,0 +1,270 @@
+"""Linear evaluation with Q-Score (SPEC §5): frozen features, a linear probe, and how well Q-Score predicts which
+evaluation samples the probe gets right.
+
+``run_linear_eval`` writes into ``out_dir`` (atomically: the folder appears complete or not at all):
+
+- ``report.json``: model, data set, splits and sizes, probe settings, top-1, the Q-Score metrics (AUPRC with correct
+  samples as positives, AUPRC with misclassified samples as positives, AUROC), the base rates, ``|D|``, the Q-Score
+  settings and the command line;
+- ``per_sample.parquet``: ``row_id, label, prediction, correct, q_score, num_selected`` per evaluation sample;
+- ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png``;
+- ``model_card_results.json`` when the model is not a local folder with a ``README.md`` model card; otherwise the
+  card's ``model-index`` gets the linear-probe top-1 and the Q-Score AUPRC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from huggingface_hub import EvalResult, ModelCard
+
+from .data import ImageDataset, load_image_dataset
+from .features import FeatureSet, default_cache_dir, extract_features
+from .io_utils import atomic_directory
+from .metrics import misclassification_metrics
+from .modeling_qscore import QScoreModel
+from .plots import plot_pr_curve, plot_qscore_histograms
+from .probe import Optimizer, train_linear_probe
+from .score import ActivationStats, qscore_details
+
+__all__ = ["CARD_RESULTS_FILE", "PER_SAMPLE_FILE", "PLOT_FILES", "REPORT_FILE", "run_linear_eval"]
+
+REPORT_FILE = "report.json"
+PER_SAMPLE_FILE = "per_sample.parquet"
+CARD_RESULTS_FILE = "model_card_results.json"
+PLOT_FILES = {"histogram": "qscore_hist_correct_vs_misclassified.png", "pr_curve": "pr_curve.png"}
+_CHUNK_ROWS = 65536
+
+
+def _load_split(dataset: str, split: str, image_column: str | None, label_column: str | None,
+                max_samples: int | None) -> ImageDataset:  # fmt: skip
+    loaded = load_image_dataset(dataset, split, image_column, label_column, max_samples=max_samples)
+    if loaded.label_column is None:
+        raise ValueError(
+            f"split {split!r} of data set {dataset!r} has no label column; a linear probe needs class labels. "
+            "Name it with --label-column."
+        )
+    return loaded
+
+
+def _chunks(features: np.ndarray) -> Any:
+    """Row chunks of a (possibly memory-mapped) feature matrix as float32 tensors."""
+    for start in range(0, len(features), _CHUNK_ROWS):
+        yield torch.from_numpy(np.array(features[start : start + _CHUNK_ROWS], dtype=np.float32))
+
+
+def _activation_stats(model: QScoreModel, train: FeatureSet) -> tuple[ActivationStats, str]:
+    """The model's saved statistics, or (label-free) ones counted on the training features when it has none."""
+    if int(model.activation_stats.num_samples) > 0:
+        return model.activation_stats, "model"
+    stats = ActivationStats(train.num_features, model.config.qscore_eps)
+    for chunk in _chunks(train.features):
+        stats.update(chunk)
+    return stats, "train_features"
+
+
+def _qscores(features: np.ndarray, discriminative: torch.Tensor, model: QScoreModel) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample Q-Scores (float64 holding the float32 results) and ``|S_i|`` of every row, chunk by chunk."""
+    scores, sizes = [], []
+    for chunk in _chunks(features):
+        details = qscore_details(chunk, discriminative, model.config.qscore_eps, model.config.qscore_normalize)
+        scores.append(details.q_scores.numpy())
+        sizes.append(details.num_selected.numpy())
+    return np.concatenate(scores).astype(np.float64), np.concatenate(sizes)
+
+
+def _eval_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``huggingface_hub.EvalResult`` arguments for the model card's ``model-index``."""
+    dataset = report["dataset"]
+    common = {
+        "task_type": "image-classification",
+        "task_name": "Image classification (linear probe on frozen features)",
+        "dataset_type": Path(dataset).name if Path(dataset).exists() else dataset,
+        "dataset_name": report["dataset"],
+        "dataset_split": report["eval_split"],
+    }
+    return [
+        dict(common, metric_type="accuracy", metric_value=report["top1"], metric_name="Linear-probe top-1 accuracy"),
+        dict(common, metric_type="auprc", metric_value=report["auprc_correct"],
+             metric_name="Q-Score AUPRC (correctly classified as positive)"),  # fmt: skip
+    ]
+
+
+def _update_model_card(readme: Path, results: list[dict[str, Any]]) -> None:
+    """Add (or replace: same task, data set, split and metric) the results in the card's ``model-index``."""
+    card = ModelCard.load(readme)
+    new = [EvalResult(**result) for result in results]
+    replaced = {(r.task_type, r.dataset_type, r.dataset_split, r.metric_type) for r in new}
+    kept = [
+        r for r in (card.data.eval_results or [])
+        if (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) not in replaced
+    ]  # fmt: skip
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or readme.parent.name
+    with tempfile.NamedTemporaryFile("w", dir=readme.parent, prefix=".README.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(str(card))
+    os.chmod(tmp.name, readme.stat().st_mode)
+    os.replace(tmp.name, readme)
+
+
+def _headline(metrics: dict[str, float]) -> dict[str, float]:
+    return {
+        "top1": metrics["accuracy"],
+        "auprc_correct": metrics["auprc_correct"],
+        "auprc_misclassified": metrics["auprc_misclassified"],
+        "auroc": metrics["auroc"],
+        "base_rate_correct": metrics["accuracy"],
+        "base_rate_misclassified": metrics["misclassified_rate"],
+    }
+
+
+def _qscore_summary(model: QScoreModel, stats: ActivationStats, stats_source: str, discriminative: torch.Tensor,
+                    q_scores: np.ndarray, num_selected: np.ndarray, correct: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """The Q-Score settings, where ``D`` came from, and mean scores of correct and misclassified samples."""
+    return {
+        "eps": model.config.qscore_eps,
+        "normalize": model.config.qscore_normalize,
+        "p_lo": model.config.qscore_p_lo,
+        "p_hi": model.config.qscore_p_hi,
+        "num_discriminative": int(discriminative.numel()),
+        "activation_stats_source": stats_source,
+        "activation_stats_samples": int(stats.num_samples),
+        "num_empty_selection": int(np.sum(num_selected == 0)),
+        "mean_correct": float(q_scores[correct].mean()),
+        "mean_misclassified": float(q_scores[~correct].mean()),
+    }
+
+
+def _write_outputs(out_dir: str | os.PathLike, report: dict[str, Any], per_sample: dict[str, np.ndarray],
+                   card_results: list[dict[str, Any]] | None) -> None:  # fmt: skip
+    """Report, per-sample parquet, plots (and the model-index results when there is no card) into ``out_dir``,
+    atomically."""
+    q_scores, correct = per_sample["q_score"], per_sample["correct"]
+    with atomic_directory(out_dir) as tmp:
+        pq.write_table(pa.table({name: pa.array(values) for name, values in per_sample.items()}), tmp / PER_SAMPLE_FILE)
+        plot_qscore_histograms(q_scores, correct, tmp / PLOT_FILES["histogram"])
+        plot_pr_curve(q_scores, correct, tmp / PLOT_FILES["pr_curve"])
+        if card_results is not None:
+            note = "No local README.md model card to update; pass these to huggingface_hub.EvalResult(**result)."
+            results = {"model": report["model"], "note": note, "eval_results": card_results}
+            (tmp / CARD_RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
+
+
+def run_linear_eval(
+    model_name_or_path: str | os.PathLike,
+    dataset: str,
+    out_dir: str | os.PathLike,
+    train_split: str = "train",
+    eval_split: str = "test",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    max_samples: int | None = None,
+    epochs: int = 100,
+    optimizer: Optimizer = "sgd",
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    probe_batch_size: int = 256,
+    batch_size: int = 256,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    seed: int = 0,
+    update_model_card: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
+
+    Args:
+        model_name_or_path: local folder or Hub id of a ``QScoreModel``.
+        dataset: a data set accepted by ``qscore_hf.data.load_image_dataset`` (``digits``, ``fashion_mnist``, a
+            local folder or file, a Hub id).
+        out_dir: output folder (see the module docstring for its files).
+        train_split, eval_split: the probe is trained on the first and evaluated on the second.
+        image_column, label_column: column names; found automatically by default.
+        max_samples: use at most this many rows of each split.
+        epochs, optimizer, lr, weight_decay, probe_batch_size: probe settings (``qscore_hf.probe``).
+        batch_size: images per forward pass of the encoder.
+        dtype: autocast dtype of the encoder (e.g. ``torch.bfloat16``); ``None`` for full precision.
+        device: where the encoder and the probe run; the GPU when available by default.
+        num_workers: DataLoader workers for decoding images.
+        cache_dir: feature cache folder; ``qscore_hf.features.default_cache_dir()`` by default.
+        revision: Hub revision of the model.
+        seed: seed of the probe.
+        update_model_card: write the results into a local model folder's ``README.md`` ``model-index``.
+        progress: show progress bars.
+        command: the command line to record in the report.
+
+    The activation statistics that define the discriminative features ``D`` are the model's saved ones; a model
+    without any gets them counted (label-free) on the training split's features.
+    """
+    started = time.time()
+    model = QScoreModel.from_pretrained(model_name_or_path, revision=revision)
+    splits = {name: _load_split(dataset, split, image_column, label_column, max_samples)
+              for name, split in (("train", train_split), ("eval", eval_split))}  # fmt: skip
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    feats = {name: extract_features(model, split, batch_size, device, dtype, num_workers, cache, progress)
+             for name, split in splits.items()}  # fmt: skip
+    train, evaluation = feats["train"], feats["eval"]
+
+    stats, stats_source = _activation_stats(model, train)
+    discriminative = stats.discriminative(model.config.qscore_p_lo, model.config.qscore_p_hi)
+    q_scores, num_selected = _qscores(evaluation.features, discriminative, model)
+
+    num_classes = max(splits["train"].num_classes or 0, int(train.labels.max()) + 1, int(evaluation.labels.max()) + 1)
+    probe = train_linear_probe(
+        train.features, train.labels, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        batch_size=probe_batch_size, num_classes=num_classes, device=device, seed=seed, progress=progress,
+    )  # fmt: skip
+    predictions = probe.predict(evaluation.features)
+    correct = predictions == evaluation.labels
+    metrics = misclassification_metrics(q_scores, correct.astype(np.int64))
+
+    readme = Path(model_name_or_path) / "README.md"
+    card_target = "README.md" if update_model_card and readme.is_file() else CARD_RESULTS_FILE
+    report = {
+        "model": str(model_name_or_path),
+        "revision": revision,
+        "backbone": model.config.backbone,
+        "dataset": dataset,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "image_column": splits["train"].image_column,
+        "label_column": splits["train"].label_column,
+        "max_samples": max_samples,
+        "num_train": len(train),
+        "num_eval": len(evaluation),
+        "num_features": train.num_features,
+        "num_classes": num_classes,
+        "probe": probe.settings.to_dict(),
+        "train_top1": float(np.mean(probe.predict(train.features) == train.labels)),
+        **_headline(metrics),
+        "qscore": _qscore_summary(model, stats, stats_source, discriminative, q_scores, num_selected, correct),
+        "feature_autocast_dtype": None if dtype is None else str(dtype),
+        "feature_cache": {name: str(feature_set.cache_path) for name, feature_set in feats.items()},
+        "model_card_results": card_target,
+        "files": {"report": REPORT_FILE, "per_sample": PER_SAMPLE_FILE, **PLOT_FILES},
+        "command": command,
+        "seconds": round(time.time() - started, 2),
+    }
+    per_sample = {
+        "row_id": evaluation.row_ids, "label": evaluation.labels, "prediction": predictions,
+        "correct": correct, "q_score": q_scores, "num_selected": num_selected,
+    }  # fmt: skip
+    eval_results = _eval_results(report)
+    _write_outputs(out_dir, report, per_sample, eval_results if card_target == CARD_RESULTS_FILE else None)
+    if card_target == "README.md":
+        _update_model_card(readme, eval_results)
+    return report

@@ -1,0 +1,98 @@
+"""PNG plots of Q-Scores: histograms (all samples, or correct vs misclassified) and precision-recall curves.
+
+Figures are drawn with matplotlib's object API on the Agg canvas: no display is needed and pyplot's global state
+(and backend) is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve
+
+from .metrics import misclassification_metrics
+
+__all__ = ["plot_pr_curve", "plot_qscore_histogram", "plot_qscore_histograms"]
+
+_BINS = 50
+_DPI = 120
+_CORRECT_COLOR = "tab:green"
+_MISCLASSIFIED_COLOR = "tab:red"
+
+
+def _figure() -> Figure:
+    figure = Figure(figsize=(6.4, 4.4), dpi=_DPI, layout="tight")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _as_arrays(q_scores: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = np.asarray(q_scores, dtype=np.float64).reshape(-1)
+    ok = np.asarray(correct).reshape(-1).astype(bool)
+    if q.shape != ok.shape:
+        raise ValueError(f"got {q.size} Q-Scores but {ok.size} correctness values; pass one of each per sample.")
+    return q, ok
+
+
+def plot_qscore_histogram(
+    q_scores: Sequence[float] | np.ndarray, path: str | os.PathLike, title: str = "Q-Score distribution"
+) -> None:
+    """Histogram of Q-Scores (count per bin), with the mean marked, saved as a PNG at ``path``."""
+    q = np.asarray(q_scores, dtype=np.float64).reshape(-1)
+    if q.size == 0:
+        raise ValueError("no Q-Scores to plot.")
+    figure = _figure()
+    axes = figure.add_subplot()
+    axes.hist(q, bins=_BINS, color="tab:blue", alpha=0.8)
+    axes.axvline(q.mean(), color="black", linestyle="--", label=f"mean {q.mean():.3g} (n = {q.size})")
+    axes.set(xlabel="Q-Score", ylabel="samples", title=title)
+    axes.legend()
+    figure.savefig(path)
+
+
+def plot_qscore_histograms(
+    q_scores: Sequence[float] | np.ndarray,
+    correct: Sequence[int] | np.ndarray,
+    path: str | os.PathLike,
+    title: str = "Q-Score of correctly classified vs misclassified samples",
+) -> None:
+    """Density histograms of the Q-Scores of correct and of misclassified samples on the same bins, as a PNG."""
+    q, ok = _as_arrays(q_scores, correct)
+    bins = np.histogram_bin_edges(q, bins=_BINS)
+    figure = _figure()
+    axes = figure.add_subplot()
+    for mask, name, color in ((ok, "correct", _CORRECT_COLOR), (~ok, "misclassified", _MISCLASSIFIED_COLOR)):
+        if mask.any():
+            axes.hist(q[mask], bins=bins, density=True, alpha=0.5, color=color, label=f"{name} (n = {int(mask.sum())})")
+    axes.set(xlabel="Q-Score", ylabel="density", title=title)
+    axes.legend()
+    figure.savefig(path)
+
+
+def plot_pr_curve(
+    q_scores: Sequence[float] | np.ndarray,
+    correct: Sequence[int] | np.ndarray,
+    path: str | os.PathLike,
+    title: str = "Q-Score as a predictor of correct classification",
+) -> None:
+    """Precision-recall curves of Q-Score as a PNG: correct samples as positives (score ``Q``) and misclassified
+    samples as positives (score ``-Q``), each with its AUPRC in the legend and its base rate as a dashed line."""
+    q, ok = _as_arrays(q_scores, correct)
+    metrics = misclassification_metrics(q, ok.astype(np.int64))
+    figure = _figure()
+    axes = figure.add_subplot()
+    curves = (
+        (ok, q, "correct", metrics["auprc_correct"], metrics["accuracy"], _CORRECT_COLOR),
+        (~ok, -q, "misclassified (score -Q)", metrics["auprc_misclassified"], metrics["misclassified_rate"], _MISCLASSIFIED_COLOR),
+    )  # fmt: skip
+    for positives, scores, name, auprc, base_rate, color in curves:
+        precision, recall, _ = precision_recall_curve(positives, scores)
+        axes.step(recall, precision, where="post", color=color, label=f"{name}: AUPRC {auprc:.3f}")
+        axes.axhline(base_rate, color=color, linestyle="--", linewidth=1, label=f"{name}: base rate {base_rate:.3f}")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.legend(loc="center right", fontsize="small")
+    figure.savefig(path)

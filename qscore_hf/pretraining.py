@@ -1,0 +1,455 @@
+"""Self-supervised pre-training (and fine-tuning) with optional Q-Score regularization, on Accelerate.
+
+``training/pretrain.py`` is the command line; ``pretrain(PretrainConfig(...))`` is the same run from Python.
+One code path serves 1 CPU, 1 GPU, N GPUs and several nodes: accelerate's DDP, nothing home-made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
+from .data import ImageDataset, load_image_dataset
+from .knn import knn_accuracy
+from .modeling_qscore import QScoreModel
+from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
+from .ssl import SSLMethod, TransformSettings, build_method
+
+__all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+# Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
+DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a pre-training run; ``training/configs/<method>.yaml`` hold per-method defaults."""
+
+    method: str
+    output_dir: str
+    backbone: str = "resnet18_cifar"
+    stem_padding: int = 1
+    dataset: str = "fashion_mnist"
+    split: str = "train"
+    eval_split: str | None = "test"
+    image_column: str | None = None
+    label_column: str | None = None
+    max_samples: int | None = None
+    image_size: int = 32
+    epochs: int = 100
+    max_steps: int | None = None
+    batch_size: int = 256
+    optimizer: str = "lars"
+    lr: float = 0.4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    local_views: int = 0
+    qscore_reg: bool = False
+    lambda1: float = 1e-4
+    lambda2: float = 1e-4
+    qscore_eps: float = 4.0
+    qscore_warmup_samples: int = 10_000
+    init_from: str | None = None
+    resume: str | None = None
+    checkpoint_every: int = 500
+    stop_after_steps: int | None = None
+    keep_checkpoints: int = 2
+    push_to_hub: str | None = None
+    private: bool = False
+    seed: int = 0
+    mixed_precision: str | None = None
+    num_workers: int = 4
+    channels_last: bool = True
+    compile: bool = False
+    knn_k: int = 20
+    knn_max_train: int = 10_000
+    log_every: int = 10
+    log_with: str = "tensorboard"
+    progress: bool = True
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    ssl_loss: Tensor
+    regularization: list[QScoreRegularizerOutput]
+    features: list[Tensor]
+
+
+def training_step(
+    method: nn.Module, regularizer: QScoreRegularizer | None, views: list[Tensor], step: int, max_steps: int, epoch: int
+) -> StepOutput:
+    """The loss of one batch: the SSL loss plus, with a regularizer, ``L_Q`` of every view's backbone features."""
+    out = method(views, step, max_steps, epoch)
+    regularization = [regularizer(features) for features in out.features] if regularizer is not None else []
+    loss = out.loss + sum((r.loss for r in regularization), torch.zeros((), device=out.loss.device))
+    return StepOutput(loss, out.loss, regularization, out.features)
+
+
+class TrainState:
+    """Step and epoch counters, checkpointed with accelerate's state."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def _check_output_dir(path: Path, needed_bytes: int) -> None:
+    """Fail before training, not after hours of it, when checkpoints cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"output directory {path} is not writable ({error}); choose another --output-dir.") from error
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes:
+        raise ValueError(
+            f"only {free / 2**20:.0f} MiB free under {path}, but checkpoints need about {needed_bytes / 2**20:.0f} MiB; "
+            "free some space or choose another --output-dir."
+        )
+
+
+def _collate_views(samples: list[dict[str, Any]]) -> list[Tensor]:
+    return [torch.stack(view) for view in zip(*(sample["views"] for sample in samples))]
+
+
+def _collate_eval(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    batch = {"pixel_values": torch.stack([sample["pixel_values"] for sample in samples])}
+    if "label" in samples[0]:
+        batch["label"] = torch.tensor([sample["label"] for sample in samples])
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle per epoch that yields ``epoch * N + index``, so that each sample's augmentation can be
+    seeded by (seed, epoch, index): the views do not depend on the RNG stream, the number of workers or
+    processes, and a resumed run sees exactly the views of an uninterrupted one."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        offset = self.epoch * self.num_samples
+        return iter((torch.randperm(self.num_samples, generator=generator) + offset).tolist())
+
+
+class AugmentedViews(Dataset):
+    """Multi-view augmentations of an image data set, seeded per (seed, epoch, index); see ``EpochSampler``."""
+
+    def __init__(self, data: ImageDataset, transform: Callable[[Any], list[Tensor]], seed: int) -> None:
+        self.data, self.transform, self.seed = data, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.data.dataset)
+
+    def __getitem__(self, global_index: int) -> dict[str, list[Tensor]]:
+        epoch, index = divmod(int(global_index), len(self))
+        image = self.data.dataset[index][self.data.image_column].convert("RGB")
+        sample_seed = (self.seed * 1_000_003 + epoch) * 1_000_000_007 + index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            python_state, numpy_state = random.getstate(), np.random.get_state()
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
+            try:
+                views = self.transform(image)
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+        return {"views": views}
+
+
+def _eval_dataset(data: ImageDataset, model: QScoreModel):
+    processor = model.image_processor()
+    image_column, label_column = data.image_column, data.label_column
+
+    def apply(batch: dict[str, list]) -> dict[str, Any]:
+        pixels = processor([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")["pixel_values"]
+        out: dict[str, Any] = {"pixel_values": list(pixels)}
+        if label_column is not None:
+            out["label"] = batch[label_column]
+        return out
+
+    return data.dataset.with_transform(apply)
+
+
+def _param_groups(method: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay (hence no LARS adaptation in lightly's LARS) on biases and norm layers."""
+    decay, no_decay = [], []
+    for param in method.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = sorted((output_dir / CHECKPOINT_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
+    """``accelerator.save_state`` into a temporary folder, then a rename: a killed run never leaves half a
+    checkpoint that ``--resume auto`` would pick."""
+    root = output_dir / CHECKPOINT_DIR
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, limit: int | None = None):
+    feats, labels, seen = [], [], 0
+    for batch in loader:
+        feats.append(backbone(batch["pixel_values"].to(device)).float().cpu())
+        labels.append(batch["label"])
+        seen += len(batch["label"])
+        if limit is not None and seen >= limit:
+            break
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _knn_monitor(cfg: PretrainConfig, backbone: nn.Module, train_eval, test_eval, device: torch.device) -> float:
+    was_training = backbone.training
+    backbone.eval()
+    make = lambda ds: DataLoader(ds, batch_size=256, num_workers=0, collate_fn=_collate_eval)  # noqa: E731
+    train_x, train_y = _features(backbone, make(train_eval), device, cfg.knn_max_train)
+    test_x, test_y = _features(backbone, make(test_eval), device)
+    backbone.train(was_training)
+    return knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k)
+
+
+def _base_model(cfg: PretrainConfig) -> QScoreModel:
+    if cfg.init_from:
+        return QScoreModel.from_pretrained(cfg.init_from)
+    mean, std = DATASET_STATS.get(cfg.dataset, (IMAGENET_MEAN, IMAGENET_STD))
+    return QScoreModel(
+        QScoreConfig(
+            backbone=cfg.backbone, stem_padding=cfg.stem_padding, image_size=cfg.image_size,
+            crop_pct=1.0 if cfg.image_size <= 64 else 0.875, image_mean=mean, image_std=std, qscore_eps=cfg.qscore_eps,
+        )
+    )
+
+
+def pretrain(cfg: PretrainConfig) -> Path | None:
+    """Run pre-training (or fine-tuning with ``init_from``); returns the exported ``QScoreModel`` folder, or
+    ``None`` when ``stop_after_steps`` ended this invocation early (continue it with ``resume="auto"``)."""
+    output_dir = Path(cfg.output_dir)
+    mixed = cfg.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        log_with=None if cfg.log_with == "none" else cfg.log_with,
+        project_dir=str(output_dir),
+    )
+    set_seed(cfg.seed)
+    model = _base_model(cfg)
+    width = int(model.config.hidden_size)
+    method = build_method(cfg.method, model.backbone, width, **cfg.method_kwargs)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in method.parameters())
+    if accelerator.is_main_process:
+        _check_output_dir(output_dir, needed_bytes=(cfg.keep_checkpoints + 1) * 3 * parameter_bytes + 2**26)
+    accelerator.wait_for_everyone()
+
+    train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
+    settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
+    views = AugmentedViews(train_data, method.build_transform(settings), cfg.seed)
+    loader = DataLoader(
+        views, batch_size=cfg.batch_size, sampler=EpochSampler(len(views), cfg.seed),
+        drop_last=True, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0, collate_fn=_collate_views,
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"{cfg.dataset} ({len(train_data.dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
+            "lower --batch-size."
+        )
+    regularizer = (
+        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, warmup_samples=cfg.qscore_warmup_samples)
+        if cfg.qscore_reg else None
+    )
+    total_batch = cfg.batch_size * accelerator.num_processes
+    lr = cfg.lr * total_batch / 256  # solo-learn's linear scaling rule
+    groups = _param_groups(method, cfg.weight_decay)
+    optimizer = (
+        LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=0.02)
+        if cfg.optimizer == "lars" else torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    )
+    if cfg.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
+    steps_per_epoch = len(loader)
+    max_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    warmup_steps = min(int(cfg.warmup_epochs * steps_per_epoch), max_steps)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps, max_epochs=max_steps)
+    scheduler = accelerator.prepare(scheduler)
+    if cfg.compile:
+        method = torch.compile(method)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if regularizer is not None:
+        regularizer.to(accelerator.device)
+        accelerator.register_for_checkpointing(regularizer)
+
+    if cfg.resume:
+        checkpoint = _latest_checkpoint(output_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+        elif cfg.resume != "auto":
+            raise ValueError(f"--resume {cfg.resume}: no such checkpoint.")
+
+    has_labels = train_data.label_column is not None and cfg.eval_split is not None
+    if has_labels:
+        eval_data = load_image_dataset(cfg.dataset, cfg.eval_split, cfg.image_column, cfg.label_column)
+        train_eval, test_eval = _eval_dataset(train_data, model), _eval_dataset(eval_data, model)
+    if cfg.log_with != "none":
+        accelerator.init_trackers(f"qscore-{cfg.method}", config=_flat_config(cfg))
+
+    unwrapped: SSLMethod = accelerator.unwrap_model(method)
+    stop_at = state.step + cfg.stop_after_steps if cfg.stop_after_steps else None
+    progress = tqdm(total=max_steps, initial=state.step, disable=not (cfg.progress and accelerator.is_main_process),
+                    desc=f"{cfg.method} pre-training", unit="step")
+    window_start, window_images = time.perf_counter(), 0
+    while state.step < max_steps:
+        epoch = state.step // steps_per_epoch
+        loader.set_epoch(epoch)
+        skip = state.step % steps_per_epoch
+        for views in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            if cfg.channels_last:
+                views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+            out = training_step(method, regularizer, views, state.step, max_steps, epoch)
+            accelerator.backward(out.loss)
+            unwrapped.after_backward(epoch)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            window_images += views[0].shape[0] * accelerator.num_processes
+            progress.update(1)
+            if state.step % cfg.log_every == 0 or state.step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                logs = {"step": state.step, "loss": float(out.loss.detach()), "ssl_loss": float(out.ssl_loss.detach()), "lr": scheduler.get_last_lr()[0],
+                        "images_per_s": window_images / max(elapsed, 1e-9), "epoch": epoch}
+                for k, reg in enumerate(out.regularization):
+                    logs.update(reg.log_dict(prefix=f"qscore/view{k}/"))
+                if out.regularization:
+                    logs["qscore/mean_q"] = sum(float(r.alpha) for r in out.regularization) / len(out.regularization)
+                accelerator.log(logs, step=state.step)
+                _append_log(accelerator, output_dir, logs)
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                window_start, window_images = time.perf_counter(), 0
+            if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
+                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            if state.step >= max_steps or state.step == stop_at:
+                break
+        epoch_ended = state.step % steps_per_epoch == 0 or state.step >= max_steps
+        if epoch_ended:
+            if regularizer is not None:
+                regularizer.refresh()
+            if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
+                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            if has_labels and accelerator.is_main_process:
+                accuracy = _knn_monitor(cfg, unwrapped.backbone, train_eval, test_eval, accelerator.device)
+                accelerator.log({f"knn_top1_k{cfg.knn_k}": accuracy}, step=state.step)
+                _append_log(accelerator, output_dir, {"step": state.step, "epoch": epoch, f"knn_top1_k{cfg.knn_k}": accuracy})
+                progress.write(f"epoch {epoch}: kNN top-1 (k={cfg.knn_k}) {accuracy:.4f}")
+            accelerator.wait_for_everyone()
+        if state.step == stop_at and state.step < max_steps:
+            if not epoch_ended:
+                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            accelerator.print(f"stopped after step {state.step} of {max_steps}; continue with --resume auto")
+            accelerator.end_training()
+            return None
+    progress.close()
+    model_dir = _export(cfg, accelerator, model, unwrapped, train_data, max_steps, steps_per_epoch)
+    accelerator.end_training()
+    return model_dir
+
+
+def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod,
+            train_data: ImageDataset, steps: int, steps_per_epoch: int) -> Path:
+    """The backbone as a QScoreModel folder, with activation statistics from a final pass over the training data."""
+    model.backbone = method.backbone
+    model.to(accelerator.device)
+    eval_loader = accelerator.prepare(
+        DataLoader(_eval_dataset(train_data, model), batch_size=256, num_workers=0, collate_fn=_collate_eval)
+    )
+    model.compute_activation_stats(eval_loader, progress=cfg.progress and accelerator.is_main_process)
+    model.config.ssl_method = cfg.method
+    model.config.pretraining_data = cfg.dataset
+    model.config.qscore_regularized = cfg.qscore_reg or bool(getattr(model.config, "qscore_regularized", False))
+    if cfg.qscore_reg:
+        model.config.qscore_regularization = {
+            "lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "eps": cfg.qscore_eps,
+            "warmup_samples": cfg.qscore_warmup_samples, "mode": "fine-tuning" if cfg.init_from else "pre-training",
+        }
+    model.config.training = {
+        **{key: value for key, value in asdict(cfg).items() if key not in ("output_dir", "resume", "push_to_hub", "progress")},
+        "steps": steps, "epochs_completed": steps / steps_per_epoch, "num_processes": accelerator.num_processes,
+    }
+    model_dir = Path(cfg.output_dir) / MODEL_DIR
+    if accelerator.is_main_process:
+        model.cpu().save_pretrained(model_dir)
+        if cfg.push_to_hub:
+            model.push_to_hub(cfg.push_to_hub, private=cfg.private, commit_message=f"{cfg.method} pre-training")
+    accelerator.wait_for_everyone()
+    return model_dir
+
+
+def _append_log(accelerator: Accelerator, output_dir: Path, logs: dict[str, Any]) -> None:
+    """A plain JSON-lines log beside the trackers' (``train_log.jsonl``), readable without TensorBoard."""
+    if accelerator.is_main_process:
+        with open(output_dir / "train_log.jsonl", "a") as handle:
+            handle.write(json.dumps(logs) + "\n")
+
+
+def _flat_config(cfg: PretrainConfig) -> dict[str, Any]:
+    flat = {key: value for key, value in asdict(cfg).items() if key != "method_kwargs"}
+    flat.update({f"method.{key}": value for key, value in cfg.method_kwargs.items()})
+    return {key: (json.dumps(value) if isinstance(value, (list, dict)) or value is None else value) for key, value in flat.items()}
+

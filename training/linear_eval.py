@@ -1,0 +1,95 @@
+"""Linear evaluation of a frozen QScoreModel with Q-Score misclassification metrics (SPEC §5).
+
+    python training/linear_eval.py --model path/or/hub-id --dataset digits
+    accelerate launch training/linear_eval.py --model ... --dataset ...
+
+Features are computed once (batched, on the GPU when there is one) and cached on disk; a linear probe is trained on
+the train split (100 epochs of SGD by default, or L-BFGS) and evaluated on the eval split; the report, per-sample
+parquet and plots go to ``--out``, and a local model folder's README.md ``model-index`` gets the results. Under a
+multi-process launcher (accelerate, torchrun) only the process of rank 0 works; the others exit at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+SUMMARY_COLUMNS = (
+    ("model", "model", "{}"),
+    ("dataset", "dataset", "{}"),
+    ("n_train", "num_train", "{}"),
+    ("n_eval", "num_eval", "{}"),
+    ("top1", "top1", "{:.4f}"),
+    ("auprc_correct", "auprc_correct", "{:.4f}"),
+    ("auprc_miscls", "auprc_misclassified", "{:.4f}"),
+    ("auroc", "auroc", "{:.4f}"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="local folder or Hub id of a QScoreModel")
+    parser.add_argument("--dataset", required=True, help="digits, fashion_mnist, a local folder/file or a Hub data set id")
+    parser.add_argument("--train-split", default="train", help="split the probe is trained on (default: train)")
+    parser.add_argument("--eval-split", default="test", help="split the probe is evaluated on (default: test)")
+    parser.add_argument("--image-column", default=None, help="image column (default: found automatically)")
+    parser.add_argument("--label-column", default=None, help="label column (default: found automatically)")
+    parser.add_argument("--epochs", type=int, default=100, help="probe epochs, or L-BFGS iterations (default: 100)")
+    parser.add_argument("--optimizer", choices=("sgd", "lbfgs"), default="sgd", help="probe optimizer (default: sgd)")
+    parser.add_argument("--lr", type=float, default=None, help="probe learning rate (default: 0.1 SGD, 1.0 L-BFGS)")
+    parser.add_argument("--weight-decay", type=float, default=None, help="default: 0 for SGD, 1e-4 L2 for L-BFGS")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass (default: 256)")
+    parser.add_argument("--probe-batch-size", type=int, default=256, help="SGD mini-batch size (default: 256)")
+    parser.add_argument("--max-samples", type=int, default=None, help="use at most this many rows of each split")
+    parser.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda when available)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
+    parser.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)")
+    parser.add_argument("--revision", default=None, help="Hub revision of the model")
+    parser.add_argument("--seed", type=int, default=0, help="probe seed (default: 0)")
+    parser.add_argument("--no-model-card", action="store_true", help="leave a local model folder's README.md alone")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/linear_eval/<model>_<dataset>_<eval split>)")
+    return parser
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A header line and one row of the report's headline numbers."""
+    cells = [(name, fmt.format(report[key])) for name, key, fmt in SUMMARY_COLUMNS]
+    widths = [max(len(name), len(value)) for name, value in cells]
+    header = " | ".join(name.ljust(width) for (name, _), width in zip(cells, widths))
+    row = " | ".join(value.ljust(width) for (_, value), width in zip(cells, widths))
+    return f"{header}\n{row}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch: rank 0 does the (single-process) work
+        return 0
+    import torch
+
+    from qscore_hf.linear_eval import run_linear_eval
+
+    out = args.out or Path("outputs", "linear_eval", f"{Path(args.model).name}_{Path(args.dataset).name}_{args.eval_split}")
+    report = run_linear_eval(
+        args.model, args.dataset, out,
+        train_split=args.train_split, eval_split=args.eval_split,
+        image_column=args.image_column, label_column=args.label_column, max_samples=args.max_samples,
+        epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        probe_batch_size=args.probe_batch_size, batch_size=args.batch_size,
+        dtype=torch.bfloat16 if args.bf16 else None, device=args.device, num_workers=args.num_workers,
+        cache_dir=args.cache_dir, revision=args.revision, seed=args.seed,
+        update_model_card=not args.no_model_card, progress=not args.no_progress,
+        command=shlex.join([sys.executable, *sys.argv] if argv is None else ["linear_eval.py", *argv]),
+    )  # fmt: skip
+    print(summary_table(report))
+    print(f"report: {Path(out) / 'report.json'}; model-index results: {report['model_card_results']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Self-supervised pre-training / Q-Score fine-tuning of a ResNet with one of six SSL methods.
+
+    accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --qscore-reg --output-dir runs/byol
+
+Settings come from, in increasing priority: qscore_hf.pretraining.PretrainConfig's defaults, the method's YAML
+(training/configs/<method>.yaml, or --config FILE), and the flags given here. The run itself is
+qscore_hf.pretraining.pretrain: the same on 1 CPU, 1 GPU, N GPUs or several nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from qscore_hf.pretraining import PretrainConfig, pretrain
+from qscore_hf.ssl import METHODS
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--method", required=True, choices=sorted(METHODS))
+    add("--config", type=Path, help="YAML of defaults (default: training/configs/<method>.yaml)")
+    add("--output-dir", required=True)
+    add("--backbone", help="resnet18, resnet18_cifar (CIFAR stem), resnet50, or any timm name")
+    add("--stem-padding", type=int)
+    add("--dataset", help="Hub id, local imagefolder/parquet/arrow, or fashion_mnist / digits")
+    add("--split"), add("--eval-split", help="labelled split for the per-epoch kNN monitor ('none' to skip)")
+    add("--image-column"), add("--label-column")
+    add("--max-samples", type=int, help="use only the first N training samples")
+    add("--image-size", type=int)
+    add("--epochs", type=int), add("--max-steps", type=int)
+    add("--batch-size", type=int, help="per device")
+    add("--optimizer", choices=["lars", "sgd"])
+    add("--lr", type=float, help="per 256 images (scaled by the total batch size)")
+    add("--weight-decay", type=float), add("--warmup-epochs", type=float)
+    add("--local-views", type=int, help="multi-crop small views for SwAV / DINO")
+    add("--method-kwargs", type=json.loads, help='JSON overriding the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'')
+    add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
+    add("--lambda1", type=float), add("--lambda2", type=float), add("--qscore-eps", type=float)
+    add("--qscore-warmup-samples", type=int)
+    add("--init-from", help="fine-tune this QScoreModel (published recipe: --lr 1e-5 --epochs 50)")
+    add("--resume", help="'auto' (latest checkpoint in --output-dir) or a checkpoint folder")
+    add("--checkpoint-every", type=int), add("--keep-checkpoints", type=int)
+    add("--stop-after-steps", type=int, help="checkpoint and stop after N steps (e.g. a job's time limit); then --resume auto")
+    add("--push-to-hub", metavar="ORG/NAME"), add("--private", action="store_true")
+    add("--seed", type=int)
+    add("--mixed-precision", choices=["no", "fp16", "bf16"])
+    add("--num-workers", type=int)
+    add("--no-channels-last", dest="channels_last", action="store_false")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--knn-k", type=int), add("--knn-max-train", type=int)
+    add("--log-every", type=int)
+    add("--log-with", choices=["tensorboard", "wandb", "none"])
+    add("--no-progress", dest="progress", action="store_false")
+    args = vars(parser.parse_args(argv))
+
+    config_path = args.pop("config", CONFIG_DIR / f"{args['method']}.yaml")
+    settings = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
+    if settings.get("method", args["method"]) != args["method"]:
+        parser.error(f"{config_path} is a config for {settings['method']!r}, not {args['method']!r}.")
+    settings.update(args)
+    if isinstance(settings.get("eval_split"), str) and settings["eval_split"].lower() == "none":
+        settings["eval_split"] = None
+    known = {f.name for f in fields(PretrainConfig)}
+    unknown = set(settings) - known
+    if unknown:
+        parser.error(f"{config_path}: unknown setting(s) {sorted(unknown)}")
+    return PretrainConfig(**settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    model_dir = pretrain(parse_args(argv))
+    if model_dir is not None:
+        print(f"saved the pre-trained QScoreModel to {model_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
