@@ -11,6 +11,7 @@ import warnings
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration_qscore import QScoreConfig
+from .convert import convert_checkpoint
 from .image_processing_qscore import QScoreImageProcessor
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel, QScoreModelOutput, WeightsMismatchError
@@ -30,6 +31,7 @@ __all__ = [
     "QScoreRegularizer",
     "QScoreRegularizerOutput",
     "WeightsMismatchError",
+    "convert_checkpoint",
     "highly_activating",
     "misclassification_metrics",
     "qscore",

@@ -61,6 +61,8 @@ def load_image_dataset(
     """
     if name in BUILTIN_DATASETS:
         dataset = _load_digits(split) if name == "digits" else _load_fashion_mnist(split, max_samples)
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
     else:
         dataset = _load_external(name, split, streaming)
     if max_samples is not None:

@@ -40,6 +40,7 @@ CACHE_FORMAT_VERSION = 1
 FEATURES_FILE = "features.npy"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
+RAW_FILE = "features.raw"  # streaming rows before their count is known; never left in a finished cache folder
 _NO_LABEL = -1
 
 
@@ -227,7 +228,7 @@ class _FeatureWriter:
         self.written = 0
         self.width: int | None = None
         self._memmap: np.memmap | None = None
-        self._raw = None if num_rows is not None else open(folder / "features.raw", "wb")
+        self._raw = None if num_rows is not None else open(folder / RAW_FILE, "wb")
 
     def append(self, features: np.ndarray) -> None:
         if self.width is None:
@@ -252,7 +253,7 @@ class _FeatureWriter:
             del self._memmap
             return
         self._raw.close()
-        raw_path = self.folder / "features.raw"
+        raw_path = self.folder / RAW_FILE
         with open(self.folder / FEATURES_FILE, "wb") as out, open(raw_path, "rb") as raw:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
                       "shape": (self.written, self.width)}  # fmt: skip
@@ -298,15 +299,27 @@ def _write_cache(
         writer.finish()
         if has_labels:
             np.save(tmp / LABELS_FILE, np.concatenate(labels).astype(np.int64))
-        meta = {"identity": identity, "num_rows": writer.written, "num_features": writer.width, "has_labels": has_labels}
+        meta = {"identity": identity, "num_rows": writer.written, "num_features": writer.width,
+                "has_labels": has_labels}  # fmt: skip
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if folder.exists():  # an unreadable or stale folder of the same key: replace it
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        _move_into_place(tmp, folder, identity)
     except BaseException:
         writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _move_into_place(tmp: Path, folder: Path, identity: dict[str, Any]) -> None:
+    """Rename the finished ``tmp`` to ``folder``. A folder already there is either a valid cache written meanwhile
+    by a concurrent extraction (kept; ``tmp`` is dropped) or a damaged one (replaced)."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if _load_cached(folder, identity) is not None:
+            shutil.rmtree(tmp)
+            return
+        shutil.rmtree(folder)
+        os.rename(tmp, folder)
 
 
 def _extract_in_memory(batches: Iterator[FeatureBatch], has_labels: bool) -> FeatureSet:
@@ -336,7 +349,9 @@ def extract_features(
     With ``cache_dir`` the features go to ``cache_dir/<feature_cache_key>/features.npy`` (plus ``labels.npy`` and
     ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
     call with the same model weights, preprocessing, autocast dtype and data set loads them memory-mapped without
-    running the model. Without ``cache_dir`` the features are gathered in memory.
+    running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
+    by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
+    shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
     """
     has_labels = image_dataset.label_column is not None
     batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress)
@@ -350,5 +365,7 @@ def extract_features(
     _write_cache(folder, identity, batches, _num_rows(image_dataset), has_labels)
     loaded = _load_cached(folder, identity)
     if loaded is None:
-        raise RuntimeError(f"features written to {folder} could not be read back; check the disk (free space, permissions).")
+        raise RuntimeError(
+            f"features written to {folder} could not be read back; check the disk (free space, permissions)."
+        )
     return FeatureSet(loaded.features, loaded.labels, loaded.row_ids, folder, from_cache=False)

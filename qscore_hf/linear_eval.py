@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,7 @@ def _load_split(dataset: str, split: str, image_column: str | None, label_column
     return loaded
 
 
-def _chunks(features: np.ndarray) -> Any:
+def _chunks(features: np.ndarray) -> Iterator[torch.Tensor]:
     """Row chunks of a (possibly memory-mapped) feature matrix as float32 tensors."""
     for start in range(0, len(features), _CHUNK_ROWS):
         yield torch.from_numpy(np.array(features[start : start + _CHUNK_ROWS], dtype=np.float32))
@@ -154,7 +154,7 @@ def _write_outputs(out_dir: str | os.PathLike, report: dict[str, Any], per_sampl
         plot_qscore_histograms(q_scores, correct, tmp / PLOT_FILES["histogram"])
         plot_pr_curve(q_scores, correct, tmp / PLOT_FILES["pr_curve"])
         if card_results is not None:
-            note = "No local README.md model card to update; pass these to huggingface_hub.EvalResult(**result)."
+            note = "Not written into a README.md model card; add them with huggingface_hub.EvalResult(**result)."
             results = {"model": report["model"], "note": note, "eval_results": card_results}
             (tmp / CARD_RESULTS_FILE).write_text(json.dumps(results, indent=2))
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))

@@ -30,7 +30,10 @@ def _figure() -> Figure:
     return figure
 
 
-def _as_arrays(q_scores: Sequence[float] | np.ndarray, correct: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def _as_arrays(q_scores: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(q_scores, dtype=np.float64).reshape(-1)
     ok = np.asarray(correct).reshape(-1).astype(bool)
     if q.shape != ok.shape:
@@ -39,7 +42,7 @@ def _as_arrays(q_scores: Sequence[float] | np.ndarray, correct: Sequence[int] | 
 
 
 def plot_qscore_histogram(
-    q_scores: Sequence[float] | np.ndarray, path: str | os.PathLike, title: str = "Q-Score distribution"
+    q_scores: ArrayLike, path: str | os.PathLike, title: str = "Q-Score distribution"
 ) -> None:
     """Histogram of Q-Scores (count per bin), with the mean marked, saved as a PNG at ``path``."""
     q = np.asarray(q_scores, dtype=np.float64).reshape(-1)
@@ -55,8 +58,8 @@ def plot_qscore_histogram(
 
 
 def plot_qscore_histograms(
-    q_scores: Sequence[float] | np.ndarray,
-    correct: Sequence[int] | np.ndarray,
+    q_scores: ArrayLike,
+    correct: ArrayLike,
     path: str | os.PathLike,
     title: str = "Q-Score of correctly classified vs misclassified samples",
 ) -> None:
@@ -74,8 +77,8 @@ def plot_qscore_histograms(
 
 
 def plot_pr_curve(
-    q_scores: Sequence[float] | np.ndarray,
-    correct: Sequence[int] | np.ndarray,
+    q_scores: ArrayLike,
+    correct: ArrayLike,
     path: str | os.PathLike,
     title: str = "Q-Score as a predictor of correct classification",
 ) -> None:
@@ -87,7 +90,8 @@ def plot_pr_curve(
     axes = figure.add_subplot()
     curves = (
         (ok, q, "correct", metrics["auprc_correct"], metrics["accuracy"], _CORRECT_COLOR),
-        (~ok, -q, "misclassified (score -Q)", metrics["auprc_misclassified"], metrics["misclassified_rate"], _MISCLASSIFIED_COLOR),
+        (~ok, -q, "misclassified (score -Q)", metrics["auprc_misclassified"], metrics["misclassified_rate"],
+         _MISCLASSIFIED_COLOR),
     )  # fmt: skip
     for positives, scores, name, auprc, base_rate, color in curves:
         precision, recall, _ = precision_recall_curve(positives, scores)

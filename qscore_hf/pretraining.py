@@ -11,7 +11,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -282,6 +282,9 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     output_dir = Path(cfg.output_dir)
     mixed = cfg.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
     accelerator = Accelerator(
+        # Without a GPU, accelerate forms a gloo process group under `accelerate launch --multi_gpu`/torchrun only
+        # when told cpu=True; otherwise every process would train alone as rank 0.
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         mixed_precision=mixed,
         log_with=None if cfg.log_with == "none" else cfg.log_with,
         project_dir=str(output_dir),
@@ -416,9 +419,11 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
     """The backbone as a QScoreModel folder, with activation statistics from a final pass over the training data."""
     model.backbone = method.backbone
     model.to(accelerator.device)
-    eval_loader = accelerator.prepare(
-        DataLoader(_eval_dataset(train_data, model), batch_size=256, num_workers=0, collate_fn=_collate_eval)
-    )
+    # Each process counts its own contiguous shard and compute_activation_stats sums them: every image exactly
+    # once (accelerate's prepared loaders would pad the last batches with repeated images).
+    shard = train_data.dataset.shard(accelerator.num_processes, accelerator.process_index, contiguous=True)
+    eval_loader = DataLoader(_eval_dataset(replace(train_data, dataset=shard), model), batch_size=256, num_workers=0,
+                             collate_fn=_collate_eval)
     model.compute_activation_stats(eval_loader, progress=cfg.progress and accelerator.is_main_process)
     model.config.ssl_method = cfg.method
     model.config.pretraining_data = cfg.dataset

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -85,13 +85,13 @@ def feature_mean_std(features: np.ndarray | Tensor, chunk_rows: int = _CHUNK_ROW
     """Per-feature mean and population standard deviation (float64, two passes over chunks). Features with zero
     spread get ``std = 1`` so that standardizing leaves them at 0 instead of dividing by zero."""
     rows = len(features)
-    total = sum(np.asarray(features[s : s + chunk_rows], dtype=np.float64).sum(axis=0) for s in range(0, rows, chunk_rows))
-    mean = total / rows
-    squares = sum(
-        ((np.asarray(features[s : s + chunk_rows], dtype=np.float64) - mean) ** 2).sum(axis=0)
-        for s in range(0, rows, chunk_rows)
-    )
-    std = np.sqrt(squares / rows)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, rows, chunk_rows):
+            yield np.asarray(features[start : start + chunk_rows], dtype=np.float64)
+
+    mean = sum(chunk.sum(axis=0) for chunk in chunks()) / rows
+    std = np.sqrt(sum(((chunk - mean) ** 2).sum(axis=0) for chunk in chunks()) / rows)
     return mean, np.where(std > 0, std, 1.0)
 
 
@@ -100,7 +100,7 @@ def _check_inputs(features: np.ndarray | Tensor, labels: np.ndarray | Tensor) ->
     if len(features) != len(labels):
         raise ValueError(f"got {len(features)} feature rows but {len(labels)} labels; pass one label per row.")
     if len(features.shape) != 2:
-        raise ValueError(f"features must be a 2-D (num_samples, num_features) array; got shape {tuple(features.shape)}.")
+        raise ValueError(f"features must be a 2-D (samples, features) array; got shape {tuple(features.shape)}.")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise ValueError("labels must be non-negative integer class indices (0 .. num_classes - 1).")
     return labels.astype(np.int64), int(labels.max()) + 1
@@ -143,7 +143,7 @@ def train_linear_probe(
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive; got epochs={epochs}, batch_size={batch_size}.")
     labels, seen_classes = _check_inputs(train_features, train_labels)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     probe = LinearProbe(train_features.shape[1], max(num_classes or 0, seen_classes))
     if standardize:
@@ -192,15 +192,17 @@ def _fit_lbfgs(probe: LinearProbe, x: Tensor, y: Tensor, settings: ProbeSettings
     """Full-batch L-BFGS (``epochs`` iterations) on mean cross-entropy plus ``weight_decay / 2 * ||W||^2`` (bias
     not penalised)."""
     opt = torch.optim.LBFGS(
-        probe.linear.parameters(), lr=settings.lr, max_iter=settings.epochs, history_size=20, line_search_fn="strong_wolfe"
-    )
+        probe.linear.parameters(), lr=settings.lr, max_iter=settings.epochs, history_size=20,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
     bar = tqdm(desc="linear probe (L-BFGS)", unit="pass", disable=not progress)
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=x.device)
         for start in range(0, len(x), _CHUNK_ROWS):  # gradients accumulate chunk by chunk: bounded memory
-            chunk = F.cross_entropy(probe(x[start : start + _CHUNK_ROWS]), y[start : start + _CHUNK_ROWS], reduction="sum")
+            rows = slice(start, start + _CHUNK_ROWS)
+            chunk = F.cross_entropy(probe(x[rows]), y[rows], reduction="sum")
             (chunk / len(x)).backward()
             total += chunk.detach() / len(x)
         penalty = 0.5 * settings.weight_decay * probe.linear.weight.pow(2).sum()

@@ -33,7 +33,7 @@ SUMMARY_COLUMNS = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="local folder or Hub id of a QScoreModel")
-    parser.add_argument("--dataset", required=True, help="digits, fashion_mnist, a local folder/file or a Hub data set id")
+    parser.add_argument("--dataset", required=True, help="digits, fashion_mnist, a local folder/file or a Hub id")
     parser.add_argument("--train-split", default="train", help="split the probe is trained on (default: train)")
     parser.add_argument("--eval-split", default="test", help="split the probe is evaluated on (default: test)")
     parser.add_argument("--image-column", default=None, help="image column (default: found automatically)")
@@ -48,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda when available)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
-    parser.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)"
+    )
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--seed", type=int, default=0, help="probe seed (default: 0)")
     parser.add_argument("--no-model-card", action="store_true", help="leave a local model folder's README.md alone")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("--out", default=None, help="output folder (default: outputs/linear_eval/<model>_<dataset>_<eval split>)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: outputs/linear_eval/<model>_<dataset>_<eval split>)"
+    )
     return parser
 
 
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from qscore_hf.linear_eval import run_linear_eval
 
-    out = args.out or Path("outputs", "linear_eval", f"{Path(args.model).name}_{Path(args.dataset).name}_{args.eval_split}")
+    run_name = f"{Path(args.model).name}_{Path(args.dataset).name}_{args.eval_split}"
+    out = args.out or Path("outputs", "linear_eval", run_name)
     report = run_linear_eval(
         args.model, args.dataset, out,
         train_split=args.train_split, eval_split=args.eval_split,

@@ -1,0 +1,32 @@
+"""Convert released self-supervised checkpoints (MoCo, SimSiam, SwAV, DINO, BYOL, SimCLR, solo-learn, lightly,
+torchvision/timm) into ``QScoreModel`` folders, strictly: every backbone tensor consumed, every head dropped by an
+explicit rule and reported.
+
+Example::
+
+    from qscore_hf.convert import convert_checkpoint, save_converted, ConversionReport
+
+    model = convert_checkpoint("moco_v2_800ep_pretrain.pth.tar")
+    print(ConversionReport.from_config(model.config).summary())
+    save_converted(model, "moco-v2-r50")
+"""
+
+from .export import push_folder, save_converted
+from .layouts import FORMATS, Layout
+from .loader import ConversionReport, Detection, convert_checkpoint, detect_format
+from .reading import ConversionError, TrustedCheckpointWarning
+from .stats import compute_stats
+
+__all__ = [
+    "FORMATS",
+    "ConversionError",
+    "ConversionReport",
+    "Detection",
+    "Layout",
+    "TrustedCheckpointWarning",
+    "compute_stats",
+    "convert_checkpoint",
+    "detect_format",
+    "push_folder",
+    "save_converted",
+]

@@ -1,0 +1,355 @@
+"""The released checkpoint layouts as data: one rule table per format (see shared/CHECKPOINTS.md).
+
+Each :class:`Layout` says where the state dict sits in the file, under which prefix(es) the backbone's
+torchvision/timm-named tensors are, which other tensors are heads to drop (regex -> group), how to tell the
+layout from the keys, which method trained it, the preprocessing the weights expect and the license of the
+original weights. The loader (``loader.py``) applies a layout; nothing here runs code on a checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..configuration_qscore import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_ALIASES",
+    "DatasetPreprocessing",
+    "Layout",
+    "License",
+    "Preprocessing",
+    "ssl_family",
+]
+
+
+@dataclass(frozen=True)
+class License:
+    """The license of the original weights: an SPDX-style Hub id (``cc-by-nc-4.0``, ``mit``, ``unknown``), where it
+    is stated, and whether we confirmed that it covers the weights (not only the code)."""
+
+    id: str
+    source: str
+    confirmed: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights expect as input: normalization and the evaluation resize/centre-crop."""
+
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    image_size: int = 224
+    crop_pct: float = 0.875
+    note: str = "ImageNet normalization, resize 256 / centre-crop 224"
+
+
+DatasetPreprocessing = Mapping[str, tuple[str, Preprocessing]]
+
+IMAGENET = Preprocessing()
+CIFAR10 = Preprocessing((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 1.0, "CIFAR-10 normalization, 32 px")
+# solo-learn's pre-training/eval statistics per data set (solo/data/pretrain_dataloader.py, MEANS_N_STD).
+SOLO_LEARN_DATASETS: DatasetPreprocessing = {
+    "cifar10": ("cifar10", CIFAR10),
+    "cifar100": (
+        "cifar100",
+        Preprocessing((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 1.0, "CIFAR-100 normalization, 32 px"),
+    ),
+    "stl10": (
+        "stl10",
+        Preprocessing((0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261), 96, 1.0, "STL-10 normalization, 96 px"),
+    ),
+    "imagenet100": ("imagenet-100", IMAGENET),
+    "imagenet": ("imagenet-1k", IMAGENET),
+}
+
+# Source method names (as the releases spell them) -> QScoreConfig.ssl_method; methods not listed get None.
+_SSL_FAMILY = {
+    "simclr": "simclr",
+    "moco": "moco",
+    "mocov1": "moco",
+    "mocov2": "moco",
+    "mocov2plus": "moco",
+    "mocov3": "moco",
+    "byol": "byol",
+    "swav": "swav",
+    "dino": "dino",
+    "simsiam": "simsiam",
+}
+
+
+def ssl_family(method: str | None) -> str | None:
+    """``QScoreConfig.ssl_method`` for a source method name (``mocov2plus`` -> ``moco``); ``None`` when the
+    method is none of the six (e.g. solo-learn's ``barlow_twins``: it is still recorded in the conversion)."""
+    return _SSL_FAMILY.get(method) if method else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one release lays out its checkpoint.
+
+    Args:
+        name: the format's name (``--format``).
+        title: the release in words, with its code repository.
+        container_keys: top-level keys the file's dict must have (empty: the file is the state dict itself).
+        state_path: keys leading from the file's dict to the state dict (empty: the file itself).
+        prefixes: prefixes of the backbone's keys; stripping one gives torchvision/timm names.
+        drop: ``(regex, group)`` rules for the tensors that are not the backbone (heads, copies, queues); a key
+            matching one is dropped and counted under its group. Checked before ``prefixes``.
+        requires: regexes that must each match some key for auto-detection to pick this layout.
+        forbids: regexes that must match no key for auto-detection to pick this layout.
+        method: the method that produced the release, or ``None`` when the file does not say.
+        method_hints: ``(regexes, method)``: the first entry whose regexes all match some key names the method
+            (e.g. MoCo v2's MLP ``fc.0``); used before ``method``.
+        read_hparams: reads ``(method, dataset)`` from the file's Lightning ``hyper_parameters``.
+        pretraining_data: the data set the release was pre-trained on, when fixed.
+        preprocessing: what the weights expect (overridden by a known ``dataset``).
+        datasets: preprocessing by the data set named in ``hyper_parameters``.
+        cifar_stem_padding: padding of the 3x3 CIFAR stem when the checkpoint has one (not visible in weights).
+        license: license of the original weights.
+        notes: caveats for the report and the model card; ``method_notes`` add some per method.
+    """
+
+    name: str
+    title: str
+    container_keys: frozenset[str] = frozenset()
+    state_path: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ("",)
+    drop: tuple[tuple[str, str], ...] = ()
+    requires: tuple[str, ...] = ()
+    forbids: tuple[str, ...] = ()
+    method: str | None = None
+    method_hints: tuple[tuple[tuple[str, ...], str], ...] = ()
+    read_hparams: Callable[[Any], tuple[str | None, str | None]] | None = None
+    pretraining_data: str | None = "imagenet-1k"
+    preprocessing: Preprocessing = IMAGENET
+    datasets: DatasetPreprocessing = field(default_factory=dict)
+    cifar_stem_padding: int = 1
+    license: License = License("unknown", "see the source repository", False)
+    notes: tuple[str, ...] = ()
+    method_notes: Mapping[str, str] = field(default_factory=dict)
+
+    def drop_group(self, key: str) -> str | None:
+        """The head group a key belongs to, or ``None`` if no drop rule matches it."""
+        return next((group for pattern, group in self.drop if re.search(pattern, key)), None)
+
+    def strip_prefix(self, key: str) -> str | None:
+        """The key without its backbone prefix, or ``None`` when it is under none of them."""
+        return next((key[len(prefix) :] for prefix in self.prefixes if key.startswith(prefix)), None)
+
+    def matches(self, keys: list[str]) -> bool:
+        """Whether this layout's detection signature fits a state dict's keys."""
+
+        def found(pattern: str) -> bool:
+            return any(re.search(pattern, key) for key in keys)
+
+        return all(found(p) for p in self.requires) and not any(found(p) for p in self.forbids)
+
+    def hinted_method(self, keys: list[str]) -> str | None:
+        """The method named by the first hint whose regexes all match some key."""
+        for patterns, method in self.method_hints:
+            if all(any(re.search(p, key) for key in keys) for p in patterns):
+                return method
+        return None
+
+
+def _solo_learn_hparams(hparams: Any) -> tuple[str | None, str | None]:
+    """solo-learn's method and data set: flat hyper-parameters before v1.0.6 (argparse), ``cfg`` after (omegaconf)."""
+    if not isinstance(hparams, Mapping):
+        return None, None
+    cfg = hparams.get("cfg") if isinstance(hparams.get("cfg"), Mapping) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    method = hparams.get("method") or cfg.get("method")
+    dataset = hparams.get("dataset") or data.get("dataset")
+    return (str(method) if method else None), (str(dataset) if dataset else None)
+
+
+_TORCHVISION_STEM = r"^conv1\.weight$"
+_BN_COUNTER = r"num_batches_tracked$"
+_FB_NC = "CC-BY-NC 4.0 (README/LICENSE of the repository)"
+
+FORMATS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout(
+            name="moco",
+            title="MoCo v1/v2 (github.com/facebookresearch/moco, main_moco.py)",
+            container_keys=frozenset({"state_dict"}),
+            state_path=("state_dict",),
+            prefixes=("module.encoder_q.",),
+            drop=(
+                (r"^module\.encoder_q\.fc\.", "projector"),
+                (r"^module\.encoder_k\.", "encoder copies"),
+                (r"^module\.queue(_ptr)?$", "queue"),
+            ),
+            requires=(r"^module\.encoder_q\.conv1\.weight$",),
+            method="mocov1",
+            method_hints=(((r"^module\.encoder_q\.fc\.0\.weight$",), "mocov2"),),
+            license=License("cc-by-nc-4.0", _FB_NC, True),
+        ),
+        Layout(
+            name="mocov3",
+            title="MoCo v3 (github.com/facebookresearch/moco-v3, main_moco.py)",
+            container_keys=frozenset({"state_dict"}),
+            state_path=("state_dict",),
+            prefixes=("module.base_encoder.",),
+            drop=(
+                (r"^module\.base_encoder\.fc\.", "projector"),
+                (r"^module\.momentum_encoder\.", "encoder copies"),
+                (r"^module\.predictor\.", "predictor"),
+            ),
+            requires=(r"^module\.base_encoder\.conv1\.weight$",),
+            method="mocov3",
+            license=License("cc-by-nc-4.0", _FB_NC, False),
+        ),
+        Layout(
+            name="simsiam",
+            title="SimSiam (github.com/facebookresearch/simsiam, main_simsiam.py)",
+            container_keys=frozenset({"state_dict"}),
+            state_path=("state_dict",),
+            prefixes=("module.encoder.",),
+            drop=((r"^module\.encoder\.fc\.", "projector"), (r"^module\.predictor\.", "predictor")),
+            requires=(r"^module\.encoder\.conv1\.weight$",),
+            method="simsiam",
+            license=License("cc-by-nc-4.0", _FB_NC, False),
+        ),
+        Layout(
+            name="swav",
+            title="SwAV (github.com/facebookresearch/swav, main_swav.py / hubconf.py)",
+            prefixes=("module.",),
+            drop=((r"^module\.projection_head\.", "projector"), (r"^module\.prototypes", "prototypes")),
+            requires=(r"^module\.conv1\.weight$",),
+            method="swav",
+            preprocessing=Preprocessing(
+                IMAGENET_MEAN, (0.228, 0.224, 0.225), 224, 0.875, "ImageNet mean, SwAV's std (0.228, 0.224, 0.225)"
+            ),
+            license=License("cc-by-nc-4.0", _FB_NC, False),
+            notes=("SwAV pads by 1 and then convolves with padding 2: the same as torchvision's conv1 padding 3.",),
+        ),
+        Layout(
+            name="dino_full",
+            title="DINO training checkpoint (github.com/facebookresearch/dino, main_dino.py): the teacher",
+            container_keys=frozenset({"teacher", "student"}),
+            state_path=("teacher",),
+            prefixes=("module.backbone.", "backbone."),
+            drop=((r"^(module\.)?head\.", "projector"),),
+            requires=(r"^(module\.)?backbone\.conv1\.weight$",),
+            method="dino",
+            license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
+            notes=("The teacher's backbone is used, as DINO evaluates it; the student was not read.",),
+        ),
+        Layout(
+            name="dino_backbone",
+            title="DINO backbone file (github.com/facebookresearch/dino, dino_resnet50_pretrain.pth): the teacher",
+            requires=(_TORCHVISION_STEM,),
+            forbids=(r"^fc\.",),
+            method="dino",
+            license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
+            notes=("A torchvision state dict without `fc` looks the same; pass --format torchvision for one.",),
+        ),
+        Layout(
+            name="byol_converted",
+            title="BYOL converted to torchvision names (github.com/ajtejankar/byol-convert)",
+            drop=((r"^fc\.", "supervised head"),),
+            requires=(_TORCHVISION_STEM, r"^fc\.weight$"),
+            forbids=(_BN_COUNTER,),
+            method="byol",
+            license=License(
+                "apache-2.0",
+                "Apache-2.0 (github.com/deepmind/deepmind-research); the converter states no license",
+                False,
+                "The license of DeepMind's released weights could not be confirmed.",
+            ),
+            notes=(
+                "BYOL was trained in JAX with TensorFlow 'SAME' (asymmetric) padding; the torchvision ResNet pads "
+                "symmetrically, so features differ slightly from the original model's.",
+            ),
+        ),
+        Layout(
+            name="simclr_v1_converted",
+            title="SimCLR v1 converted to torchvision names (github.com/tonylins/simclr-converter)",
+            container_keys=frozenset({"state_dict"}),
+            state_path=("state_dict",),
+            drop=((r"^fc\.", "supervised head"),),
+            requires=(_TORCHVISION_STEM,),
+            method="simclr",
+            preprocessing=Preprocessing(
+                (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 224, 0.875, "no normalization: inputs in [0, 1]"
+            ),
+            license=License(
+                "apache-2.0",
+                "Apache-2.0 (github.com/google-research/simclr; converter Apache-2.0)",
+                False,
+                "The SimCLR repository's license is Apache-2.0; that it covers the released weights is unconfirmed.",
+            ),
+            notes=("Any {'state_dict': torchvision names} file looks the same; pass --format torchvision for one.",),
+        ),
+        Layout(
+            name="solo_learn",
+            title="solo-learn Lightning checkpoint (github.com/vturrisi/solo-learn)",
+            container_keys=frozenset({"state_dict", "pytorch-lightning_version"}),
+            state_path=("state_dict",),
+            prefixes=("backbone.", "encoder."),  # `encoder.` before v1.0.3
+            drop=(
+                (r"^momentum_(backbone|encoder)\.", "encoder copies"),
+                (r"^(momentum_)?(projector|head)\.", "projector"),
+                (r"^predictor\.", "predictor"),
+                (r"^prototypes\.", "prototypes"),
+                (r"^(momentum_)?classifier\.", "online classifier"),
+                (r"^(queue|queue_y|queue_ptr|local_memory_index|local_memory_embeddings)$", "queue"),
+                (r"^dino_loss_func\.", "loss state"),
+            ),
+            requires=(r"^(backbone|encoder)\.conv1\.weight$", r"^classifier\.weight$"),
+            method_hints=(
+                ((r"^local_memory_index$",), "deepclusterv2"),
+                ((r"^prototypes\.",), "swav"),
+                ((r"^dino_loss_func\.",), "dino"),
+            ),
+            read_hparams=_solo_learn_hparams,
+            pretraining_data=None,
+            datasets=SOLO_LEARN_DATASETS,
+            cifar_stem_padding=2,
+            license=License("mit", "MIT (LICENSE of vturrisi/solo-learn)", True),
+            notes=("solo-learn's CIFAR stem is a 3x3 stride-1 conv with padding 2 and no max-pool.",),
+            method_notes={"dino": "The backbone is the student's; solo-learn's momentum backbone (teacher) is dropped"},
+        ),
+        Layout(
+            name="lightly",
+            title="lightly benchmark Lightning checkpoint (github.com/lightly-ai/lightly, benchmarks/imagenet)",
+            container_keys=frozenset({"state_dict", "pytorch-lightning_version"}),
+            state_path=("state_dict",),
+            prefixes=("backbone.",),
+            drop=(
+                (r"^(student|teacher|key|query|momentum)_backbone\.", "encoder copies"),
+                (r"^((student|teacher|key|query|momentum)_)?projection_head\.", "projector"),
+                (r"^prediction_head\.", "predictor"),
+                (r"^prototypes\.", "prototypes"),
+                (r"^online_classifier\.", "online classifier"),
+                (r"^queues?\.", "queue"),
+                (r"^criterion\.", "loss state"),
+            ),
+            requires=(r"^backbone\.conv1\.weight$", r"^online_classifier\."),
+            method_hints=(
+                ((r"^student_backbone\.",), "dino"),
+                ((r"^prototypes\.",), "swav"),
+                ((r"^(query|key)_backbone\.",), "mocov2"),
+                ((r"^teacher_backbone\.", r"^prediction_head\."), "byol"),
+                ((r"^prediction_head\.",), "simsiam"),
+            ),
+            license=License("mit", "MIT (LICENSE of lightly-ai/lightly)", True),
+            method_notes={"dino": "lightly's DINO keeps the EMA teacher in `backbone`: the weights are the teacher's"},
+        ),
+        Layout(
+            name="torchvision",
+            title="plain torchvision or timm ResNet state dict",
+            drop=((r"^fc\.", "supervised head"),),
+            requires=(_TORCHVISION_STEM, r"^fc\.weight$", _BN_COUNTER),
+            pretraining_data=None,
+        ),
+    )
+}
+
+FORMAT_ALIASES = {"timm": "torchvision"}

@@ -1,0 +1,135 @@
+"""Pre-training with the six SSL methods on real images (scikit-learn digits), CPU, tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qscore_hf import QScoreModel, QScoreRegularizer
+from qscore_hf.pretraining import PretrainConfig, pretrain, training_step
+from qscore_hf.ssl import METHODS, TransformSettings, build_method
+from qscore_hf.backbones import create_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "pretrain.py"
+# A small timm ResNet at 16 px keeps a step well under a second on 2 cores.
+TINY = ["--dataset", "digits", "--backbone", "resnet10t", "--image-size", "16", "--batch-size", "16",
+        "--num-workers", "0", "--log-with", "none", "--no-progress", "--log-every", "1"]
+
+
+def run_script(args: list[str], tmp_path: Path, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    command = (launcher or [sys.executable]) + [str(SCRIPT), *TINY, *args]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path):
+    local_views = 2 if method in ("swav", "dino") else 0
+    cfg = PretrainConfig(
+        method=method, output_dir=str(tmp_path / method), dataset="digits", backbone="resnet10t", image_size=16,
+        batch_size=16, max_samples=48, epochs=1, num_workers=0, log_with="none", progress=False, local_views=local_views,
+        qscore_reg=True, qscore_warmup_samples=16, eval_split="test", knn_max_train=48, log_every=1,
+    )
+    model_dir = pretrain(cfg)
+    model = QScoreModel.from_pretrained(model_dir)
+    assert model.config.ssl_method == method and model.config.qscore_regularized
+    assert model.config.pretraining_data == "digits"
+    assert int(model.activation_stats.num_samples) == 48  # the final pass saw every training image once
+    log = read_log(tmp_path / method)
+    assert [entry["step"] for entry in log if "loss" in entry] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log if "loss" in entry)
+    knn = [entry["knn_top1_k20"] for entry in log if "knn_top1_k20" in entry]
+    assert len(knn) == 1 and 0.0 <= knn[0] <= 1.0
+    pixel_values = model.image_processor()([torch.zeros(8, 8, dtype=torch.uint8)] * 2, return_tensors="pt")["pixel_values"]
+    assert model(pixel_values).q_scores.shape == (2,)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_ssl_loss_falls_over_30_steps(method, tmp_path):
+    out = tmp_path / method
+    run_script(["--method", method, "--output-dir", str(out), "--max-samples", "480", "--epochs", "1",
+                "--eval-split", "none", "--warmup-epochs", "0.1", "--lr", "0.3"], tmp_path)
+    losses = [entry["ssl_loss"] for entry in read_log(out) if "ssl_loss" in entry]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first, losses
+
+
+def test_qscore_reg_adds_exactly_the_regularizer_value(digits_views):
+    torch.manual_seed(0)
+    method = build_method("simclr", create_backbone("resnet10t"), 512)
+    regularizer = QScoreRegularizer(512, lambda1=0.1, lambda2=0.1, eps=1.0)
+    plain = training_step(method, None, digits_views, 0, 10, 0)
+    regularized = training_step(method, regularizer, digits_views, 0, 10, 0)
+    expected = sum(float(regularizer(features).loss) for features in plain.features)
+    assert float(regularized.ssl_loss) == pytest.approx(float(plain.ssl_loss), abs=1e-6)
+    assert float(regularized.loss) - float(plain.loss) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert expected != 0.0
+
+
+@pytest.fixture
+def digits_views():
+    from qscore_hf.data import load_image_dataset
+
+    data = load_image_dataset("digits", max_samples=16)
+    transform = METHODS["simclr"].build_transform(TransformSettings(16, (0.3,) * 3, (0.37,) * 3))
+    torch.manual_seed(1)
+    views = [transform(row["image"].convert("RGB")) for row in data.dataset]
+    return [torch.stack(view) for view in zip(*views)]
+
+
+def test_resume_after_restart_equals_an_uninterrupted_run(tmp_path):
+    common = ["--method", "byol", "--max-samples", "64", "--epochs", "3", "--max-steps", "6", "--checkpoint-every", "3",
+              "--qscore-reg", "--qscore-warmup-samples", "32", "--eval-split", "none"]
+    run_script([*common, "--output-dir", str(tmp_path / "straight")], tmp_path)
+    run_script([*common, "--output-dir", str(tmp_path / "resumed"), "--stop-after-steps", "3"], tmp_path)
+    assert not (tmp_path / "resumed" / "model").exists()
+    run = run_script([*common, "--output-dir", str(tmp_path / "resumed"), "--resume", "auto"], tmp_path)
+    assert "resumed from" in run.stdout + run.stderr
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_two_process_run_uses_global_statistics(tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate's torchrun launcher; on a machine without a GPU the script's processes form a gloo group.
+    # (`--cpu` would pick the MPI launcher, which needs mpirun.)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
+                "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none", "--checkpoint-every", "0"],
+               tmp_path, launcher=launcher)
+    model = QScoreModel.from_pretrained(out / "model")
+    assert model.config.training["num_processes"] == 2
+    # The final statistics pass: 64 images split over 2 processes, summed back to all 64.
+    assert int(model.activation_stats.num_samples) == 64
+    # The regularizer's running statistics: 2 steps x 2 views x the global batch of 2 x 16 images.
+    (checkpoint,) = (out / "checkpoints").glob("step_*")
+    regularizer_state = torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=True)
+    assert int(regularizer_state["stats.num_samples"]) == 2 * 2 * 32
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = PretrainConfig(method="simclr", output_dir=str(blocker / "run"), dataset="digits", backbone="resnet10t",
+                         image_size=16, batch_size=16, max_samples=32, epochs=1, num_workers=0, log_with="none")
+    with pytest.raises(ValueError, match="not writable"):
+        pretrain(cfg)
