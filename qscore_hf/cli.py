@@ -43,7 +43,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Convert a released SSL checkpoint into a QScoreModel folder (optionally with statistics, pushed)."""
-    from .convert import ConversionReport, compute_stats, convert_checkpoint, push_folder, save_converted
+    from .convert import ConversionReport, compute_stats, convert_checkpoint
+    from .publish import push_folder, save_model_folder
 
     model = convert_checkpoint(
         args.checkpoint, method=args.method, format=args.format, arch=args.arch, trust_checkpoint=args.trust_checkpoint
@@ -52,7 +53,7 @@ def _convert(args: argparse.Namespace) -> int:
     if args.compute_stats:
         stats = compute_stats(model, args.compute_stats, split=args.stats_split, max_samples=args.stats_max_samples)
         print(f"activation statistics: {int(stats.num_samples)} images of {args.compute_stats}/{args.stats_split}")
-    save_converted(model, args.out, repo_id=args.push_to_hub)
+    save_model_folder(model, args.out, repo_id=args.push_to_hub)
     print(f"wrote {args.out}")
     if args.push_to_hub:
         print(f"pushed to {args.push_to_hub}: {push_folder(args.out, args.push_to_hub)}")

@@ -37,14 +37,31 @@ def read_log(output_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path):
+def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploaded: dict[str, object] = {}
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update(repo_id=repo_id, files=sorted(p.name for p in Path(folder_path).iterdir()), **kwargs)
+        return "https://huggingface.co/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     local_views = 2 if method in ("swav", "dino") else 0
     cfg = PretrainConfig(
         method=method, output_dir=str(tmp_path / method), dataset="digits", backbone="resnet10t", image_size=16,
         batch_size=16, max_samples=48, epochs=1, num_workers=0, log_with="none", progress=False, local_views=local_views,
         qscore_reg=True, qscore_warmup_samples=16, eval_split="test", knn_max_train=48, log_every=1,
+        push_to_hub=f"org/{method}-digits",
     )
     model_dir = pretrain(cfg)
+    assert uploaded["repo_id"] == f"org/{method}-digits" and uploaded["commit_message"] == f"{method} pre-training"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(uploaded["files"])
+    card = huggingface_hub.ModelCard.load(model_dir / "README.md")
+    assert method in card.data.tags and "q-score" in card.data.tags
+    assert f"- **method**: {method}" in card.text and "lambda1=0.0001, lambda2=0.0001, eps=4.0" in card.text
+    assert "- **steps**: 3" in card.text
     model = QScoreModel.from_pretrained(model_dir)
     assert model.config.ssl_method == method and model.config.qscore_regularized
     assert model.config.pretraining_data == "digits"

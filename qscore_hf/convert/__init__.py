@@ -4,14 +4,14 @@ explicit rule and reported.
 
 Example::
 
-    from qscore_hf.convert import convert_checkpoint, save_converted, ConversionReport
+    from qscore_hf.convert import convert_checkpoint, ConversionReport
+    from qscore_hf.publish import save_model_folder
 
     model = convert_checkpoint("moco_v2_800ep_pretrain.pth.tar")
     print(ConversionReport.from_config(model.config).summary())
-    save_converted(model, "moco-v2-r50")
+    save_model_folder(model, "moco-v2-r50")
 """
 
-from .export import push_folder, save_converted
 from .layouts import FORMATS, Layout
 from .loader import ConversionReport, Detection, convert_checkpoint, detect_format
 from .reading import ConversionError, TrustedCheckpointWarning
@@ -27,6 +27,4 @@ __all__ = [
     "compute_stats",
     "convert_checkpoint",
     "detect_format",
-    "push_folder",
-    "save_converted",
 ]

@@ -1,0 +1,201 @@
+"""Training speed, as ratios measured in one process on one machine.
+
+    python bench/train_step.py [--device cpu|cuda] [--backbone resnet18_cifar] [--image-size 32] [--batch-size 64]
+                               [--methods simclr,byol,...] [--steps 20] [--loop-method simclr] [--out bench/results/x.json]
+
+1. Per method: the time of one optimization step (forward of two views, loss, backward, optimizer step) with vs
+   without Q-Score regularization (SPEC §6) on the same batch; target ratio <= 1.03. Steps with and without
+   alternate, so that drifts of the machine hit both alike; the median of each is compared.
+2. For one method: images/s of the full pre-training loop (``qscore_hf.pretraining.pretrain``: data loading,
+   augmentation, accelerate, logging) vs a minimal lightly-style loop (DataLoader with the same transform, the same
+   method, loss, batch and precision; target >= 1.0) and vs the bare backbone's forward+backward on a ready-made
+   batch of the same shape (no data; target >= 0.8 on a GPU: is data loading the bottleneck?).
+The ratios are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from qscore_hf import QScoreRegularizer
+from qscore_hf.backbones import create_backbone
+from qscore_hf.data import load_image_dataset
+from qscore_hf.pretraining import (
+    DATASET_STATS, AugmentedViews, EpochSampler, PretrainConfig, _collate_views, pretrain, training_step,
+)
+from qscore_hf.ssl import METHODS, TransformSettings, build_method
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _timed(step: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def regularizer_overhead(method_name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Median step time with and without the regularizer, alternating, on one fixed batch."""
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone)
+    method = build_method(method_name, backbone, backbone.num_features).to(device).to(memory_format=torch.channels_last)
+    regularizer = QScoreRegularizer(backbone.num_features, warmup_samples=0).to(device)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+             .contiguous(memory_format=torch.channels_last) for _ in range(2)]  # fmt: skip
+
+    def step(with_reg: bool) -> None:
+        with _autocast(device, args.bf16):
+            out = training_step(method, regularizer if with_reg else None, views, 0, 1000, 0)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step(False), step(True)
+    plain, regularized = [], []
+    for _ in range(args.steps):
+        plain.append(_timed(lambda: step(False), device))
+        regularized.append(_timed(lambda: step(True), device))
+    t_plain, t_reg = statistics.median(plain), statistics.median(regularized)
+    return {"step_s": t_plain, "step_with_qscore_reg_s": t_reg, "ratio": t_reg / t_plain}
+
+
+def _views_dataset(args: argparse.Namespace, method_cls) -> AugmentedViews:
+    data = load_image_dataset(args.dataset, "train", max_samples=args.max_samples)
+    mean, std = DATASET_STATS.get(args.dataset, ((0.5,) * 3, (0.25,) * 3))
+    transform = method_cls.build_transform(TransformSettings(args.image_size, mean, std))
+    return AugmentedViews(data, transform, seed=0)
+
+
+def minimal_loop(args: argparse.Namespace, device: torch.device) -> float:
+    """Images/s of a plain PyTorch loop in the style of lightly's examples: DataLoader, forward, backward, step."""
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone)
+    method = build_method(args.loop_method, backbone, backbone.num_features).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    views = _views_dataset(args, type(method))
+    loader = DataLoader(views, batch_size=args.batch_size, sampler=EpochSampler(len(views), 0), drop_last=True,
+                        num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=args.num_workers > 0, collate_fn=_collate_views)  # fmt: skip
+    images, start = 0, None
+    for step, batch in enumerate(loader):
+        if step == 3:  # warm-up done
+            _sync(device)
+            start, images = time.perf_counter(), 0
+        batch = [view.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last) for view in batch]
+        with _autocast(device, args.bf16):
+            loss = method(batch, step, 1000, 0).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        images += batch[0].shape[0]
+        if step == args.steps + 2:
+            break
+    _sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def bare_forward_backward(args: argparse.Namespace, device: torch.device) -> float:
+    """Images/s (pairs of views, as the loops count them) of the backbone alone on a ready-made batch."""
+    backbone = create_backbone(args.backbone).to(device).to(memory_format=torch.channels_last)
+    batch = torch.randn(2 * args.batch_size, 3, args.image_size, args.image_size, device=device)
+    batch = batch.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with _autocast(device, args.bf16):
+            loss = backbone(batch).float().mean()
+        loss.backward()
+
+    for _ in range(3):
+        step()
+    seconds = statistics.median(_timed(step, device) for _ in range(args.steps))
+    return args.batch_size / seconds
+
+
+def full_loop(args: argparse.Namespace, device: torch.device) -> float:
+    """Images/s of ``pretrain`` as logged in its ``train_log.jsonl`` (the first logging window, warm-up, dropped)."""
+    with tempfile.TemporaryDirectory() as out:
+        window = max(1, args.steps // 4)
+        cfg = PretrainConfig(
+            method=args.loop_method, output_dir=out, backbone=args.backbone, dataset=args.dataset,
+            max_samples=args.max_samples, image_size=args.image_size, batch_size=args.batch_size,
+            max_steps=args.steps + window, epochs=10_000, num_workers=args.num_workers, log_with="none",
+            progress=False, log_every=window, checkpoint_every=0, eval_split=None, optimizer="sgd", lr=1e-3,
+            mixed_precision="bf16" if args.bf16 else "no", qscore_warmup_samples=0,
+        )  # fmt: skip
+        pretrain(cfg)  # the export's statistics pass after the last step is outside the logged windows
+        rates = [json.loads(line)["images_per_s"] for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    return statistics.mean(rates[1:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--backbone", default="resnet18_cifar")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--methods", default=",".join(sorted(METHODS)))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--loop-method", default="simclr")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    args.bf16 = device.type == "cuda"
+
+    result = {
+        "benchmark": "train_step",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.node()} {platform.machine()}",
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "qscore_reg_overhead": {},
+    }
+    for name in args.methods.split(","):
+        result["qscore_reg_overhead"][name] = regularizer_overhead(name, args, device)
+        print(name, json.dumps(result["qscore_reg_overhead"][name]), flush=True)
+    loop = {"pretrain_images_per_s": full_loop(args, device), "minimal_loop_images_per_s": minimal_loop(args, device),
+            "bare_forward_backward_images_per_s": bare_forward_backward(args, device)}  # fmt: skip
+    loop["ratio_vs_minimal_loop"] = loop["pretrain_images_per_s"] / loop["minimal_loop_images_per_s"]
+    loop["ratio_vs_bare_forward_backward"] = loop["pretrain_images_per_s"] / loop["bare_forward_backward_images_per_s"]
+    result["loop"] = loop
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    for name, figures in result["qscore_reg_overhead"].items():
+        print(f"{name}: step time with / without Q-Score regularization = {figures['ratio']:.3f} (target <= 1.03)")
+    print(f"pre-training loop vs minimal loop images/s = {loop['ratio_vs_minimal_loop']:.3f} (target >= 1.0)")
+    print(f"pre-training loop vs bare forward+backward images/s = {loop['ratio_vs_bare_forward_backward']:.3f} "
+          "(target >= 0.8 on a GPU)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
