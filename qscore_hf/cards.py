@@ -2,11 +2,14 @@
 provenance, preprocessing, usage, Q-Score statistics, results, limitations and citations.
 
 The template ships inside the package (``qscore_hf/templates/model_card.md``) so that installed copies can render
-cards; ``model_cards/`` at the repository root holds the cards of published models.
+cards; ``model_cards/template.md`` at the repository root links to it, beside the cards of published models.
+``card_from_report`` renders the card of a linearly evaluated model (``qscore-hf card``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,7 +17,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_qscore import QScoreConfig
 
-__all__ = ["TEMPLATE_PATH", "render_model_card"]
+__all__ = [
+    "TEMPLATE_PATH",
+    "card_from_report",
+    "load_report",
+    "render_model_card",
+    "report_eval_results",
+    "training_provenance",
+]
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 
@@ -99,6 +109,7 @@ def render_model_card(
     provenance: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
     stats_samples: int = 0,
+    evaluation: str | None = None,
 ) -> ModelCard:
     """Render the model card of a ``QScoreModel`` from its config.
 
@@ -111,6 +122,7 @@ def render_model_card(
             config has no conversion); a ``license`` entry sets the card's license.
         repo_id: Hub id or folder used in the usage example (default: the config's ``_name_or_path``).
         stats_samples: how many reference images the model's stored activation statistics count (0: none).
+        evaluation: how the results were obtained, shown below the results table.
     """
     conversion = getattr(config, "conversion", None) or None
     provenance = dict(provenance or {})
@@ -143,6 +155,7 @@ def render_model_card(
         hidden_size=config.hidden_size,
         stats_samples=stats_samples,
         results=list(results or []),
+        evaluation=evaluation,
         limitations=_limitations(config, conversion),
         citations=_citations(method, config.ssl_method, conversion),
     )
@@ -187,3 +200,117 @@ def _citations(method: str | None, family: str | None, conversion: Mapping[str, 
     if conversion and conversion.get("format") == "solo_learn":
         keys.append("solo_learn")
     return [_QSCORE] + [_PAPERS[key] for key in dict.fromkeys(keys) if key in _PAPERS]
+
+
+# What a linear-evaluation report (qscore_hf.linear_eval.run_linear_eval) must hold to make a card.
+_REPORT_KEYS = (
+    "dataset", "train_split", "eval_split", "num_train", "num_eval", "probe", "qscore",
+    "top1", "auprc_correct", "auprc_misclassified", "auroc", "base_rate_correct", "base_rate_misclassified",
+)  # fmt: skip
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a linear-evaluation ``report.json``; errors say what is wrong with it and how to get a proper one."""
+    path = Path(path)
+    how = "write one with `python training/linear_eval.py --model MODEL --dataset DATA --out DIR` or `qscore-hf demo`"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} not found; {how}.")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"results file {path} is not JSON ({error}); pass the report.json of a linear evaluation."
+        ) from error
+    missing = [key for key in _REPORT_KEYS if not isinstance(report, dict) or report.get(key) is None]
+    if missing:
+        raise ValueError(f"{path} is not a linear-evaluation report: it has no {', '.join(missing)}; {how}.")
+    return report
+
+
+def report_eval_results(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``huggingface_hub.EvalResult`` arguments for a card's ``model-index``: the linear-probe top-1 and the Q-Score
+    AUPRC (correctly classified samples as positives) of a linear-evaluation report."""
+    dataset = report["dataset"]
+    common = {
+        "task_type": "image-classification",
+        "task_name": "Image classification (linear probe on frozen features)",
+        "dataset_type": Path(dataset).name if Path(dataset).exists() else dataset,
+        "dataset_name": dataset,
+        "dataset_split": report["eval_split"],
+    }
+    return [
+        dict(common, metric_type="accuracy", metric_value=report["top1"], metric_name="Linear-probe top-1 accuracy"),
+        dict(common, metric_type="auprc", metric_value=report["auprc_correct"],
+             metric_name="Q-Score AUPRC (correctly classified as positive)"),  # fmt: skip
+    ]
+
+
+def training_provenance(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The training recipe that ``qscore_hf.pretraining`` saves as ``config.training``, as a card's provenance list."""
+    regularization = (
+        f"lambda1={training['lambda1']}, lambda2={training['lambda2']}, eps={training['qscore_eps']}, "
+        f"warmup {training['qscore_warmup_samples']} samples"
+    )
+    recipe = {
+        "method": training["method"],
+        "mode": f"fine-tuning of {training['init_from']}" if training.get("init_from") else "pre-training from scratch",
+        "data": f"{training['dataset']} ({training['split']})"
+        + (f", first {training['max_samples']} images" if training.get("max_samples") else ""),
+        "image size": training["image_size"],
+        "epochs": round(training["epochs_completed"], 2),
+        "steps": training["steps"],
+        "batch size per device": training["batch_size"],
+        "optimizer": f"{training['optimizer']}, lr {training['lr']} per 256 images, weight decay "
+        f"{training['weight_decay']}, warmup {training['warmup_epochs']} epochs then cosine",
+        "seed": training["seed"],
+        "Q-Score regularization": regularization if training.get("qscore_reg") else "none",
+    }
+    if training.get("method_kwargs"):
+        recipe["method settings"] = json.dumps(training["method_kwargs"])
+    return recipe
+
+
+def card_from_report(
+    report: Mapping[str, Any],
+    model: str | os.PathLike | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The model card of a linearly evaluated ``QScoreModel``: provenance from its config, results from the report.
+
+    Args:
+        report: a linear-evaluation report (``load_report``).
+        model: local folder or Hub id whose ``config.json`` describes the model (default: the report's model).
+        repo_id: the name used in the card's usage code (default: ``model``).
+        license: license id of the card's metadata (a converted model keeps its release's license).
+    """
+    source = model or report.get("model")
+    if not source:
+        raise ValueError("the report names no model; pass the model's folder or Hub id (--model).")
+    config = QScoreConfig.from_pretrained(source, revision=None if model else report.get("revision"))
+    training = getattr(config, "training", None)
+    provenance = training_provenance(training) if training else {}
+    if license:
+        provenance["license"] = license
+    qscore = report["qscore"]
+    return render_model_card(
+        config,
+        results=[EvalResult(**result) for result in report_eval_results(report)],
+        provenance=provenance,
+        repo_id=repo_id or str(source),
+        stats_samples=qscore["activation_stats_samples"] if qscore.get("activation_stats_source") == "model" else 0,
+        evaluation=_evaluation_note(report),
+    )
+
+
+def _evaluation_note(report: Mapping[str, Any]) -> str:
+    probe, qscore = report["probe"], report["qscore"]
+    return (
+        f"A linear probe ({probe['optimizer']}, {probe['epochs']} epochs) was trained on the frozen features of "
+        f"{report['num_train']} images of `{report['dataset']}` ({report['train_split']}) and evaluated on "
+        f"{report['num_eval']} images ({report['eval_split']}). Q-Score (eps {qscore['eps']}, "
+        f"{qscore['num_discriminative']} discriminative features) ranks the probe's correct predictions with AUPRC "
+        f"{report['auprc_correct']:.4f} (base rate {report['base_rate_correct']:.4f}) and its mistakes with AUPRC "
+        f"{report['auprc_misclassified']:.4f} (base rate {report['base_rate_misclassified']:.4f}); AUROC "
+        f"{report['auroc']:.4f}."
+    )

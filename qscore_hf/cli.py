@@ -60,6 +60,148 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """Heatmaps of each sample's top Q-Score features and their IoU with core/spurious masks (SPEC §7)."""
+    from .data import load_image_dataset
+    from .explain import explain_dataset, save_explanation
+    from .modeling_qscore import QScoreModel
+
+    model = QScoreModel.from_pretrained(args.model)
+    image_dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column,
+                                       max_samples=args.max_samples)  # fmt: skip
+    mask_columns = [name.strip() for name in args.mask_columns.split(",")] if args.mask_columns else []
+    explanation = explain_dataset(
+        model, image_dataset, mask_columns=mask_columns, correct_column=args.correct_column, top_k=args.top_k,
+        top_fraction=args.top_fraction, method=args.method, combine=args.combine, batch_size=args.batch_size,
+        max_images=args.max_images, device=args.device,
+    )  # fmt: skip
+    save_explanation(explanation, args.out, extra={"model": args.model, "dataset": args.dataset, "split": args.split})
+    print(json.dumps(explanation.summary["means"], indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    """Score every image of a data set: per-sample parquet, summary, plots and report."""
+    import torch
+
+    from .data import load_image_dataset
+    from .scoring import load_model, score_dataset
+
+    model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size)
+    columns = (args.image_column, args.label_column, args.streaming, args.max_samples)
+    image_dataset = load_image_dataset(args.dataset, args.split, *columns)
+    probe_dataset = load_image_dataset(args.dataset, args.probe_split, *columns) if args.probe else None
+    summary = score_dataset(
+        model, image_dataset, args.out, stats=args.stats, probe_dataset=probe_dataset, probe_epochs=args.probe_epochs,
+        probe_optimizer=args.probe_optimizer, flag_lowest=args.flag_lowest, batch_size=args.batch_size,
+        device=args.device, dtype=torch.bfloat16 if args.bf16 else None, num_workers=args.num_workers,
+        cache_dir=args.cache_dir, strict_images=args.strict_images, progress=not args.no_progress,
+        model_info=identity,
+    )  # fmt: skip
+    print(f"scored {summary['num_samples']} images (skipped {summary['skipped_images']['count']} unreadable): "
+          f"mean Q {summary['mean_q']:.4f}, median Q {summary['median_q']:.4f}, |D| {summary['num_discriminative']}")
+    if summary.get("auprc_correct") is not None:
+        print(f"probe accuracy {summary['accuracy']:.4f}, AUPRC (correct) {summary['auprc_correct']:.4f}, "
+              f"AUROC {summary['auroc']:.4f}")  # fmt: skip
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_score_parser(commands: argparse._SubParsersAction) -> None:
+    from .probe import OPTIMIZERS
+    from .scoring import STATS_SOURCES
+
+    score = commands.add_parser("score", help="per-sample Q-Scores of a data set, with summary, plots and report")
+    score.add_argument("--model", required=True,
+                       help="Hub id or local folder of a QScoreModel (timm name with --backbone-only)")  # fmt: skip
+    score.add_argument("--revision", default=None, help="Hub revision of the model (branch, tag or commit)")
+    score.add_argument("--backbone-only", action="store_true",
+                       help="--model is a timm name: timm's weights if in the local cache, else random")  # fmt: skip
+    score.add_argument("--image-size", type=int, default=None, help="input size with --backbone-only")
+    score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist or Hub id")
+    score.add_argument("--split", default="train", help="split to score (default: train)")
+    score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    score.add_argument("--label-column", default=None, help="label column (default: the first ClassLabel, if any)")
+    score.add_argument("--streaming", action="store_true", help="stream the data set instead of loading it")
+    score.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    score.add_argument("--stats", choices=STATS_SOURCES, default="auto",
+                       help="activation statistics: the model's (saved), counted on the data (data), or saved when "
+                            "the model has them (auto, default)")  # fmt: skip
+    score.add_argument("--probe", action="store_true",
+                       help="train a linear probe; report how well Q-Score predicts its mistakes")  # fmt: skip
+    score.add_argument("--probe-split", default="train", help="split the probe is trained on (default: train)")
+    score.add_argument("--probe-epochs", type=int, default=100, help="probe epochs (default: 100)")
+    score.add_argument("--probe-optimizer", choices=OPTIMIZERS, default="sgd", help="probe optimizer (default: sgd)")
+    score.add_argument("--flag-lowest", type=int, default=0, metavar="K",
+                       help="draw the K lowest-Q images into lowest_qscore.png")  # fmt: skip
+    score.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    score.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    score.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
+    score.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
+    score.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/...)")
+    score.add_argument("--strict-images", action="store_true",
+                       help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip
+    score.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    score.add_argument("--out", required=True, help="output folder (written atomically)")
+    score.set_defaults(handler=_score)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Pre-train a small SSL encoder on bundled data, linear-probe it and print the Q-Score metrics."""
+    from .demo import format_summary, run_demo
+
+    result = run_demo(dataset=args.dataset, out=args.out, method=args.method, epochs=args.epochs, quick=args.quick,
+                      seed=args.seed, progress=not args.no_progress)  # fmt: skip
+    print(format_summary(result))
+    return 0
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
+    from .demo import DATASET_CHOICES, DEFAULT_METHOD
+    from .ssl import METHODS
+
+    demo = commands.add_parser(
+        "demo", help="start here: pre-train, linear-probe and Q-Score a small encoder (~2 min, CPU, offline)",
+        description="Pre-train a small SSL encoder on bundled images for about two minutes on a laptop CPU, train a "
+        "linear probe on its frozen features, and report how well Q-Score predicts the probe's mistakes. Offline.",
+    )  # fmt: skip
+    demo.add_argument("--dataset", choices=DATASET_CHOICES, default="auto",
+                      help="auto (default): fashion_mnist when Debian's dataset-fashion-mnist is installed, else "
+                           "digits (bundled with scikit-learn)")  # fmt: skip
+    demo.add_argument("--method", choices=sorted(METHODS), default=DEFAULT_METHOD,
+                      help=f"SSL method (default: {DEFAULT_METHOD})")  # fmt: skip
+    demo.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: set per data set)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of pre-training and probe (default: 0)")
+    demo.add_argument("--quick", action="store_true", help="a few-second run on a few images (a smoke test)")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("--out", default="qscore-demo", help="output folder (default: qscore-demo)")
+    demo.set_defaults(handler=_demo)
+
+
+def _card(args: argparse.Namespace) -> int:
+    """Render a model card (README.md) from a linear-evaluation report and the model's config."""
+    from .cards import card_from_report, load_report
+
+    card = card_from_report(load_report(args.results), model=args.model, repo_id=args.repo_id, license=args.license)
+    card.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_card_parser(commands: argparse._SubParsersAction) -> None:
+    card = commands.add_parser("card", help="render a model card from a linear-evaluation report.json")
+    card.add_argument("--results", required=True,
+                      help="report.json of a linear evaluation (training/linear_eval.py, qscore-hf demo)")  # fmt: skip
+    card.add_argument("--out", required=True, help="card file to write, e.g. model_cards/<name>/README.md")
+    card.add_argument("--model", default=None,
+                      help="local folder or Hub id whose config describes the model (default: the report's model)")
+    card.add_argument("--repo-id", default=None, help="name in the card's usage code (default: the model)")
+    card.add_argument("--license", default=None,
+                      help="license id for the metadata, e.g. apache-2.0 (a converted model keeps its release's)")
+    card.set_defaults(handler=_card)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .convert.layouts import FORMAT_ALIASES, FORMATS
@@ -67,6 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qscore-hf", description="Q-Score for self-supervised representations.")
     parser.add_argument("--version", action="version", version=f"qscore-hf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo_parser(commands)
     info = commands.add_parser("info", help="summarise a QScoreModel (Hub id or local folder)")
     info.add_argument("model", help="Hub id (org/name) or local folder of a QScoreModel")
     info.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
@@ -87,6 +230,31 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                          help="upload the folder to this Hub repository (token: HF_TOKEN or the login)")  # fmt: skip
     convert.set_defaults(handler=_convert)
+    explain = commands.add_parser("explain", help="heatmaps of the features behind Q-Score; IoU with masks")
+    explain.add_argument("--model", required=True, help="Hub id (org/name) or local folder of a QScoreModel")
+    explain.add_argument("--dataset", required=True, help="data set: local folder/parquet, digits, or Hub id")
+    explain.add_argument("--split", default="train", help="split (default: train)")
+    explain.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    explain.add_argument("--label-column", default=None, help="label column, copied to per_sample (default: detected)")
+    explain.add_argument("--mask-columns", metavar="CORE,SPURIOUS", default=None,
+                         help="two columns of binary masks (images or 2-D arrays) for IoU(heatmap, mask)")  # fmt: skip
+    explain.add_argument("--correct-column", default=None,
+                         help="0/1 column of classifier correctness (default: 'correct' when present)")  # fmt: skip
+    explain.add_argument("--top-k", type=int, default=5, help="features explained per sample (default: 5)")
+    explain.add_argument("--top-fraction", type=float, default=0.1,
+                         help="fraction of pixels kept when binarizing a heatmap (default: 0.1)")  # fmt: skip
+    explain.add_argument("--method", choices=["gradient", "gradcam"], default="gradient",
+                         help="input gradient or Grad-CAM on the last conv stage (default: gradient)")  # fmt: skip
+    explain.add_argument("--combine", choices=["mean", "max"], default="mean",
+                         help="how a sample's k feature heatmaps are combined (default: mean)")  # fmt: skip
+    explain.add_argument("--max-samples", type=int, default=None, help="explain at most this many images")
+    explain.add_argument("--max-images", type=int, default=32, help="overlay PNGs written (default: 32)")
+    explain.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    explain.add_argument("--out", required=True, help="output folder (written atomically)")
+    explain.set_defaults(handler=_explain)
+    _add_score_parser(commands)
+    _add_card_parser(commands)
     return parser
 
 

@@ -113,7 +113,7 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
         raise ValueError(f"{name}: no such file or folder.")
     try:
         return datasets.load_dataset(name, split=split, streaming=streaming)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ConnectionError) as error:  # offline, an unknown id raises ConnectionError
         raise ValueError(
             f"data set {name!r} is neither a local path, a built-in name {BUILTIN_DATASETS}, nor reachable on the "
             f"Hugging Face Hub ({error})."

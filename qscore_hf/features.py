@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,7 +34,17 @@ from tqdm.auto import tqdm
 from .data import ImageDataset
 from .modeling_qscore import QScoreModel
 
-__all__ = ["FeatureBatch", "FeatureSet", "default_cache_dir", "extract_features", "feature_cache_key", "iter_features"]
+__all__ = [
+    "FeatureBatch",
+    "FeatureSet",
+    "UnreadableImage",
+    "UnreadableImageError",
+    "default_cache_dir",
+    "extract_features",
+    "feature_cache_key",
+    "iter_features",
+    "without_decoding",
+]
 
 CACHE_FORMAT_VERSION = 1
 FEATURES_FILE = "features.npy"
@@ -45,11 +55,36 @@ _NO_LABEL = -1
 
 
 @dataclass
+class UnreadableImage:
+    """An image that could not be decoded: its row in the data set, its file (when known) and the error."""
+
+    row_id: int
+    path: str | None
+    error: str
+
+
+class UnreadableImageError(ValueError):
+    """An image of the data set cannot be decoded and unreadable images are not being skipped."""
+
+    def __init__(self, image: UnreadableImage, dataset_name: str) -> None:
+        where = f" ({image.path})" if image.path else ""
+        super().__init__(
+            f"cannot read the image in row {image.row_id} of data set {dataset_name!r}{where}: {image.error}. "
+            "Replace or delete that file, or skip unreadable images (skip_unreadable=True; `qscore-hf score` skips "
+            "them unless --strict-images is given)."
+        )
+        self.image = image
+
+
+@dataclass
 class FeatureBatch:
-    """One batch of ``iter_features``: float32 features on the extraction device and labels (or ``None``)."""
+    """One batch of ``iter_features``: float32 features on the extraction device, labels (or ``None``), the data
+    set rows they come from, and the images of this batch that were skipped as unreadable."""
 
     features: Tensor
     labels: Tensor | None
+    row_ids: Tensor
+    skipped: list[UnreadableImage] = field(default_factory=list)
 
 
 @dataclass
@@ -62,6 +97,7 @@ class FeatureSet:
         row_ids: ``(N,)`` int64 position of each row in the data set (iteration order for streaming data).
         cache_path: the cache folder holding the arrays, or ``None`` when nothing was cached.
         from_cache: whether the features were loaded from the cache instead of computed.
+        skipped: the unreadable images left out (``skip_unreadable=True``), in row order.
     """
 
     features: np.ndarray
@@ -69,6 +105,7 @@ class FeatureSet:
     row_ids: np.ndarray
     cache_path: Path | None = None
     from_cache: bool = False
+    skipped: list[UnreadableImage] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -90,13 +127,50 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _collate(processor: Any, image_column: str, label_column: str | None):
-    """A DataLoader collate function: the model's image processor on the images, labels as an int64 tensor."""
+def without_decoding(
+    image_dataset: ImageDataset,
+) -> tuple[datasets.Dataset | datasets.IterableDataset, datasets.Image | None]:
+    """The data set with its image column left encoded (``{"bytes", "path"}``) and the ``Image`` feature that decodes
+    one value; the data set unchanged and ``None`` when the column is not a decoding ``Image`` feature."""
+    dataset, column = image_dataset.dataset, image_dataset.image_column
+    feature = (dataset.features or {}).get(column)
+    if not isinstance(feature, datasets.Image) or not feature.decode:
+        return dataset, None
+    return dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False)), feature
 
-    def collate(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
-        batch = {"pixel_values": processor([row[image_column] for row in rows], return_tensors="pt")["pixel_values"]}
+
+def _decode(decoder: datasets.Image | None, value: Any) -> tuple[Any, str | None]:
+    """``(image, None)``, or ``(None, error)`` for a value that cannot be decoded."""
+    if value is None:
+        return None, "the row holds no image (null value)"
+    if decoder is None:
+        return value, None
+    try:
+        return decoder.decode_example(value), None
+    except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for corrupt, truncated or unknown files
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _collate(processor: Any, image_column: str, label_column: str | None, decoder: datasets.Image | None):
+    """A DataLoader collate function: decode each image (recording the ones that fail), run the model's image
+    processor on the others, labels as an int64 tensor."""
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        images, kept, failures = [], [], []
+        for position, row in enumerate(rows):
+            image, error = _decode(decoder, row[image_column])
+            if error is None:
+                images.append(image)
+                kept.append(position)
+            else:
+                path = row[image_column].get("path") if isinstance(row[image_column], dict) else None
+                failures.append((position, path, error))
+        batch: dict[str, Any] = {"num_rows": len(rows), "kept": torch.tensor(kept, dtype=torch.int64),
+                                 "failures": failures}  # fmt: skip
+        if images:
+            batch["pixel_values"] = processor(images, return_tensors="pt")["pixel_values"]
         if label_column is not None:
-            batch["labels"] = torch.tensor([int(row[label_column]) for row in rows], dtype=torch.int64)
+            batch["labels"] = torch.tensor([int(rows[p][label_column]) for p in kept], dtype=torch.int64)
         return batch
 
     return collate
@@ -115,6 +189,7 @@ def iter_features(
     dtype: torch.dtype | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> Iterator[FeatureBatch]:
     """Yield the pooled features of ``image_dataset`` batch by batch, in data set order.
 
@@ -127,15 +202,18 @@ def iter_features(
             Features are always returned as float32.
         num_workers: DataLoader worker processes decoding and preprocessing images.
         progress: show a tqdm progress bar.
+        skip_unreadable: leave out images that cannot be decoded (listed in each batch's ``skipped``; a batch whose
+            images all failed has no feature rows) instead of raising ``UnreadableImageError``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
     device = _resolve_device(device)
     columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
+    dataset, decoder = without_decoding(image_dataset)
     loader = DataLoader(
-        image_dataset.dataset.select_columns(columns),
+        dataset.select_columns(columns),
         batch_size=batch_size,
-        collate_fn=_collate(model.image_processor(), image_dataset.image_column, image_dataset.label_column),
+        collate_fn=_collate(model.image_processor(), image_dataset.image_column, image_dataset.label_column, decoder),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -146,12 +224,22 @@ def iter_features(
     try:
         bar = tqdm(loader, total=total, desc=f"features {image_dataset.name}/{image_dataset.split}", unit="batch",
                    disable=not progress)  # fmt: skip
+        offset = 0  # batches arrive in data set order, so a batch's rows start where the previous one ended
         for batch in bar:
+            skipped = [UnreadableImage(offset + position, path, error) for position, path, error in batch["failures"]]
+            if skipped and not skip_unreadable:
+                raise UnreadableImageError(skipped[0], image_dataset.name)
+            row_ids = offset + batch["kept"]
+            offset += batch["num_rows"]
+            if "pixel_values" not in batch:
+                empty = torch.zeros(0, model.config.hidden_size, device=device)
+                yield FeatureBatch(empty, batch.get("labels"), row_ids, skipped)
+                continue
             pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
             autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
             with torch.no_grad(), autocast:
                 features = model(pixels, return_qscore=False).features
-            yield FeatureBatch(features.float(), batch.get("labels"))
+            yield FeatureBatch(features.float(), batch.get("labels"), row_ids, skipped)
     finally:
         model.train(was_training)
 
@@ -280,7 +368,10 @@ def _load_cached(folder: Path, identity: dict[str, Any]) -> FeatureSet | None:
         return None
     if features.shape != (meta["num_rows"], meta["num_features"]) or features.dtype != np.float32:
         return None
-    return FeatureSet(features, labels, np.arange(len(features), dtype=np.int64), folder, from_cache=True)
+    skipped = [UnreadableImage(**image) for image in meta.get("skipped", [])]
+    all_rows = np.arange(len(features) + len(skipped), dtype=np.int64)
+    row_ids = np.delete(all_rows, np.asarray([image.row_id for image in skipped], dtype=np.int64))
+    return FeatureSet(features, labels, row_ids, folder, from_cache=True, skipped=skipped)
 
 
 def _write_cache(
@@ -291,16 +382,17 @@ def _write_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     writer = _FeatureWriter(tmp, num_rows)
     try:
-        labels = []
+        labels, skipped = [], []
         for batch in batches:
             writer.append(batch.features.cpu().numpy())
+            skipped.extend(batch.skipped)
             if has_labels:
                 labels.append(batch.labels.numpy())
         writer.finish()
         if has_labels:
             np.save(tmp / LABELS_FILE, np.concatenate(labels).astype(np.int64))
         meta = {"identity": identity, "num_rows": writer.written, "num_features": writer.width,
-                "has_labels": has_labels}  # fmt: skip
+                "has_labels": has_labels, "skipped": [asdict(image) for image in skipped]}  # fmt: skip
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         _move_into_place(tmp, folder, identity)
     except BaseException:
@@ -323,15 +415,17 @@ def _move_into_place(tmp: Path, folder: Path, identity: dict[str, Any]) -> None:
 
 
 def _extract_in_memory(batches: Iterator[FeatureBatch], has_labels: bool) -> FeatureSet:
-    features, labels = [], []
+    features, labels, row_ids, skipped = [], [], [], []
     for batch in batches:
         features.append(batch.features.cpu().numpy())
+        row_ids.append(batch.row_ids.numpy())
+        skipped.extend(batch.skipped)
         if has_labels:
             labels.append(batch.labels.numpy())
-    if not features:
+    if sum(len(array) for array in features) == 0:
         raise ValueError("the data set yielded no images; nothing to extract.")
     array = np.concatenate(features)
-    return FeatureSet(array, np.concatenate(labels) if has_labels else None, np.arange(len(array), dtype=np.int64))
+    return FeatureSet(array, np.concatenate(labels) if has_labels else None, np.concatenate(row_ids), skipped=skipped)
 
 
 def extract_features(
@@ -343,6 +437,7 @@ def extract_features(
     num_workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> FeatureSet:
     """Pooled features of every image of ``image_dataset`` (see ``iter_features`` for the arguments).
 
@@ -352,20 +447,27 @@ def extract_features(
     running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
     by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
     shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
+
+    With ``skip_unreadable`` images that cannot be decoded are left out and listed in ``FeatureSet.skipped`` (also in
+    the cache's ``meta.json``, so a cached extraction reports them too; without ``skip_unreadable`` such a cache
+    raises ``UnreadableImageError`` as a fresh extraction would).
     """
     has_labels = image_dataset.label_column is not None
-    batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress)
+    batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress, skip_unreadable)
     if cache_dir is None:
         return _extract_in_memory(batches, has_labels)
     identity = _cache_identity(model, image_dataset, dtype)
     folder = Path(cache_dir) / _key_of(identity)
     cached = _load_cached(folder, identity)
     if cached is not None:
+        if cached.skipped and not skip_unreadable:
+            raise UnreadableImageError(cached.skipped[0], image_dataset.name)
         return cached
-    _write_cache(folder, identity, batches, _num_rows(image_dataset), has_labels)
+    # Skipped images make the row count unknown in advance: write as for a streaming data set then.
+    _write_cache(folder, identity, batches, None if skip_unreadable else _num_rows(image_dataset), has_labels)
     loaded = _load_cached(folder, identity)
     if loaded is None:
         raise RuntimeError(
             f"features written to {folder} could not be read back; check the disk (free space, permissions)."
         )
-    return FeatureSet(loaded.features, loaded.labels, loaded.row_ids, folder, from_cache=False)
+    return FeatureSet(loaded.features, loaded.labels, loaded.row_ids, folder, from_cache=False, skipped=loaded.skipped)

@@ -17,12 +17,13 @@ _SAVE_OWNED_PREFIXES = ("model", "pytorch_model", "config.json", "preprocessor_c
 
 
 @contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, keep_other_files: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` by a rename.
 
-    Files of an existing ``target`` that the new save does not write (a model card, training logs) are kept;
-    earlier weight and config files are not. On error the temporary folder is removed and ``target`` is
-    untouched.
+    With ``keep_other_files`` (for model folders), files of an existing ``target`` that the new save does not write
+    (a model card, training logs) are kept; earlier weight and config files are not. Without it (for report folders)
+    the new folder replaces the old one whole, so no stale plot of an earlier run survives. On error the temporary
+    folder is removed and ``target`` is untouched.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
@@ -32,7 +33,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if target.exists():
-            for entry in target.iterdir():
+            for entry in target.iterdir() if keep_other_files else ():
                 if not (tmp / entry.name).exists() and not entry.name.startswith(_SAVE_OWNED_PREFIXES):
                     (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
             backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from huggingface_hub import EvalResult, ModelCard
 
+from .cards import report_eval_results
 from .data import ImageDataset, load_image_dataset
 from .features import FeatureSet, default_cache_dir, extract_features
 from .io_utils import atomic_directory
@@ -82,23 +83,6 @@ def _qscores(features: np.ndarray, discriminative: torch.Tensor, model: QScoreMo
     return np.concatenate(scores).astype(np.float64), np.concatenate(sizes)
 
 
-def _eval_results(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """``huggingface_hub.EvalResult`` arguments for the model card's ``model-index``."""
-    dataset = report["dataset"]
-    common = {
-        "task_type": "image-classification",
-        "task_name": "Image classification (linear probe on frozen features)",
-        "dataset_type": Path(dataset).name if Path(dataset).exists() else dataset,
-        "dataset_name": report["dataset"],
-        "dataset_split": report["eval_split"],
-    }
-    return [
-        dict(common, metric_type="accuracy", metric_value=report["top1"], metric_name="Linear-probe top-1 accuracy"),
-        dict(common, metric_type="auprc", metric_value=report["auprc_correct"],
-             metric_name="Q-Score AUPRC (correctly classified as positive)"),  # fmt: skip
-    ]
-
-
 def _update_model_card(readme: Path, results: list[dict[str, Any]]) -> None:
     """Add (or replace: same task, data set, split and metric) the results in the card's ``model-index``."""
     card = ModelCard.load(readme)
@@ -149,7 +133,7 @@ def _write_outputs(out_dir: str | os.PathLike, report: dict[str, Any], per_sampl
     """Report, per-sample parquet, plots (and the model-index results when there is no card) into ``out_dir``,
     atomically."""
     q_scores, correct = per_sample["q_score"], per_sample["correct"]
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, keep_other_files=False) as tmp:
         pq.write_table(pa.table({name: pa.array(values) for name, values in per_sample.items()}), tmp / PER_SAMPLE_FILE)
         plot_qscore_histograms(q_scores, correct, tmp / PLOT_FILES["histogram"])
         plot_pr_curve(q_scores, correct, tmp / PLOT_FILES["pr_curve"])
@@ -263,7 +247,7 @@ def run_linear_eval(
         "row_id": evaluation.row_ids, "label": evaluation.labels, "prediction": predictions,
         "correct": correct, "q_score": q_scores, "num_selected": num_selected,
     }  # fmt: skip
-    eval_results = _eval_results(report)
+    eval_results = report_eval_results(report)
     _write_outputs(out_dir, report, per_sample, eval_results if card_target == CARD_RESULTS_FILE else None)
     if card_target == "README.md":
         _update_model_card(readme, eval_results)

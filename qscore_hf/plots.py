@@ -1,4 +1,5 @@
-"""PNG plots of Q-Scores: histograms (all samples, or correct vs misclassified) and precision-recall curves.
+"""PNG plots of Q-Scores: histograms (all samples, or correct vs misclassified), precision-recall curves and image
+grids.
 
 Figures are drawn with matplotlib's object API on the Agg canvas: no display is needed and pyplot's global state
 (and backend) is left alone.
@@ -6,8 +7,9 @@ Figures are drawn with matplotlib's object API on the Agg canvas: no display is 
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,7 +18,7 @@ from sklearn.metrics import precision_recall_curve
 
 from .metrics import misclassification_metrics
 
-__all__ = ["plot_pr_curve", "plot_qscore_histogram", "plot_qscore_histograms"]
+__all__ = ["plot_image_grid", "plot_pr_curve", "plot_qscore_histogram", "plot_qscore_histograms"]
 
 _BINS = 50
 _DPI = 120
@@ -24,8 +26,8 @@ _CORRECT_COLOR = "tab:green"
 _MISCLASSIFIED_COLOR = "tab:red"
 
 
-def _figure() -> Figure:
-    figure = Figure(figsize=(6.4, 4.4), dpi=_DPI, layout="tight")
+def _figure(figsize: tuple[float, float] = (6.4, 4.4)) -> Figure:
+    figure = Figure(figsize=figsize, dpi=_DPI, layout="tight")
     FigureCanvasAgg(figure)
     return figure
 
@@ -99,4 +101,26 @@ def plot_pr_curve(
         axes.axhline(base_rate, color=color, linestyle="--", linewidth=1, label=f"{name}: base rate {base_rate:.3f}")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.legend(loc="center right", fontsize="small")
+    figure.savefig(path)
+
+
+def plot_image_grid(
+    images: Sequence[Any], titles: Sequence[str], path: str | os.PathLike, columns: int = 8, title: str | None = None
+) -> None:
+    """Images (PIL images or ``H x W (x C)`` arrays) in a grid, one title each, saved as a PNG at ``path``."""
+    if len(images) == 0 or len(images) != len(titles):
+        raise ValueError(
+            f"need one title per image and at least one image; got {len(images)} images, {len(titles)} titles."
+        )
+    columns = min(columns, len(images))
+    rows = math.ceil(len(images) / columns)
+    figure = _figure(figsize=(1.8 * columns, 1.9 * rows + (0.4 if title else 0.0)))
+    for index, (image, caption) in enumerate(zip(images, titles)):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        axes.imshow(array, cmap="gray" if array.ndim == 2 else None)
+        axes.set_title(caption, fontsize="small")
+        axes.axis("off")
+    if title:
+        figure.suptitle(title)
     figure.savefig(path)

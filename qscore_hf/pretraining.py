@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
 from .data import ImageDataset, load_image_dataset
 from .knn import knn_accuracy
@@ -440,36 +441,14 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
     }
     model_dir = Path(cfg.output_dir) / MODEL_DIR
     if accelerator.is_main_process:
-        save_model_folder(model.cpu(), model_dir, repo_id=cfg.push_to_hub, provenance=_recipe(cfg, steps, steps_per_epoch))
+        provenance = training_provenance(model.config.training)
+        save_model_folder(model.cpu(), model_dir, repo_id=cfg.push_to_hub, provenance=provenance)
         if cfg.push_to_hub:
             mode = "fine-tuning" if cfg.init_from else "pre-training"
             url = push_folder(model_dir, cfg.push_to_hub, private=cfg.private, commit_message=f"{cfg.method} {mode}")
             accelerator.print(f"pushed {model_dir} to {url}")
     accelerator.wait_for_everyone()
     return model_dir
-
-
-def _recipe(cfg: PretrainConfig, steps: int, steps_per_epoch: int) -> dict[str, Any]:
-    """The training recipe as the model card's provenance list."""
-    recipe = {
-        "method": cfg.method,
-        "mode": f"fine-tuning of {cfg.init_from}" if cfg.init_from else "pre-training from scratch",
-        "data": f"{cfg.dataset} ({cfg.split})" + (f", first {cfg.max_samples} images" if cfg.max_samples else ""),
-        "image size": cfg.image_size,
-        "epochs": round(steps / steps_per_epoch, 2),
-        "steps": steps,
-        "batch size per device": cfg.batch_size,
-        "optimizer": f"{cfg.optimizer}, lr {cfg.lr} per 256 images, weight decay {cfg.weight_decay}, "
-        f"warmup {cfg.warmup_epochs} epochs then cosine",
-        "seed": cfg.seed,
-        "Q-Score regularization": (
-            f"lambda1={cfg.lambda1}, lambda2={cfg.lambda2}, eps={cfg.qscore_eps}, warmup {cfg.qscore_warmup_samples} samples"
-            if cfg.qscore_reg else "none"
-        ),
-    }
-    if cfg.method_kwargs:
-        recipe["method settings"] = json.dumps(cfg.method_kwargs)
-    return recipe
 
 
 def _append_log(accelerator: Accelerator, output_dir: Path, logs: dict[str, Any]) -> None:

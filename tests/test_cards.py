@@ -1,17 +1,28 @@
 """Model cards: the rendered card parses as a Hub card, its metadata is right, eval results round-trip, the body
-holds provenance, preprocessing, limitations and citations, and its usage code runs against a saved folder."""
+holds provenance, preprocessing, limitations and citations, and its usage code runs against a saved folder;
+``qscore-hf card`` renders the card of a pre-trained, linearly evaluated model from its report.json."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+import torch
 from huggingface_hub import EvalResult, ModelCard
 
 from qscore_hf import QScoreConfig, QScoreModel
-from qscore_hf.cards import render_model_card
+from qscore_hf.cards import TEMPLATE_PATH, render_model_card
+from qscore_hf.cli import main
 from qscore_hf.convert import ConversionReport
+from qscore_hf.linear_eval import run_linear_eval
+from qscore_hf.pretraining import PretrainConfig, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHA = "ab" * 32
 
@@ -95,3 +106,84 @@ def test_usage_code_runs(tmp_path, offline_env):
                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "torch.Size([1, 512])" in run.stdout
+
+
+# ------------------------------------------------------------------------------------------------- qscore-hf card
+@pytest.fixture(scope="module")
+def evaluated_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny SimCLR pre-training on 32 digits and its linear evaluation: (model folder, report.json)."""
+    work = tmp_path_factory.mktemp("card")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model_dir = pretrain(PretrainConfig(
+            method="simclr", output_dir=str(work / "run"), dataset="digits", backbone="resnet10t", image_size=16,
+            batch_size=16, max_samples=32, epochs=1, num_workers=0, log_with="none", progress=False, eval_split=None,
+            qscore_eps=2.0, checkpoint_every=0,
+        ))  # fmt: skip
+        run_linear_eval(model_dir, "digits", work / "eval", max_samples=64, epochs=10, optimizer="lbfgs",
+                        cache_dir=work / "cache", update_model_card=False, progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return model_dir, work / "eval" / "report.json"
+
+
+def test_card_from_a_linear_eval_report(evaluated_model, tmp_path, capsys):
+    model_dir, report_path = evaluated_model
+    out = tmp_path / "cards" / "README.md"
+    assert main(["card", "--results", str(report_path), "--out", str(out), "--license", "apache-2.0"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    card = ModelCard.load(out)
+    data = card.data
+    assert {r.metric_type: r.metric_value for r in data.eval_results} == {
+        "accuracy": report["top1"], "auprc": report["auprc_correct"]}
+    assert {(r.dataset_type, r.dataset_split, r.task_type) for r in data.eval_results} == {
+        ("digits", "test", "image-classification")}
+    assert data.model_name == "model"
+    assert data.tags == ["self-supervised", "q-score", "simclr", "resnet10t"]
+    assert (data.license, data.library_name, data.datasets) == ("apache-2.0", "qscore-hf", ["digits"])
+    body = card.text
+    assert "- **method**: simclr" in body and "- **data**: digits (train), first 32 images" in body
+    assert "- **steps**: 2" in body and "- **Q-Score regularization**: none" in body
+    assert f'QScoreModel.from_pretrained("{model_dir}")' in body
+    assert "from 32 reference images" in body  # the statistics the pre-training export counted
+    assert f"| Linear-probe top-1 accuracy | {report['top1']} |" in body
+    assert f"AUPRC {report['auprc_correct']:.4f} (base rate {report['top1']:.4f})" in body
+    assert "## Limitations" in body
+    assert re.findall(r"```bibtex\n@\w+\{(\w+),", body) == ["kalibhat2024measuring", "chen2020simple"]
+
+
+def test_card_model_and_repo_id_options(evaluated_model, tmp_path):
+    _, report_path = evaluated_model
+    other = tmp_path / "other"
+    config = QScoreConfig(backbone="resnet18_cifar", ssl_method="byol", image_size=32, crop_pct=1.0)
+    QScoreModel(config).save_pretrained(other)
+    out = tmp_path / "README.md"
+    assert main(["card", "--results", str(report_path), "--out", str(out), "--model", str(other),
+                 "--repo-id", "org/byol-r18"]) == 0  # fmt: skip
+    card = ModelCard.load(out)
+    assert "byol" in card.data.tags and card.data.license is None
+    assert 'QScoreModel.from_pretrained("org/byol-r18")' in card.text and "## Training" not in card.text
+
+
+def test_card_errors_name_the_problem(tmp_path, capsys):
+    out = tmp_path / "README.md"
+    assert main(["card", "--results", str(tmp_path / "missing.json"), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "missing.json not found" in error and "linear_eval.py" in error
+    no_metrics = tmp_path / "report.json"
+    no_metrics.write_text(json.dumps({"model": "m", "dataset": "digits", "eval_split": "test"}))
+    assert main(["card", "--results", str(no_metrics), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "not a linear-evaluation report" in error and "top1" in error and "auprc_correct" in error
+    no_metrics.write_text("{not json")
+    assert main(["card", "--results", str(no_metrics), "--out", str(out)]) == 1
+    assert "is not JSON" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_cards_folder_links_the_packaged_template():
+    link = ROOT / "model_cards" / "template.md"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == TEMPLATE_PATH.resolve()

@@ -1,0 +1,511 @@
+"""``qscore-hf score``: the Q-Score of every image of a data set (SPEC §2-5), with a summary, plots and a report.
+
+``score_dataset`` writes into ``out_dir`` (atomically: the folder appears complete or not at all):
+
+- ``per_sample.parquet``: ``row_id, q_score, num_selected`` (``|S_i|``), ``top_features`` (indices of the sample's
+  top-5 features of ``S_i`` by value, highest first) and ``label`` when the data set has labels; with a probe also
+  ``prediction`` and ``correct``;
+- ``summary.json``: mean and median Q-Score, the fraction of samples with an empty ``S_i``, ``|D|``, the Q-Score
+  parameters, where the activation statistics came from, the model and data set identities, the skipped images and,
+  with a probe, its accuracy, AUPRC and AUROC (SPEC §5);
+- ``qscore_hist.png``; with a probe ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png``; with
+  ``flag_lowest`` the image grid ``lowest_qscore.png``;
+- ``report.md``: the numbers as a table, and the plots.
+
+Features are never all in memory: with the model's saved activation statistics they are scored batch by batch in one
+pass; statistics computed from the data need a second pass, so the features first go to the on-disk feature cache
+(``qscore_hf.features.extract_features``) and both passes read it memory-mapped. Only the per-sample outputs (a few
+numbers per image) are gathered in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import timm
+import torch
+from huggingface_hub import try_to_load_from_cache
+from timm.models import get_pretrained_cfg
+from torch import Tensor
+
+from .configuration_qscore import QScoreConfig
+from .data import ImageDataset
+from .features import (
+    FeatureBatch,
+    FeatureSet,
+    UnreadableImage,
+    _dataset_identity,
+    default_cache_dir,
+    extract_features,
+    iter_features,
+    without_decoding,
+)
+from .io_utils import atomic_directory
+from .linear_eval import PLOT_FILES as PROBE_PLOT_FILES
+from .metrics import misclassification_metrics
+from .modeling_qscore import QScoreModel
+from .plots import plot_image_grid, plot_pr_curve, plot_qscore_histogram, plot_qscore_histograms
+from .explain import select_top_features
+from .probe import LinearProbe, Optimizer, train_linear_probe
+from .score import ActivationStats, qscore_details
+
+__all__ = [
+    "HISTOGRAM_FILE",
+    "LOWEST_FILE",
+    "PER_SAMPLE_FILE",
+    "REPORT_FILE",
+    "STATS_SOURCES",
+    "SUMMARY_FILE",
+    "load_model",
+    "model_identity",
+    "resolve_stats_source",
+    "score_dataset",
+]
+
+PER_SAMPLE_FILE = "per_sample.parquet"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+HISTOGRAM_FILE = "qscore_hist.png"
+LOWEST_FILE = "lowest_qscore.png"
+STATS_SOURCES = ("auto", "saved", "data")
+TOP_FEATURES = 5
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")  # fmt: skip
+_CHUNK_ROWS = 65536
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+def load_model(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    backbone_only: bool = False,
+    image_size: int | None = None,
+) -> tuple[QScoreModel, dict[str, Any]]:
+    """A ``QScoreModel`` and its identity (for ``summary.json``).
+
+    ``name_or_path`` is a local folder or Hub id of a ``QScoreModel``; with ``backbone_only`` it is a timm model name
+    instead, built with the input size, crop and normalization of timm's pretrained config (``image_size``
+    overrides the size). Its weights are timm's pretrained ones when they are in the local Hugging Face cache
+    (never downloaded here), random otherwise (with a warning); such a model has no activation statistics.
+    """
+    if backbone_only:
+        return _timm_backbone_model(str(name_or_path), image_size)
+    name = str(name_or_path)
+    path = Path(name)
+    if path.is_dir():
+        _check_model_folder(path)
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"model {name!r}: no such folder. Pass an existing QScoreModel folder or a Hub id (org/name).")
+    model = QScoreModel.from_pretrained(name, revision=revision)
+    return model, model_identity(model, name, revision)
+
+
+def _check_model_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"{path} has no config.json, so it is not a QScoreModel folder. Save one with QScoreModel.save_pretrained, "
+            "import a released checkpoint with `qscore-hf convert`, or score a bare timm backbone with --backbone-only."
+        )
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ValueError(
+            f"model folder {path} has a config.json but no weights (model.safetensors). Copy the weights file into it "
+            "or save the model again with QScoreModel.save_pretrained."
+        )
+
+
+def _timm_backbone_model(name: str, image_size: int | None) -> tuple[QScoreModel, dict[str, Any]]:
+    pretrained_cfg = get_pretrained_cfg(name)  # None for names without pretrained weights (e.g. *_cifar)
+    settings: dict[str, Any] = {}
+    if pretrained_cfg is not None:
+        settings = {"image_size": pretrained_cfg.input_size[-1], "crop_pct": pretrained_cfg.crop_pct,
+                    "image_mean": pretrained_cfg.mean, "image_std": pretrained_cfg.std}  # fmt: skip
+    if image_size is not None:
+        settings["image_size"] = image_size
+    model = QScoreModel(QScoreConfig(backbone=name, **settings))
+    weights_file = _cached_timm_weights(pretrained_cfg)
+    if weights_file is None:
+        warnings.warn(
+            f"timm's pretrained weights for {name!r} are not in the local Hugging Face cache: scoring a randomly "
+            "initialised backbone. Download them once (timm.create_model(name, pretrained=True)) to score them.",
+            stacklevel=3,
+        )
+        return model, model_identity(model, name, weights="random (timm weights not cached)")
+    pretrained = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": weights_file})
+    model.backbone.load_state_dict(pretrained.state_dict())
+    return model, model_identity(model, name, weights=f"timm pretrained ({pretrained_cfg.hf_hub_id})")
+
+
+def _cached_timm_weights(pretrained_cfg: Any) -> str | None:
+    """Path of timm's pretrained weights in the Hugging Face cache, or ``None`` when they are not there."""
+    if pretrained_cfg is None or not pretrained_cfg.hf_hub_id:
+        return None
+    for filename in (getattr(pretrained_cfg, "hf_hub_filename", None) or "model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(pretrained_cfg.hf_hub_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit of a Hub model as resolved in the local cache (``None`` for a local folder)."""
+    if Path(name).exists():
+        return None
+    path = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(path, str) and Path(path).parent.parent.name == "snapshots":
+        return Path(path).parent.name
+    return None
+
+
+def model_identity(
+    model: QScoreModel, name: str | None = None, revision: str | None = None, weights: str = "saved"
+) -> dict[str, Any]:
+    """Name, Hub revision and commit, where the weights came from and a summary of the config."""
+    config = model.config
+    name = name or config.name_or_path or config.backbone
+    return {
+        "name": str(name),
+        "revision": revision,
+        "commit": _hub_commit(str(name), revision),
+        "weights": weights,
+        "config": {key: getattr(config, key) for key in ("backbone", "hidden_size", "ssl_method", "pretraining_data",
+                                                         "image_size", "crop_pct", "qscore_regularized")},
+    }  # fmt: skip
+
+
+def resolve_stats_source(model: QScoreModel, stats: str) -> str:
+    """``"saved"`` or ``"data"``: where the activation statistics (SPEC §3) come from for ``stats`` in
+    ``STATS_SOURCES`` (``"auto"``: the model's saved ones when it has any, else the data's)."""
+    if stats not in STATS_SOURCES:
+        raise ValueError(f"stats must be one of {STATS_SOURCES}; got {stats!r}.")
+    has_saved = int(model.activation_stats.num_samples) > 0
+    if stats == "saved" and not has_saved:
+        raise ValueError(
+            "the model has no saved activation statistics. Use --stats data (or auto) to count them on the scored "
+            "data, or save the model after QScoreModel.compute_activation_stats."
+        )
+    if stats == "auto":
+        return "saved" if has_saved else "data"
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+@dataclass
+class _Rows:
+    """Features of some rows of the data set, with the rows' ids and labels."""
+
+    features: Tensor
+    row_ids: np.ndarray
+    labels: np.ndarray | None
+
+
+def _streamed_rows(batches: Iterable[FeatureBatch], skipped: list[UnreadableImage]) -> Iterator[_Rows]:
+    """The non-empty batches of ``iter_features``; their skipped images are appended to ``skipped``."""
+    for batch in batches:
+        skipped.extend(batch.skipped)
+        if len(batch.features):
+            labels = None if batch.labels is None else batch.labels.numpy()
+            yield _Rows(batch.features, batch.row_ids.numpy(), labels)
+
+
+def _cached_rows(feature_set: FeatureSet) -> Iterator[_Rows]:
+    """Row chunks of a (memory-mapped) feature set."""
+    for start in range(0, len(feature_set), _CHUNK_ROWS):
+        rows = slice(start, start + _CHUNK_ROWS)
+        features = torch.from_numpy(np.array(feature_set.features[rows], dtype=np.float32))
+        labels = None if feature_set.labels is None else feature_set.labels[rows]
+        yield _Rows(features, feature_set.row_ids[rows], labels)
+
+
+def _count_activation_stats(feature_set: FeatureSet, eps: float) -> ActivationStats:
+    stats = ActivationStats(feature_set.num_features, eps)
+    for rows in _cached_rows(feature_set):
+        stats.update(rows.features)
+    return stats
+
+
+def _top_selected(features: Tensor, discriminative: Tensor, eps: float) -> np.ndarray:
+    """``(N, 5)`` indices of each row's largest features in ``S_i``, highest first, padded with -1."""
+    indices, valid = select_top_features(features, discriminative, eps, TOP_FEATURES)
+    return torch.where(valid, indices, -1).cpu().numpy()
+
+
+def _score_rows(
+    rows: Iterable[_Rows], discriminative: Tensor, config: QScoreConfig, probe: LinearProbe | None
+) -> dict[str, np.ndarray]:
+    """Per-sample columns: row ids, Q-Scores, ``|S_i|``, top features, labels and probe predictions."""
+    columns: dict[str, list[np.ndarray]] = defaultdict(list)
+    for chunk in rows:
+        details = qscore_details(chunk.features, discriminative, config.qscore_eps, config.qscore_normalize)
+        columns["row_id"].append(chunk.row_ids.astype(np.int64))
+        columns["q_score"].append(details.q_scores.cpu().numpy().astype(np.float64))
+        columns["num_selected"].append(details.num_selected.cpu().numpy())
+        columns["top_features"].append(_top_selected(chunk.features, discriminative, config.qscore_eps))
+        if chunk.labels is not None:
+            columns["label"].append(chunk.labels.astype(np.int64))
+        if probe is not None:
+            columns["prediction"].append(probe.predict(chunk.features))
+    if not columns:
+        raise ValueError("no image of the data set could be read, so there is nothing to score.")
+    result = {name: np.concatenate(parts) for name, parts in columns.items()}
+    if probe is not None:
+        result["correct"] = result["prediction"] == result["label"]
+    return result
+
+
+def _train_probe(model: QScoreModel, probe_dataset: ImageDataset, extraction: dict[str, Any], epochs: int,
+                 optimizer: Optimizer, seed: int) -> tuple[LinearProbe, FeatureSet]:  # fmt: skip
+    if probe_dataset.label_column is None:
+        raise ValueError(
+            f"split {probe_dataset.split!r} of data set {probe_dataset.name!r} has no label column, so no linear probe "
+            "can be trained on it. Name the column with --label-column or leave out --probe."
+        )
+    train = extract_features(model, probe_dataset, **extraction)
+    probe = train_linear_probe(train.features, train.labels, epochs=epochs, optimizer=optimizer,
+                               num_classes=probe_dataset.num_classes, device=extraction["device"], seed=seed,
+                               progress=extraction["progress"])  # fmt: skip
+    return probe, train
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+def _probe_summary(columns: dict[str, np.ndarray], probe: LinearProbe, train: FeatureSet,
+                   probe_dataset: ImageDataset) -> dict[str, Any]:  # fmt: skip
+    """Accuracy and SPEC §5 metrics (``None`` when every sample is correct, or every one wrong)."""
+    correct = columns["correct"]
+    summary: dict[str, Any] = {
+        "accuracy": float(correct.mean()),
+        "auprc_correct": None,
+        "auprc_misclassified": None,
+        "auroc": None,
+        "misclassified_rate": float(1.0 - correct.mean()),
+        "probe": {"split": probe_dataset.split, "num_train": len(train), "skipped_train_images": len(train.skipped),
+                  "settings": probe.settings.to_dict()},  # fmt: skip
+    }
+    if correct.all() or not correct.any():
+        summary["probe"]["note"] = "AUPRC and AUROC are undefined: the probe got every sample right or every one wrong."
+        return summary
+    metrics = misclassification_metrics(columns["q_score"], correct.astype(np.int64))
+    summary.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc")})
+    return summary
+
+
+def _skipped_summary(skipped: list[UnreadableImage]) -> dict[str, Any]:
+    return {
+        "count": len(skipped),
+        "row_ids": [image.row_id for image in skipped],
+        "images": [{"row_id": image.row_id, "path": image.path, "error": image.error} for image in skipped],
+    }
+
+
+def _label_names(image_dataset: ImageDataset) -> datasets.ClassLabel | None:
+    feature = (image_dataset.dataset.features or {}).get(image_dataset.label_column or "")
+    return feature if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _images_at(image_dataset: ImageDataset, row_ids: np.ndarray) -> list[Any]:
+    """The images of ``row_ids`` (in that order); a streaming data set is read up to the last of them."""
+    dataset, decoder = without_decoding(image_dataset)
+    column = image_dataset.image_column
+    wanted = sorted({int(row_id) for row_id in row_ids})
+    if isinstance(dataset, datasets.Dataset):
+        found = dict(zip(wanted, dataset.select(wanted)[column]))
+    else:
+        found = {}
+        for row_id, row in enumerate(dataset.select_columns([column])):
+            if row_id in wanted:
+                found[row_id] = row[column]
+            if len(found) == len(wanted):
+                break
+    values = [found[int(row_id)] for row_id in row_ids]
+    return [decoder.decode_example(value) for value in values] if decoder is not None else values
+
+
+def _plot_lowest(image_dataset: ImageDataset, columns: dict[str, np.ndarray], count: int, path: Path) -> None:
+    """Grid of the ``count`` lowest-Q images, titled with Q, row id and label."""
+    order = np.argsort(columns["q_score"], kind="stable")[:count]
+    names = _label_names(image_dataset)
+    titles = []
+    for index in order:
+        title = f"Q {columns['q_score'][index]:.3g}\nrow {columns['row_id'][index]}"
+        if "label" in columns:
+            label = int(columns["label"][index])
+            title += f" · label {names.int2str(label) if names is not None else label}"
+        titles.append(title)
+    images = _images_at(image_dataset, columns["row_id"][order])
+    plot_image_grid(images, titles, path, title=f"{len(order)} lowest Q-Scores of {image_dataset.name}")
+
+
+def _per_sample_table(columns: dict[str, np.ndarray]) -> pa.Table:
+    top = columns["top_features"]
+    valid = top >= 0  # the valid entries of a row come first (topk order), so each row's list is a prefix
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+    arrays = {name: pa.array(values) for name, values in columns.items() if name != "top_features"}
+    arrays["top_features"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(top[valid].astype(np.int32)))
+    order = ["row_id", "q_score", "num_selected", "top_features", "label", "prediction", "correct"]
+    return pa.table({name: arrays[name] for name in order if name in arrays})
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _report_markdown(summary: dict[str, Any]) -> str:
+    """``report.md``: a table of the numbers and the plots."""
+    qscore, dataset, stats = summary["qscore"], summary["dataset"], summary["activation_stats"]
+    settings = " / ".join(str(qscore[key]) for key in ("eps", "normalize", "p_lo", "p_hi"))
+    rows = [
+        ("model", f"`{summary['model']['name']}` ({summary['model']['config']['backbone']})"),
+        ("data set", f"`{dataset['name']}` / {dataset['split']}"),
+        ("images scored", summary["num_samples"]),
+        ("unreadable images skipped", summary["skipped_images"]["count"]),
+        ("mean Q-Score", summary["mean_q"]),
+        ("median Q-Score", summary["median_q"]),
+        ("fraction with empty S_i (Q = 0)", summary["empty_fraction"]),
+        ("discriminative features \\|D\\|", f"{summary['num_discriminative']} of {summary['num_features']}"),
+        ("eps / normalize / p_lo / p_hi", settings),
+        ("activation statistics", f"{stats['source']} ({stats['num_samples']} images)"),
+    ]
+    if "probe" in summary:
+        rows += [
+            (f"linear-probe accuracy (trained on {summary['probe']['split']})", summary["accuracy"]),
+            ("AUPRC, correct as positive", summary["auprc_correct"]),
+            ("AUPRC, misclassified as positive", summary["auprc_misclassified"]),
+            ("AUROC", summary["auroc"]),
+        ]
+    lines = ["# Q-Score report", "", "| quantity | value |", "|---|---|"]
+    lines += [f"| {name} | {_format(value)} |" for name, value in rows]
+    lines += ["", *(f"![{caption}]({file})\n" for caption, file in summary["plots"].items())]
+    return "\n".join(lines)
+
+
+def _write_outputs(out_dir: str | os.PathLike, image_dataset: ImageDataset, columns: dict[str, np.ndarray],
+                   summary: dict[str, Any], flag_lowest: int) -> None:  # fmt: skip
+    q_scores = columns["q_score"]
+    with atomic_directory(out_dir, keep_other_files=False) as tmp:
+        pq.write_table(_per_sample_table(columns), tmp / PER_SAMPLE_FILE)
+        plot_qscore_histogram(q_scores, tmp / HISTOGRAM_FILE, title=f"Q-Scores of {image_dataset.name}")
+        if "correct" in columns:
+            plot_qscore_histograms(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["histogram"])
+        if PROBE_PLOT_FILES["pr_curve"] in summary["plots"].values():
+            plot_pr_curve(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["pr_curve"])
+        if flag_lowest > 0:
+            _plot_lowest(image_dataset, columns, flag_lowest, tmp / LOWEST_FILE)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        (tmp / REPORT_FILE).write_text(_report_markdown(summary))
+
+
+def _plot_files(summary: dict[str, Any], flag_lowest: int) -> dict[str, str]:
+    plots = {"Q-Score histogram": HISTOGRAM_FILE}
+    if "probe" in summary:
+        plots["Q-Score of correct vs misclassified samples"] = PROBE_PLOT_FILES["histogram"]
+        if summary["auprc_correct"] is not None:
+            plots["precision-recall curves"] = PROBE_PLOT_FILES["pr_curve"]
+    if flag_lowest > 0:
+        plots[f"{flag_lowest} lowest Q-Scores"] = LOWEST_FILE
+    return plots
+
+
+# ------------------------------------------------------------------------------------------------------ entry point
+def score_dataset(
+    model: QScoreModel,
+    image_dataset: ImageDataset,
+    out_dir: str | os.PathLike,
+    stats: str = "auto",
+    probe_dataset: ImageDataset | None = None,
+    probe_epochs: int = 100,
+    probe_optimizer: Optimizer = "sgd",
+    flag_lowest: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    strict_images: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    model_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score every image of ``image_dataset`` and write the outputs listed in the module docstring; returns the
+    summary (the content of ``summary.json``).
+
+    Args:
+        model: the encoder and its Q-Score settings (``eps``, ``normalize``, ``p_lo``, ``p_hi`` of its config).
+        image_dataset: from ``qscore_hf.data.load_image_dataset``, map-style or streaming.
+        out_dir: output folder, written atomically.
+        stats: where the activation statistics defining ``D`` come from: ``"saved"`` (the model's), ``"data"``
+            (counted on ``image_dataset``, label-free) or ``"auto"`` (saved when the model has them, else data).
+        probe_dataset: a labelled split to train a linear probe on; the scored split then needs labels too, and the
+            summary gets the probe's accuracy and how well Q-Score predicts its mistakes (SPEC §5).
+        probe_epochs, probe_optimizer: probe settings (``qscore_hf.probe``).
+        flag_lowest: draw the images of this many lowest-Q samples into ``lowest_qscore.png`` (0: none).
+        batch_size, device, dtype, num_workers: feature extraction (``qscore_hf.features.iter_features``);
+            ``dtype=torch.bfloat16`` runs the encoder under autocast.
+        cache_dir: feature cache for the data that is read twice (``default_cache_dir()`` by default).
+        strict_images: fail on the first unreadable image instead of skipping it (skipped ones are counted, with
+            their row ids, in ``summary["skipped_images"]``).
+        seed: seed of the probe.
+        progress: show progress bars.
+        model_info: the model's identity for the summary (as ``load_model`` returns it); from the config otherwise.
+    """
+    started = time.time()
+    source = resolve_stats_source(model, stats)
+    if probe_dataset is not None and image_dataset.label_column is None:
+        raise ValueError(
+            f"split {image_dataset.split!r} of data set {image_dataset.name!r} has no label column, so probe mistakes "
+            "cannot be counted. Name the column with --label-column or leave out --probe."
+        )
+    extraction = {"batch_size": batch_size, "device": device, "dtype": dtype, "num_workers": num_workers,
+                  "progress": progress, "skip_unreadable": not strict_images}  # fmt: skip
+    cached = {**extraction, "cache_dir": Path(cache_dir) if cache_dir is not None else default_cache_dir()}
+    probe, probe_train = (None, None)
+    if probe_dataset is not None:
+        probe, probe_train = _train_probe(model, probe_dataset, cached, probe_epochs, probe_optimizer, seed)
+
+    skipped: list[UnreadableImage] = []
+    if source == "saved":
+        activation_stats = model.activation_stats
+        rows: Iterable[_Rows] = _streamed_rows(iter_features(model, image_dataset, **extraction), skipped)
+    else:
+        feature_set = extract_features(model, image_dataset, **cached)
+        skipped.extend(feature_set.skipped)
+        activation_stats = _count_activation_stats(feature_set, model.config.qscore_eps)
+        rows = _cached_rows(feature_set)
+    config = model.config
+    discriminative = activation_stats.discriminative_mask(config.qscore_p_lo, config.qscore_p_hi)
+    columns = _score_rows(rows, discriminative, config, probe)
+
+    q_scores = columns["q_score"]
+    dataset_identity = {**_dataset_identity(image_dataset), "num_scored": len(q_scores)}
+    dataset_identity.setdefault("num_rows", len(q_scores) + len(skipped))
+    summary: dict[str, Any] = {
+        "num_samples": len(q_scores),
+        "mean_q": float(q_scores.mean()),
+        "median_q": float(np.median(q_scores)),
+        "empty_fraction": float(np.mean(columns["num_selected"] == 0)),
+        "num_discriminative": int(discriminative.sum()),
+        "num_features": int(config.hidden_size),
+        "qscore": {"eps": config.qscore_eps, "normalize": config.qscore_normalize, "p_lo": config.qscore_p_lo,
+                   "p_hi": config.qscore_p_hi},  # fmt: skip
+        "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples)},
+        "model": model_info or model_identity(model),
+        "dataset": dataset_identity,
+        "skipped_images": _skipped_summary(skipped),
+    }
+    if probe is not None:
+        summary.update(_probe_summary(columns, probe, probe_train, probe_dataset))
+    summary["plots"] = _plot_files(summary, min(flag_lowest, len(q_scores)))
+    summary["seconds"] = round(time.time() - started, 2)
+    _write_outputs(out_dir, image_dataset, columns, summary, min(flag_lowest, len(q_scores)))
+    return summary
