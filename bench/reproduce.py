@@ -11,7 +11,8 @@ method, and the relative top-1 change per method and on average, with the paper'
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
 interrupted pre-training continues from its last checkpoint. The table is printed last and written to
-``--out/summary.json`` and ``--out/summary.md`` with the plots of one run copied beside them.
+``--out/summary.json`` and ``--out/summary.md``, with the PR curves and Q-Score histograms of the sweep's run at
+the default and at the best eps/normalize beside them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +33,7 @@ import torch
 from qscore_hf import ActivationStats, misclassification_metrics, qscore
 from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
+from qscore_hf.plots import plot_pr_curve, plot_qscore_histograms
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.ssl import METHODS
 
@@ -136,20 +137,27 @@ def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int) -> d
     return result
 
 
-def eps_normalize_sweep(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """AUPRC of one run's Q-Scores for every eps and normalize, with D recounted from its training features."""
+def eps_normalize_sweep(result: dict[str, Any], plots_dir: Path) -> list[dict[str, Any]]:
+    """AUPRC of one run's Q-Scores for every eps and normalize, with D recounted from its training features; the PR
+    curve and histograms of the run at its default (eps 4) and at the best setting go to ``plots_dir``."""
     report = json.loads((Path(result["eval_dir"]) / "report.json").read_text())
     train, _ = _cached(report["feature_cache"]["train"])
     test, _ = _cached(report["feature_cache"]["eval"])
     correct = pq.read_table(Path(result["eval_dir"]) / "per_sample.parquet").column("correct").to_numpy()
-    rows = []
+    rows, scores = [], {}
     for eps in EPS_SWEEP:
         discriminative = ActivationStats(train.shape[1], eps).update(train).discriminative()
         for normalize in NORMALIZE_SWEEP:
-            scores = qscore(torch.from_numpy(test), discriminative, eps, normalize).numpy()
-            metrics = misclassification_metrics(scores, correct.astype(np.int64))
+            scores[eps, normalize] = qscore(torch.from_numpy(test), discriminative, eps, normalize).numpy()
+            metrics = misclassification_metrics(scores[eps, normalize], correct.astype(np.int64))
             rows.append({"eps": eps, "normalize": normalize, "num_discriminative": int(discriminative.numel()),
-                         "empty_fraction": float(np.mean(scores == 0)), **metrics})  # fmt: skip
+                         "empty_fraction": float(np.mean(scores[eps, normalize] == 0)), **metrics})  # fmt: skip
+    best = max(rows, key=lambda row: row["auprc_correct"])
+    for name, (eps, normalize) in (("default", (4.0, "none")), ("best", (best["eps"], best["normalize"]))):
+        setting = f"{result['method']} {result['variant']}, eps={eps:g}, normalize={normalize}"
+        plot_pr_curve(scores[eps, normalize], correct, plots_dir / f"pr_curve_{name}.png", title=f"PR curves ({setting})")
+        plot_qscore_histograms(scores[eps, normalize], correct, plots_dir / f"qscore_hist_{name}.png",
+                               title=f"Q-Score, correct vs misclassified ({setting})")  # fmt: skip
     return rows
 
 
@@ -240,9 +248,7 @@ def main() -> int:
         }
     sweep_run = f"{args.sweep_method}-baseline"
     if sweep_run in results:
-        summary["eps_normalize_sweep"] = {"run": sweep_run, "rows": eps_normalize_sweep(results[sweep_run])}
-        for name in ("pr_curve.png", "qscore_hist_correct_vs_misclassified.png"):
-            shutil.copyfile(Path(results[sweep_run]["eval_dir"]) / name, root / name)
+        summary["eps_normalize_sweep"] = {"run": sweep_run, "rows": eps_normalize_sweep(results[sweep_run], root)}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     table = _markdown(summary)
     (root / "summary.md").write_text(table)

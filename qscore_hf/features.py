@@ -33,16 +33,20 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .modeling_qscore import QScoreModel
+from .score import ActivationStats
 
 __all__ = [
     "FeatureBatch",
     "FeatureSet",
     "UnreadableImage",
     "UnreadableImageError",
+    "count_activation_stats",
     "default_cache_dir",
+    "feature_chunks",
     "extract_features",
     "feature_cache_key",
     "iter_features",
+    "row_chunks",
     "without_decoding",
 ]
 
@@ -52,6 +56,7 @@ LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
 RAW_FILE = "features.raw"  # streaming rows before their count is known; never left in a finished cache folder
 _NO_LABEL = -1
+CHUNK_BYTES = 2**25  # float32 features read per chunk from a (memory-mapped) matrix: 32 MiB, whatever its size
 
 
 @dataclass
@@ -114,6 +119,28 @@ class FeatureSet:
     def num_features(self) -> int:
         """Width ``d`` of the features."""
         return int(self.features.shape[1])
+
+
+def row_chunks(num_rows: int, num_features: int) -> Iterator[slice]:
+    """Row slices of about ``CHUNK_BYTES`` of float32 features each, so that a pass over a feature matrix needs the
+    same memory for 10 thousand or 10 million rows."""
+    step = max(1, CHUNK_BYTES // (4 * max(1, num_features)))
+    for start in range(0, num_rows, step):
+        yield slice(start, start + step)
+
+
+def feature_chunks(features: np.ndarray) -> Iterator[Tensor]:
+    """Row chunks (``row_chunks``) of a (possibly memory-mapped) ``N x d`` matrix as float32 tensors."""
+    for rows in row_chunks(*features.shape):
+        yield torch.from_numpy(np.array(features[rows], dtype=np.float32))
+
+
+def count_activation_stats(features: np.ndarray, eps: float) -> ActivationStats:
+    """Activation statistics (SPEC §3) of a (possibly memory-mapped) feature matrix, counted chunk by chunk."""
+    stats = ActivationStats(features.shape[1], eps)
+    for chunk in feature_chunks(features):
+        stats.update(chunk)
+    return stats
 
 
 def default_cache_dir() -> Path:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ from huggingface_hub import EvalResult, ModelCard
 
 from .cards import report_eval_results
 from .data import ImageDataset, load_image_dataset
-from .features import FeatureSet, default_cache_dir, extract_features
+from .features import FeatureSet, count_activation_stats, default_cache_dir, extract_features, feature_chunks
 from .io_utils import atomic_directory
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel
@@ -43,7 +43,6 @@ REPORT_FILE = "report.json"
 PER_SAMPLE_FILE = "per_sample.parquet"
 CARD_RESULTS_FILE = "model_card_results.json"
 PLOT_FILES = {"histogram": "qscore_hist_correct_vs_misclassified.png", "pr_curve": "pr_curve.png"}
-_CHUNK_ROWS = 65536
 
 
 def _load_split(dataset: str, split: str, image_column: str | None, label_column: str | None,
@@ -57,26 +56,17 @@ def _load_split(dataset: str, split: str, image_column: str | None, label_column
     return loaded
 
 
-def _chunks(features: np.ndarray) -> Iterator[torch.Tensor]:
-    """Row chunks of a (possibly memory-mapped) feature matrix as float32 tensors."""
-    for start in range(0, len(features), _CHUNK_ROWS):
-        yield torch.from_numpy(np.array(features[start : start + _CHUNK_ROWS], dtype=np.float32))
-
-
 def _activation_stats(model: QScoreModel, train: FeatureSet) -> tuple[ActivationStats, str]:
     """The model's saved statistics, or (label-free) ones counted on the training features when it has none."""
     if int(model.activation_stats.num_samples) > 0:
         return model.activation_stats, "model"
-    stats = ActivationStats(train.num_features, model.config.qscore_eps)
-    for chunk in _chunks(train.features):
-        stats.update(chunk)
-    return stats, "train_features"
+    return count_activation_stats(train.features, model.config.qscore_eps), "train_features"
 
 
 def _qscores(features: np.ndarray, discriminative: torch.Tensor, model: QScoreModel) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample Q-Scores (float64 holding the float32 results) and ``|S_i|`` of every row, chunk by chunk."""
     scores, sizes = [], []
-    for chunk in _chunks(features):
+    for chunk in feature_chunks(features):
         details = qscore_details(chunk, discriminative, model.config.qscore_eps, model.config.qscore_normalize)
         scores.append(details.q_scores.numpy())
         sizes.append(details.num_selected.numpy())

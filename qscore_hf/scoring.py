@@ -46,9 +46,11 @@ from .features import (
     FeatureSet,
     UnreadableImage,
     _dataset_identity,
+    count_activation_stats,
     default_cache_dir,
     extract_features,
     iter_features,
+    row_chunks,
     without_decoding,
 )
 from .io_utils import atomic_directory
@@ -58,7 +60,7 @@ from .modeling_qscore import QScoreModel
 from .plots import plot_image_grid, plot_pr_curve, plot_qscore_histogram, plot_qscore_histograms
 from .explain import select_top_features
 from .probe import LinearProbe, Optimizer, train_linear_probe
-from .score import ActivationStats, qscore_details
+from .score import qscore_details
 
 __all__ = [
     "HISTOGRAM_FILE",
@@ -82,7 +84,6 @@ STATS_SOURCES = ("auto", "saved", "data")
 TOP_FEATURES = 5
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")  # fmt: skip
-_CHUNK_ROWS = 65536
 
 
 # ------------------------------------------------------------------------------------------------------ the model
@@ -220,18 +221,10 @@ def _streamed_rows(batches: Iterable[FeatureBatch], skipped: list[UnreadableImag
 
 def _cached_rows(feature_set: FeatureSet) -> Iterator[_Rows]:
     """Row chunks of a (memory-mapped) feature set."""
-    for start in range(0, len(feature_set), _CHUNK_ROWS):
-        rows = slice(start, start + _CHUNK_ROWS)
+    for rows in row_chunks(len(feature_set), feature_set.num_features):
         features = torch.from_numpy(np.array(feature_set.features[rows], dtype=np.float32))
         labels = None if feature_set.labels is None else feature_set.labels[rows]
         yield _Rows(features, feature_set.row_ids[rows], labels)
-
-
-def _count_activation_stats(feature_set: FeatureSet, eps: float) -> ActivationStats:
-    stats = ActivationStats(feature_set.num_features, eps)
-    for rows in _cached_rows(feature_set):
-        stats.update(rows.features)
-    return stats
 
 
 def _top_selected(features: Tensor, discriminative: Tensor, eps: float) -> np.ndarray:
@@ -480,7 +473,7 @@ def score_dataset(
     else:
         feature_set = extract_features(model, image_dataset, **cached)
         skipped.extend(feature_set.skipped)
-        activation_stats = _count_activation_stats(feature_set, model.config.qscore_eps)
+        activation_stats = count_activation_stats(feature_set.features, model.config.qscore_eps)
         rows = _cached_rows(feature_set)
     config = model.config
     discriminative = activation_stats.discriminative_mask(config.qscore_p_lo, config.qscore_p_hi)

@@ -21,6 +21,17 @@ def digits():
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test with one intra-op thread (restored afterwards); modules opt in with ``usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def offline_env():
     """Build the environment of a subprocess: the current one without any Hugging Face variable, plus ``extra``
     (e.g. ``HF_HOME``), offline. The variables take effect before the subprocess imports anything."""

@@ -28,13 +28,8 @@ PATCH = 8
 EPS = 2.0  # random encoders rarely have features 4 sigma above their mean; 2 gives every sample selected features
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(backbone: str = "resnet10t", image_size: int = SIZE, crop_pct: float = 1.0) -> QScoreModel:

@@ -22,13 +22,8 @@ ROWS = 40
 BATCH = 16  # ROWS is not a multiple of BATCH: the last batch is partial
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

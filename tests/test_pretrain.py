@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,11 +119,27 @@ def test_resume_after_restart_equals_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "resumed" / "model").exists()
     run = run_script([*common, "--output-dir", str(tmp_path / "resumed"), "--resume", "auto"], tmp_path)
     assert "resumed from" in run.stdout + run.stderr
+
+    # A run killed with SIGKILL right after its first checkpoint, then resumed, loses nothing either.
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, *common, "--output-dir", str(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((killed / "checkpoints").glob("step_*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists(), "the run ended before it could be killed"
+    run = run_script([*common, "--output-dir", str(killed), "--resume", "auto"], tmp_path)
+    assert "resumed from" in run.stdout + run.stderr
+
     straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    for other in ("resumed", "killed"):
+        weights = load_file(tmp_path / other / "model" / "model.safetensors")
+        assert straight.keys() == weights.keys()
+        for key in straight:
+            assert torch.equal(straight[key], weights[key]), (other, key)
 
 
 def test_two_process_run_uses_global_statistics(tmp_path):

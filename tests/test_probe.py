@@ -17,13 +17,8 @@ from sklearn.model_selection import train_test_split
 from qscore_hf.probe import LinearProbe, feature_mean_std, train_linear_probe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

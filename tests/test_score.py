@@ -22,14 +22,9 @@ NORMALIZE = ("none", "zscore", "l1")
 
 
 def qscore_with_counts(features, discriminative=None, eps=4.0, normalize="none", chunk_size=None):
-    """Q-Scores plus the column sums of L from one pass. The module's API for this has been named
-    ``qscore_details`` (returning a dataclass) and ``qscore_with_counts`` (returning a tuple); accept both."""
-    if hasattr(score_module, "qscore_details"):
-        details = score_module.qscore_details(
-            features, discriminative, eps, normalize, chunk_size, count_highly_activating=True
-        )
-        return details.q_scores, details.highly_activating_counts
-    return score_module.qscore_with_counts(features, discriminative, eps, normalize, chunk_size)
+    """Q-Scores plus the column sums of L from one pass (``qscore_details``)."""
+    details = score_module.qscore_details(features, discriminative, eps, normalize, chunk_size, count_highly_activating=True)
+    return details.q_scores, details.highly_activating_counts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +210,6 @@ def test_hand_batch_mixed_rows():
     assert counts.tolist() == [1, 2, 0, 1, 0, 1, 0, 1]
 
 
-@pytest.mark.skipif(not hasattr(score_module, "qscore_details"), reason="no qscore_details in this version")
 def test_qscore_details_num_selected():
     # same batch as test_hand_batch_mixed_rows, eps = 0.5: |S| = [2, 0, 0, 4]; with D = {1, 3}: S_0 = {1},
     # S_3 = {1, 3} -> |S| = [1, 0, 0, 2], Q = [4 - 2, 0, 0, 1] = [2, 0, 0, 1].

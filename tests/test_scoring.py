@@ -33,13 +33,8 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 4
 BASE_FILES = {"per_sample.parquet", "summary.json", "report.md", "qscore_hist.png"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
