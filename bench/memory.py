@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import datasets
 import numpy as np
 import psutil
 
+from _record import environment, save
 from qscore_hf.data import FASHION_MNIST_DIR, _read_idx
 
 
@@ -98,18 +98,13 @@ def main() -> int:
             print(size, json.dumps(runs[size]), flush=True)
     ratio = runs[sizes[-1]]["peak_private_mib"] / runs[sizes[0]]["peak_private_mib"]
     result = {
-        "benchmark": "memory",
-        "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.node()} {platform.machine()}",
+        **environment("memory"),
         "settings": {"backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
                      "stats": "data (two passes over the on-disk feature cache)"},  # fmt: skip
         "runs": runs,
         "peak_ratio": ratio,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
     print(f"peak private memory of qscore-hf score, {sizes[-1]} vs {sizes[0]} images: {ratio:.3f}x (flat: close to 1)")
     return 0
 

@@ -9,8 +9,6 @@ The ratio (and, with --model-overhead, the overhead) is printed last.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _record import environment, save
 from qscore_hf import ActivationStats, qscore
 
 
@@ -95,12 +94,7 @@ def main() -> int:
     mismatched_rows = int((np.abs(ours - reference) > 1e-4 * np.maximum(1.0, np.abs(reference))).sum())
 
     result = {
-        "benchmark": "qscore_speed",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        **environment("qscore_speed", device),
         "rows": args.rows,
         "dim": args.dim,
         "num_discriminative": int(discriminative.numel()),
@@ -111,10 +105,7 @@ def main() -> int:
     }
     if args.model_overhead:
         result["resnet50_bf16"] = model_overhead(device)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
     if args.model_overhead:
         print(f"qscore overhead on resnet50 bf16 forward (batch 256): {100 * result['resnet50_bf16']['overhead']:.2f}%")
     print(f"speedup vectorized vs per-row numpy: {result['speedup']:.1f}x")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,12 +29,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from _record import environment
 from qscore_hf import ActivationStats, misclassification_metrics, qscore
 from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
 from qscore_hf.plots import plot_pr_curve, plot_qscore_histograms
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.ssl import METHODS
+
+# The per-method recipes (training/configs/*.yaml) and their parsing live with the training script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from pretrain import parse_args  # noqa: E402
 
 ANCHORS = {
     "auprc_correct": "91.45 (ImageNet-100) / 78.78 (ImageNet-1K), published",
@@ -85,9 +89,6 @@ SCALES = {
 def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg: bool,
                      init_from: Path | None = None) -> PretrainConfig:  # fmt: skip
     """The method's recipe (training/configs/<method>.yaml) at this scale."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-    from pretrain import parse_args  # the recipe files and their parsing live with the training script
-
     argv = ["--method", method, "--output-dir", str(out), "--dataset", scale.dataset, "--backbone", scale.backbone,
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
             "--epochs", str(scale.finetune_epochs if init_from else scale.epochs), "--eval-split", "none",
@@ -176,7 +177,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     setting = (f"{cfg['dataset']} ({data}) at {cfg['image_size']} px, `{cfg['backbone']}`, {cfg['epochs']} epochs of "
                f"batch {cfg['batch_size']}, same seed and recipe per pair; {summary['notes']}.")  # fmt: skip
     lines = [f"# Q-Score reproduction, scale `{summary['scale']}`", "", setting, "",
-             f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}", "",
+             f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}, {summary['cpu_threads']} threads, device {summary['device']}", "",
              "| method | run | linear top-1 | kNN top-1 | AUPRC correct (base rate) | AUPRC misclassified (base rate) "
              "| AUROC | abs(D) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for key, r in summary["runs"].items():
@@ -233,13 +234,10 @@ def main() -> int:
             results[f"{method}-{variant}"] = run_one(scale, method, variant, root, args.seed)
             print(json.dumps(results[f"{method}-{variant}"]), flush=True)
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary: dict[str, Any] = {
-        "scale": args.scale, "notes": scale.notes, "settings": asdict(scale),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} threads, "
-        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-        "torch": torch.__version__, "runs": results, "anchors": ANCHORS,
-        "relative_top1_change_percent": {},
+        **environment("reproduce", device), "scale": args.scale, "notes": scale.notes, "settings": asdict(scale),
+        "runs": results, "anchors": ANCHORS, "relative_top1_change_percent": {},
     }  # fmt: skip
     for variant in variants[1:]:
         changes = _relative(results, variant)

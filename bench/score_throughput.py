@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import timm
 import torch
 
+from _record import environment, save
 from qscore_hf import QScoreConfig, QScoreModel
 
 
@@ -71,12 +70,7 @@ def main() -> int:
         theirs.append(timed(run_bare))
     t_ours, t_bare = statistics.median(ours), statistics.median(theirs)
     result = {
-        "benchmark": "score_throughput",
-        "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.node()} {platform.machine()}",
-        "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        **environment("score_throughput", device),
         "backbone": args.backbone,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
@@ -85,10 +79,7 @@ def main() -> int:
         "bare_timm_images_per_s": args.batch_size / t_bare,
         "ratio": t_bare / t_ours,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
     print(f"QScoreModel (features + Q-Score) vs bare timm forward, images/s: {result['ratio']:.3f} (target >= 0.95)")
     return 0
 

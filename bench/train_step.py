@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from _record import environment, save
 from qscore_hf import QScoreRegularizer
 from qscore_hf.backbones import create_backbone
 from qscore_hf.data import load_image_dataset
@@ -168,12 +168,7 @@ def main() -> int:
     args.bf16 = device.type == "cuda"
 
     result = {
-        "benchmark": "train_step",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.node()} {platform.machine()}",
-        "cpu_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        **environment("train_step", device),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "qscore_reg_overhead": {},
     }
@@ -185,10 +180,7 @@ def main() -> int:
     loop["ratio_vs_minimal_loop"] = loop["pretrain_images_per_s"] / loop["minimal_loop_images_per_s"]
     loop["ratio_vs_bare_forward_backward"] = loop["pretrain_images_per_s"] / loop["bare_forward_backward_images_per_s"]
     result["loop"] = loop
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    save(result, args.out)
     for name, figures in result["qscore_reg_overhead"].items():
         print(f"{name}: step time with / without Q-Score regularization = {figures['ratio']:.3f} (target <= 1.03)")
     print(f"pre-training loop vs minimal loop images/s = {loop['ratio_vs_minimal_loop']:.3f} (target >= 1.0)")
