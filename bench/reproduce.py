@@ -4,10 +4,12 @@
     python bench/reproduce.py --scale gpu      # Fashion-MNIST 60k/10k, ResNet-18 CIFAR stem at 32 px, bf16
 
 For each of the six methods, with the same seed, epochs and recipe: a baseline pre-training and one with Q-Score
-regularization from scratch (optionally ``--finetune``: Q-Score fine-tuning of the baseline, lr 1e-5). Every run is
-linear-probed (``qscore_hf.linear_eval``) and k-NN evaluated on the test split; Q-Score's AUPRC/AUROC against the
-probe's correctness are reported beside the base rate, then the effect of ``eps`` and ``normalize`` on AUPRC for one
-method, and the relative top-1 change per method and on average, with the paper's anchors beside ours.
+regularization from scratch (optionally ``--finetune``: Q-Score fine-tuning of the baseline, lr 1e-5, and
+``--also-regularizer L1,L2,EPS``: Q-reg with other settings). Every run is linear-probed (``qscore_hf.linear_eval``)
+and k-NN evaluated on the test split; Q-Score's AUPRC/AUROC against the probe's correctness are reported beside the
+base rate, with the representation's dead-feature fraction and effective rank, then the effect of ``eps`` and
+``normalize`` on AUPRC for one method, and the relative top-1 change per method and on average, with the paper's
+anchors beside ours. ``--regularizer-sweep`` adds Q-reg runs of one method over ``(lambda1, lambda2, eps)``.
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
 interrupted pre-training continues from its last checkpoint. The table is printed last and written to
@@ -49,6 +51,12 @@ ANCHORS = {
 METHOD_ORDER = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
 EPS_SWEEP = (1.0, 2.0, 3.0, 4.0)
 NORMALIZE_SWEEP = ("none", "zscore", "l1")
+# (lambda1, lambda2, eps) beside the published (1e-4, 1e-4, 4): which term kills features, and does the Q term act
+# at all when most S_i are empty (eps 4 on a young encoder)?
+REGULARIZER_SWEEP = (
+    (1e-4, 1e-5, 4.0), (1e-4, 1e-6, 4.0), (1e-4, 0.0, 4.0), (1e-3, 0.0, 4.0),
+    (1e-4, 1e-4, 1.0), (1e-4, 1e-6, 1.0), (1e-4, 0.0, 1.0), (1e-2, 0.0, 1.0),
+)  # fmt: skip
 
 
 @dataclass
@@ -74,7 +82,7 @@ _SMALL_QUEUES = {"moco": {"queue_size": 4096}, "swav": {"queue_size": 512, "num_
 SCALES = {
     "cpu": Scale(
         dataset="fashion_mnist", backbone="resnet10t", image_size=32, epochs=3, batch_size=128, max_samples=2048,
-        probe_epochs=100, mixed_precision="no", num_workers=0, finetune_epochs=1,
+        probe_epochs=100, mixed_precision="no", num_workers=0, finetune_epochs=3,
         notes="a 2-core CPU: a shape check of the protocol, far from convergence", method_overrides=_SMALL_QUEUES,
     ),
     "gpu": Scale(
@@ -87,7 +95,7 @@ SCALES = {
 
 
 def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg: bool,
-                     init_from: Path | None = None) -> PretrainConfig:  # fmt: skip
+                     init_from: Path | None = None, regularizer: tuple[float, float, float] | None = None) -> PretrainConfig:  # fmt: skip
     """The method's recipe (training/configs/<method>.yaml) at this scale."""
     argv = ["--method", method, "--output-dir", str(out), "--dataset", scale.dataset, "--backbone", scale.backbone,
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
@@ -98,6 +106,8 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg
         argv += ["--max-samples", str(scale.max_samples)]
     if qscore_reg:
         argv += ["--qscore-reg", "--qscore-warmup-samples", str(min(10_000, 8 * scale.batch_size))]
+    if regularizer is not None:
+        argv += ["--lambda1", str(regularizer[0]), "--lambda2", str(regularizer[1]), "--qscore-eps", str(regularizer[2])]
     if init_from is not None:
         argv += ["--init-from", str(init_from), "--lr", "1e-5", "--warmup-epochs", "0"]
     if scale.method_overrides.get(method):
@@ -122,18 +132,51 @@ def _cached(folder: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(Path(folder) / "features.npy"), np.load(Path(folder) / "labels.npy")
 
 
-def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int) -> dict[str, Any]:
-    """One pre-training (or fine-tuning) run and its evaluation; skipped when its result exists."""
+def _test_features(result: dict[str, Any]) -> np.ndarray:
+    report = json.loads((Path(result["eval_dir"]) / "report.json").read_text())
+    return _cached(report["feature_cache"]["eval"])[0]
+
+
+def feature_health(features: np.ndarray) -> dict[str, float]:
+    """How alive a representation is: its mean activation, the fraction of features that never fire (max <= 0 over
+    the set, dead ReLU units) and its effective rank (RankMe, Garrido et al. 2023: ``exp`` of the entropy of the
+    normalized singular values of the centred features)."""
+    singular = np.linalg.svd(features - features.mean(axis=0), compute_uv=False)
+    p = singular / max(singular.sum(), np.finfo(np.float64).tiny) + 1e-12
+    return {"mean_activation": float(features.mean()), "dead_fraction": float(np.mean(features.max(axis=0) <= 0)),
+            "effective_rank": float(np.exp(-(p * np.log(p)).sum()))}  # fmt: skip
+
+
+def _regularizer_setting(text: str) -> tuple[float, float, float]:
+    try:
+        lambda1, lambda2, eps = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAMBDA1,LAMBDA2,EPS (three numbers, e.g. 1e-4,1e-6,1); got {text!r}")
+    return lambda1, lambda2, eps
+
+
+def _variant_name(regularizer: tuple[float, float, float]) -> str:
+    return "qreg-lambda{:g}-{:g}-eps{:g}".format(*regularizer)
+
+
+def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int,
+            regularizer: tuple[float, float, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One pre-training (or fine-tuning) run and its evaluation; skipped when its result exists. ``regularizer``
+    replaces the published ``(lambda1, lambda2, eps)`` of a Q-reg run (``eps`` also becomes the model's scoring eps)."""
+    variant = _variant_name(regularizer) if regularizer else variant
     out = root / f"{method}-{variant}"
+    init_from = root / f"{method}-baseline" / "model" if variant == "finetune" else None
+    cfg = _pretrain_config(scale, method, out, seed, qscore_reg=variant != "baseline", init_from=init_from,
+                           regularizer=regularizer)  # fmt: skip
+    weights = {"regularizer": {"lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "eps": cfg.qscore_eps}
+               if cfg.qscore_reg else None}  # fmt: skip
     done = out / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return {**json.loads(done.read_text()), **weights}
     started = time.time()
-    init_from = root / f"{method}-baseline" / "model" if variant == "finetune" else None
-    cfg = _pretrain_config(scale, method, out, seed, qscore_reg=variant != "baseline", init_from=init_from)
     model_dir = pretrain(cfg)
     result = {"method": method, "variant": variant, **_evaluate(model_dir, scale, out, root / "feature_cache"),
-              "seconds": round(time.time() - started, 1)}  # fmt: skip
+              **weights, "seconds": round(time.time() - started, 1)}  # fmt: skip
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -179,19 +222,23 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Q-Score reproduction, scale `{summary['scale']}`", "", setting, "",
              f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}, {summary['cpu_threads']} threads, device {summary['device']}", "",
              "| method | run | linear top-1 | kNN top-1 | AUPRC correct (base rate) | AUPRC misclassified (base rate) "
-             "| AUROC | abs(D) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for key, r in summary["runs"].items():
+             "| AUROC | abs(D) | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["runs"].values():
         lines.append(
             f"| {r['method']} | {r['variant']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
             f"{100 * r['auprc_correct']:.2f} ({100 * r['base_rate_correct']:.2f}) | "
             f"{100 * r['auprc_misclassified']:.2f} ({100 * r['base_rate_misclassified']:.2f}) | "
-            f"{r['auroc']:.3f} | {r['num_discriminative']} |"
+            f"{r['auroc']:.3f} | {r['num_discriminative']} | {_health_cells(r)} |"
         )
+    lines += ["", "Dead features: the fraction of the encoder's features that never fire on the test split; effective "
+              "rank: RankMe (exp of the entropy of the normalized singular values of the centred test features)."]
     for variant, changes in summary["relative_top1_change_percent"].items():
         if changes["per_method"]:
             per = ", ".join(f"{m} {v:+.2f} %" for m, v in changes["per_method"].items())
             lines += ["", f"Relative top-1 change, {variant} vs baseline: {per}; mean {changes['mean']:+.2f} %."]
     lines += ["", f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
+    if summary["regularizer_sweep"]:
+        lines += _regularizer_sweep_lines(summary)
     sweep = summary.get("eps_normalize_sweep")
     if sweep:
         lines += [f"Effect of eps and normalize on AUPRC ({sweep['run']}):", "",
@@ -206,12 +253,40 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _health_cells(result: dict[str, Any]) -> str:
+    health = result["health"]
+    return f"{100 * health['dead_fraction']:.0f} % | {health['effective_rank']:.1f}"
+
+
+def _regularizer_sweep_lines(summary: dict[str, Any]) -> list[str]:
+    first = next(iter(summary["regularizer_sweep"].values()))
+    base = summary["runs"].get(f"{first['method']}-baseline")
+    published = summary["runs"].get(f"{first['method']}-qreg")
+    runs = [r for r in (base, published) if r] + list(summary["regularizer_sweep"].values())
+    lines = [f"Effect of the regularizer's settings on {first['method']} (Q-reg from scratch, same seed and recipe; "
+             "eps is the regularizer's and the evaluation's):", "",
+             "| lambda1 | lambda2 | eps | linear top-1 | relative change | AUPRC correct (base rate) | AUROC "
+             "| dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in runs:
+        settings = r.get("regularizer") or {"lambda1": 0.0, "lambda2": 0.0, "eps": 4.0}
+        change = f"{100 * (r['top1'] - base['top1']) / base['top1']:+.2f} %" if base else "n/a"
+        lines.append(f"| {settings['lambda1']:g} | {settings['lambda2']:g} | {settings['eps']:g} | {100 * r['top1']:.2f} "
+                     f"| {change} | {100 * r['auprc_correct']:.2f} ({100 * r['base_rate_correct']:.2f}) | "
+                     f"{r['auroc']:.3f} | {_health_cells(r)} |")  # fmt: skip
+    return lines + [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), required=True)
     parser.add_argument("--methods", default=",".join(METHOD_ORDER))
     parser.add_argument("--finetune", action="store_true", help="also Q-Score fine-tune each baseline (lr 1e-5)")
-    parser.add_argument("--sweep-method", default="byol", help="the method whose baseline gets the eps/normalize sweep")
+    parser.add_argument("--also-regularizer", type=_regularizer_setting, metavar="LAMBDA1,LAMBDA2,EPS",
+                        help="also Q-reg pre-train every method with these settings (e.g. 1e-4,1e-6,1)")
+    parser.add_argument("--sweep-method", default="byol",
+                        help="the method whose baseline gets the eps/normalize sweep (and --regularizer-sweep's runs)")
+    parser.add_argument("--regularizer-sweep", action="store_true",
+                        help=f"also Q-reg pre-train the sweep method with each (lambda1, lambda2, eps) of {REGULARIZER_SWEEP}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
@@ -226,18 +301,30 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHODS)}")
 
-    variants = ["baseline", "qreg"] + (["finetune"] if args.finetune else [])
+    runs: list[tuple[str, tuple[float, float, float] | None]] = [("baseline", None), ("qreg", None)]
+    runs += [("finetune", None)] if args.finetune else []
+    runs += [(_variant_name(args.also_regularizer), args.also_regularizer)] if args.also_regularizer else []
+    variants = [variant for variant, _ in runs]
     results: dict[str, dict[str, Any]] = {}
     for method in methods:
-        for variant in variants:
+        for variant, regularizer in runs:
             print(f"== {method} {variant}", flush=True)
-            results[f"{method}-{variant}"] = run_one(scale, method, variant, root, args.seed)
+            results[f"{method}-{variant}"] = run_one(scale, method, variant, root, args.seed, regularizer=regularizer)
             print(json.dumps(results[f"{method}-{variant}"]), flush=True)
+    regularizer_runs: dict[str, dict[str, Any]] = {}
+    if args.regularizer_sweep:
+        for regularizer in REGULARIZER_SWEEP:
+            print(f"== {args.sweep_method} {_variant_name(regularizer)}", flush=True)
+            result = run_one(scale, args.sweep_method, "qreg", root, args.seed, regularizer=regularizer)
+            regularizer_runs[f"{args.sweep_method}-{result['variant']}"] = result
+            print(json.dumps(result), flush=True)
+    for result in [*results.values(), *regularizer_runs.values()]:
+        result["health"] = feature_health(_test_features(result))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary: dict[str, Any] = {
         **environment("reproduce", device), "scale": args.scale, "notes": scale.notes, "settings": asdict(scale),
-        "runs": results, "anchors": ANCHORS, "relative_top1_change_percent": {},
+        "runs": results, "regularizer_sweep": regularizer_runs, "anchors": ANCHORS, "relative_top1_change_percent": {},
     }  # fmt: skip
     for variant in variants[1:]:
         changes = _relative(results, variant)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers.image_utils import PILImageResampling, get_image_size
 
 from .data import ImageDataset
-from .features import _resolve_device
+from .features import resolve_device
 from .io_utils import atomic_directory
 from .modeling_qscore import QScoreModel
 from .score import as_feature_mask, highly_activating, qscore_details
@@ -362,7 +362,7 @@ def explain_dataset(
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}.")
     correct_column = _check_columns(image_dataset, mask_columns, correct_column)
-    model.to(_resolve_device(device))
+    model.to(resolve_device(device))
     processor = model.image_processor()
     mask_names = dict(zip(("core", "spurious"), mask_columns))
     explain = partial(explain_batch, model, top_k=top_k, method=method, combine=combine)

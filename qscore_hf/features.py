@@ -41,11 +41,13 @@ __all__ = [
     "UnreadableImage",
     "UnreadableImageError",
     "count_activation_stats",
+    "dataset_identity",
     "default_cache_dir",
     "feature_chunks",
     "extract_features",
     "feature_cache_key",
     "iter_features",
+    "resolve_device",
     "row_chunks",
     "without_decoding",
 ]
@@ -150,7 +152,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("QSCORE_HF_CACHE") or Path(constants.HF_HOME) / "qscore_hf" / "features")
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None`` means CUDA when available, else the CPU."""
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -234,7 +237,7 @@ def iter_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
     dataset, decoder = without_decoding(image_dataset)
     loader = DataLoader(
@@ -292,7 +295,8 @@ def _iterable_pipeline(dataset: datasets.IterableDataset) -> list[str]:
     return steps
 
 
-def _dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
+def dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
+    """What a report records to name its data: name, split, columns, and size + fingerprint (or the streaming pipeline)."""
     dataset = image_dataset.dataset
     identity: dict[str, Any] = {
         "name": image_dataset.name,
@@ -315,7 +319,7 @@ def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torc
         "weights": _weights_digest(model),
         "preprocessing": model.image_processor().to_dict(),
         "autocast_dtype": None if dtype is None else str(dtype),
-        "dataset": _dataset_identity(image_dataset),
+        "dataset": dataset_identity(image_dataset),
     }
 
 

@@ -38,6 +38,12 @@ __all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
+_INERT_Q_TERM = (
+    "Q-Score regularization, epoch {epoch}: the Q term pushed no sample. Every sample below the batch's mean Q had "
+    "an empty S_i (no feature above mu + {eps:g} sigma), so Q_i = 0 there and has no gradient; only the L1 term "
+    "acted. A young encoder rarely has features that far above its mean: try a lower --qscore-eps (e.g. 1; see the "
+    "README's Results)."
+)
 # Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
 DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
 
@@ -360,6 +366,7 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     progress = tqdm(total=max_steps, initial=state.step, disable=not (cfg.progress and accelerator.is_main_process),
                     desc=f"{cfg.method} pre-training", unit="step")
     window_start, window_images = time.perf_counter(), 0
+    active_q_samples = torch.zeros((), device=accelerator.device)  # this epoch's samples the Q term pushed
     while state.step < max_steps:
         epoch = state.step // steps_per_epoch
         loader.set_epoch(epoch)
@@ -368,6 +375,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             if cfg.channels_last:
                 views = [view.contiguous(memory_format=torch.channels_last) for view in views]
             out = training_step(method, regularizer, views, state.step, max_steps, epoch)
+            for reg in out.regularization:
+                active_q_samples += reg.num_active
             accelerator.backward(out.loss)
             unwrapped.after_backward(epoch)
             optimizer.step()
@@ -396,6 +405,9 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
         if epoch_ended:
             if regularizer is not None:
                 regularizer.refresh()
+                if float(active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
+                    progress.write(_INERT_Q_TERM.format(epoch=epoch, eps=cfg.qscore_eps))
+                active_q_samples.zero_()
             if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
                 _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
             if has_labels and accelerator.is_main_process:

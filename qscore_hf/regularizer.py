@@ -31,6 +31,11 @@ class QScoreRegularizerOutput:
     """``|D|`` used for this batch (``d`` while every feature counts as discriminative)."""
     batch_size: int
     """Samples in the global batch."""
+    num_active: Tensor
+    """Samples of the global batch that the first term pushes: ``Q_i < alpha`` with a non-empty ``S_i`` (a 0-d
+    tensor, so that only logging synchronizes a GPU). A low-quality sample with an empty ``S_i`` has ``Q_i = 0`` and
+    no gradient: when every sample below the mean has an empty ``S_i`` (``eps`` too high for a young encoder), the
+    first term is inert and this is 0."""
 
     def log_dict(self, prefix: str = "qscore/") -> dict[str, float]:
         """Plain floats for ``accelerator.log`` / TensorBoard."""
@@ -41,6 +46,7 @@ class QScoreRegularizerOutput:
             f"{prefix}alpha_mean_q": float(self.alpha),
             f"{prefix}beta": float(self.beta),
             f"{prefix}num_discriminative": float(self.num_discriminative),
+            f"{prefix}q_term_active_fraction": float(self.num_active) / max(1, self.batch_size),
         }
 
 
@@ -131,14 +137,15 @@ class QScoreRegularizer(nn.Module):
         q, counts = details.q_scores, details.highly_activating_counts
         column_l1 = features.to(q.dtype).abs().sum(dim=0)  # in float32 also under bf16/fp16 autocast
 
-        # Global-batch statistics: one reduction of [sum Q, batch size] and one of c.
+        # Global-batch statistics: one reduction of [sum Q, batch size] and one of [c_1..c_d, active count].
         totals = all_reduce_sum(torch.stack([q.detach().sum(), q.new_tensor(float(features.shape[0]))]))
         batch_size = int(totals[1])
         alpha = totals[0] / totals[1]
-        column_l1_global = all_reduce_sum(column_l1)
-        beta = column_l1_global.mean()
-
         low_quality = q.detach() < alpha
+        active = (low_quality & (details.num_selected > 0)).sum().to(column_l1.dtype)
+        reduced = all_reduce_sum(torch.cat([column_l1.detach(), active.reshape(1)]))  # c and the active count
+        column_l1_global, num_active = reduced[:-1], reduced[-1]
+        beta = column_l1_global.mean()
         generic = column_l1_global > beta
         local_q_term = -self.lambda1 * (q * low_quality).sum()
         local_l1_term = self.lambda2 * (column_l1 * generic).sum()
@@ -164,4 +171,5 @@ class QScoreRegularizer(nn.Module):
             beta=beta,
             num_discriminative=num_discriminative,
             batch_size=batch_size,
+            num_active=num_active,
         )

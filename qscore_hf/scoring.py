@@ -45,7 +45,7 @@ from .features import (
     FeatureBatch,
     FeatureSet,
     UnreadableImage,
-    _dataset_identity,
+    dataset_identity,
     count_activation_stats,
     default_cache_dir,
     extract_features,
@@ -480,8 +480,8 @@ def score_dataset(
     columns = _score_rows(rows, discriminative, config, probe)
 
     q_scores = columns["q_score"]
-    dataset_identity = {**_dataset_identity(image_dataset), "num_scored": len(q_scores)}
-    dataset_identity.setdefault("num_rows", len(q_scores) + len(skipped))
+    identity = {**dataset_identity(image_dataset), "num_scored": len(q_scores)}
+    identity.setdefault("num_rows", len(q_scores) + len(skipped))
     summary: dict[str, Any] = {
         "num_samples": len(q_scores),
         "mean_q": float(q_scores.mean()),
@@ -493,7 +493,7 @@ def score_dataset(
                    "p_hi": config.qscore_p_hi},  # fmt: skip
         "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples)},
         "model": model_info or model_identity(model),
-        "dataset": dataset_identity,
+        "dataset": identity,
         "skipped_images": _skipped_summary(skipped),
     }
     if probe is not None:

@@ -39,7 +39,7 @@ def read_log(output_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monkeypatch):
+def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     uploaded: dict[str, object] = {}
@@ -73,6 +73,10 @@ def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monk
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log if "loss" in entry)
     knn = [entry["knn_top1_k20"] for entry in log if "knn_top1_k20" in entry]
     assert len(knn) == 1 and 0.0 <= knn[0] <= 1.0
+    # Every step is logged: the epoch-end notice that the Q term pushed nothing appears exactly when no step did.
+    active = [value for entry in log for key, value in entry.items() if key.endswith("q_term_active_fraction")]
+    assert len(active) == 3 * (2 + local_views) and all(0.0 <= value <= 1.0 for value in active)
+    assert ("the Q term pushed no sample" in capsys.readouterr().out) == (max(active) == 0.0)
     pixel_values = model.image_processor()([torch.zeros(8, 8, dtype=torch.uint8)] * 2, return_tensors="pt")["pixel_values"]
     assert model(pixel_values).q_scores.shape == (2,)
 

@@ -101,7 +101,7 @@ def ref_regularizer(H, D=None, eps=4.0, normalize="none", lambda1=1.0, lambda2=1
     counts = np.array([ref_L(h, eps) for h in H]).sum(axis=0)
     return dict(
         loss=q_term + l1_term, q_term=q_term, l1_term=l1_term, alpha=alpha, beta=beta, grad=grad, q=q,
-        low=low, generic=generic, counts=counts,
+        low=low, generic=generic, counts=counts, num_active=int((low & S.any(axis=1)).sum()),
     )
 
 
@@ -141,8 +141,25 @@ def test_hand_computed_loss(dtype, train):
     assert out.num_discriminative == 4
     assert out.batch_size == 4
     assert out.loss.requires_grad
+    assert int(out.num_active) == 2  # r2 and r3: below alpha, each with a non-empty S_i
     logged = out.log_dict()
     assert logged["qscore/loss"] == 18.0 and logged["qscore/q_term"] == -2.0 and logged["qscore/beta"] == 8.0
+    assert logged["qscore/q_term_active_fraction"] == 0.5
+
+
+def test_q_term_is_inert_when_every_low_sample_has_an_empty_selection():
+    # eps = 0.5: r0 = [8,0,0,8] has Q = 4 (see HAND); the constant rows have sigma = 0, so S_i is empty and Q_i = 0.
+    # alpha = 4/3: the two constant rows are the low-quality ones, and Q_i = 0 there has no gradient, so the first
+    # term is exactly 0 with a zero gradient, however large lambda1 is. This is what eps = 4 does to a young
+    # encoder, whose rows rarely have a feature 4 sigma above their mean.
+    reg = QScoreRegularizer(4, lambda1=1e6, lambda2=0.0, eps=0.5)
+    x = torch.tensor([[8.0, 0.0, 0.0, 8.0], [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]], requires_grad=True)
+    out = reg(x)
+    assert float(out.alpha) == pytest.approx(4.0 / 3.0)
+    assert float(out.q_term) == 0.0 and int(out.num_active) == 0
+    assert out.log_dict()["qscore/q_term_active_fraction"] == 0.0
+    out.loss.backward()
+    assert torch.count_nonzero(x.grad) == 0
 
 
 def test_hand_computed_loss_lambdas():
@@ -200,6 +217,7 @@ def test_value_and_gradient_match_reference(normalize, with_D):
     assert out.num_discriminative == (d if D is None else int(D.sum()))
     for key in ("loss", "q_term", "l1_term", "alpha", "beta"):
         np.testing.assert_allclose(float(getattr(out, key).detach()), ref[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    assert int(out.num_active) == ref["num_active"]
     out.loss.backward()
     # No gradient through alpha, beta, L, S or the Q/c masks: the autograd gradient equals the closed form
     # with all of them held constant.
@@ -386,6 +404,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                         beta=float(out.beta),
                         num_discriminative=out.num_discriminative,
                         batch_size=out.batch_size,
+                        num_active=int(out.num_active),
                         grad=x.grad.clone(),
                     )
                 )
@@ -451,6 +470,7 @@ def test_two_processes_equal_one_process(tmp_path):
                     )
                 assert step["batch_size"] == DIST_N
                 assert step["num_discriminative"] == expected.num_discriminative
+                assert step["num_active"] == int(expected.num_active) > 0
                 torch.testing.assert_close(
                     step["grad"] / grad_scale, single[name]["steps"][k]["grad"][rows], rtol=1e-10, atol=1e-10
                 )
