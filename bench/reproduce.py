@@ -9,7 +9,8 @@ regularization from scratch (optionally ``--finetune``: Q-Score fine-tuning of t
 and k-NN evaluated on the test split; Q-Score's AUPRC/AUROC against the probe's correctness are reported beside the
 base rate, with the representation's dead-feature fraction and effective rank, then the effect of ``eps`` and
 ``normalize`` on AUPRC for one method, and the relative top-1 change per method and on average, with the paper's
-anchors beside ours. ``--regularizer-sweep`` adds Q-reg runs of one method over ``(lambda1, lambda2, eps)``.
+anchors beside ours. ``--regularizer-sweep`` adds Q-reg runs of one method over ``(lambda1, lambda2, eps)``, and
+``--extra-seeds 1,2`` repeats every method's runs with other seeds for a mean and standard deviation over seeds.
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
 interrupted pre-training continues from its last checkpoint. The table is printed last and written to
@@ -147,6 +148,13 @@ def feature_health(features: np.ndarray) -> dict[str, float]:
             "effective_rank": float(np.exp(-(p * np.log(p)).sum()))}  # fmt: skip
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 1,2); got {text!r}")
+
+
 def _regularizer_setting(text: str) -> tuple[float, float, float]:
     try:
         lambda1, lambda2, eps = (float(part) for part in text.split(","))
@@ -160,23 +168,24 @@ def _variant_name(regularizer: tuple[float, float, float]) -> str:
 
 
 def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int,
-            regularizer: tuple[float, float, float] | None = None) -> dict[str, Any]:  # fmt: skip
+            regularizer: tuple[float, float, float] | None = None, suffix: str = "") -> dict[str, Any]:  # fmt: skip
     """One pre-training (or fine-tuning) run and its evaluation; skipped when its result exists. ``regularizer``
-    replaces the published ``(lambda1, lambda2, eps)`` of a Q-reg run (``eps`` also becomes the model's scoring eps)."""
+    replaces the published ``(lambda1, lambda2, eps)`` of a Q-reg run (``eps`` also becomes the model's scoring eps);
+    ``suffix`` names the run folders of a repeat with another seed."""
     variant = _variant_name(regularizer) if regularizer else variant
-    out = root / f"{method}-{variant}"
-    init_from = root / f"{method}-baseline" / "model" if variant == "finetune" else None
+    out = root / f"{method}-{variant}{suffix}"
+    init_from = root / f"{method}-baseline{suffix}" / "model" if variant == "finetune" else None
     cfg = _pretrain_config(scale, method, out, seed, qscore_reg=variant != "baseline", init_from=init_from,
                            regularizer=regularizer)  # fmt: skip
     weights = {"regularizer": {"lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "eps": cfg.qscore_eps}
                if cfg.qscore_reg else None}  # fmt: skip
     done = out / "result.json"
     if done.exists():
-        return {**json.loads(done.read_text()), **weights}
+        return {**json.loads(done.read_text()), **weights, "seed": seed}
     started = time.time()
     model_dir = pretrain(cfg)
     result = {"method": method, "variant": variant, **_evaluate(model_dir, scale, out, root / "feature_cache"),
-              **weights, "seconds": round(time.time() - started, 1)}  # fmt: skip
+              **weights, "seed": seed, "seconds": round(time.time() - started, 1)}  # fmt: skip
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -203,6 +212,41 @@ def eps_normalize_sweep(result: dict[str, Any], plots_dir: Path) -> list[dict[st
         plot_qscore_histograms(scores[eps, normalize], correct, plots_dir / f"qscore_hist_{name}.png",
                                title=f"Q-Score, correct vs misclassified ({setting})")  # fmt: skip
     return rows
+
+
+def _run_methods(scale: Scale, methods: list[str], runs: list[tuple[str, tuple[float, float, float] | None]],
+                 root: Path, seed: int, suffix: str) -> dict[str, dict[str, Any]]:  # fmt: skip
+    results = {}
+    for method in methods:
+        for variant, regularizer in runs:
+            print(f"== {method} {variant} seed {seed}", flush=True)
+            results[f"{method}-{variant}"] = run_one(scale, method, variant, root, seed, regularizer, suffix)
+            print(json.dumps(results[f"{method}-{variant}"]), flush=True)
+    return results
+
+
+def over_seeds(by_seed: dict[int, dict[str, dict[str, Any]]], methods: list[str], variants: list[str]) -> dict[str, Any]:
+    """Linear top-1 (%) of every method and variant over seeds, and each variant's relative change against the
+    baseline of the same seed, per method and averaged over methods (mean and sample standard deviation)."""
+    seeds = list(by_seed)
+    top1 = {(m, v): np.array([100 * by_seed[s][f"{m}-{v}"]["top1"] for s in seeds]) for m in methods for v in variants}
+    table: dict[str, Any] = {"seeds": seeds, "methods": {}, "mean_relative_change": {}}
+    for method in methods:
+        base = top1[method, "baseline"]
+        table["methods"][method] = {}
+        for variant in variants:
+            values = top1[method, variant]
+            row = {"top1": values.tolist(), "mean": float(values.mean()), "std": float(values.std(ddof=1))}
+            if variant != "baseline":
+                relative = 100 * (values - base) / base
+                row.update(relative=relative.tolist(), relative_mean=float(relative.mean()),
+                           relative_std=float(relative.std(ddof=1)))  # fmt: skip
+            table["methods"][method][variant] = row
+    for variant in variants[1:]:
+        per_seed = np.mean([table["methods"][m][variant]["relative"] for m in methods], axis=0)
+        table["mean_relative_change"][variant] = {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
+                                                  "std": float(per_seed.std(ddof=1))}  # fmt: skip
+    return table
 
 
 def _relative(results: dict[str, dict[str, Any]], variant: str) -> dict[str, float]:
@@ -237,6 +281,8 @@ def _markdown(summary: dict[str, Any]) -> str:
             per = ", ".join(f"{m} {v:+.2f} %" for m, v in changes["per_method"].items())
             lines += ["", f"Relative top-1 change, {variant} vs baseline: {per}; mean {changes['mean']:+.2f} %."]
     lines += ["", f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
+    if summary.get("over_seeds"):
+        lines += _over_seeds_lines(summary["over_seeds"])
     if summary["regularizer_sweep"]:
         lines += _regularizer_sweep_lines(summary)
     sweep = summary.get("eps_normalize_sweep")
@@ -256,6 +302,20 @@ def _markdown(summary: dict[str, Any]) -> str:
 def _health_cells(result: dict[str, Any]) -> str:
     health = result["health"]
     return f"{100 * health['dead_fraction']:.0f} % | {health['effective_rank']:.1f}"
+
+
+def _over_seeds_lines(table: dict[str, Any]) -> list[str]:
+    variants = list(next(iter(table["methods"].values())))
+    lines = [f"Linear top-1 over seeds {', '.join(map(str, table['seeds']))} (mean +- sample std; in brackets the "
+             "relative change against the same seed's baseline):", "",
+             "| method | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]  # fmt: skip
+    for method, rows in table["methods"].items():
+        cells = [f"{rows['baseline']['mean']:.2f} +- {rows['baseline']['std']:.2f}"]
+        cells += [f"{r['mean']:.2f} +- {r['std']:.2f} ({r['relative_mean']:+.2f} +- {r['relative_std']:.2f} %)"
+                  for v, r in rows.items() if v != "baseline"]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    means = [f"{c['mean']:+.2f} +- {c['std']:.2f} %" for c in table["mean_relative_change"].values()]
+    return lines + ["| mean relative change | | " + " | ".join(means) + " |", ""]
 
 
 def _regularizer_sweep_lines(summary: dict[str, Any]) -> list[str]:
@@ -288,10 +348,15 @@ def main() -> int:
     parser.add_argument("--regularizer-sweep", action="store_true",
                         help=f"also Q-reg pre-train the sweep method with each (lambda1, lambda2, eps) of {REGULARIZER_SWEEP}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra-seeds", type=_int_list, default=[], metavar="S1,S2",
+                        help="repeat every method's runs with these seeds too; the summary adds mean +- std over seeds")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/reproduce_<scale>")
     args = parser.parse_args()
+    if SCALES[args.scale].mixed_precision != "no" and not torch.cuda.is_available():
+        parser.error(f"--scale {args.scale} trains in {SCALES[args.scale].mixed_precision} on a CUDA GPU and none is "
+                     "visible here (on a CPU it would take hours); use --scale cpu")  # fmt: skip
     scale = replace(SCALES[args.scale], epochs=args.epochs or SCALES[args.scale].epochs,
                     max_samples=args.max_samples or SCALES[args.scale].max_samples)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale}"
@@ -305,12 +370,7 @@ def main() -> int:
     runs += [("finetune", None)] if args.finetune else []
     runs += [(_variant_name(args.also_regularizer), args.also_regularizer)] if args.also_regularizer else []
     variants = [variant for variant, _ in runs]
-    results: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        for variant, regularizer in runs:
-            print(f"== {method} {variant}", flush=True)
-            results[f"{method}-{variant}"] = run_one(scale, method, variant, root, args.seed, regularizer=regularizer)
-            print(json.dumps(results[f"{method}-{variant}"]), flush=True)
+    results = _run_methods(scale, methods, runs, root, args.seed, suffix="")
     regularizer_runs: dict[str, dict[str, Any]] = {}
     if args.regularizer_sweep:
         for regularizer in REGULARIZER_SWEEP:
@@ -320,6 +380,9 @@ def main() -> int:
             print(json.dumps(result), flush=True)
     for result in [*results.values(), *regularizer_runs.values()]:
         result["health"] = feature_health(_test_features(result))
+    by_seed = {args.seed: results}
+    for seed in args.extra_seeds:
+        by_seed[seed] = _run_methods(scale, methods, runs, root, seed, suffix=f"-seed{seed}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     summary: dict[str, Any] = {
@@ -331,6 +394,8 @@ def main() -> int:
         summary["relative_top1_change_percent"][variant] = {
             "per_method": changes, "mean": float(np.mean(list(changes.values()))) if changes else None,
         }
+    if len(by_seed) > 1:
+        summary["over_seeds"] = over_seeds(by_seed, methods, variants)
     sweep_run = f"{args.sweep_method}-baseline"
     if sweep_run in results:
         summary["eps_normalize_sweep"] = {"run": sweep_run, "rows": eps_normalize_sweep(results[sweep_run], root)}
