@@ -96,7 +96,8 @@ SCALES = {
 
 
 def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg: bool,
-                     init_from: Path | None = None, regularizer: tuple[float, float, float] | None = None) -> PretrainConfig:  # fmt: skip
+                     init_from: Path | None = None,
+                     regularizer: tuple[float, float, float] | None = None) -> PretrainConfig:  # fmt: skip
     """The method's recipe (training/configs/<method>.yaml) at this scale."""
     argv = ["--method", method, "--output-dir", str(out), "--dataset", scale.dataset, "--backbone", scale.backbone,
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
@@ -361,6 +362,8 @@ def main() -> int:
                     max_samples=args.max_samples or SCALES[args.scale].max_samples)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale}"
     root.mkdir(parents=True, exist_ok=True)
+    if args.seed in args.extra_seeds or len(set(args.extra_seeds)) < len(args.extra_seeds):
+        parser.error(f"--extra-seeds {args.extra_seeds} must be distinct seeds other than --seed {args.seed}")
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
     if unknown:

@@ -296,7 +296,8 @@ def _iterable_pipeline(dataset: datasets.IterableDataset) -> list[str]:
 
 
 def dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
-    """What a report records to name its data: name, split, columns, and size + fingerprint (or the streaming pipeline)."""
+    """What a report records to name its data: name, split, columns, and size and fingerprint (or, streamed, the
+    pipeline)."""
     dataset = image_dataset.dataset
     identity: dict[str, Any] = {
         "name": image_dataset.name,
