@@ -134,9 +134,10 @@ def _cached(folder: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(Path(folder) / "features.npy"), np.load(Path(folder) / "labels.npy")
 
 
-def _test_features(result: dict[str, Any]) -> np.ndarray:
+def _run_features(result: dict[str, Any], split: str) -> np.ndarray:
+    """A finished run's cached features of ``split`` (``"train"`` or ``"eval"``), found through its eval report."""
     report = json.loads((Path(result["eval_dir"]) / "report.json").read_text())
-    return _cached(report["feature_cache"]["eval"])[0]
+    return _cached(report["feature_cache"][split])[0]
 
 
 def feature_health(features: np.ndarray) -> dict[str, float]:
@@ -194,9 +195,7 @@ def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int,
 def eps_normalize_sweep(result: dict[str, Any], plots_dir: Path) -> list[dict[str, Any]]:
     """AUPRC of one run's Q-Scores for every eps and normalize, with D recounted from its training features; the PR
     curve and histograms of the run at its default (eps 4) and at the best setting go to ``plots_dir``."""
-    report = json.loads((Path(result["eval_dir"]) / "report.json").read_text())
-    train, _ = _cached(report["feature_cache"]["train"])
-    test, _ = _cached(report["feature_cache"]["eval"])
+    train, test = _run_features(result, "train"), _run_features(result, "eval")
     correct = pq.read_table(Path(result["eval_dir"]) / "per_sample.parquet").column("correct").to_numpy()
     rows, scores = [], {}
     for eps in EPS_SWEEP:
@@ -382,7 +381,7 @@ def main() -> int:
             regularizer_runs[f"{args.sweep_method}-{result['variant']}"] = result
             print(json.dumps(result), flush=True)
     for result in [*results.values(), *regularizer_runs.values()]:
-        result["health"] = feature_health(_test_features(result))
+        result["health"] = feature_health(_run_features(result, "eval"))
     by_seed = {args.seed: results}
     for seed in args.extra_seeds:
         by_seed[seed] = _run_methods(scale, methods, runs, root, seed, suffix=f"-seed{seed}")
