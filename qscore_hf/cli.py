@@ -97,18 +97,25 @@ def _score(args: argparse.Namespace) -> int:
         probe_optimizer=args.probe_optimizer, flag_lowest=args.flag_lowest, batch_size=args.batch_size,
         device=args.device, dtype=torch.bfloat16 if args.bf16 else None, num_workers=args.num_workers,
         cache_dir=args.cache_dir, strict_images=args.strict_images, progress=not args.no_progress,
-        model_info=identity,
+        model_info=identity, eps=args.eps,
     )  # fmt: skip
+    from .comparison import report_text
+
+    calibrated = " (calibrated: eps='auto')" if summary["qscore"]["eps_calibration"] else ""
     print(f"scored {summary['num_samples']} images (skipped {summary['skipped_images']['count']} unreadable): "
-          f"mean Q {summary['mean_q']:.4f}, median Q {summary['median_q']:.4f}, |D| {summary['num_discriminative']}")
-    if summary.get("auprc_correct") is not None:
-        print(f"probe accuracy {summary['accuracy']:.4f}, AUPRC (correct) {summary['auprc_correct']:.4f}, "
-              f"AUROC {summary['auroc']:.4f}")  # fmt: skip
+          f"mean Q {summary['mean_q']:.4f}, median Q {summary['median_q']:.4f}, |D| {summary['num_discriminative']}, "
+          f"eps {summary['qscore']['eps']:g}{calibrated}, empty S_i {100 * summary['empty_fraction']:.1f} %")
+    if summary.get("comparison"):
+        print(f"probe accuracy {summary['accuracy']:.4f}")
+        print(report_text(summary["comparison"], summary["degeneracy"]))
+    elif summary["degeneracy"]["warning"]:
+        print(f"WARNING: {summary['degeneracy']['warning']}")
     print(f"wrote {args.out}")
     return 0
 
 
 def _add_score_parser(commands: argparse._SubParsersAction) -> None:
+    from .calibration import eps_argument
     from .probe import OPTIMIZERS
     from .scoring import STATS_SOURCES
 
@@ -128,6 +135,10 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--stats", choices=STATS_SOURCES, default="auto",
                        help="activation statistics: the model's (saved), counted on the data (data), or saved when "
                             "the model has them (auto, default)")  # fmt: skip
+    score.add_argument("--eps", type=eps_argument, default=None,
+                       help="score with this eps instead of the model's, or 'auto' (calibrated on the scored data: "
+                            "the largest eps leaving 90%% of samples a highly activating feature); statistics are "
+                            "then counted on the data")  # fmt: skip
     score.add_argument("--probe", action="store_true",
                        help="train a linear probe; report how well Q-Score predicts its mistakes")  # fmt: skip
     score.add_argument("--probe-split", default="train", help="split the probe is trained on (default: train)")

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from transformers import PretrainedConfig
 
+from .calibration import AUTO, is_auto
 from .score import NORMALIZE_OPTIONS
 
 __all__ = ["QScoreConfig"]
@@ -28,7 +29,9 @@ class QScoreConfig(PretrainedConfig):
         image_size: input resolution; ``crop_pct`` is the centre-crop fraction (resize to
             ``image_size / crop_pct``, then crop ``image_size``).
         image_mean, image_std: per-channel normalization the backbone expects.
-        qscore_eps, qscore_normalize, qscore_p_lo, qscore_p_hi: Q-Score parameters (SPEC §2-4).
+        qscore_eps, qscore_normalize, qscore_p_lo, qscore_p_hi: Q-Score parameters (SPEC §2-4). ``qscore_eps="auto"``
+            is calibrated on the reference data by ``QScoreModel.compute_activation_stats``, which then stores the
+            resolved number here and the calibration's coverage and sample count in ``qscore_eps_calibration``.
         qscore_regularized: whether the backbone was trained with Q-Score regularization (SPEC §6);
             ``qscore_regularization`` may record its settings (lambda1, lambda2, ...).
         probe_head: add a linear head on the features (``num_labels`` outputs) for a linear probe.
@@ -47,7 +50,8 @@ class QScoreConfig(PretrainedConfig):
         crop_pct: float = 0.875,
         image_mean: Sequence[float] = IMAGENET_MEAN,
         image_std: Sequence[float] = IMAGENET_STD,
-        qscore_eps: float = 4.0,
+        qscore_eps: float | str = 4.0,
+        qscore_eps_calibration: dict[str, Any] | None = None,
         qscore_normalize: str = "none",
         qscore_p_lo: float = 50.0,
         qscore_p_hi: float = 95.0,
@@ -75,7 +79,8 @@ class QScoreConfig(PretrainedConfig):
         self.crop_pct = float(crop_pct)
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        self.qscore_eps = float(qscore_eps)
+        self.qscore_eps = AUTO if is_auto(qscore_eps) else float(qscore_eps)
+        self.qscore_eps_calibration = dict(qscore_eps_calibration) if qscore_eps_calibration else None
         self.qscore_normalize = qscore_normalize
         self.qscore_p_lo = float(qscore_p_lo)
         self.qscore_p_hi = float(qscore_p_hi)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,9 @@ FASHION_MNIST_CLASSES = [
 BUILTIN_DATASETS = ("digits", "fashion_mnist")
 _DIGITS_TEST_FRACTION = 0.2
 _SPLIT_SEED = 0
+# "train[50000:60000]": rows 50000..59999 of a split, as datasets' own split slicing (which only Hub and script
+# data sets get); both bounds are optional.
+_SLICE = re.compile(r"^(?P<split>[\w.-]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
 
 
 @dataclass
@@ -58,13 +62,23 @@ def load_image_dataset(
 
     ``image_column`` defaults to the first ``Image`` feature (or a column named ``image``/``img``);
     ``label_column`` to the first ``ClassLabel`` feature or a column named ``label``/``labels`` (``None`` if absent).
+    ``split`` may select rows, as in ``datasets``: ``"train[50000:60000]"`` (e.g. a validation split carved out of
+    the training data); ``max_samples`` then counts from the slice's start.
     """
+    base_split, start, stop = _parse_split(split)
+    if start is not None and max_samples is not None:
+        stop = start + max_samples if stop is None else min(stop, start + max_samples)
     if name in BUILTIN_DATASETS:
-        dataset = _load_digits(split) if name == "digits" else _load_fashion_mnist(split, max_samples)
-        if streaming:
-            dataset = dataset.to_iterable_dataset()
-    else:
-        dataset = _load_external(name, split, streaming)
+        used = max_samples if start is None else stop  # Fashion-MNIST encodes only the rows that are used
+        dataset = _load_digits(base_split) if name == "digits" else _load_fashion_mnist(base_split, used)
+    elif Path(name).exists():
+        dataset = _load_external(name, base_split, streaming and start is None)
+    else:  # a Hub data set: datasets slices it itself
+        dataset, start = _load_external(name, split, streaming), None
+    if start is not None:
+        dataset = _slice(dataset, name, split, start, stop)
+    if streaming and not isinstance(dataset, datasets.IterableDataset):
+        dataset = dataset.to_iterable_dataset()
     if max_samples is not None:
         dataset = dataset.take(max_samples) if isinstance(dataset, datasets.IterableDataset) else dataset.select(
             range(min(max_samples, len(dataset)))
@@ -82,6 +96,26 @@ def load_image_dataset(
         )
     label_column = label_column or _find_column(features, datasets.ClassLabel, ("label", "labels"))
     return ImageDataset(dataset, image_column, label_column, name, split)
+
+
+def _parse_split(split: str) -> tuple[str, int | None, int | None]:
+    """``"train[10:20]"`` -> ``("train", 10, 20)``; a plain name -> ``(name, None, None)``."""
+    match = _SLICE.match(split)
+    if match is None:
+        if "[" in split:
+            raise ValueError(f"split {split!r}: a row slice is written NAME[START:STOP], e.g. train[50000:60000].")
+        return split, None, None
+    start, stop = int(match["start"] or 0), int(match["stop"]) if match["stop"] else None
+    if stop is not None and stop <= start:
+        raise ValueError(f"split {split!r} selects no rows: STOP must be larger than START.")
+    return match["split"], start, stop
+
+
+def _slice(dataset: datasets.Dataset, name: str, split: str, start: int, stop: int | None) -> datasets.Dataset:
+    stop = len(dataset) if stop is None else stop
+    if start >= len(dataset):
+        raise ValueError(f"split {split!r} of data set {name!r} starts at row {start}, but it has {len(dataset)} rows.")
+    return dataset.select(range(start, min(stop, len(dataset))))
 
 
 def _find_column(features: datasets.Features, kind: type, names: tuple[str, ...]) -> str | None:

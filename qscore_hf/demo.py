@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .comparison import report_text
 from .linear_eval import PER_SAMPLE_FILE, PLOT_FILES, REPORT_FILE, run_linear_eval
 from .pretraining import CHECKPOINT_DIR, MODEL_DIR, PretrainConfig, pretrain
 from .ssl import METHODS
@@ -192,6 +193,9 @@ def format_summary(result: dict[str, Any]) -> str:
     widths = [max(len(row[k]) for row in [header, *rows]) for k in range(3)]
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
+    qscore = report["qscore"]
+    lines += ["", f"Q-Score (eps {qscore['eps']:g}, normalize {qscore['normalize']}) beside label-free baselines, as "
+              "predictors of the probe's mistakes:", "", report_text(report["comparison"], report["degeneracy"])]
     report_dir = Path(result["report_dir"])
     title = (
         f"Q-Score demo: {result['method']} pre-training of {result['backbone']} ({setting['image_size']} px, "
@@ -200,8 +204,9 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{result['seconds']:.0f} s"
     )
     reading = (
-        "AUPRC above its base rate and AUROC above 0.5 mean that low Q-Scores flag the probe's mistakes without "
-        "labels; the paper's encoders trained for hundreds of epochs, this one for minutes."
+        "AUPRC above its base rate and AUROC above 0.5 mean that low scores flag the probe's mistakes without labels; "
+        "a label-free baseline that does as well makes Q-Score redundant on this model. The paper's encoders trained "
+        "for hundreds of epochs, this one for minutes."
     )
     files = ", ".join([REPORT_FILE, PER_SAMPLE_FILE, *PLOT_FILES.values()])
     return "\n".join([title, "", *lines, "", reading, "", f"model (with its model card): {result['model_dir']}",

@@ -1,4 +1,4 @@
-"""Sum-reductions across processes with plain ``torch.distributed``.
+"""Sum- and max-reductions across processes with plain ``torch.distributed``.
 
 ``accelerate`` initialises torch's default process group, so these work the same under ``accelerate launch``,
 ``torchrun`` or a hand-made group; in a single process they are no-ops. (``accelerate.utils.reduce`` would
@@ -17,8 +17,7 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Return the element-wise sum of ``tensor`` over all processes (a new tensor; no gradient)."""
+def _all_reduce(tensor: Tensor, op: "dist.ReduceOp") -> Tensor:
     tensor = tensor.detach()
     if world_size() == 1:
         return tensor
@@ -27,5 +26,15 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
         work = tensor.to(torch.device("cuda", torch.cuda.current_device()))
     else:
         work = tensor.clone()
-    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    dist.all_reduce(work, op=op)
     return work.to(device)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Return the element-wise sum of ``tensor`` over all processes (a new tensor; no gradient)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Return the element-wise maximum of ``tensor`` over all processes (a new tensor; no gradient)."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)

@@ -5,9 +5,12 @@ evaluation samples the probe gets right.
 
 - ``report.json``: model, data set, splits and sizes, probe settings, top-1, the Q-Score metrics (AUPRC with correct
   samples as positives, AUPRC with misclassified samples as positives, AUROC), the base rates, ``|D|``, the Q-Score
-  settings and the command line;
-- ``per_sample.parquet``: ``row_id, label, prediction, correct, q_score, num_selected`` per evaluation sample;
-- ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png``;
+  settings, ``comparison`` (the same metrics for every label-free baseline and the probe-confidence ceiling, and a
+  sentence on how Q-Score compares), ``degeneracy`` (empty-``S_i`` fraction, ``|D|``, never-active features and a
+  warning when Q-Score is degenerate) and the command line;
+- ``per_sample.parquet``: ``row_id, label, prediction, correct, q_score, num_selected`` and one column per baseline
+  (``l2_norm, hoyer_sparsity, max_zscore, knn_density, probe_confidence``) per evaluation sample;
+- ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png`` (every score's precision-recall curves);
 - ``model_card_results.json`` when the model is not a local folder with a ``README.md`` model card; otherwise the
   card's ``model-index`` gets the linear-probe top-1 and the Q-Score AUPRC.
 """
@@ -27,13 +30,16 @@ import pyarrow.parquet as pq
 import torch
 from huggingface_hub import EvalResult, ModelCard
 
+from .calibration import DEFAULT_COVERAGE, calibrate_eps, is_auto
 from .cards import report_eval_results
+from .comparison import compare_scores, scores_with_baselines
+from .degeneracy import degeneracy_report
 from .data import ImageDataset, load_image_dataset
 from .features import FeatureSet, count_activation_stats, default_cache_dir, extract_features, feature_chunks
 from .io_utils import atomic_directory
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel
-from .plots import plot_pr_curve, plot_qscore_histograms
+from .plots import plot_pr_curves, plot_qscore_histograms
 from .probe import Optimizer, train_linear_probe
 from .score import ActivationStats, qscore_details
 
@@ -56,10 +62,17 @@ def _load_split(dataset: str, split: str, image_column: str | None, label_column
     return loaded
 
 
-def _activation_stats(model: QScoreModel, train: FeatureSet) -> tuple[ActivationStats, str]:
-    """The model's saved statistics, or (label-free) ones counted on the training features when it has none."""
-    if int(model.activation_stats.num_samples) > 0:
+def _activation_stats(model: QScoreModel, train: FeatureSet, eps: float | str | None) -> tuple[ActivationStats, str]:
+    """The model's saved statistics, or (label-free) ones counted on the training features when it has none or when
+    ``eps`` overrides the model's (``"auto"``: calibrated on the training features first). Sets the model config's
+    eps to the one used."""
+    if eps is None and int(model.activation_stats.num_samples) > 0 and not is_auto(model.config.qscore_eps):
         return model.activation_stats, "model"
+    if eps is not None:
+        model.config.qscore_eps = eps
+    if is_auto(model.config.qscore_eps):
+        model.config.qscore_eps = calibrate_eps(train.features)
+        model.config.qscore_eps_calibration = {"coverage": DEFAULT_COVERAGE, "num_samples": len(train)}
     return count_activation_stats(train.features, model.config.qscore_eps), "train_features"
 
 
@@ -106,6 +119,7 @@ def _qscore_summary(model: QScoreModel, stats: ActivationStats, stats_source: st
     """The Q-Score settings, where ``D`` came from, and mean scores of correct and misclassified samples."""
     return {
         "eps": model.config.qscore_eps,
+        "eps_calibration": model.config.qscore_eps_calibration,
         "normalize": model.config.qscore_normalize,
         "p_lo": model.config.qscore_p_lo,
         "p_hi": model.config.qscore_p_hi,
@@ -126,7 +140,8 @@ def _write_outputs(out_dir: str | os.PathLike, report: dict[str, Any], per_sampl
     with atomic_directory(out_dir, keep_other_files=False) as tmp:
         pq.write_table(pa.table({name: pa.array(values) for name, values in per_sample.items()}), tmp / PER_SAMPLE_FILE)
         plot_qscore_histograms(q_scores, correct, tmp / PLOT_FILES["histogram"])
-        plot_pr_curve(q_scores, correct, tmp / PLOT_FILES["pr_curve"])
+        scores = {name: per_sample[name] for name in report["comparison"]["scores_order"]}
+        plot_pr_curves(scores, correct, tmp / PLOT_FILES["pr_curve"])
         if card_results is not None:
             note = "Not written into a README.md model card; add them with huggingface_hub.EvalResult(**result)."
             results = {"model": report["model"], "note": note, "eval_results": card_results}
@@ -158,6 +173,8 @@ def run_linear_eval(
     update_model_card: bool = True,
     progress: bool = True,
     command: str | None = None,
+    eps: float | str | None = None,
+    knn_k: int = 10,
 ) -> dict[str, Any]:
     """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
 
@@ -180,6 +197,9 @@ def run_linear_eval(
         update_model_card: write the results into a local model folder's ``README.md`` ``model-index``.
         progress: show progress bars.
         command: the command line to record in the report.
+        eps: score with this eps instead of the model's (``"auto"``: calibrated on the training features); the
+            statistics are then counted on the training features.
+        knn_k: neighbours of the ``knn_density`` baseline (against the training features).
 
     The activation statistics that define the discriminative features ``D`` are the model's saved ones; a model
     without any gets them counted (label-free) on the training split's features.
@@ -193,7 +213,7 @@ def run_linear_eval(
              for name, split in splits.items()}  # fmt: skip
     train, evaluation = feats["train"], feats["eval"]
 
-    stats, stats_source = _activation_stats(model, train)
+    stats, stats_source = _activation_stats(model, train, eps)
     discriminative = stats.discriminative(model.config.qscore_p_lo, model.config.qscore_p_hi)
     q_scores, num_selected = _qscores(evaluation.features, discriminative, model)
 
@@ -202,9 +222,12 @@ def run_linear_eval(
         train.features, train.labels, epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         batch_size=probe_batch_size, num_classes=num_classes, device=device, seed=seed, progress=progress,
     )  # fmt: skip
-    predictions = probe.predict(evaluation.features)
+    logits = probe.logits(evaluation.features)
+    predictions = logits.argmax(axis=1).astype(np.int64)
     correct = predictions == evaluation.labels
     metrics = misclassification_metrics(q_scores, correct.astype(np.int64))
+    scores = scores_with_baselines(q_scores, evaluation.features, train.features, logits, k=knn_k)
+    comparison = compare_scores(scores, correct)
 
     readme = Path(model_name_or_path) / "README.md"
     card_target = "README.md" if update_model_card and readme.is_file() else CARD_RESULTS_FILE
@@ -226,6 +249,9 @@ def run_linear_eval(
         "train_top1": float(np.mean(probe.predict(train.features) == train.labels)),
         **_headline(metrics),
         "qscore": _qscore_summary(model, stats, stats_source, discriminative, q_scores, num_selected, correct),
+        "comparison": {**comparison.to_dict(), "scores_order": list(scores), "knn_k": knn_k,
+                       "knn_reference": f"{train_split} features ({len(train)} rows)"},
+        "degeneracy": degeneracy_report(num_selected, int(discriminative.numel()), stats, model.config.qscore_eps),
         "feature_autocast_dtype": None if dtype is None else str(dtype),
         "feature_cache": {name: str(feature_set.cache_path) for name, feature_set in feats.items()},
         "model_card_results": card_target,
@@ -235,7 +261,7 @@ def run_linear_eval(
     }
     per_sample = {
         "row_id": evaluation.row_ids, "label": evaluation.labels, "prediction": predictions,
-        "correct": correct, "q_score": q_scores, "num_selected": num_selected,
+        "correct": correct, "num_selected": num_selected, **scores,
     }  # fmt: skip
     eval_results = report_eval_results(report)
     _write_outputs(out_dir, report, per_sample, eval_results if card_target == CARD_RESULTS_FILE else None)

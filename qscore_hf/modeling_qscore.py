@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone
+from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
@@ -71,7 +72,8 @@ class QScoreModel(PreTrainedModel):
                 f"config.hidden_size={config.hidden_size} but backbone {config.backbone!r} has {width} features; "
                 "leave hidden_size unset or fix the backbone name."
             )
-        self.activation_stats = ActivationStats(width, config.qscore_eps)
+        # eps="auto" is resolved by compute_activation_stats; until then the (empty) statistics hold the paper's eps.
+        self.activation_stats = ActivationStats(width, 4.0 if is_auto(config.qscore_eps) else config.qscore_eps)
         self.classifier = nn.Linear(width, config.num_labels) if config.probe_head else None
         self.post_init()
 
@@ -105,6 +107,11 @@ class QScoreModel(PreTrainedModel):
             )
         features = self.backbone(pixel_values)
         q_scores = mask = None
+        if (return_qscore or return_highly_activating) and is_auto(self.config.qscore_eps):
+            raise ValueError(
+                "this model's qscore_eps is 'auto', which is calibrated on reference data: call "
+                "model.compute_activation_stats(batches) first (or pass return_qscore=False)."
+            )
         if return_qscore or return_highly_activating:
             with torch.no_grad():
                 detached = features.detach()
@@ -126,24 +133,49 @@ class QScoreModel(PreTrainedModel):
         reset: bool = True,
         progress: bool = True,
         all_reduce: bool = True,
+        coverage: float | None = None,
     ) -> ActivationStats:
         """One pass over reference data to (re)compute the activation statistics saved with the model.
 
         ``batches`` yields ``pixel_values`` tensors or dicts holding them (e.g. a DataLoader over a processed
         ``datasets.Dataset``). Under torch.distributed each process passes its shard and the counts are summed.
+
+        When ``config.qscore_eps`` is ``"auto"`` (or was calibrated before, or ``coverage`` is given), a first pass
+        calibrates eps on the same batches (``qscore_hf.calibration``; ``batches`` must then be re-iterable, e.g. a
+        DataLoader or a list) and the resolved value replaces ``config.qscore_eps``.
         """
         was_training = self.training
         self.eval()
+        previous = self.config.qscore_eps_calibration or {}
+        if coverage is not None or is_auto(self.config.qscore_eps) or previous:
+            if iter(batches) is batches:
+                raise ValueError(
+                    "eps='auto' reads the reference batches twice (calibration, then counting); pass a re-iterable "
+                    "such as a DataLoader or a list, not a generator."
+                )
+            coverage = coverage if coverage is not None else previous.get("coverage", DEFAULT_COVERAGE)
+            calibrator = EpsCalibrator(self.activation_stats.num_features, self.device)
+            for pixel_values in self._pixel_batches(batches, progress, "calibrating eps"):
+                calibrator.update(self.backbone(pixel_values))
+            if all_reduce:
+                calibrator.all_reduce()
+            self.config.qscore_eps = calibrator.resolve(coverage)
+            self.config.qscore_eps_calibration = {"coverage": coverage, "num_samples": calibrator.num_samples}
+            self.activation_stats.eps = self.config.qscore_eps
+            reset = True
         if reset:
             self.activation_stats.reset()
-        for batch in tqdm(batches, desc="activation statistics", disable=not progress, unit="batch"):
-            pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
-            features = self.backbone(pixel_values.to(self.device, self.dtype))
-            self.activation_stats.update(features)
+        for pixel_values in self._pixel_batches(batches, progress, "activation statistics"):
+            self.activation_stats.update(self.backbone(pixel_values))
         if all_reduce:
             self.activation_stats.all_reduce()
         self.train(was_training)
         return self.activation_stats
+
+    def _pixel_batches(self, batches: Iterable[Tensor | Mapping[str, Tensor]], progress: bool, desc: str):
+        for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
+            yield pixel_values.to(self.device, self.dtype)
 
     def image_processor(self) -> QScoreImageProcessor:
         """The image processor matching this model's input size and normalization."""

@@ -1,5 +1,5 @@
-"""PNG plots of Q-Scores: histograms (all samples, or correct vs misclassified), precision-recall curves and image
-grids.
+"""PNG plots of Q-Scores: histograms (all samples, or correct vs misclassified), precision-recall curves of Q-Score
+and its baselines, and image grids.
 
 Figures are drawn with matplotlib's object API on the Agg canvas: no display is needed and pyplot's global state
 (and backend) is left alone.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -18,7 +18,7 @@ from sklearn.metrics import precision_recall_curve
 
 from .metrics import misclassification_metrics
 
-__all__ = ["plot_image_grid", "plot_pr_curve", "plot_qscore_histogram", "plot_qscore_histograms"]
+__all__ = ["plot_image_grid", "plot_pr_curves", "plot_qscore_histogram", "plot_qscore_histograms"]
 
 _BINS = 50
 _DPI = 120
@@ -78,29 +78,35 @@ def plot_qscore_histograms(
     figure.savefig(path)
 
 
-def plot_pr_curve(
-    q_scores: ArrayLike,
+def plot_pr_curves(
+    scores: Mapping[str, ArrayLike],
     correct: ArrayLike,
     path: str | os.PathLike,
-    title: str = "Q-Score as a predictor of correct classification",
+    title: str = "Q-Score and baselines as predictors of the probe's mistakes",
 ) -> None:
-    """Precision-recall curves of Q-Score as a PNG: correct samples as positives (score ``Q``) and misclassified
-    samples as positives (score ``-Q``), each with its AUPRC in the legend and its base rate as a dashed line."""
-    q, ok = _as_arrays(q_scores, correct)
-    metrics = misclassification_metrics(q, ok.astype(np.int64))
-    figure = _figure()
-    axes = figure.add_subplot()
-    curves = (
-        (ok, q, "correct", metrics["auprc_correct"], metrics["accuracy"], _CORRECT_COLOR),
-        (~ok, -q, "misclassified (score -Q)", metrics["auprc_misclassified"], metrics["misclassified_rate"],
-         _MISCLASSIFIED_COLOR),
-    )  # fmt: skip
-    for positives, scores, name, auprc, base_rate, color in curves:
-        precision, recall, _ = precision_recall_curve(positives, scores)
-        axes.step(recall, precision, where="post", color=color, label=f"{name}: AUPRC {auprc:.3f}")
-        axes.axhline(base_rate, color=color, linestyle="--", linewidth=1, label=f"{name}: base rate {base_rate:.3f}")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    axes.legend(loc="center right", fontsize="small")
+    """Precision-recall curves of every score in one PNG, two panels: correct samples as positives (score ``s``)
+    and misclassified samples as positives (score ``-s``); each curve's AUPRC is in the legend and the base rate is a
+    dashed line. Q-Score (``q_score``) is drawn thick, the label-using ceiling dotted."""
+    if not scores:
+        raise ValueError("no scores to plot.")
+    figure = _figure(figsize=(11.0, 4.6))
+    panels = figure.subplots(1, 2)
+    for index, (name, values) in enumerate(scores.items()):
+        q, ok = _as_arrays(values, correct)
+        metrics = misclassification_metrics(q, ok.astype(np.int64))
+        style = {"linewidth": 2.4 if name == "q_score" else 1.2, "linestyle": ":" if name == "probe_confidence" else "-",
+                 "color": "black" if name == "q_score" else f"C{index}"}  # fmt: skip
+        for axes, positives, signed, key in ((panels[0], ok, q, "auprc_correct"),
+                                             (panels[1], ~ok, -q, "auprc_misclassified")):  # fmt: skip
+            precision, recall, _ = precision_recall_curve(positives, signed)
+            axes.step(recall, precision, where="post", label=f"{name}: {metrics[key]:.3f}", **style)
+    for axes, rate, positive in ((panels[0], metrics["accuracy"], "correct"),
+                                 (panels[1], metrics["misclassified_rate"], "misclassified")):  # fmt: skip
+        axes.axhline(rate, color="grey", linestyle="--", linewidth=1, label=f"base rate: {rate:.3f}")
+        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+                 title=f"{positive} as positive (legend: AUPRC)")  # fmt: skip
+        axes.legend(loc="lower left" if positive == "misclassified" else "lower right", fontsize="x-small")
+    figure.suptitle(title)
     figure.savefig(path)
 
 

@@ -31,7 +31,8 @@ from .data import ImageDataset, load_image_dataset
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
-from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
+from .health import FeatureHealth, RunningFeatureHealth
+from .regularizer import DEFAULT_L1_FORM, DEFAULT_LAMBDA2, QScoreRegularizer, QScoreRegularizerOutput
 from .ssl import SSLMethod, TransformSettings, build_method
 
 __all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
@@ -44,6 +45,14 @@ _INERT_Q_TERM = (
     "acted. A young encoder rarely has features that far above its mean: try a lower --qscore-eps (e.g. 1; see the "
     "README's Results)."
 )
+_KILLED_FEATURES = (
+    "Q-Score regularization, epoch {epoch}: {dead:.0%} of the backbone's features never fired this epoch, against "
+    "{reference:.0%} in the first epoch (effective rank {rank:.1f}, first epoch {reference_rank:.1f}). The L1 term "
+    "may be killing features that an unregularized run keeps: lower --lambda2, or use --qscore-l1-form normalized "
+    "(scale-free; the default), and compare with a run without --qscore-reg."
+)
+# An epoch's dead fraction this far above the first epoch's triggers the warning above.
+KILLED_FEATURES_MARGIN = 0.05
 # Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
 DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
 
@@ -75,7 +84,8 @@ class PretrainConfig:
     local_views: int = 0
     qscore_reg: bool = False
     lambda1: float = 1e-4
-    lambda2: float = 1e-4
+    lambda2: float = DEFAULT_LAMBDA2
+    qscore_l1_form: str = DEFAULT_L1_FORM
     qscore_eps: float = 4.0
     qscore_warmup_samples: int = 10_000
     init_from: str | None = None
@@ -116,16 +126,20 @@ def training_step(
 
 
 class TrainState:
-    """Step and epoch counters, checkpointed with accelerate's state."""
+    """The step counter and the first epoch's feature health (the reference of the killed-features warning),
+    checkpointed with accelerate's state."""
 
     def __init__(self) -> None:
         self.step = 0
+        self.first_health: FeatureHealth | None = None
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "first_health": None if self.first_health is None else self.first_health.to_dict()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        first = state.get("first_health")  # absent in checkpoints written before it existed
+        self.first_health = None if first is None else FeatureHealth(**first)
 
 
 def _check_output_dir(path: Path, needed_bytes: int) -> None:
@@ -320,7 +334,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             "lower --batch-size."
         )
     regularizer = (
-        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, warmup_samples=cfg.qscore_warmup_samples)
+        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, l1_form=cfg.qscore_l1_form,
+                          warmup_samples=cfg.qscore_warmup_samples)
         if cfg.qscore_reg else None
     )
     total_batch = cfg.batch_size * accelerator.num_processes
@@ -367,6 +382,7 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
                     desc=f"{cfg.method} pre-training", unit="step")
     window_start, window_images = time.perf_counter(), 0
     active_q_samples = torch.zeros((), device=accelerator.device)  # this epoch's samples the Q term pushed
+    health = RunningFeatureHealth(width, accelerator.device)  # this epoch's dead features and effective rank
     while state.step < max_steps:
         epoch = state.step // steps_per_epoch
         loader.set_epoch(epoch)
@@ -377,6 +393,7 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             out = training_step(method, regularizer, views, state.step, max_steps, epoch)
             for reg in out.regularization:
                 active_q_samples += reg.num_active
+            health.update(out.features[0])
             accelerator.backward(out.loss)
             unwrapped.after_backward(epoch)
             optimizer.step()
@@ -403,6 +420,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
                 break
         epoch_ended = state.step % steps_per_epoch == 0 or state.step >= max_steps
         if epoch_ended:
+            state.first_health = _log_health(cfg, accelerator, output_dir, health, epoch, state.step, state.first_health,
+                                             progress)
             if regularizer is not None:
                 regularizer.refresh()
                 if float(active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
@@ -428,6 +447,27 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     return model_dir
 
 
+def _log_health(cfg: PretrainConfig, accelerator: Accelerator, output_dir: Path, health: RunningFeatureHealth,
+                epoch: int, step: int, first: FeatureHealth | None, progress: tqdm) -> FeatureHealth | None:
+    """Log this epoch's dead-feature fraction and effective rank of the backbone's features (first view), warn when
+    Q-Score regularization raised the dead fraction above the first epoch's; returns the first epoch's health."""
+    if health.count == 0:  # a resumed run that starts exactly at an epoch boundary saw no batch of this epoch
+        return first
+    health.all_reduce()
+    current = health.compute()
+    health.reset()
+    logs = {"health/dead_fraction": current.dead_fraction, "health/effective_rank": current.effective_rank,
+            "health/mean_activation": current.mean_activation}  # fmt: skip
+    accelerator.log(logs, step=step)
+    _append_log(accelerator, output_dir, {"step": step, "epoch": epoch, **logs})
+    if first is None:
+        return current
+    if cfg.qscore_reg and current.dead_fraction > first.dead_fraction + KILLED_FEATURES_MARGIN and accelerator.is_main_process:
+        progress.write(_KILLED_FEATURES.format(epoch=epoch, dead=current.dead_fraction, reference=first.dead_fraction,
+                                               rank=current.effective_rank, reference_rank=first.effective_rank))
+    return first
+
+
 def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod,
             train_data: ImageDataset, steps: int, steps_per_epoch: int) -> Path:
     """The backbone as a QScoreModel folder, with activation statistics from a final pass over the training data."""
@@ -444,7 +484,7 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
     model.config.qscore_regularized = cfg.qscore_reg or bool(getattr(model.config, "qscore_regularized", False))
     if cfg.qscore_reg:
         model.config.qscore_regularization = {
-            "lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "eps": cfg.qscore_eps,
+            "lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "l1_form": cfg.qscore_l1_form, "eps": cfg.qscore_eps,
             "warmup_samples": cfg.qscore_warmup_samples, "mode": "fine-tuning" if cfg.init_from else "pre-training",
         }
     model.config.training = {

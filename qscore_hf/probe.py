@@ -65,14 +65,18 @@ class LinearProbe(nn.Module):
         return self.linear((features - self.mean) / self.std)
 
     @torch.no_grad()
-    def predict(self, features: np.ndarray | Tensor, batch_size: int = _CHUNK_ROWS) -> np.ndarray:
-        """Predicted class (int64) of each row, computed chunk by chunk (memory-mapped input stays on disk)."""
+    def logits(self, features: np.ndarray | Tensor, batch_size: int = _CHUNK_ROWS) -> np.ndarray:
+        """``(N, C)`` float32 logits, computed chunk by chunk (memory-mapped input stays on disk)."""
         device = self.mean.device
-        predictions = [
-            self(_as_tensor(features[start : start + batch_size], device)).argmax(dim=1).cpu()
+        parts = [
+            self(_as_tensor(features[start : start + batch_size], device)).float().cpu()
             for start in range(0, len(features), batch_size)
         ]
-        return torch.cat(predictions).numpy().astype(np.int64)
+        return torch.cat(parts).numpy()
+
+    def predict(self, features: np.ndarray | Tensor, batch_size: int = _CHUNK_ROWS) -> np.ndarray:
+        """Predicted class (int64) of each row."""
+        return self.logits(features, batch_size).argmax(axis=1).astype(np.int64)
 
 
 def _as_tensor(rows: np.ndarray | Tensor, device: torch.device) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,31 @@ from torch import Tensor, nn
 from .distributed import all_reduce_sum, world_size
 from .score import NORMALIZE_OPTIONS, ActivationStats, Normalize, as_feature_matrix, qscore_details
 
-__all__ = ["QScoreRegularizer", "QScoreRegularizerOutput"]
+__all__ = ["L1_FORMS", "L1Form", "QScoreRegularizer", "QScoreRegularizerOutput", "column_l1"]
+
+L1Form = Literal["sum", "mean", "normalized"]
+L1_FORMS = ("sum", "mean", "normalized")
+
+
+def column_l1(features: Tensor, form: L1Form) -> Tensor:
+    """Per-column sums of the L1 term's entries for this batch, in float64 (column sums of float32 features near
+    float32's maximum would overflow): ``sum_i |h_ij|`` for ``"sum"`` and ``"mean"`` (the caller divides by the
+    global batch size for ``"mean"``), ``sum_i |h_ij| / ||h_i||_2`` for ``"normalized"``.
+
+    ``"normalized"`` is scale-free: its gradient is orthogonal to each ``h_i``, so it cannot lower the norm of a
+    representation, only how its mass spreads over features (SPEC §6: SSL losses behind a normalizing projector
+    ignore the backbone's scale, so the literal sum is minimised by shrinking every feature towards zero).
+    """
+    if form not in L1_FORMS:
+        raise ValueError(f"l1_form must be one of {L1_FORMS}; got {form!r}.")
+    magnitude = features.abs()
+    if form == "normalized":
+        # Divide by the row's max first: exact at any finite magnitude (no overflow or underflow when squaring).
+        scale = magnitude.detach().amax(dim=1, keepdim=True).clamp(min=torch.finfo(features.dtype).tiny)
+        scaled = magnitude / scale
+        norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True).clamp(min=1.0)  # >= 1 unless the row is 0
+        magnitude = scaled / norm
+    return magnitude.sum(dim=0, dtype=torch.float64)
 
 
 @dataclass
@@ -22,11 +47,11 @@ class QScoreRegularizerOutput:
     q_term: Tensor
     """``-lambda1 * sum_{i: Q_i < alpha} Q_i``."""
     l1_term: Tensor
-    """``lambda2 * sum_{j: c_j > beta} c_j``."""
+    """``lambda2 * sum_{j: c_j > beta} c_j`` (``c_j`` as the ``l1_form`` defines it)."""
     alpha: Tensor
     """The batch mean of Q (the threshold of the first term)."""
     beta: Tensor
-    """The mean column L1 norm ``mean_j c_j`` (the threshold of the second term)."""
+    """``mean_j c_j`` (the threshold of the second term)."""
     num_discriminative: int
     """``|D|`` used for this batch (``d`` while every feature counts as discriminative)."""
     batch_size: int
@@ -50,12 +75,22 @@ class QScoreRegularizerOutput:
         }
 
 
+# Chosen on a validation split (bench/reproduce.py --regularizer-selection; README "Results").
+DEFAULT_L1_FORM: L1Form = "normalized"
+DEFAULT_LAMBDA2 = 1e-2
+
+
 class QScoreRegularizer(nn.Module):
     """``L_Q = -lambda1 * sum_{i: Q_i < alpha} Q_i + lambda2 * sum_{j: c_j > beta} c_j`` (SPEC §6).
 
     Call it on the backbone's pooled features (before any projector) and add ``out.loss`` to the SSL loss.
-    ``alpha`` (batch mean of Q), ``beta`` (mean of the column L1 norms ``c_j``) and every mask are constants
-    in the backward pass.
+    ``alpha`` (batch mean of Q), ``beta`` (mean of the ``c_j``) and every mask are constants in the backward pass.
+
+    ``l1_form`` chooses ``c_j``: ``"sum"`` is SPEC §6's literal column L1 norm ``sum_i |h_ij|`` (with the
+    preprint's lambdas it collapses features in short runs: SPEC §6, README Results); ``"mean"`` divides it by
+    the global batch size; ``"normalized"`` (the default) is the batch mean of ``|h_ij| / ||h_i||_2``, which is
+    scale-free and so cannot shrink features towards zero. The defaults (``l1_form``, ``lambda2``, ``eps``) were
+    chosen on a validation split (``bench/reproduce.py``, README "Results").
 
     Under torch.distributed (e.g. ``accelerate launch``) the batch is the global batch: Q sums, ``c_j``, batch
     sizes and activation counts are summed over processes, so the loss value is the same on every process and
@@ -75,9 +110,10 @@ class QScoreRegularizer(nn.Module):
         self,
         num_features: int,
         lambda1: float = 1e-4,
-        lambda2: float = 1e-4,
+        lambda2: float = DEFAULT_LAMBDA2,
         eps: float = 4.0,
         normalize: Normalize = "none",
+        l1_form: L1Form = DEFAULT_L1_FORM,
         p_lo: float = 50.0,
         p_hi: float = 95.0,
         warmup_samples: int = 10_000,
@@ -88,6 +124,9 @@ class QScoreRegularizer(nn.Module):
             raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}; got {normalize!r}.")
         if not 0.0 <= p_lo <= p_hi <= 100.0:
             raise ValueError(f"need 0 <= p_lo <= p_hi <= 100; got p_lo={p_lo}, p_hi={p_hi}.")
+        if l1_form not in L1_FORMS:
+            raise ValueError(f"l1_form must be one of {L1_FORMS}; got {l1_form!r}.")
+        self.l1_form = l1_form
         self.lambda1 = float(lambda1)
         self.lambda2 = float(lambda2)
         self.normalize = normalize
@@ -105,7 +144,8 @@ class QScoreRegularizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"lambda1={self.lambda1}, lambda2={self.lambda2}, normalize={self.normalize!r}, p_lo={self.p_lo}, "
+            f"lambda1={self.lambda1}, lambda2={self.lambda2}, l1_form={self.l1_form!r}, normalize={self.normalize!r}, "
+            f"p_lo={self.p_lo}, "
             f"p_hi={self.p_hi}, warmup_samples={self.warmup_samples}"
         )
 
@@ -135,22 +175,23 @@ class QScoreRegularizer(nn.Module):
             features, discriminative, self.eps, self.normalize, count_highly_activating=self.training
         )
         q, counts = details.q_scores, details.highly_activating_counts
-        column_l1 = features.to(q.dtype).abs().sum(dim=0)  # in float32 also under bf16/fp16 autocast
+        columns = column_l1(features, self.l1_form)  # float64: no overflow for any finite float32 features
 
         # Global-batch statistics: one reduction of [sum Q, batch size] and one of [c_1..c_d, active count].
-        totals = all_reduce_sum(torch.stack([q.detach().sum(), q.new_tensor(float(features.shape[0]))]))
+        totals = all_reduce_sum(torch.stack([q.detach().sum(dtype=torch.float64), columns.new_tensor(features.shape[0])]))
         batch_size = int(totals[1])
-        alpha = totals[0] / totals[1]
+        alpha = (totals[0] / totals[1]).to(q.dtype)
         low_quality = q.detach() < alpha
-        active = (low_quality & (details.num_selected > 0)).sum().to(column_l1.dtype)
-        reduced = all_reduce_sum(torch.cat([column_l1.detach(), active.reshape(1)]))  # c and the active count
-        column_l1_global, num_active = reduced[:-1], reduced[-1]
-        beta = column_l1_global.mean()
-        generic = column_l1_global > beta
-        local_q_term = -self.lambda1 * (q * low_quality).sum()
-        local_l1_term = self.lambda2 * (column_l1 * generic).sum()
+        active = (low_quality & (details.num_selected > 0)).sum().to(columns.dtype)
+        reduced = all_reduce_sum(torch.cat([columns.detach(), active.reshape(1)]))  # c and the active count
+        divisor = 1.0 if self.l1_form == "sum" else float(batch_size)  # "mean" / "normalized": a global batch mean
+        column_global, num_active = reduced[:-1] / divisor, reduced[-1]
+        beta = column_global.mean()
+        generic = column_global > beta
+        local_q_term = -self.lambda1 * (q * low_quality).sum(dtype=torch.float64)
+        local_l1_term = self.lambda2 * (columns * generic).sum() / divisor
         q_term = all_reduce_sum(local_q_term)
-        l1_term = self.lambda2 * (column_l1_global * generic).sum()
+        l1_term = self.lambda2 * (column_global * generic).sum()
         local = local_q_term + local_l1_term
         if world_size() > 1:
             # Value: the global loss. Gradient: this process's share, scaled to undo DDP's averaging.

@@ -3,13 +3,15 @@
 ``score_dataset`` writes into ``out_dir`` (atomically: the folder appears complete or not at all):
 
 - ``per_sample.parquet``: ``row_id, q_score, num_selected`` (``|S_i|``), ``top_features`` (indices of the sample's
-  top-5 features of ``S_i`` by value, highest first) and ``label`` when the data set has labels; with a probe also
-  ``prediction`` and ``correct``;
-- ``summary.json``: mean and median Q-Score, the fraction of samples with an empty ``S_i``, ``|D|``, the Q-Score
-  parameters, where the activation statistics came from, the model and data set identities, the skipped images and,
-  with a probe, its accuracy, AUPRC and AUROC (SPEC §5);
-- ``qscore_hist.png``; with a probe ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png``; with
-  ``flag_lowest`` the image grid ``lowest_qscore.png``;
+  top-5 features of ``S_i`` by value, highest first), the label-free baselines ``l2_norm, hoyer_sparsity,
+  max_zscore`` (``qscore_hf.baselines``) and ``label`` when the data set has labels; with a probe also
+  ``knn_density`` (against the probe's training features), ``probe_confidence``, ``prediction`` and ``correct``;
+- ``summary.json``: mean and median Q-Score, the degeneracy report (fraction of samples with an empty ``S_i``, ``|D|``,
+  never-active features, and a warning when Q-Score is degenerate), the Q-Score parameters, where the activation
+  statistics came from, the model and data set identities, the skipped images and, with a probe, its accuracy,
+  AUPRC and AUROC (SPEC §5) and ``comparison``: the same metrics for every baseline and a one-sentence verdict;
+- ``qscore_hist.png``; with a probe ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png`` (every score's
+  precision-recall curves); with ``flag_lowest`` the image grid ``lowest_qscore.png``;
 - ``report.md``: the numbers as a table, and the plots.
 
 Features are never all in memory: with the model's saved activation statistics they are scored batch by batch in one
@@ -39,7 +41,11 @@ from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import Tensor
 
+from .baselines import hoyer_sparsity, knn_density, l2_norm, max_zscore, probe_confidence
+from .calibration import DEFAULT_COVERAGE, calibrate_eps, is_auto
+from .comparison import ScoreComparison, compare_scores
 from .configuration_qscore import QScoreConfig
+from .degeneracy import degeneracy_report
 from .data import ImageDataset
 from .features import (
     FeatureBatch,
@@ -57,7 +63,7 @@ from .io_utils import atomic_directory
 from .linear_eval import PLOT_FILES as PROBE_PLOT_FILES
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel
-from .plots import plot_image_grid, plot_pr_curve, plot_qscore_histogram, plot_qscore_histograms
+from .plots import plot_image_grid, plot_pr_curves, plot_qscore_histogram, plot_qscore_histograms
 from .explain import select_top_features
 from .probe import LinearProbe, Optimizer, train_linear_probe
 from .score import qscore_details
@@ -82,6 +88,8 @@ HISTOGRAM_FILE = "qscore_hist.png"
 LOWEST_FILE = "lowest_qscore.png"
 STATS_SOURCES = ("auto", "saved", "data")
 TOP_FEATURES = 5
+# Scores of the misclassification table, in its order: Q-Score, the label-free baselines, the label-using ceiling.
+COMPARED = ("q_score", "l2_norm", "hoyer_sparsity", "max_zscore", "knn_density", "probe_confidence")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")  # fmt: skip
 
@@ -233,10 +241,9 @@ def _top_selected(features: Tensor, discriminative: Tensor, eps: float) -> np.nd
     return torch.where(valid, indices, -1).cpu().numpy()
 
 
-def _score_rows(
-    rows: Iterable[_Rows], discriminative: Tensor, config: QScoreConfig, probe: LinearProbe | None
-) -> dict[str, np.ndarray]:
-    """Per-sample columns: row ids, Q-Scores, ``|S_i|``, top features, labels and probe predictions."""
+def _score_rows(rows: Iterable[_Rows], discriminative: Tensor, config: QScoreConfig, probe: LinearProbe | None,
+                probe_train: FeatureSet | None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per-sample columns: row ids, Q-Scores, ``|S_i|``, top features, baselines, labels and probe predictions."""
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
     for chunk in rows:
         details = qscore_details(chunk.features, discriminative, config.qscore_eps, config.qscore_normalize)
@@ -244,10 +251,15 @@ def _score_rows(
         columns["q_score"].append(details.q_scores.cpu().numpy().astype(np.float64))
         columns["num_selected"].append(details.num_selected.cpu().numpy())
         columns["top_features"].append(_top_selected(chunk.features, discriminative, config.qscore_eps))
+        for name, baseline in (("l2_norm", l2_norm), ("hoyer_sparsity", hoyer_sparsity), ("max_zscore", max_zscore)):
+            columns[name].append(baseline(chunk.features))
         if chunk.labels is not None:
             columns["label"].append(chunk.labels.astype(np.int64))
-        if probe is not None:
-            columns["prediction"].append(probe.predict(chunk.features))
+        if probe is not None and probe_train is not None:
+            logits = probe.logits(chunk.features)
+            columns["prediction"].append(logits.argmax(axis=1).astype(np.int64))
+            columns["probe_confidence"].append(probe_confidence(logits))
+            columns["knn_density"].append(knn_density(chunk.features, probe_train.features))
     if not columns:
         raise ValueError("no image of the data set could be read, so there is nothing to score.")
     result = {name: np.concatenate(parts) for name, parts in columns.items()}
@@ -289,6 +301,8 @@ def _probe_summary(columns: dict[str, np.ndarray], probe: LinearProbe, train: Fe
         return summary
     metrics = misclassification_metrics(columns["q_score"], correct.astype(np.int64))
     summary.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc")})
+    comparison = compare_scores({name: columns[name] for name in COMPARED if name in columns}, correct)
+    summary["comparison"] = {**comparison.to_dict(), "knn_reference": f"probe split {probe_dataset.split!r}"}
     return summary
 
 
@@ -344,7 +358,7 @@ def _per_sample_table(columns: dict[str, np.ndarray]) -> pa.Table:
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
     arrays = {name: pa.array(values) for name, values in columns.items() if name != "top_features"}
     arrays["top_features"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(top[valid].astype(np.int32)))
-    order = ["row_id", "q_score", "num_selected", "top_features", "label", "prediction", "correct"]
+    order = ["row_id", "q_score", "num_selected", "top_features", "label", "prediction", "correct", *COMPARED[1:]]
     return pa.table({name: arrays[name] for name in order if name in arrays})
 
 
@@ -367,6 +381,7 @@ def _report_markdown(summary: dict[str, Any]) -> str:
         ("median Q-Score", summary["median_q"]),
         ("fraction with empty S_i (Q = 0)", summary["empty_fraction"]),
         ("discriminative features \\|D\\|", f"{summary['num_discriminative']} of {summary['num_features']}"),
+        ("features never highly active in the reference statistics", summary["degeneracy"]["never_active_fraction"]),
         ("eps / normalize / p_lo / p_hi", settings),
         ("activation statistics", f"{stats['source']} ({stats['num_samples']} images)"),
     ]
@@ -377,8 +392,15 @@ def _report_markdown(summary: dict[str, Any]) -> str:
             ("AUPRC, misclassified as positive", summary["auprc_misclassified"]),
             ("AUROC", summary["auroc"]),
         ]
-    lines = ["# Q-Score report", "", "| quantity | value |", "|---|---|"]
+    lines = ["# Q-Score report", ""]
+    if summary["degeneracy"]["warning"]:
+        lines += [f"> **Warning.** {summary['degeneracy']['warning']}", ""]
+    lines += ["| quantity | value |", "|---|---|"]
     lines += [f"| {name} | {_format(value)} |" for name, value in rows]
+    if summary.get("comparison"):
+        comparison = ScoreComparison.from_dict(summary["comparison"])
+        lines += ["", "## Q-Score and its baselines as predictors of the probe's mistakes", "",
+                  comparison.table(markdown=True), "", comparison.verdict()]  # fmt: skip
     lines += ["", *(f"![{caption}]({file})\n" for caption, file in summary["plots"].items())]
     return "\n".join(lines)
 
@@ -392,7 +414,8 @@ def _write_outputs(out_dir: str | os.PathLike, image_dataset: ImageDataset, colu
         if "correct" in columns:
             plot_qscore_histograms(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["histogram"])
         if PROBE_PLOT_FILES["pr_curve"] in summary["plots"].values():
-            plot_pr_curve(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["pr_curve"])
+            scores = {name: columns[name] for name in COMPARED if name in columns}
+            plot_pr_curves(scores, columns["correct"], tmp / PROBE_PLOT_FILES["pr_curve"])
         if flag_lowest > 0:
             _plot_lowest(image_dataset, columns, flag_lowest, tmp / LOWEST_FILE)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
@@ -429,6 +452,7 @@ def score_dataset(
     seed: int = 0,
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
+    eps: float | str | None = None,
 ) -> dict[str, Any]:
     """Score every image of ``image_dataset`` and write the outputs listed in the module docstring; returns the
     summary (the content of ``summary.json``).
@@ -451,8 +475,18 @@ def score_dataset(
         seed: seed of the probe.
         progress: show progress bars.
         model_info: the model's identity for the summary (as ``load_model`` returns it); from the config otherwise.
+        eps: score with this eps instead of the model's; ``"auto"`` calibrates it on the scored data (SPEC §2). Either
+            way the statistics are then counted on the data (``stats`` must not be ``"saved"``).
     """
     started = time.time()
+    if eps is not None or is_auto(model.config.qscore_eps):
+        if stats == "saved":
+            raise ValueError(
+                "the model's saved statistics were counted with its own eps; an --eps other than the model's (or "
+                "'auto') needs statistics counted on the data: use --stats data (or auto)."
+            )
+        stats = "data"
+        model.config.qscore_eps = model.config.qscore_eps if eps is None else eps
     source = resolve_stats_source(model, stats)
     if probe_dataset is not None and image_dataset.label_column is None:
         raise ValueError(
@@ -473,11 +507,14 @@ def score_dataset(
     else:
         feature_set = extract_features(model, image_dataset, **cached)
         skipped.extend(feature_set.skipped)
+        if is_auto(model.config.qscore_eps):
+            model.config.qscore_eps = calibrate_eps(feature_set.features)
+            model.config.qscore_eps_calibration = {"coverage": DEFAULT_COVERAGE, "num_samples": len(feature_set)}
         activation_stats = count_activation_stats(feature_set.features, model.config.qscore_eps)
         rows = _cached_rows(feature_set)
     config = model.config
     discriminative = activation_stats.discriminative_mask(config.qscore_p_lo, config.qscore_p_hi)
-    columns = _score_rows(rows, discriminative, config, probe)
+    columns = _score_rows(rows, discriminative, config, probe, probe_train)
 
     q_scores = columns["q_score"]
     identity = {**dataset_identity(image_dataset), "num_scored": len(q_scores)}
@@ -489,8 +526,10 @@ def score_dataset(
         "empty_fraction": float(np.mean(columns["num_selected"] == 0)),
         "num_discriminative": int(discriminative.sum()),
         "num_features": int(config.hidden_size),
-        "qscore": {"eps": config.qscore_eps, "normalize": config.qscore_normalize, "p_lo": config.qscore_p_lo,
-                   "p_hi": config.qscore_p_hi},  # fmt: skip
+        "degeneracy": degeneracy_report(columns["num_selected"], int(discriminative.sum()), activation_stats,
+                                        config.qscore_eps),  # fmt: skip
+        "qscore": {"eps": config.qscore_eps, "eps_calibration": config.qscore_eps_calibration,
+                   "normalize": config.qscore_normalize, "p_lo": config.qscore_p_lo, "p_hi": config.qscore_p_hi},  # fmt: skip
         "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples)},
         "model": model_info or model_identity(model),
         "dataset": identity,

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from qscore_hf.regularizer import QScoreRegularizer, QScoreRegularizerOutput
+from qscore_hf.regularizer import DEFAULT_L1_FORM, DEFAULT_LAMBDA2, L1_FORMS, QScoreRegularizer, QScoreRegularizerOutput
 from qscore_hf.score import ActivationStats
 
 NORMALIZE = ("none", "zscore", "l1")
@@ -59,8 +59,12 @@ def ref_discriminative(counts: np.ndarray, n: int, p_lo=50.0, p_hi=95.0) -> np.n
     return (A >= lo) & (A <= hi) & (A > 0)
 
 
-def ref_regularizer(H, D=None, eps=4.0, normalize="none", lambda1=1.0, lambda2=1.0):
+def ref_regularizer(H, D=None, eps=4.0, normalize="none", lambda1=1.0, lambda2=1.0, form="sum"):
     """Value and gradient of L_Q = -l1 * sum_{Q_i < alpha} Q_i + l2 * sum_{c_j > beta} c_j, masks constant.
+
+    c_j by form: "sum" c_j = sum_i |h_ij|; "mean" c_j = (1/n) sum_i |h_ij|; "normalized"
+    c_j = (1/n) sum_i |h_ij| / ||h_i||_2, whose gradient, with G the generic columns and r_i = ||h_i||_2, is
+    d/dh_ik sum_{j in G} c_j = ([k in G] sign(h_ik) / r_i - (sum_{j in G} |h_ij|) h_ik / r_i^3) / n.
 
     Gradient, per row i with S = S_i non-empty, m = mean_{j in S} h_ij, mu = mean_j h_ij, d features:
       "none":   dQ_i/dh_ik = [k in S]/|S| - 1/d
@@ -76,7 +80,8 @@ def ref_regularizer(H, D=None, eps=4.0, normalize="none", lambda1=1.0, lambda2=1
     q = ref_q(H, S, normalize)
     alpha = q.mean()
     low = q < alpha
-    c = np.abs(H).sum(axis=0)
+    norms = np.sqrt((H**2).sum(axis=1, keepdims=True))
+    c = {"sum": np.abs(H).sum(axis=0), "mean": np.abs(H).mean(axis=0), "normalized": (np.abs(H) / norms).mean(axis=0)}[form]
     beta = c.mean()
     generic = c > beta
     q_term = -lambda1 * q[low].sum()
@@ -97,7 +102,11 @@ def ref_regularizer(H, D=None, eps=4.0, normalize="none", lambda1=1.0, lambda2=1
         else:
             dq = base / n1 - (m - mu) * np.sign(h) / n1**2
         grad[i] -= lambda1 * dq
-    grad += lambda2 * generic[None, :] * np.sign(H)
+    if form == "normalized":
+        mass = (np.abs(H) * generic).sum(axis=1, keepdims=True)
+        grad += lambda2 * (generic[None, :] * np.sign(H) / norms - mass * H / norms**3) / n
+    else:
+        grad += lambda2 * generic[None, :] * np.sign(H) / (n if form == "mean" else 1)
     counts = np.array([ref_L(h, eps) for h in H]).sum(axis=0)
     return dict(
         loss=q_term + l1_term, q_term=q_term, l1_term=l1_term, alpha=alpha, beta=beta, grad=grad, q=q,
@@ -128,7 +137,7 @@ HAND = [[8.0, 0.0, 0.0, 8.0], [0.0, 4.0, 4.0, 0.0], [0.0, 0.0, 2.0, 2.0], [2.0, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("train", [True, False])
 def test_hand_computed_loss(dtype, train):
-    reg = QScoreRegularizer(4, lambda1=1.0, lambda2=1.0, eps=0.5)
+    reg = QScoreRegularizer(4, l1_form="sum", lambda1=1.0, lambda2=1.0, eps=0.5)
     reg.train(train)
     x = torch.tensor(HAND, dtype=dtype, requires_grad=True)
     out = reg(x)
@@ -152,7 +161,7 @@ def test_q_term_is_inert_when_every_low_sample_has_an_empty_selection():
     # alpha = 4/3: the two constant rows are the low-quality ones, and Q_i = 0 there has no gradient, so the first
     # term is exactly 0 with a zero gradient, however large lambda1 is. This is what eps = 4 does to a young
     # encoder, whose rows rarely have a feature 4 sigma above their mean.
-    reg = QScoreRegularizer(4, lambda1=1e6, lambda2=0.0, eps=0.5)
+    reg = QScoreRegularizer(4, l1_form="sum", lambda1=1e6, lambda2=0.0, eps=0.5)
     x = torch.tensor([[8.0, 0.0, 0.0, 8.0], [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]], requires_grad=True)
     out = reg(x)
     assert float(out.alpha) == pytest.approx(4.0 / 3.0)
@@ -164,17 +173,69 @@ def test_q_term_is_inert_when_every_low_sample_has_an_empty_selection():
 
 def test_hand_computed_loss_lambdas():
     # same batch, lambda1 = 2, lambda2 = 0.5: -2*2 + 0.5*20 = 6
-    reg = QScoreRegularizer(4, lambda1=2.0, lambda2=0.5, eps=0.5)
+    reg = QScoreRegularizer(4, l1_form="sum", lambda1=2.0, lambda2=0.5, eps=0.5)
     out = reg(torch.tensor(HAND))
     assert float(out.q_term) == -4.0
     assert float(out.l1_term) == 10.0
     assert float(out.loss.detach()) == 6.0
     # defaults 1e-4: (-2 + 20) * 1e-4
-    out = QScoreRegularizer(4, eps=0.5)(torch.tensor(HAND, dtype=torch.float64))
+    out = QScoreRegularizer(4, l1_form="sum", lambda2=1e-4, eps=0.5)(torch.tensor(HAND, dtype=torch.float64))
     assert float(out.loss.detach()) == pytest.approx(18e-4, rel=1e-12)
 
 
+# The scale-safe forms on HAND (4 rows, eps 0.5; Q as above):
+#   "mean": c = [10, 4, 8, 10] / 4 = [2.5, 1, 2, 2.5]; beta = 2; c_j > 2: 2.5 + 2.5 -> l1_term = 5
+#   "normalized": every row has two equal non-zero entries, so h_i / ||h_i|| holds 1/sqrt2 there:
+#   r0 -> columns {0, 3}, r1 -> {1, 2}, r2 -> {2, 3}, r3 -> {0, 2}; column sums [2, 1, 3, 2] / sqrt2, batch means
+#   c = [2, 1, 3, 2] / (4 sqrt2); beta = 8 / (16 sqrt2) = 2 / (4 sqrt2); c_j > beta (strict): only c_2
+#   -> l1_term = 3 / (4 sqrt2)
+@pytest.mark.parametrize("form, l1_term", [("mean", 5.0), ("normalized", 3 / (4 * np.sqrt(2)))])
+def test_hand_computed_scale_safe_forms(form, l1_term):
+    out = QScoreRegularizer(4, l1_form=form, lambda1=1.0, lambda2=1.0, eps=0.5)(torch.tensor(HAND, dtype=torch.float64))
+    assert float(out.q_term) == -2.0
+    assert float(out.l1_term) == pytest.approx(l1_term, rel=1e-12)
+
+
+def test_normalized_form_is_scale_free():
+    # Multiplying every feature by 1000 leaves the normalized L1 term unchanged, and its gradient has no radial
+    # component (<grad_i, h_i> = 0): it cannot shrink a representation towards zero. The literal sum can.
+    x0 = lognormal_batch(7, 32, 16)
+    parts = {}
+    for form in ("normalized", "sum"):
+        reg = QScoreRegularizer(16, l1_form=form, lambda1=0.0, lambda2=1.0, eps=1.0).eval()
+        values = []
+        for scale in (1.0, 1000.0):
+            x = (x0 * scale).requires_grad_(True)
+            out = reg(x)
+            out.loss.backward()
+            values.append((float(out.l1_term), (x.grad * x.detach()).sum(dim=1)))
+        parts[form] = values
+    (small, radial_small), (large, radial_large) = parts["normalized"]
+    assert large == pytest.approx(small, rel=1e-12)
+    assert float(radial_small.abs().max()) < 1e-12 and float(radial_large.abs().max()) < 1e-9
+    (small, radial), (large, _) = parts["sum"]
+    assert large == pytest.approx(1000 * small, rel=1e-12) and bool((radial > 0).all())
+
+
+def test_defaults_are_the_validated_scale_safe_form():
+    reg = QScoreRegularizer(4)
+    assert (reg.l1_form, reg.lambda2) == (DEFAULT_L1_FORM, DEFAULT_LAMBDA2) == ("normalized", DEFAULT_LAMBDA2)
+
+
+def test_literal_form_finite_near_float32_max():
+    # float32 features of 3e37: the column sums (1.2e38 x 4 rows) overflow float32; they are accumulated in float64.
+    x = torch.full((4, 8), 3e37, dtype=torch.float32)
+    x[:, 0] = 0.0
+    for form in L1_FORMS:
+        out = QScoreRegularizer(8, l1_form=form, lambda1=0.0, lambda2=1.0, eps=1.0)(x)
+        assert torch.isfinite(out.loss) and torch.isfinite(out.beta), form
+    out = QScoreRegularizer(8, l1_form="sum", lambda1=0.0, lambda2=1.0, eps=1.0)(x)
+    assert float(out.beta) == pytest.approx(4 * 3e37 * 7 / 8, rel=1e-6)
+
+
 def test_invalid_arguments():
+    with pytest.raises(ValueError, match="l1_form"):
+        QScoreRegularizer(4, l1_form="l2")
     with pytest.raises(ValueError):
         QScoreRegularizer(4, normalize="L2")
     with pytest.raises(ValueError):
@@ -186,10 +247,10 @@ def test_invalid_arguments():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _reg_with_D(d: int, eps: float, normalize: str, warm: torch.Tensor) -> tuple[QScoreRegularizer, np.ndarray]:
+def _reg_with_D(d: int, eps: float, normalize: str, warm: torch.Tensor, form: str = "sum") -> tuple[QScoreRegularizer, np.ndarray]:
     """A regularizer whose D was computed (in training mode) from ``warm``; returns it in eval mode with the
     reference D."""
-    reg = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize, warmup_samples=1)
+    reg = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize, warmup_samples=1, l1_form=form)
     reg.train()
     reg(warm)
     reg.eval()
@@ -199,17 +260,19 @@ def _reg_with_D(d: int, eps: float, normalize: str, warm: torch.Tensor) -> tuple
     return reg, D
 
 
+@pytest.mark.parametrize("form", L1_FORMS)
 @pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("with_D", [False, True])
-def test_value_and_gradient_match_reference(normalize, with_D):
+def test_value_and_gradient_match_reference(normalize, with_D, form):
     d, eps = 24, 1.0
     x0 = lognormal_batch(1, 40, d)
     if with_D:
-        reg, D = _reg_with_D(d, eps, normalize, lognormal_batch(2, 200, d))
+        reg, D = _reg_with_D(d, eps, normalize, lognormal_batch(2, 200, d), form)
         assert 0 < D.sum() < d
     else:
-        reg, D = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize).eval(), None
-    ref = ref_regularizer(x0.numpy(), D, eps, normalize)
+        reg = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize, l1_form=form).eval()
+        D = None
+    ref = ref_regularizer(x0.numpy(), D, eps, normalize, form=form)
     # the selection is non-trivial
     assert 0 < ref["low"].sum() < 40 and 0 < ref["generic"].sum() < d and (ref["q"] != 0).sum() > 10
     x = x0.clone().requires_grad_(True)
@@ -260,16 +323,17 @@ def test_gradient_equals_fixed_mask_autograd(normalize):
     assert x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("form", L1_FORMS)
 @pytest.mark.parametrize("normalize", NORMALIZE)
-def test_gradcheck(normalize):
+def test_gradcheck(normalize, form):
     d, eps = 8, 1.0
-    reg, D = _reg_with_D(d, eps, normalize, lognormal_batch(5, 60, d))
+    reg, D = _reg_with_D(d, eps, normalize, lognormal_batch(5, 60, d), form)
     x = lognormal_batch(6, 10, d).requires_grad_(True)
-    ref = ref_regularizer(x.detach().numpy(), D, eps, normalize)
+    ref = ref_regularizer(x.detach().numpy(), D, eps, normalize, form=form)
     assert 0 < ref["low"].sum() < 10 and 0 < ref["generic"].sum() < d and (ref["q"] != 0).any()
     assert torch.autograd.gradcheck(lambda t: reg(t).loss, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
     # and with D = all features
-    reg_all = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize).eval()
+    reg_all = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, normalize=normalize, l1_form=form).eval()
     assert torch.autograd.gradcheck(lambda t: reg_all(t).loss, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
@@ -278,7 +342,7 @@ def test_half_precision_features_no_overflow(half):
     # 8192 rows of values up to 20: the column L1 norms (~82,000) exceed float16's maximum (65,504), so they
     # must be accumulated in float32 (SPEC: half input is computed in float32), not in the input dtype.
     x = (torch.rand(8192, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20).to(half)
-    reg = QScoreRegularizer(16, lambda1=1.0, lambda2=1.0, eps=1.0).eval()
+    reg = QScoreRegularizer(16, l1_form="sum", lambda1=1.0, lambda2=1.0, eps=1.0).eval()
     out = reg(x)
     assert torch.isfinite(out.loss) and torch.isfinite(out.beta)
     ref = ref_regularizer(x.double().numpy(), None, 1.0)
@@ -305,7 +369,7 @@ def test_training_mode_updates_statistics_and_D():
     d, eps = 16, 1.0
     batches = [lognormal_batch(10 + k, 64, d) for k in range(4)]
     ref_counts = [np.array([ref_L(h, eps) for h in b.numpy()]).sum(axis=0) for b in batches]
-    reg = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, warmup_samples=100)
+    reg = QScoreRegularizer(d, l1_form="sum", lambda1=1.0, lambda2=1.0, eps=eps, warmup_samples=100)
     reg.train()
 
     out = reg(batches[0])
@@ -352,7 +416,7 @@ def test_training_mode_updates_statistics_and_D():
 
     # the buffers travel in the state dict
     state = reg.state_dict()
-    fresh = QScoreRegularizer(d, lambda1=1.0, lambda2=1.0, eps=eps, warmup_samples=100)
+    fresh = QScoreRegularizer(d, l1_form="sum", lambda1=1.0, lambda2=1.0, eps=eps, warmup_samples=100)
     fresh.load_state_dict(state)
     assert fresh.discriminative_mask.tolist() == D256.tolist() and fresh.num_discriminative == int(D256.sum())
 
@@ -372,7 +436,8 @@ DIST_N, DIST_D, DIST_EPS = 128, 32, 1.0
 
 
 def _dist_kwargs(**extra):
-    return dict(lambda1=1.0, lambda2=1.0, eps=DIST_EPS, warmup_samples=DIST_N, **extra)
+    # The default, scale-safe form: its c_j is a mean over the global batch, the part most easily got wrong.
+    return dict(lambda1=1.0, lambda2=1.0, eps=DIST_EPS, warmup_samples=DIST_N, l1_form="normalized", **extra)
 
 
 def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -452,7 +517,7 @@ def test_two_processes_equal_one_process(tmp_path):
     D = ref_discriminative(counts0, DIST_N)
     assert 0 < D.sum() < DIST_D
     for seed, D_used in ((0, None), (1, D)):
-        ref = ref_regularizer(lognormal_batch(seed, DIST_N, DIST_D).numpy(), D_used, DIST_EPS)
+        ref = ref_regularizer(lognormal_batch(seed, DIST_N, DIST_D).numpy(), D_used, DIST_EPS, form="normalized")
         step = single["avg"]["steps"][seed]
         np.testing.assert_allclose(float(step["out"].loss.detach()), ref["loss"], rtol=1e-10)
         np.testing.assert_allclose(step["grad"].numpy(), ref["grad"], rtol=1e-10, atol=1e-12)

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from qscore_hf.calibration import eps_argument
+
 SUMMARY_COLUMNS = (
     ("model", "model", "{}"),
     ("dataset", "dataset", "{}"),
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
     parser.add_argument("--seed", type=int, default=0, help="probe seed (default: 0)")
+    parser.add_argument("--eps", type=eps_argument, default=None,
+                        help="score with this eps, or 'auto' (calibrated on the training features), instead of the "
+                             "model's; statistics are then counted on the training features")
+    parser.add_argument("--knn-k", type=int, default=10, help="neighbours of the kNN-density baseline (default: 10)")
     parser.add_argument("--no-model-card", action="store_true", help="leave a local model folder's README.md alone")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
+    from qscore_hf.comparison import report_text
     from qscore_hf.linear_eval import run_linear_eval
 
     run_name = f"{Path(args.model).name}_{Path(args.dataset).name}_{args.eval_split}"
@@ -90,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=args.cache_dir, revision=args.revision, seed=args.seed,
         update_model_card=not args.no_model_card, progress=not args.no_progress,
         command=shlex.join([sys.executable, *sys.argv] if argv is None else ["linear_eval.py", *argv]),
+        eps=args.eps, knn_k=args.knn_k,
     )  # fmt: skip
     print(summary_table(report))
+    print()
+    print(report_text(report["comparison"], report["degeneracy"]))
     print(f"report: {Path(out) / 'report.json'}; model-index results: {report['model_card_results']}")
     return 0
 

@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--method-kwargs", type=json.loads, help='JSON overriding the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'')
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
     add("--lambda1", type=float), add("--lambda2", type=float), add("--qscore-eps", type=float)
+    add("--qscore-l1-form", choices=["normalized", "mean", "sum"],
+        help="the regularizer's L1 term: normalized (scale-free, default), mean (per-sample mean), sum (SPEC §6 literal)")
     add("--qscore-warmup-samples", type=int)
     add("--init-from", help="fine-tune this QScoreModel (published recipe: --lr 1e-5 --epochs 50)")
     add("--resume", help="'auto' (latest checkpoint in --output-dir) or a checkpoint folder")

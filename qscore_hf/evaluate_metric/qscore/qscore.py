@@ -9,6 +9,9 @@ import evaluate
 import numpy as np
 import torch
 
+from qscore_hf.calibration import calibrate_eps, is_auto
+from qscore_hf.comparison import compare_scores, scores_with_baselines
+from qscore_hf.degeneracy import degeneracy_report
 from qscore_hf.metrics import misclassification_metrics
 from qscore_hf.score import ActivationStats, qscore_details
 
@@ -36,7 +39,9 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `list` of `float`): one representation (pooled encoder features) per sample.
     references (`list` of `int`, *optional*): 1 if a linear probe classified the sample correctly, else 0.
-    eps (`float`, defaults to 4.0): highly activating means > mean + eps * std of the sample.
+    eps (`float` or "auto", defaults to 4.0): highly activating means > mean + eps * std of the sample. "auto"
+        calibrates it on `reference_features` (or on the predictions without them): the largest eps for which 90% of
+        those samples keep a highly activating feature. With saved `activation_stats`, their own eps is used.
     normalize (`str`, defaults to "none"): "none", "zscore" or "l1".
     p_lo, p_hi (`float`, defaults to 50 and 95): percentile band of activation frequencies that makes a feature
         discriminative.
@@ -44,9 +49,14 @@ Args:
         id of a `QScoreModel` whose statistics to use.
     reference_features (*optional*): a reference set (N x d array) to compute the statistics from.
         Without either, every feature counts as discriminative.
+    baselines (`bool`, defaults to False): with references, also score the samples with the label-free baselines
+        (L2 norm, Hoyer sparsity, max z-score, and kNN density against `reference_features`, k = 10) and return the
+        same metrics for each in `comparison`, with a one-sentence `verdict`.
 Returns:
     q_scores (`list` of `float`), mean, median, empty_fraction (samples whose selected set is empty, scored 0),
-    num_discriminative; with references also auprc_correct, auprc_misclassified, auroc, accuracy.
+    num_discriminative, never_active_fraction, eps (the resolved value), degenerate and `warning` (a sentence saying
+    why Q-Score is degenerate and what to do, or None); with references also auprc_correct, auprc_misclassified,
+    auroc, accuracy, and with `baselines=True` `comparison` and `verdict`.
 Examples:
     >>> import qscore_hf, evaluate
     >>> metric = evaluate.load("qscore")
@@ -111,12 +121,13 @@ class QScore(evaluate.Metric):
         self,
         predictions,
         references=None,
-        eps: float = 4.0,
+        eps: float | str = 4.0,
         normalize: str = "none",
         p_lo: float = 50.0,
         p_hi: float = 95.0,
         activation_stats: Any = None,
         reference_features: Any = None,
+        baselines: bool = False,
     ) -> dict[str, Any]:
         features = np.asarray(predictions, dtype=np.float32)
         if features.ndim != 2:
@@ -124,16 +135,27 @@ class QScore(evaluate.Metric):
                 "predictions must be representations of equal length (one list of floats per sample); "
                 f"got an array of shape {features.shape}."
             )
+        if is_auto(eps) and activation_stats is None:
+            eps = calibrate_eps(np.asarray(reference_features, dtype=np.float32) if reference_features is not None
+                                else features)  # fmt: skip
         stats = _statistics(activation_stats, reference_features, eps, features.shape[1])
+        if stats is not None and activation_stats is not None:
+            eps = stats.eps  # saved statistics were counted with their own eps
         discriminative = stats.discriminative(p_lo, p_hi) if stats is not None else None
         details = qscore_details(features, discriminative, eps, normalize)
         q = details.q_scores.numpy()
+        num_discriminative = int(features.shape[1] if discriminative is None else discriminative.numel())
+        health = degeneracy_report(details.num_selected.numpy(), num_discriminative, stats, eps)
         result: dict[str, Any] = {
             "q_scores": q.tolist(),
             "mean": float(q.mean()),
             "median": float(np.median(q)),
-            "empty_fraction": float((details.num_selected == 0).double().mean()),
-            "num_discriminative": int(features.shape[1] if discriminative is None else discriminative.numel()),
+            "empty_fraction": health["empty_fraction"],
+            "num_discriminative": num_discriminative,
+            "never_active_fraction": health["never_active_fraction"],
+            "eps": float(eps),
+            "degenerate": health["degenerate"],
+            "warning": health["warning"],
         }
         references = np.asarray(references)
         given = references != _NO_REFERENCE
@@ -142,4 +164,12 @@ class QScore(evaluate.Metric):
         if given.all():
             metrics = misclassification_metrics(q, references)
             result.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc", "accuracy")})
+            if baselines:
+                reference = None if reference_features is None else np.asarray(reference_features, dtype=np.float32)
+                comparison = compare_scores(scores_with_baselines(q, features, reference), references)
+                result["comparison"] = comparison.rows
+                result["verdict"] = comparison.verdict()
+        elif baselines:
+            raise ValueError("baselines=True compares predictors of misclassification: pass references (1 correct, 0 "
+                             "misclassified) too.")  # fmt: skip
         return result

@@ -1,0 +1,110 @@
+"""``eps="auto"`` (SPEC §2): the highly-activating threshold calibrated on the reference set.
+
+The paper's ``eps = 4`` assumes features that stand far above their row's mean; on young or small encoders most rows
+then have an empty ``L_i`` and score 0 (a degenerate score). ``eps="auto"`` takes the largest ``eps`` for which a
+fraction ``coverage`` (default 0.9) of the reference rows (the set that gives ``A_j``) keeps a non-empty ``L_i``.
+
+``L_i`` is non-empty exactly when the row's largest z-score ``z_i = max_j (h_ij - mu_i) / sigma_i`` exceeds ``eps``.
+With ``z_(m)`` the ``m``-th largest ``z_i``, ``m = ceil(coverage * N)``, every ``eps < z_(m)`` qualifies; the resolved
+value is the largest multiple of 0.01 strictly below ``z_(m)``, a number a person can read, save and pass back.
+
+That value only depends on which 0.01-wide bin ``(b / 100, (b + 1) / 100]`` each ``z_i`` falls in, so the calibration
+streams: a histogram of ``O(sqrt(d))`` bins (``z_i <= sqrt(d - 1)`` for any row), summed across processes like
+``ActivationStats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .baselines import max_zscore
+from .distributed import all_reduce_sum
+
+__all__ = ["AUTO", "DEFAULT_COVERAGE", "EpsCalibrator", "calibrate_eps", "eps_argument", "is_auto", "parse_eps"]
+
+AUTO = "auto"
+DEFAULT_COVERAGE = 0.9
+_STEP = 100  # the resolved eps is a multiple of 1 / _STEP
+
+
+def is_auto(eps: object) -> bool:
+    """Whether ``eps`` asks for calibration (the string ``"auto"``, any case)."""
+    return isinstance(eps, str) and eps.strip().lower() == AUTO
+
+
+def parse_eps(value: float | str) -> float | str:
+    """``"auto"`` or a positive finite number (a string from a command line or config is converted)."""
+    if is_auto(value):
+        return AUTO
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a positive number or 'auto'; got {value!r}.") from None
+    if not 0 < number < math.inf:
+        raise ValueError(f"eps must be a positive finite number or 'auto'; got {value!r}.")
+    return number
+
+
+def eps_argument(text: str) -> float | str:
+    """``parse_eps`` as an argparse ``type``: a bad value is a usage error naming the option's rule."""
+    try:
+        return parse_eps(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class EpsCalibrator:
+    """Streaming ``eps="auto"``: ``update`` with reference batches, ``all_reduce`` under torch.distributed, then
+    ``resolve(coverage)``."""
+
+    def __init__(self, num_features: int, device: torch.device | str = "cpu") -> None:
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive; got {num_features}.")
+        self.num_features = int(num_features)
+        # bins[b + 1] counts rows with z in (b / 100, (b + 1) / 100]; bins[0] the rows with z <= 0 (constant rows).
+        self.bins = torch.zeros(math.ceil(_STEP * math.sqrt(max(1, num_features - 1))) + 2, dtype=torch.int64,
+                                device=device)  # fmt: skip
+
+    def update(self, features: Tensor | np.ndarray) -> "EpsCalibrator":
+        z = torch.from_numpy(max_zscore(features))
+        index = (torch.ceil(z * _STEP).long() - 1).clamp(min=-1, max=self.bins.numel() - 2) + 1
+        self.bins += torch.bincount(index, minlength=self.bins.numel()).to(self.bins.device)
+        return self
+
+    def all_reduce(self) -> "EpsCalibrator":
+        self.bins.copy_(all_reduce_sum(self.bins))
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.bins.sum())
+
+    def resolve(self, coverage: float = DEFAULT_COVERAGE) -> float:
+        """The largest multiple of 0.01 below which ``coverage`` of the rows seen have their maximum z-score."""
+        if not 0.0 < coverage <= 1.0:
+            raise ValueError(f"coverage must lie in (0, 1]; got {coverage}.")
+        total = self.num_samples
+        if total == 0:
+            raise ValueError("eps='auto' needs reference samples to calibrate on; none were seen.")
+        needed = math.ceil(coverage * total - 1e-9)  # the tolerance keeps 0.9 * 10 at 9 (it is 9.000000000000002)
+        above = torch.flip(self.bins[1:], [0]).cumsum(0)  # rows with z above each bin's lower edge, top bin first
+        reached = int(torch.nonzero(above >= needed)[0]) if bool((above >= needed).any()) else None
+        bin_index = None if reached is None else self.bins.numel() - 2 - reached
+        if bin_index is None or bin_index <= 0:
+            raise ValueError(
+                f"eps='auto' cannot reach coverage {coverage:g}: fewer than {needed} of the {total} reference samples "
+                f"have a feature more than 0.01 standard deviations above their mean (constant or near-constant "
+                "representations). Check the encoder, or lower the coverage."
+            )
+        return bin_index / _STEP
+
+
+def calibrate_eps(reference: Tensor | np.ndarray, coverage: float = DEFAULT_COVERAGE) -> float:
+    """``eps="auto"`` of an ``N x d`` reference matrix (a tensor, an array or a memory map)."""
+    width = reference.shape[1] if len(reference.shape) == 2 else 0
+    return EpsCalibrator(width).update(reference).resolve(coverage)
