@@ -1,21 +1,27 @@
-"""Reproduce the paper's claims (SPEC §5, §6) on data we can reach offline: the whole table in one command.
+"""Reproduce the paper's claims (SPEC §5, §6) on data we can reach offline, choosing every default on a validation
+split and reporting on the test split only what was chosen.
 
-    python bench/reproduce.py --scale cpu      # Fashion-MNIST subset, timm's small ResNet-10, minutes per run on 2 cores
-    python bench/reproduce.py --scale gpu      # Fashion-MNIST 60k/10k, ResNet-18 CIFAR stem at 32 px, bf16
+    python bench/reproduce.py --scale cpu --seeds 0,1,2 --regularizer-selection   # Fashion-MNIST subset, 2-core CPU
+    python bench/reproduce.py --scale cpu-long --seeds 0                            # 10k images, 20 epochs (hours)
+    python bench/reproduce.py --scale gpu                                           # Fashion-MNIST 60k/10k, bf16
 
-For each of the six methods, with the same seed, epochs and recipe: a baseline pre-training and one with Q-Score
-regularization from scratch (optionally ``--finetune``: Q-Score fine-tuning of the baseline, lr 1e-5, and
-``--also-regularizer L1,L2,EPS``: Q-reg with other settings). Every run is linear-probed (``qscore_hf.linear_eval``)
-and k-NN evaluated on the test split; Q-Score's AUPRC/AUROC against the probe's correctness are reported beside the
-base rate, with the representation's dead-feature fraction and effective rank, then the effect of ``eps`` and
-``normalize`` on AUPRC for one method, and the relative top-1 change per method and on average, with the paper's
-anchors beside ours. ``--regularizer-sweep`` adds Q-reg runs of one method over ``(lambda1, lambda2, eps)``, and
-``--extra-seeds 1,2`` repeats every method's runs with other seeds for a mean and standard deviation over seeds.
+For each method and seed, with the same recipe: a baseline pre-training and the ``--variants`` beside it (``qreg``:
+the package's default Q-Score regularization; ``literal``: SPEC §6 as published; ``finetune``: Q-Score fine-tuning of
+the baseline, lr 1e-5). Every run is linear-probed (``qscore_hf.linear_eval``) on its first ``max_samples`` training
+images and evaluated on the validation split (the training images right after them) and on the test split, each
+report with Q-Score beside its label-free baselines and the probe-confidence ceiling, plus the representation's
+dead-feature fraction and effective rank.
+
+Choices, on the validation split only (``bench/selection.py``):
+- Q-Score's scoring settings (eps 1-4 or auto, normalize, percentile band), by mean AUROC over every baseline encoder;
+  the test table then shows the chosen and the default setting beside every baseline;
+- with ``--regularizer-selection``, the regularizer among ``CANDIDATES`` (and the literal form), by mean relative
+  validation top-1 change on ``SELECTION_METHODS`` at seed 0, among those that keep their features alive.
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
-interrupted pre-training continues from its last checkpoint. The table is printed last and written to
-``--out/summary.json`` and ``--out/summary.md``, with the PR curves and Q-Score histograms of the sweep's run at
-the default and at the best eps/normalize beside them.
+interrupted pre-training continues from its last checkpoint, so the long scale can run in the background across
+sittings. The tables are printed last and written to ``--out/summary.json`` and ``--out/summary.md``, with the PR
+curves of Q-Score (chosen setting) and the baselines on one encoder beside them.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+import selection
 from _record import environment
-from qscore_hf import ActivationStats, misclassification_metrics, qscore
+from qscore_hf.baselines import BASELINES, CEILING
+from qscore_hf.health import feature_health
 from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
-from qscore_hf.plots import plot_pr_curve, plot_qscore_histograms
+from qscore_hf.plots import plot_pr_curves
 from qscore_hf.pretraining import PretrainConfig, pretrain
+from qscore_hf.regularizer import DEFAULT_L1_FORM, DEFAULT_LAMBDA2
 from qscore_hf.ssl import METHODS
 
 # The per-method recipes (training/configs/*.yaml) and their parsing live with the training script.
@@ -50,14 +59,39 @@ ANCHORS = {
     "relative_top1_byol": "BYOL +7.2 % relative on ImageNet-100 (preprint)",
 }
 METHOD_ORDER = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
-EPS_SWEEP = (1.0, 2.0, 3.0, 4.0)
-NORMALIZE_SWEEP = ("none", "zscore", "l1")
-# (lambda1, lambda2, eps) beside the published (1e-4, 1e-4, 4): which term kills features, and does the Q term act
-# at all when most S_i are empty (eps 4 on a young encoder)?
-REGULARIZER_SWEEP = (
-    (1e-4, 1e-5, 4.0), (1e-4, 1e-6, 4.0), (1e-4, 0.0, 4.0), (1e-3, 0.0, 4.0),
-    (1e-4, 1e-4, 1.0), (1e-4, 1e-6, 1.0), (1e-4, 0.0, 1.0), (1e-2, 0.0, 1.0),
+# The methods whose seed-0 runs choose the regularizer on the validation split (the rest only report the choice).
+SELECTION_METHODS = ("byol", "simclr")
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """One Q-Score regularization setting (SPEC §6): the L1 term's form, the two lambdas and eps."""
+
+    form: str
+    lambda1: float
+    lambda2: float
+    eps: float | str
+
+    @property
+    def name(self) -> str:
+        eps = self.eps if isinstance(self.eps, str) else f"{self.eps:g}"
+        return f"qreg-{self.form}-l{self.lambda1:g}-{self.lambda2:g}-eps{eps}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+LITERAL = Regularizer("sum", 1e-4, 1e-4, 4.0)  # SPEC §6 as published: a batch sum, the preprint's lambdas
+DEFAULT = Regularizer(DEFAULT_L1_FORM, 1e-4, DEFAULT_LAMBDA2, 4.0)  # the package's default
+# Chosen among on the validation split (--regularizer-selection).
+CANDIDATES = (
+    Regularizer("normalized", 1e-4, 1e-3, 4.0), Regularizer("normalized", 1e-4, 1e-2, 4.0),
+    Regularizer("mean", 1e-4, 1e-4, 4.0), Regularizer("normalized", 1e-2, 1e-2, "auto"),
 )  # fmt: skip
+# Named variants of every method's runs: (regularizer or None, fine-tune the baseline?).
+VARIANTS: dict[str, tuple[Regularizer | None, bool]] = {
+    "baseline": (None, False), "qreg": (DEFAULT, False), "literal": (LITERAL, False), "finetune": (DEFAULT, True),
+}
 
 
 @dataclass
@@ -75,6 +109,7 @@ class Scale:
     num_workers: int
     finetune_epochs: int
     notes: str
+    methods: tuple[str, ...] = METHOD_ORDER
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -86,8 +121,14 @@ SCALES = {
         probe_epochs=100, mixed_precision="no", num_workers=0, finetune_epochs=3,
         notes="a 2-core CPU: a shape check of the protocol, far from convergence", method_overrides=_SMALL_QUEUES,
     ),
+    "cpu-long": Scale(
+        dataset="fashion_mnist", backbone="resnet10t", image_size=32, epochs=20, batch_size=128, max_samples=10_000,
+        probe_epochs=100, mixed_precision="no", num_workers=0, finetune_epochs=5, methods=("simclr", "byol"),
+        notes="a 2-core CPU, about 25 minutes a run: does Q-Score's standing change with training length?",
+        method_overrides=_SMALL_QUEUES,
+    ),
     "gpu": Scale(
-        dataset="fashion_mnist", backbone="resnet18_cifar", image_size=32, epochs=20, batch_size=256, max_samples=None,
+        dataset="fashion_mnist", backbone="resnet18_cifar", image_size=32, epochs=20, batch_size=256, max_samples=50_000,
         probe_epochs=100, mixed_precision="bf16", num_workers=8, finetune_epochs=5,
         notes="one H100-class GPU: the 12 runs fit about 25 minutes",
         method_overrides=_SMALL_QUEUES,
@@ -95,21 +136,20 @@ SCALES = {
 }
 
 
-def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg: bool,
-                     init_from: Path | None = None,
-                     regularizer: tuple[float, float, float] | None = None) -> PretrainConfig:  # fmt: skip
+def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, regularizer: Regularizer | None,
+                     init_from: Path | None = None) -> PretrainConfig:  # fmt: skip
     """The method's recipe (training/configs/<method>.yaml) at this scale."""
     argv = ["--method", method, "--output-dir", str(out), "--dataset", scale.dataset, "--backbone", scale.backbone,
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
             "--epochs", str(scale.finetune_epochs if init_from else scale.epochs), "--eval-split", "none",
             "--mixed-precision", scale.mixed_precision, "--num-workers", str(scale.num_workers), "--log-with", "none",
-            "--resume", "auto", "--checkpoint-every", "100"]  # fmt: skip
+            "--resume", "auto", "--checkpoint-every", "100", "--no-progress"]  # fmt: skip
     if scale.max_samples:
         argv += ["--max-samples", str(scale.max_samples)]
-    if qscore_reg:
-        argv += ["--qscore-reg", "--qscore-warmup-samples", str(min(10_000, 8 * scale.batch_size))]
     if regularizer is not None:
-        argv += ["--lambda1", str(regularizer[0]), "--lambda2", str(regularizer[1]), "--qscore-eps", str(regularizer[2])]
+        argv += ["--qscore-reg", "--qscore-warmup-samples", str(min(10_000, 8 * scale.batch_size)),
+                 "--qscore-l1-form", regularizer.form, "--lambda1", str(regularizer.lambda1),
+                 "--lambda2", str(regularizer.lambda2), "--qscore-eps", str(regularizer.eps)]  # fmt: skip
     if init_from is not None:
         argv += ["--init-from", str(init_from), "--lr", "1e-5", "--warmup-epochs", "0"]
     if scale.method_overrides.get(method):
@@ -117,239 +157,240 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, qscore_reg
     return parse_args(argv)
 
 
+def validation_split(scale: Scale) -> str:
+    """The validation split: the training images right after the ones pre-training and the probe use (at most
+    10,000), so that settings are chosen on images that are neither the test split nor the probe's training set."""
+    start = scale.max_samples or 50_000
+    return f"train[{start}:{start + min(start, 10_000)}]"
+
+
 def _evaluate(model_dir: Path, scale: Scale, out: Path, cache: Path) -> dict[str, Any]:
-    """Linear probe + Q-Score metrics (SPEC §5), k-NN top-1, on the test split."""
-    report = run_linear_eval(model_dir, scale.dataset, out / "eval", max_samples=scale.max_samples,
-                             epochs=scale.probe_epochs, cache_dir=cache, update_model_card=True, progress=False)  # fmt: skip
-    train = _cached(report["feature_cache"]["train"])
-    test = _cached(report["feature_cache"]["eval"])
-    knn = knn_accuracy(torch.from_numpy(train[0]), torch.from_numpy(train[1]), torch.from_numpy(test[0]),
-                       torch.from_numpy(test[1]), k=20)  # fmt: skip
-    keys = ("top1", "auprc_correct", "auprc_misclassified", "auroc", "base_rate_correct", "base_rate_misclassified")
-    return {**{key: report[key] for key in keys}, "knn_top1": knn,
-            "num_discriminative": report["qscore"]["num_discriminative"], "eval_dir": str(out / "eval")}  # fmt: skip
+    """Linear probe + Q-Score metrics with their baselines (SPEC §5) and k-NN top-1, on the test split and on the
+    validation split (the probe is trained on the same training images for both)."""
+    results = {}
+    for name, split in (("validation", validation_split(scale)), ("test", "test")):
+        report = run_linear_eval(model_dir, scale.dataset, out / ("eval" if name == "test" else "eval-validation"),
+                                 eval_split=split, max_samples=scale.max_samples, epochs=scale.probe_epochs,
+                                 cache_dir=cache, update_model_card=name == "test", progress=False)  # fmt: skip
+        train, evaluation = _cached(report["feature_cache"]["train"]), _cached(report["feature_cache"]["eval"])
+        knn = knn_accuracy(torch.from_numpy(train[0]), torch.from_numpy(train[1]), torch.from_numpy(evaluation[0]),
+                           torch.from_numpy(evaluation[1]), k=20)  # fmt: skip
+        keys = ("top1", "auprc_correct", "auprc_misclassified", "auroc", "base_rate_correct", "base_rate_misclassified")
+        results[name] = {**{key: report[key] for key in keys}, "knn_top1": knn,
+                         "num_discriminative": report["qscore"]["num_discriminative"],
+                         "comparison": report["comparison"]["scores"], "degeneracy": report["degeneracy"],
+                         "eval_dir": str(out / ("eval" if name == "test" else "eval-validation"))}  # fmt: skip
+    # The test split's numbers stay at the top level (the tables read them); validation numbers choose settings.
+    return {**results["test"], "validation": results["validation"]}
 
 
 def _cached(folder: str) -> tuple[np.ndarray, np.ndarray]:
     return np.load(Path(folder) / "features.npy"), np.load(Path(folder) / "labels.npy")
 
 
-def _run_features(result: dict[str, Any], split: str) -> np.ndarray:
-    """A finished run's cached features of ``split`` (``"train"`` or ``"eval"``), found through its eval report."""
-    report = json.loads((Path(result["eval_dir"]) / "report.json").read_text())
+def _run_features(result: dict[str, Any], split: str, evaluation: str = "test") -> np.ndarray:
+    """A finished run's cached features of ``split`` (``"train"`` or ``"eval"``) as read by its ``evaluation``
+    (``"test"`` or ``"validation"``) report."""
+    folder = result["eval_dir"] if evaluation == "test" else result["validation"]["eval_dir"]
+    report = json.loads((Path(folder) / "report.json").read_text())
     return _cached(report["feature_cache"][split])[0]
 
 
-def feature_health(features: np.ndarray) -> dict[str, float]:
-    """How alive a representation is: its mean activation, the fraction of features that never fire (max <= 0 over
-    the set, dead ReLU units) and its effective rank (RankMe, Garrido et al. 2023: ``exp`` of the entropy of the
-    normalized singular values of the centred features)."""
-    singular = np.linalg.svd(features - features.mean(axis=0), compute_uv=False)
-    p = singular / max(singular.sum(), np.finfo(np.float64).tiny) + 1e-12
-    return {"mean_activation": float(features.mean()), "dead_fraction": float(np.mean(features.max(axis=0) <= 0)),
-            "effective_rank": float(np.exp(-(p * np.log(p)).sum()))}  # fmt: skip
+def _run_correct(result: dict[str, Any], evaluation: str = "test") -> np.ndarray:
+    folder = result["eval_dir"] if evaluation == "test" else result["validation"]["eval_dir"]
+    return pq.read_table(Path(folder) / "per_sample.parquet").column("correct").to_numpy()
 
 
 def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 1,2); got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2); got {text!r}")
 
 
-def _regularizer_setting(text: str) -> tuple[float, float, float]:
-    try:
-        lambda1, lambda2, eps = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAMBDA1,LAMBDA2,EPS (three numbers, e.g. 1e-4,1e-6,1); got {text!r}")
-    return lambda1, lambda2, eps
-
-
-def _variant_name(regularizer: tuple[float, float, float]) -> str:
-    return "qreg-lambda{:g}-{:g}-eps{:g}".format(*regularizer)
-
-
-def run_one(scale: Scale, method: str, variant: str, root: Path, seed: int,
-            regularizer: tuple[float, float, float] | None = None, suffix: str = "") -> dict[str, Any]:  # fmt: skip
-    """One pre-training (or fine-tuning) run and its evaluation; skipped when its result exists. ``regularizer``
-    replaces the published ``(lambda1, lambda2, eps)`` of a Q-reg run (``eps`` also becomes the model's scoring eps);
-    ``suffix`` names the run folders of a repeat with another seed."""
-    variant = _variant_name(regularizer) if regularizer else variant
-    out = root / f"{method}-{variant}{suffix}"
-    init_from = root / f"{method}-baseline{suffix}" / "model" if variant == "finetune" else None
-    cfg = _pretrain_config(scale, method, out, seed, qscore_reg=variant != "baseline", init_from=init_from,
-                           regularizer=regularizer)  # fmt: skip
-    weights = {"regularizer": {"lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "eps": cfg.qscore_eps}
-               if cfg.qscore_reg else None}  # fmt: skip
+def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | None, root: Path, seed: int,
+            finetune: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One pre-training (or fine-tuning of the same seed's baseline) and its evaluation on the validation and test
+    splits; skipped when its ``result.json`` exists. ``regularizer``'s eps is also the exported model's."""
+    out = root / f"{method}-{variant}-seed{seed}"
     done = out / "result.json"
     if done.exists():
-        return {**json.loads(done.read_text()), **weights, "seed": seed}
+        return json.loads(done.read_text())
+    init_from = root / f"{method}-baseline-seed{seed}" / "model" if finetune else None
+    cfg = _pretrain_config(scale, method, out, seed, regularizer, init_from)
     started = time.time()
     model_dir = pretrain(cfg)
-    result = {"method": method, "variant": variant, **_evaluate(model_dir, scale, out, root / "feature_cache"),
-              **weights, "seed": seed, "seconds": round(time.time() - started, 1)}  # fmt: skip
+    result = {"method": method, "variant": variant, "seed": seed,
+              "regularizer": regularizer.to_dict() if regularizer else None,
+              **_evaluate(model_dir, scale, out, root / "feature_cache")}  # fmt: skip
+    result["health"] = feature_health(_run_features(result, "eval")).to_dict()
+    result["validation_health"] = feature_health(_run_features(result, "eval", "validation")).to_dict()
+    result["seconds"] = round(time.time() - started, 1)
     done.write_text(json.dumps(result, indent=2))
     return result
 
 
-def eps_normalize_sweep(result: dict[str, Any], plots_dir: Path) -> list[dict[str, Any]]:
-    """AUPRC of one run's Q-Scores for every eps and normalize, with D recounted from its training features; the PR
-    curve and histograms of the run at its default (eps 4) and at the best setting go to ``plots_dir``."""
-    train, test = _run_features(result, "train"), _run_features(result, "eval")
-    correct = pq.read_table(Path(result["eval_dir"]) / "per_sample.parquet").column("correct").to_numpy()
-    rows, scores = [], {}
-    for eps in EPS_SWEEP:
-        discriminative = ActivationStats(train.shape[1], eps).update(train).discriminative()
-        for normalize in NORMALIZE_SWEEP:
-            scores[eps, normalize] = qscore(torch.from_numpy(test), discriminative, eps, normalize).numpy()
-            metrics = misclassification_metrics(scores[eps, normalize], correct.astype(np.int64))
-            rows.append({"eps": eps, "normalize": normalize, "num_discriminative": int(discriminative.numel()),
-                         "empty_fraction": float(np.mean(scores[eps, normalize] == 0)), **metrics})  # fmt: skip
-    best = max(rows, key=lambda row: row["auprc_correct"])
-    for name, (eps, normalize) in (("default", (4.0, "none")), ("best", (best["eps"], best["normalize"]))):
-        setting = f"{result['method']} {result['variant']}, eps={eps:g}, normalize={normalize}"
-        plot_pr_curve(scores[eps, normalize], correct, plots_dir / f"pr_curve_{name}.png", title=f"PR curves ({setting})")
-        plot_qscore_histograms(scores[eps, normalize], correct, plots_dir / f"qscore_hist_{name}.png",
-                               title=f"Q-Score, correct vs misclassified ({setting})")  # fmt: skip
-    return rows
+def scoring_selection(baselines: list[dict[str, Any]], plots_dir: Path) -> dict[str, Any]:
+    """Q-Score settings chosen on the validation split over every baseline encoder; the chosen and the default
+    setting, each label-free baseline and the ceiling, reported on the test split."""
+    per_encoder = []
+    for result in baselines:
+        reference = _run_features(result, "train", "validation")
+        per_encoder.append(selection.scoring_grid(reference, _run_features(result, "eval", "validation"),
+                                                  _run_correct(result, "validation")))  # fmt: skip
+    chosen, validation_table = selection.choose_scoring(per_encoder)
+    test_rows: dict[str, list[float]] = {}
+    for result in baselines:
+        reference, test, correct = _run_features(result, "train"), _run_features(result, "eval"), _run_correct(result)
+        for name, setting in (("q_score (default)", selection.DEFAULT_SCORING), ("q_score (chosen)", chosen)):
+            scores, _, _ = selection.qscores(setting, reference, test)
+            test_rows.setdefault(name, []).append(selection.auroc(scores, correct))
+        for row in result["comparison"]:
+            if row["score"] != "q_score":
+                test_rows.setdefault(row["score"], []).append(row["auroc"])
+    label_free = [name for name in test_rows if name in BASELINES]
+    best_baseline = [max(test_rows[name][k] for name in label_free) for k in range(len(baselines))]
+    table = {name: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                    "per_encoder": values,
+                    "wins_over_best_label_free": int(sum(v > b for v, b in zip(values, best_baseline)))}
+             for name, values in test_rows.items()}  # fmt: skip
+    first = baselines[0]
+    scores, _, _ = selection.qscores(chosen, _run_features(first, "train"), _run_features(first, "eval"))
+    columns = pq.read_table(Path(first["eval_dir"]) / "per_sample.parquet").to_pydict()
+    curves = {"q_score": scores, **{name: np.asarray(columns[name]) for name in (*BASELINES, CEILING)}}
+    plot_pr_curves(curves, _run_correct(first), plots_dir / "pr_curves_chosen_setting.png",
+                   title=f"{first['method']} baseline seed {first['seed']}, test: Q-Score ({chosen.name}) and baselines")
+    return {"chosen": chosen.name, "chosen_setting": asdict(chosen), "default": selection.DEFAULT_SCORING.name,
+            "num_encoders": len(baselines), "encoders": [f"{r['method']} seed {r['seed']}" for r in baselines],
+            "validation": validation_table, "test": table}  # fmt: skip
 
 
-def _run_methods(scale: Scale, methods: list[str], runs: list[tuple[str, tuple[float, float, float] | None]],
-                 root: Path, seed: int, suffix: str) -> dict[str, dict[str, Any]]:  # fmt: skip
-    results = {}
-    for method in methods:
-        for variant, regularizer in runs:
-            print(f"== {method} {variant} seed {seed}", flush=True)
-            results[f"{method}-{variant}"] = run_one(scale, method, variant, root, seed, regularizer, suffix)
-            print(json.dumps(results[f"{method}-{variant}"]), flush=True)
-    return results
+def regularizer_selection(runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]]) -> dict[str, Any]:
+    chosen, rows = selection.choose_regularizer(runs)
+    return {"methods": list(SELECTION_METHODS), "chosen": chosen, "package_default": DEFAULT.name, "rows": rows}
 
 
 def over_seeds(by_seed: dict[int, dict[str, dict[str, Any]]], methods: list[str], variants: list[str]) -> dict[str, Any]:
     """Linear top-1 (%) of every method and variant over seeds, and each variant's relative change against the
-    baseline of the same seed, per method and averaged over methods (mean and sample standard deviation)."""
+    baseline of the same seed, per method and averaged over methods (mean and sample standard deviation), with the
+    dead-feature fraction of each variant (mean over seeds)."""
     seeds = list(by_seed)
     top1 = {(m, v): np.array([100 * by_seed[s][f"{m}-{v}"]["top1"] for s in seeds]) for m in methods for v in variants}
     table: dict[str, Any] = {"seeds": seeds, "methods": {}, "mean_relative_change": {}}
+    spread = (lambda values: float(values.std(ddof=1))) if len(seeds) > 1 else (lambda values: 0.0)
     for method in methods:
         base = top1[method, "baseline"]
         table["methods"][method] = {}
         for variant in variants:
             values = top1[method, variant]
-            row = {"top1": values.tolist(), "mean": float(values.mean()), "std": float(values.std(ddof=1))}
+            dead = [by_seed[s][f"{method}-{variant}"]["health"]["dead_fraction"] for s in seeds]
+            row = {"top1": values.tolist(), "mean": float(values.mean()), "std": spread(values),
+                   "dead_fraction": float(np.mean(dead))}  # fmt: skip
             if variant != "baseline":
                 relative = 100 * (values - base) / base
                 row.update(relative=relative.tolist(), relative_mean=float(relative.mean()),
-                           relative_std=float(relative.std(ddof=1)))  # fmt: skip
+                           relative_std=spread(relative))  # fmt: skip
             table["methods"][method][variant] = row
     for variant in variants[1:]:
         per_seed = np.mean([table["methods"][m][variant]["relative"] for m in methods], axis=0)
         table["mean_relative_change"][variant] = {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean()),
-                                                  "std": float(per_seed.std(ddof=1))}  # fmt: skip
+                                                  "std": spread(per_seed)}  # fmt: skip
     return table
-
-
-def _relative(results: dict[str, dict[str, Any]], variant: str) -> dict[str, float]:
-    changes = {}
-    for method in METHOD_ORDER:
-        base, other = results.get(f"{method}-baseline"), results.get(f"{method}-{variant}")
-        if base and other:
-            changes[method] = 100.0 * (other["top1"] - base["top1"]) / base["top1"]
-    return changes
 
 
 def _markdown(summary: dict[str, Any]) -> str:
     cfg = summary["settings"]
     data = f"the first {cfg['max_samples']} training and test images" if cfg["max_samples"] else "all images"
-    setting = (f"{cfg['dataset']} ({data}) at {cfg['image_size']} px, `{cfg['backbone']}`, {cfg['epochs']} epochs of "
-               f"batch {cfg['batch_size']}, same seed and recipe per pair; {summary['notes']}.")  # fmt: skip
+    setting = (f"{cfg['dataset']} ({data}; validation: {summary['validation_split']}) at {cfg['image_size']} px, "
+               f"`{cfg['backbone']}`, {cfg['epochs']} epochs of batch {cfg['batch_size']}, same seed and recipe per "
+               f"pair; {summary['notes']}.")  # fmt: skip
     lines = [f"# Q-Score reproduction, scale `{summary['scale']}`", "", setting, "",
-             f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}, {summary['cpu_threads']} threads, device {summary['device']}", "",
-             "| method | run | linear top-1 | kNN top-1 | AUPRC correct (base rate) | AUPRC misclassified (base rate) "
-             "| AUROC | abs(D) | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in summary["runs"].values():
+             f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}, {summary['cpu_threads']} threads, "
+             f"device {summary['device']}", "",
+             "Test split. Q AUROC: Q-Score with the model's eps (4, or the regularizer's) against the probe's "
+             "correctness; best baseline: the label-free baseline with the highest AUROC on the same run.", "",
+             "| method | run | seed | linear top-1 | kNN top-1 | Q AUROC | empty S_i | best label-free baseline (AUROC) "
+             "| probe confidence AUROC | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["runs"]:
+        rows = {row["score"]: row["auroc"] for row in r["comparison"]}
+        best = max(BASELINES, key=lambda name: rows.get(name, -1.0))
         lines.append(
-            f"| {r['method']} | {r['variant']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
-            f"{100 * r['auprc_correct']:.2f} ({100 * r['base_rate_correct']:.2f}) | "
-            f"{100 * r['auprc_misclassified']:.2f} ({100 * r['base_rate_misclassified']:.2f}) | "
-            f"{r['auroc']:.3f} | {r['num_discriminative']} | {_health_cells(r)} |"
+            f"| {r['method']} | {r['variant']} | {r['seed']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
+            f"{rows['q_score']:.3f} | {100 * r['degeneracy']['empty_fraction']:.0f} % | {best} ({rows[best]:.3f}) | "
+            f"{rows[CEILING]:.3f} | {100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
         )
     lines += ["", "Dead features: the fraction of the encoder's features that never fire on the test split; effective "
-              "rank: RankMe (exp of the entropy of the normalized singular values of the centred test features)."]
-    for variant, changes in summary["relative_top1_change_percent"].items():
-        if changes["per_method"]:
-            per = ", ".join(f"{m} {v:+.2f} %" for m, v in changes["per_method"].items())
-            lines += ["", f"Relative top-1 change, {variant} vs baseline: {per}; mean {changes['mean']:+.2f} %."]
-    lines += ["", f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
+              "rank: RankMe (exp of the entropy of the normalized singular values of the centred test features).", ""]
+    if summary.get("scoring_selection"):
+        lines += _scoring_lines(summary["scoring_selection"])
+    if summary.get("regularizer_selection"):
+        lines += _regularizer_lines(summary["regularizer_selection"])
     if summary.get("over_seeds"):
         lines += _over_seeds_lines(summary["over_seeds"])
-    if summary["regularizer_sweep"]:
-        lines += _regularizer_sweep_lines(summary)
-    sweep = summary.get("eps_normalize_sweep")
-    if sweep:
-        lines += [f"Effect of eps and normalize on AUPRC ({sweep['run']}):", "",
-                  "| eps | normalize | abs(D) | empty | AUPRC correct | AUPRC misclassified | AUROC |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for row in sweep["rows"]:
-            lines.append(f"| {row['eps']:g} | {row['normalize']} | {row['num_discriminative']} | "
-                         f"{100 * row['empty_fraction']:.1f} % | {100 * row['auprc_correct']:.2f} | "
-                         f"{100 * row['auprc_misclassified']:.2f} | {row['auroc']:.3f} |")  # fmt: skip
-        best = max(sweep["rows"], key=lambda row: row["auprc_correct"])
-        lines += ["", f"Best AUPRC (correct): eps={best['eps']:g}, normalize={best['normalize']}."]
+    lines += [f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
     return "\n".join(lines) + "\n"
 
 
-def _health_cells(result: dict[str, Any]) -> str:
-    health = result["health"]
-    return f"{100 * health['dead_fraction']:.0f} % | {health['effective_rank']:.1f}"
+def _scoring_lines(table: dict[str, Any]) -> list[str]:
+    lines = [f"## Which score predicts the probe's mistakes? ({table['num_encoders']} baseline encoders)", "",
+             f"Q-Score's settings chosen on the validation split (mean AUROC over the encoders, {len(table['validation'])} "
+             f"settings: eps 1-4 or auto, normalize none/zscore/l1, band 50-95/0-100/25-95): **{table['chosen']}**. "
+             "Five best and the paper's default on validation:", "",
+             "| setting | mean AUROC (validation) | std | mean empty S_i |", "|---|---|---|---|"]  # fmt: skip
+    shown = table["validation"][:5] + [row for row in table["validation"] if row["setting"] == table["default"]]
+    for row in shown:
+        lines.append(f"| {row['setting']} | {row['mean_auroc']:.3f} | {row['std_auroc']:.3f} | "
+                     f"{100 * row['mean_empty_fraction']:.0f} % |")  # fmt: skip
+    lines += ["", "Test split, only what was chosen (mean AUROC over encoders +- sample std; wins: encoders on which "
+              "the score beats the best label-free baseline):", "",
+              "| score | mean AUROC (test) | std | wins over best label-free baseline |", "|---|---|---|---|"]  # fmt: skip
+    for name, row in sorted(table["test"].items(), key=lambda item: -item[1]["mean"]):
+        lines.append(f"| {name} | {row['mean']:.3f} | {row['std']:.3f} | {row['wins_over_best_label_free']} of "
+                     f"{table['num_encoders']} |")  # fmt: skip
+    return lines + [""]
+
+
+def _regularizer_lines(table: dict[str, Any]) -> list[str]:
+    lines = [f"## Regularizer chosen on the validation split ({', '.join(table['methods'])}, seed 0)", "",
+             f"Chosen: **{table['chosen']}**; the package default is {table['package_default']}. Eligible: no more "
+             f"than {100 * selection.DEAD_MARGIN:.0f} points more dead features than the baseline.", "",
+             "| regularizer | mean relative validation top-1 change | per method | max dead-feature gap | eligible "
+             "| effective rank (baseline) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in table["rows"]:
+        per = ", ".join(f"{v:+.2f} %" for v in row["relative_changes"])
+        ranks = ", ".join(f"{r:.0f} ({b:.0f})" for r, b in zip(row["effective_rank"], row["baseline_effective_rank"]))
+        lines.append(f"| {row['regularizer']} | {row['mean_relative_change']:+.2f} % | {per} | "
+                     f"{100 * row['max_dead_gap']:+.0f} pts | {'yes' if row['eligible'] else 'no'} | {ranks} |")  # fmt: skip
+    return lines + [""]
 
 
 def _over_seeds_lines(table: dict[str, Any]) -> list[str]:
     variants = list(next(iter(table["methods"].values())))
-    lines = [f"Linear top-1 over seeds {', '.join(map(str, table['seeds']))} (mean +- sample std; in brackets the "
-             "relative change against the same seed's baseline):", "",
+    lines = [f"## Linear top-1 over seeds {', '.join(map(str, table['seeds']))} (test split)", "",
+             "Mean +- sample std; in brackets the relative change against the same seed's baseline, then the mean "
+             "dead-feature fraction.", "",
              "| method | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]  # fmt: skip
     for method, rows in table["methods"].items():
-        cells = [f"{rows['baseline']['mean']:.2f} +- {rows['baseline']['std']:.2f}"]
-        cells += [f"{r['mean']:.2f} +- {r['std']:.2f} ({r['relative_mean']:+.2f} +- {r['relative_std']:.2f} %)"
-                  for v, r in rows.items() if v != "baseline"]  # fmt: skip
+        cells = [f"{rows['baseline']['mean']:.2f} +- {rows['baseline']['std']:.2f}; "
+                 f"{100 * rows['baseline']['dead_fraction']:.0f} % dead"]  # fmt: skip
+        cells += [f"{r['mean']:.2f} +- {r['std']:.2f} ({r['relative_mean']:+.2f} +- {r['relative_std']:.2f} %); "
+                  f"{100 * r['dead_fraction']:.0f} % dead" for v, r in rows.items() if v != "baseline"]  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     means = [f"{c['mean']:+.2f} +- {c['std']:.2f} %" for c in table["mean_relative_change"].values()]
     return lines + ["| mean relative change | | " + " | ".join(means) + " |", ""]
 
 
-def _regularizer_sweep_lines(summary: dict[str, Any]) -> list[str]:
-    first = next(iter(summary["regularizer_sweep"].values()))
-    base = summary["runs"].get(f"{first['method']}-baseline")
-    published = summary["runs"].get(f"{first['method']}-qreg")
-    runs = [r for r in (base, published) if r] + list(summary["regularizer_sweep"].values())
-    lines = [f"Effect of the regularizer's settings on {first['method']} (Q-reg from scratch, same seed and recipe; "
-             "eps is the regularizer's and the evaluation's):", "",
-             "| lambda1 | lambda2 | eps | linear top-1 | relative change | AUPRC correct (base rate) | AUROC "
-             "| dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in runs:
-        settings = r.get("regularizer") or {"lambda1": 0.0, "lambda2": 0.0, "eps": 4.0}
-        change = f"{100 * (r['top1'] - base['top1']) / base['top1']:+.2f} %" if base else "n/a"
-        lines.append(f"| {settings['lambda1']:g} | {settings['lambda2']:g} | {settings['eps']:g} | {100 * r['top1']:.2f} "
-                     f"| {change} | {100 * r['auprc_correct']:.2f} ({100 * r['base_rate_correct']:.2f}) | "
-                     f"{r['auroc']:.3f} | {_health_cells(r)} |")  # fmt: skip
-    return lines + [""]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), required=True)
-    parser.add_argument("--methods", default=",".join(METHOD_ORDER))
-    parser.add_argument("--finetune", action="store_true", help="also Q-Score fine-tune each baseline (lr 1e-5)")
-    parser.add_argument("--also-regularizer", type=_regularizer_setting, metavar="LAMBDA1,LAMBDA2,EPS",
-                        help="also Q-reg pre-train every method with these settings (e.g. 1e-4,1e-6,1)")
-    parser.add_argument("--sweep-method", default="byol",
-                        help="the method whose baseline gets the eps/normalize sweep (and --regularizer-sweep's runs)")
-    parser.add_argument("--regularizer-sweep", action="store_true",
-                        help=f"also Q-reg pre-train the sweep method with each (lambda1, lambda2, eps) of {REGULARIZER_SWEEP}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extra-seeds", type=_int_list, default=[], metavar="S1,S2",
-                        help="repeat every method's runs with these seeds too; the summary adds mean +- std over seeds")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: the scale's methods)")
+    parser.add_argument("--variants", default="baseline,qreg",
+                        help=f"comma-separated, from {sorted(VARIANTS)} (default: baseline,qreg); 'baseline' is "
+                             "always run")  # fmt: skip
+    parser.add_argument("--seeds", type=_int_list, default=[0], metavar="S1,S2", help="seeds (default: 0)")
+    parser.add_argument("--regularizer-selection", action="store_true",
+                        help=f"also run {len(CANDIDATES)} candidate regularizers (and the literal and default ones) "
+                             f"on {', '.join(SELECTION_METHODS)} seed 0, and choose one on the validation split")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/reproduce_<scale>")
@@ -361,46 +402,45 @@ def main() -> int:
                     max_samples=args.max_samples or SCALES[args.scale].max_samples)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale}"
     root.mkdir(parents=True, exist_ok=True)
-    if args.seed in args.extra_seeds or len(set(args.extra_seeds)) < len(args.extra_seeds):
-        parser.error(f"--extra-seeds {args.extra_seeds} must be distinct seeds other than --seed {args.seed}")
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS)
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds {args.seeds} must be distinct")
+    methods = [m for m in (args.methods.split(",") if args.methods else scale.methods) if m]
+    variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
+    unknown = (set(methods) - set(METHODS)) | (set(variants) - set(VARIANTS))
     if unknown:
-        parser.error(f"unknown method(s) {sorted(unknown)}; choose from {sorted(METHODS)}")
+        parser.error(f"unknown method(s) or variant(s) {sorted(unknown)}; choose from {sorted(METHODS)} and "
+                     f"{sorted(VARIANTS)}")  # fmt: skip
 
-    runs: list[tuple[str, tuple[float, float, float] | None]] = [("baseline", None), ("qreg", None)]
-    runs += [("finetune", None)] if args.finetune else []
-    runs += [(_variant_name(args.also_regularizer), args.also_regularizer)] if args.also_regularizer else []
-    variants = [variant for variant, _ in runs]
-    results = _run_methods(scale, methods, runs, root, args.seed, suffix="")
-    regularizer_runs: dict[str, dict[str, Any]] = {}
-    if args.regularizer_sweep:
-        for regularizer in REGULARIZER_SWEEP:
-            print(f"== {args.sweep_method} {_variant_name(regularizer)}", flush=True)
-            result = run_one(scale, args.sweep_method, "qreg", root, args.seed, regularizer=regularizer)
-            regularizer_runs[f"{args.sweep_method}-{result['variant']}"] = result
-            print(json.dumps(result), flush=True)
-    for result in [*results.values(), *regularizer_runs.values()]:
-        result["health"] = feature_health(_run_features(result, "eval"))
-    by_seed = {args.seed: results}
-    for seed in args.extra_seeds:
-        by_seed[seed] = _run_methods(scale, methods, runs, root, seed, suffix=f"-seed{seed}")
+    by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in args.seeds:
+        by_seed[seed] = {}
+        for method in methods:
+            for variant in variants:
+                print(f"== {method} {variant} seed {seed}", flush=True)
+                regularizer, finetune = VARIANTS[variant]
+                by_seed[seed][f"{method}-{variant}"] = run_one(scale, method, variant, regularizer, root, seed, finetune)
+    candidate_runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    if args.regularizer_selection:
+        for regularizer in (*CANDIDATES, LITERAL):
+            for method in SELECTION_METHODS:
+                print(f"== {method} {regularizer.name} seed 0 (selection)", flush=True)
+                base = run_one(scale, method, "baseline", None, root, 0)
+                run = run_one(scale, method, regularizer.name, regularizer, root, 0)
+                candidate_runs.setdefault(regularizer.name, []).append((run, base))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs = [run for seed in by_seed.values() for run in seed.values()]
+    runs += [run for pairs in candidate_runs.values() for run, _ in pairs]
+    baselines = [run for run in runs if run["variant"] == "baseline"]
+    baselines = list({(r["method"], r["seed"]): r for r in baselines}.values())
     summary: dict[str, Any] = {
         **environment("reproduce", device), "scale": args.scale, "notes": scale.notes, "settings": asdict(scale),
-        "runs": results, "regularizer_sweep": regularizer_runs, "anchors": ANCHORS, "relative_top1_change_percent": {},
+        "validation_split": validation_split(scale), "runs": runs, "anchors": ANCHORS,
+        "scoring_selection": scoring_selection(baselines, root),
+        "regularizer_selection": regularizer_selection(candidate_runs) if candidate_runs else None,
     }  # fmt: skip
-    for variant in variants[1:]:
-        changes = _relative(results, variant)
-        summary["relative_top1_change_percent"][variant] = {
-            "per_method": changes, "mean": float(np.mean(list(changes.values()))) if changes else None,
-        }
-    if len(by_seed) > 1:
+    if len(variants) > 1:
         summary["over_seeds"] = over_seeds(by_seed, methods, variants)
-    sweep_run = f"{args.sweep_method}-baseline"
-    if sweep_run in results:
-        summary["eps_normalize_sweep"] = {"run": sweep_run, "rows": eps_normalize_sweep(results[sweep_run], root)}
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     table = _markdown(summary)
     (root / "summary.md").write_text(table)

@@ -52,10 +52,17 @@ def _scaled_rows(rows: ArrayLike) -> tuple[Tensor, Tensor]:
     """Rows divided by their largest magnitude (float64) and that magnitude (0 for an all-zero row)."""
     x = torch.from_numpy(np.array(rows, dtype=np.float64)) if not isinstance(rows, Tensor) else rows.detach()
     x = as_feature_matrix(x).to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("features contain NaN or Inf; baselines are undefined there.")
-    scale = x.abs().amax(dim=1, keepdim=True)
+    scale = _finite_row_scale(x)
     return x / torch.where(scale > 0, scale, 1.0), scale.squeeze(1)
+
+
+def _finite_row_scale(x: Tensor) -> Tensor:
+    """Each row's largest magnitude ``(N, 1)``, or ``ValueError`` when a row holds NaN or Inf (both propagate into
+    the maximum, so one small check covers the whole matrix)."""
+    scale = x.abs().amax(dim=1, keepdim=True)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("features contain NaN or Inf; baselines are undefined there.")
+    return scale
 
 
 def _num_rows(features: ArrayLike) -> int:
@@ -106,10 +113,15 @@ def max_zscore(features: ArrayLike) -> np.ndarray:
 
 
 def _unit_rows(rows: ArrayLike, device: torch.device) -> Tensor:
-    """Rows scaled to unit L2 norm in float32 on ``device`` (all-zero rows stay 0: cosine 0 to everything)."""
-    scaled, _ = _scaled_rows(rows)
-    norm = torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
-    return (scaled / torch.where(norm > 0, norm, 1.0)).to(device, torch.float32)
+    """Rows scaled to unit L2 norm in float32 on ``device`` (all-zero rows stay 0: cosine 0 to everything).
+
+    Dividing by the row's largest magnitude first keeps the norm finite and exact at any magnitude, in float32."""
+    x = torch.from_numpy(np.array(rows, dtype=np.float32)) if not isinstance(rows, Tensor) else rows.detach()
+    x = as_feature_matrix(x).to(device, torch.float32)
+    scale = _finite_row_scale(x)
+    x = x / torch.where(scale > 0, scale, 1.0)
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / torch.where(norm > 0, norm, 1.0)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -135,7 +147,8 @@ def knn_density(
             against themselves, where row ``i`` is never its own neighbour.
         k: neighbours per query (fewer when the reference has fewer rows).
         query_chunk, reference_chunk: rows per block of the similarity matrix; by default blocks of about 64 MiB, so
-            memory stays bounded whatever ``N`` and ``M`` (e.g. 10k queries against 1M references of 2048).
+            memory beyond the (unit-normalized) queries stays bounded whatever ``M`` (e.g. 10k queries against 1M
+            references of 2048, read chunk by chunk from a memory map).
         device: where the blocks are multiplied; the GPU when available by default.
 
     A running top-``k`` is merged block by block (exact; the result does not depend on the chunk sizes).
@@ -160,22 +173,24 @@ def knn_density(
     reference_chunk = reference_chunk or max(k + 1, _BLOCK_ELEMENTS // query_chunk)
     if query_chunk < 1 or reference_chunk < 1:
         raise ValueError("query_chunk and reference_chunk must be positive numbers of rows.")
-    out = []
-    for q_start in range(0, num_queries, query_chunk):
-        q = _unit_rows(queries[q_start : q_start + query_chunk], device)
-        best = torch.full((q.shape[0], k), -torch.inf, device=device)
-        for r_start in range(0, num_reference, reference_chunk):
-            r = _unit_rows(reference[r_start : r_start + reference_chunk], device)
+    # The unit queries are held (the size of the input); each reference chunk is normalized once and compared with
+    # every block of queries, so memory is the queries plus one chunk and one similarity block.
+    unit_queries = torch.cat([_unit_rows(queries[start : start + query_chunk], device)
+                              for start in range(0, num_queries, query_chunk)])  # fmt: skip
+    best = torch.full((num_queries, k), -torch.inf, device=device)
+    for r_start in range(0, num_reference, reference_chunk):
+        r = _unit_rows(reference[r_start : r_start + reference_chunk], device)
+        for q_start in range(0, num_queries, query_chunk):
+            q = unit_queries[q_start : q_start + query_chunk]
             similarity = q @ r.T
             if exclude_self:  # query i is reference row q_start + i
                 rows = torch.arange(q.shape[0], device=device)
                 columns = rows + q_start - r_start
                 inside = (columns >= 0) & (columns < r.shape[0])
                 similarity[rows[inside], columns[inside]] = -torch.inf
-            candidates = torch.cat([best, similarity], dim=1)
-            best = candidates.topk(k, dim=1).values
-        out.append(best.double().mean(dim=1).cpu())
-    return torch.cat(out).numpy()
+            block = best[q_start : q_start + query_chunk]
+            best[q_start : q_start + query_chunk] = torch.cat([block, similarity], dim=1).topk(k, dim=1).values
+    return best.double().mean(dim=1).cpu().numpy()
 
 
 def probe_confidence(logits: ArrayLike) -> np.ndarray:

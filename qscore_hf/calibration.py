@@ -62,18 +62,32 @@ class EpsCalibrator:
     """Streaming ``eps="auto"``: ``update`` with reference batches, ``all_reduce`` under torch.distributed, then
     ``resolve(coverage)``."""
 
-    def __init__(self, num_features: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_features: int, device: torch.device | str = "cpu", bins: Tensor | None = None) -> None:
         if num_features < 1:
             raise ValueError(f"num_features must be positive; got {num_features}.")
         self.num_features = int(num_features)
         # bins[b + 1] counts rows with z in (b / 100, (b + 1) / 100]; bins[0] the rows with z <= 0 (constant rows).
-        self.bins = torch.zeros(math.ceil(_STEP * math.sqrt(max(1, num_features - 1))) + 2, dtype=torch.int64,
-                                device=device)  # fmt: skip
+        # ``bins`` may be a module's buffer, so that a checkpoint keeps a calibration in progress.
+        self.bins = self.empty_bins(num_features, device) if bins is None else bins
+
+    @staticmethod
+    def empty_bins(num_features: int, device: torch.device | str = "cpu") -> Tensor:
+        """The zeroed histogram for ``num_features`` features."""
+        return torch.zeros(math.ceil(_STEP * math.sqrt(max(1, num_features - 1))) + 2, dtype=torch.int64, device=device)
 
     def update(self, features: Tensor | np.ndarray) -> "EpsCalibrator":
+        if len(features.shape) != 2 or features.shape[1] != self.num_features:
+            raise ValueError(
+                f"features have shape {tuple(features.shape)} but this calibrator counts rows of {self.num_features} "
+                "features; calibrate each model's features separately."
+            )
         z = torch.from_numpy(max_zscore(features))
         index = (torch.ceil(z * _STEP).long() - 1).clamp(min=-1, max=self.bins.numel() - 2) + 1
         self.bins += torch.bincount(index, minlength=self.bins.numel()).to(self.bins.device)
+        return self
+
+    def reset(self) -> "EpsCalibrator":
+        self.bins.zero_()
         return self
 
     def all_reduce(self) -> "EpsCalibrator":

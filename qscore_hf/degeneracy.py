@@ -19,9 +19,10 @@ DEGENERATE_EMPTY_FRACTION = 0.5
 
 
 def degeneracy_report(num_selected: np.ndarray, num_discriminative: int, stats: ActivationStats | None,
-                      eps: float) -> dict[str, Any]:  # fmt: skip
+                      eps: float, eps_calibrated: bool = False) -> dict[str, Any]:  # fmt: skip
     """The empty-``S_i`` fraction, ``|D|`` and the fraction of never-active features (``A_j = 0`` in the reference
-    statistics), whether that is degenerate, and if so a warning that says why and what to do."""
+    statistics), whether that is degenerate, and if so a warning that says why and what to do (``eps_calibrated``:
+    eps already came from ``eps="auto"``, so lowering it is not the advice)."""
     sizes = np.asarray(num_selected).reshape(-1)
     empty = float(np.mean(sizes == 0)) if sizes.size else 0.0
     never_active = None
@@ -38,10 +39,19 @@ def degeneracy_report(num_selected: np.ndarray, num_discriminative: int, stats: 
                        f"mu + {eps:g} sigma) and score 0, so the ranking is mostly ties")  # fmt: skip
     if reasons:
         report["degenerate"] = True
-        report["warning"] = (
-            "Q-Score is degenerate here: " + "; ".join(reasons) + ". Why: this encoder's features rarely stand "
-            f"{eps:g} standard deviations above their mean, or the same few do for every sample (typical of young or "
-            "small encoders). What to do: score with eps='auto' (calibrated on the reference set; --eps auto), use "
-            "more reference samples, and read the baselines beside Q-Score in this report."
-        )
+        if eps_calibrated:
+            advice = (
+                f"Why: even at the calibrated eps={eps:g} (eps='auto'), the same few features stand out for every "
+                "sample, so the activation-frequency band that defines D holds few or none (typical of random or barely "
+                "trained encoders). What to do: Q-Score cannot rank these samples; train the encoder longer, and use "
+                "the baselines beside Q-Score in this report."
+            )
+        else:
+            advice = (
+                f"Why: this encoder's features rarely stand {eps:g} standard deviations above their mean, or the same "
+                "few do for every sample (typical of young or small encoders). What to do: score with eps='auto' "
+                "(calibrated on the reference set; --eps auto), use more reference samples, and read the baselines "
+                "beside Q-Score in this report."
+            )
+        report["warning"] = "Q-Score is degenerate here: " + "; ".join(reasons) + ". " + advice
     return report

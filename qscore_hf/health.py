@@ -67,6 +67,9 @@ class RunningFeatureHealth:
     def reset(self) -> None:
         d = self.num_features
         self.maximum = torch.full((d,), -torch.inf, dtype=torch.float64, device=self.device)
+        # Sums around a shift (the first batch's mean): centring a raw Gram matrix would cancel catastrophically when
+        # the features' mean is large against their spread, exactly the collapsed case this monitor must catch.
+        self.shift: Tensor | None = None
         self.total = torch.zeros(d, dtype=torch.float64, device=self.device)
         self.gram = torch.zeros(d, d, dtype=torch.float64, device=self.device)
         self.count = 0
@@ -74,25 +77,42 @@ class RunningFeatureHealth:
     @torch.no_grad()
     def update(self, features: Tensor) -> None:
         x = features.detach().to(self.device, torch.float64)
+        if x.dim() != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"features must be N x {self.num_features}; got shape {tuple(x.shape)}.")
+        if self.shift is None:
+            self.shift = x.mean(dim=0)
         self.maximum = torch.maximum(self.maximum, x.amax(dim=0))
-        self.total += x.sum(dim=0)
-        self.gram += x.T @ x
+        centred = x - self.shift
+        self.total += centred.sum(dim=0)
+        self.gram += centred.T @ centred
         self.count += x.shape[0]
 
     @torch.no_grad()
     def all_reduce(self) -> None:
-        """Merge every process's accumulators (a no-op in one process)."""
-        self.maximum = all_reduce_max(self.maximum)
-        packed = all_reduce_sum(torch.cat([self.total, self.gram.reshape(-1),
-                                           self.total.new_tensor([float(self.count)])]))  # fmt: skip
+        """Merge every process's accumulators (a no-op in one process): each moves its sums to the processes' mean
+        shift, then they are added."""
         d = self.num_features
+        shift = torch.zeros(d, dtype=torch.float64, device=self.device) if self.shift is None else self.shift
+        seen = float(self.shift is not None)
+        packed = all_reduce_sum(torch.cat([shift * seen, shift.new_tensor([seen])]))
+        common = packed[:d] / packed[-1].clamp(min=1.0)
+        delta = shift - common  # x - c = (x - s) + delta: G_c = G_s + T delta^T + delta T^T + n delta delta^T
+        gram = self.gram + torch.outer(self.total, delta) + torch.outer(delta, self.total) + self.count * torch.outer(delta, delta)
+        total = self.total + self.count * delta
+        self.maximum = all_reduce_max(self.maximum)
+        packed = all_reduce_sum(torch.cat([total, gram.reshape(-1), total.new_tensor([float(self.count)])]))
         self.total, self.gram, self.count = packed[:d], packed[d : d + d * d].reshape(d, d), int(packed[-1])
+        self.shift = common
 
     def compute(self) -> FeatureHealth:
         if self.count == 0:
             raise ValueError("no features were seen; call update(features) first.")
-        mean = self.total / self.count
-        centred_gram = self.gram - self.count * torch.outer(mean, mean)
-        eigenvalues = torch.linalg.eigvalsh(centred_gram).clamp(min=0)
+        shifted_mean = self.total / self.count
+        centred_gram = self.gram - self.count * torch.outer(shifted_mean, shifted_mean)
+        eigenvalues = torch.linalg.eigvalsh(centred_gram)
+        # Rounding noise of the eigen-solver, not variance: below d * machine epsilon of the largest eigenvalue.
+        floor = self.num_features * torch.finfo(torch.float64).eps * float(eigenvalues.abs().max())
+        eigenvalues = torch.where(eigenvalues > floor, eigenvalues, 0.0)
+        mean = shifted_mean + self.shift
         return FeatureHealth(float((self.maximum <= 0).double().mean()), effective_rank(eigenvalues.sqrt()),
                              float(mean.mean()), self.count)  # fmt: skip

@@ -42,7 +42,7 @@ MODEL_DIR = "model"
 _INERT_Q_TERM = (
     "Q-Score regularization, epoch {epoch}: the Q term pushed no sample. Every sample below the batch's mean Q had "
     "an empty S_i (no feature above mu + {eps:g} sigma), so Q_i = 0 there and has no gradient; only the L1 term "
-    "acted. A young encoder rarely has features that far above its mean: try a lower --qscore-eps (e.g. 1; see the "
+    "acted. A young encoder rarely has features that far above its mean: try --qscore-eps auto or a lower eps (see the "
     "README's Results)."
 )
 _KILLED_FEATURES = (
@@ -86,7 +86,7 @@ class PretrainConfig:
     lambda1: float = 1e-4
     lambda2: float = DEFAULT_LAMBDA2
     qscore_l1_form: str = DEFAULT_L1_FORM
-    qscore_eps: float = 4.0
+    qscore_eps: float | str = 4.0  # or "auto" (qscore_hf.calibration): the regularizer's and the exported model's
     qscore_warmup_samples: int = 10_000
     init_from: str | None = None
     resume: str | None = None
@@ -425,7 +425,7 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             if regularizer is not None:
                 regularizer.refresh()
                 if float(active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
-                    progress.write(_INERT_Q_TERM.format(epoch=epoch, eps=cfg.qscore_eps))
+                    progress.write(_INERT_Q_TERM.format(epoch=epoch, eps=regularizer.eps))
                 active_q_samples.zero_()
             if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
                 _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
@@ -479,6 +479,10 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
     eval_loader = DataLoader(_eval_dataset(replace(train_data, dataset=shard), model), batch_size=256, num_workers=0,
                              collate_fn=_collate_eval)
     model.compute_activation_stats(eval_loader, progress=cfg.progress and accelerator.is_main_process)
+    calibration = model.config.qscore_eps_calibration
+    if calibration:
+        accelerator.print(f"eps='auto' resolved to {model.config.qscore_eps:g} on {calibration['num_samples']} training "
+                          f"images (coverage {calibration['coverage']:g}); saved in the model's config")  # fmt: skip
     model.config.ssl_method = cfg.method
     model.config.pretraining_data = cfg.dataset
     model.config.qscore_regularized = cfg.qscore_reg or bool(getattr(model.config, "qscore_regularized", False))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .distributed import all_reduce_sum, world_size
 from .score import NORMALIZE_OPTIONS, ActivationStats, Normalize, as_feature_matrix, qscore_details
 
@@ -101,19 +103,25 @@ class QScoreRegularizer(nn.Module):
     The discriminative set ``D`` comes from a running ``ActivationStats`` that every training-mode call updates
     with the global batch. Until ``warmup_samples`` samples were seen all features count; then ``D`` is computed
     once automatically and again at every ``refresh()`` (call it at each epoch end).
+
+    ``eps="auto"`` (``qscore_hf.calibration``) calibrates eps on the first training batch, then again at every
+    ``refresh()`` on the batches seen since the last one (the running statistics restart with each new eps).
     """
 
     discriminative_mask: Tensor
     has_discriminative: Tensor
+    resolved_eps: Tensor
+    eps_histogram: Tensor
 
     def __init__(
         self,
         num_features: int,
         lambda1: float = 1e-4,
         lambda2: float = DEFAULT_LAMBDA2,
-        eps: float = 4.0,
+        eps: float | str = 4.0,
         normalize: Normalize = "none",
         l1_form: L1Form = DEFAULT_L1_FORM,
+        coverage: float = DEFAULT_COVERAGE,
         p_lo: float = 50.0,
         p_hi: float = 95.0,
         warmup_samples: int = 10_000,
@@ -134,13 +142,28 @@ class QScoreRegularizer(nn.Module):
         self.p_hi = float(p_hi)
         self.warmup_samples = int(warmup_samples)
         self.ddp_averages_gradients = ddp_averages_gradients
-        self.stats = ActivationStats(num_features, eps)
+        self.auto_eps = is_auto(eps)
+        self.coverage = float(coverage)
+        self.stats = ActivationStats(num_features, 4.0 if self.auto_eps else eps)
         self.register_buffer("discriminative_mask", torch.ones(num_features, dtype=torch.bool))
         self.register_buffer("has_discriminative", torch.zeros((), dtype=torch.bool))
+        # eps="auto": the current eps (NaN until the first batch) and the histogram of the batches since the last
+        # calibration, both buffers so that a resumed run continues with them.
+        self.register_buffer("resolved_eps", torch.tensor(math.nan if self.auto_eps else float(eps), dtype=torch.float64))
+        self.register_buffer("eps_histogram", EpsCalibrator.empty_bins(num_features) if self.auto_eps
+                             else torch.zeros(0, dtype=torch.int64))  # fmt: skip
 
     @property
     def eps(self) -> float:
-        return self.stats.eps
+        return float(self.resolved_eps) if self.auto_eps else self.stats.eps
+
+    def _calibrate(self, calibrator: EpsCalibrator) -> None:
+        """Set eps from ``calibrator`` (summed over processes) and restart the statistics counted with the old one."""
+        calibrator.all_reduce()
+        self.resolved_eps.fill_(calibrator.resolve(self.coverage))
+        self.stats.eps = float(self.resolved_eps)
+        self.stats.reset()
+        calibrator.reset()
 
     def extra_repr(self) -> str:
         return (
@@ -161,6 +184,9 @@ class QScoreRegularizer(nn.Module):
             self.has_discriminative.fill_(True)
             if reset:
                 self.stats.reset()
+        calibrator = EpsCalibrator(self.stats.num_features, bins=self.eps_histogram)
+        if self.auto_eps and calibrator.num_samples > 0:
+            self._calibrate(calibrator)
         return self.num_discriminative
 
     @property
@@ -169,6 +195,13 @@ class QScoreRegularizer(nn.Module):
 
     def forward(self, features: Tensor) -> QScoreRegularizerOutput:
         features = as_feature_matrix(features)
+        if self.auto_eps and self.training:
+            calibrator = EpsCalibrator(self.stats.num_features, bins=self.eps_histogram)
+            if math.isnan(float(self.resolved_eps)):  # the first batch calibrates eps (on every process alike)
+                self._calibrate(calibrator.update(features.detach()))
+            calibrator.update(features.detach())
+        elif self.auto_eps and math.isnan(float(self.resolved_eps)):
+            raise ValueError("eps='auto' is calibrated on training batches: call the regularizer in training mode first.")
         discriminative = self.discriminative_mask if bool(self.has_discriminative) else None
         num_discriminative = self.num_discriminative
         details = qscore_details(

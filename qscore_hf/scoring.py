@@ -527,7 +527,7 @@ def score_dataset(
         "num_discriminative": int(discriminative.sum()),
         "num_features": int(config.hidden_size),
         "degeneracy": degeneracy_report(columns["num_selected"], int(discriminative.sum()), activation_stats,
-                                        config.qscore_eps),  # fmt: skip
+                                        config.qscore_eps, config.qscore_eps_calibration is not None),  # fmt: skip
         "qscore": {"eps": config.qscore_eps, "eps_calibration": config.qscore_eps_calibration,
                    "normalize": config.qscore_normalize, "p_lo": config.qscore_p_lo, "p_hi": config.qscore_p_hi},  # fmt: skip
         "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples)},

@@ -1,5 +1,5 @@
-"""The numbers bench/reproduce.py puts in the README: representation health and the statistics over seeds,
-checked against hand-computed values."""
+"""The numbers bench/reproduce.py puts in the README: the validation split, the regularizer settings and the
+statistics over seeds, checked against hand-computed values (representation health: tests/test_health.py)."""
 
 from __future__ import annotations
 
@@ -22,25 +22,26 @@ def reproduce():
         sys.path.remove(str(BENCH))
 
 
-def test_dead_features_are_columns_that_never_fire(reproduce):
-    features = np.array([[0.0, 1.0, 0.0, 2.0], [0.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    health = reproduce.feature_health(features)
-    assert health["dead_fraction"] == 0.5  # columns 0 and 2
-    assert health["mean_activation"] == pytest.approx(7.0 / 12.0)
+def test_validation_split_follows_the_training_images(reproduce):
+    # Pre-training and the probe use train[:N]; the validation split is the next N training images.
+    scale = reproduce.SCALES["cpu"]
+    assert reproduce.validation_split(scale) == f"train[{scale.max_samples}:{2 * scale.max_samples}]"
+    gpu = reproduce.SCALES["gpu"]
+    assert reproduce.validation_split(gpu) == "train[50000:60000]"  # Fashion-MNIST has 60,000 training images
 
 
-def test_effective_rank_of_known_spectra(reproduce):
-    # Centred rows +-e1, +-e2: two equal singular values, entropy log 2, effective rank 2.
-    balanced = np.array([[2.0, 1.0], [0.0, 1.0], [1.0, 2.0], [1.0, 0.0]])
-    assert reproduce.feature_health(balanced)["effective_rank"] == pytest.approx(2.0, rel=1e-6)
-    # Every row on one line: one singular value, effective rank 1.
-    line = np.outer(np.arange(5.0), [1.0, 2.0, 3.0])
-    assert reproduce.feature_health(line)["effective_rank"] == pytest.approx(1.0, rel=1e-6)
+def test_regularizer_names_and_flags(reproduce, tmp_path):
+    literal = reproduce.LITERAL
+    assert literal.name == "qreg-sum-l0.0001-0.0001-eps4"
+    cfg = reproduce._pretrain_config(reproduce.SCALES["cpu"], "byol", tmp_path, 0, reproduce.Regularizer("normalized", 1e-4, 0.1, "auto"))
+    assert (cfg.qscore_reg, cfg.qscore_l1_form, cfg.lambda2, cfg.qscore_eps) == (True, "normalized", 0.1, "auto")
+    assert not reproduce._pretrain_config(reproduce.SCALES["cpu"], "byol", tmp_path, 0, None).qscore_reg
 
 
 def test_over_seeds_statistics(reproduce):
-    def runs(top1: dict[str, float]) -> dict[str, dict[str, float]]:
-        return {key: {"top1": value / 100} for key, value in top1.items()}
+    def runs(top1: dict[str, float]) -> dict[str, dict]:
+        return {key: {"top1": value / 100, "health": {"dead_fraction": 0.5 if "qreg" in key else 0.0}}
+                for key, value in top1.items()}
 
     by_seed = {
         0: runs({"a-baseline": 50, "a-qreg": 55, "b-baseline": 40, "b-qreg": 44}),
@@ -58,3 +59,4 @@ def test_over_seeds_statistics(reproduce):
     mean = table["mean_relative_change"]["qreg"]
     assert mean["per_seed"] == pytest.approx([10.0, -2.5])
     assert mean["mean"] == pytest.approx(3.75) and mean["std"] == pytest.approx(np.sqrt(78.125))
+    assert a["qreg"]["dead_fraction"] == 0.5 and a["baseline"]["dead_fraction"] == 0.0

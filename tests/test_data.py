@@ -91,3 +91,31 @@ def test_unknown_local_path_and_column_are_named(image_folder, tmp_path):
         load_image_dataset(str(tmp_path / "nope"), "train")
     with pytest.raises(ValueError, match="no label column 'species'"):
         load_image_dataset(str(image_folder[0]), "train", label_column="species")
+
+
+@needs_fashion
+def test_row_slices_select_the_published_rows():
+    # train[3:7] are rows 3..6 of the training split: labels 3, 0, 2, 7 of the published list above.
+    sliced = load_image_dataset("fashion_mnist", "train[3:7]")
+    assert sliced.dataset["label"] == [3, 0, 2, 7] and sliced.split == "train[3:7]"
+    # max_samples counts from the slice's start; an open end runs to max_samples (or the split's end).
+    assert load_image_dataset("fashion_mnist", "train[3:7]", max_samples=2).dataset["label"] == [3, 0]
+    assert load_image_dataset("fashion_mnist", "train[5:]", max_samples=3).dataset["label"] == [2, 7, 2]
+    assert load_image_dataset("fashion_mnist", "test[:3]").dataset["label"] == [9, 2, 1]
+
+
+def test_row_slices_of_digits_and_local_folders(image_folder):
+    whole = load_image_dataset("digits", "train").dataset
+    sliced = load_image_dataset("digits", "train[100:110]").dataset
+    assert sliced["label"] == whole["label"][100:110]
+    assert np.array_equal(np.asarray(sliced[0]["image"]), np.asarray(whole[100]["image"]))
+    path, _ = image_folder
+    folder = load_image_dataset(str(path), "train")
+    assert load_image_dataset(str(path), "train[1:3]").dataset["label"] == folder.dataset["label"][1:3]
+
+
+@pytest.mark.parametrize("split, message", [("train[5:2]", "selects no rows"), ("train[a:b]", "NAME\\[START:STOP\\]"),
+                                            ("train[2000:]", "starts at row 2000")])  # fmt: skip
+def test_bad_row_slices_are_named(split, message):
+    with pytest.raises(ValueError, match=message):
+        load_image_dataset("digits", split)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from qscore_hf.calibration import eps_argument
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.ssl import METHODS
 
@@ -45,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--local-views", type=int, help="multi-crop small views for SwAV / DINO")
     add("--method-kwargs", type=json.loads, help='JSON overriding the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'')
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
-    add("--lambda1", type=float), add("--lambda2", type=float), add("--qscore-eps", type=float)
+    add("--lambda1", type=float), add("--lambda2", type=float)
+    add("--qscore-eps", type=eps_argument,
+        help="eps of the regularizer and of the exported model, or 'auto' (calibrated on the training data)")
     add("--qscore-l1-form", choices=["normalized", "mean", "sum"],
         help="the regularizer's L1 term: normalized (scale-free, default), mean (per-sample mean), sum (SPEC §6 literal)")
     add("--qscore-warmup-samples", type=int)

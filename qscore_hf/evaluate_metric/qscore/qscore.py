@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import datasets
@@ -135,7 +136,8 @@ class QScore(evaluate.Metric):
                 "predictions must be representations of equal length (one list of floats per sample); "
                 f"got an array of shape {features.shape}."
             )
-        if is_auto(eps) and activation_stats is None:
+        calibrated = is_auto(eps) and activation_stats is None
+        if calibrated:
             eps = calibrate_eps(np.asarray(reference_features, dtype=np.float32) if reference_features is not None
                                 else features)  # fmt: skip
         stats = _statistics(activation_stats, reference_features, eps, features.shape[1])
@@ -145,7 +147,7 @@ class QScore(evaluate.Metric):
         details = qscore_details(features, discriminative, eps, normalize)
         q = details.q_scores.numpy()
         num_discriminative = int(features.shape[1] if discriminative is None else discriminative.numel())
-        health = degeneracy_report(details.num_selected.numpy(), num_discriminative, stats, eps)
+        health = degeneracy_report(details.num_selected.numpy(), num_discriminative, stats, eps, calibrated)
         result: dict[str, Any] = {
             "q_scores": q.tolist(),
             "mean": float(q.mean()),
@@ -157,6 +159,8 @@ class QScore(evaluate.Metric):
             "degenerate": health["degenerate"],
             "warning": health["warning"],
         }
+        if health["warning"]:
+            warnings.warn(health["warning"], UserWarning, stacklevel=2)
         references = np.asarray(references)
         given = references != _NO_REFERENCE
         if given.any() and not given.all():
