@@ -61,7 +61,7 @@ def import_timm_hub_backbone(folder: Path, config_json: Mapping[str, Any]) -> tu
     weights = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise ValueError(f"{folder}: a timm repo needs {' or '.join(_WEIGHT_FILES)} beside config.json; none found.")
-    model_args = dict(config_json.get("model_args") or {})
+    model_args = {key: value for key, value in (config_json.get("model_args") or {}).items() if key != "num_classes"}
     pretrained_cfg = dict(config_json.get("pretrained_cfg") or {})
     for key in ("hf_hub_id", "source", "url", "state_dict"):
         pretrained_cfg.pop(key, None)

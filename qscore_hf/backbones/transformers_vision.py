@@ -103,6 +103,13 @@ def _processor_settings(folder: Path, model_config: PretrainedConfig) -> tuple[d
     if "resample" in kept:
         kept["resample"] = int(kept["resample"])
     kept.setdefault("do_center_crop", False)  # e.g. ViTImageProcessor: resize to the exact size, no crop
+    crop_pct, edge = settings.get("crop_pct"), (kept.get("size") or {}).get("shortest_edge")
+    if crop_pct and edge:  # ConvNextImageProcessor (ResNet, ConvNeXt repos): its own resize-then-crop rule
+        if edge < 384:
+            kept.update(size={"shortest_edge": int(edge / crop_pct)}, crop_size={"height": edge, "width": edge},
+                        do_center_crop=True)  # fmt: skip
+        else:
+            kept.update(size={"height": edge, "width": edge}, do_center_crop=False)
     return kept, {"image_processor_type": type(processor).__name__, **kept}
 
 
