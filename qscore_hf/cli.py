@@ -88,7 +88,7 @@ def _score(args: argparse.Namespace) -> int:
     from .data import load_image_dataset
     from .scoring import load_model, score_dataset
 
-    model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size)
+    model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size, args.pooling)
     columns = (args.image_column, args.label_column, args.streaming, args.max_samples)
     image_dataset = load_image_dataset(args.dataset, args.split, *columns)
     probe_dataset = load_image_dataset(args.dataset, args.probe_split, *columns) if args.probe else None
@@ -114,11 +114,16 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
 
     score = commands.add_parser("score", help="per-sample Q-Scores of a data set, with summary, plots and report")
     score.add_argument("--model", required=True,
-                       help="Hub id or local folder of a QScoreModel (timm name with --backbone-only)")  # fmt: skip
+                       help="Hub id or local folder of a QScoreModel, a transformers vision model (ViT, DINOv2, ResNet, "
+                            "ConvNeXt) or a timm repo (timm name with --backbone-only)")  # fmt: skip
+    score.add_argument("--pooling", choices=("cls", "cls_mean", "pooler"), default=None,
+                       help="features of a transformers model: cls (ViT default), cls_mean (CLS + mean patch token), "
+                            "pooler (CNN default)")  # fmt: skip
     score.add_argument("--revision", default=None, help="Hub revision of the model (branch, tag or commit)")
     score.add_argument("--backbone-only", action="store_true",
                        help="--model is a timm name: timm's weights if in the local cache, else random")  # fmt: skip
-    score.add_argument("--image-size", type=int, default=None, help="input size with --backbone-only")
+    score.add_argument("--image-size", type=int, default=None,
+                       help="input size with --backbone-only (a ViT is built for it where timm allows)")  # fmt: skip
     score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist or Hub id")
     score.add_argument("--split", default="train", help="split to score (default: train)")
     score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")

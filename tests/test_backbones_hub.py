@@ -40,7 +40,10 @@ import huggingface_hub.constants as hub_constants
 from qscore_hf import QScoreModel
 from qscore_hf.backbones import build_backbone
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::qscore_hf.NegativeFeaturesWarning", "ignore:no discriminative features"),
+]
 
 COMMIT = hashlib.sha1(b"qscore-hf backbone test").hexdigest()
 TIMM_VIT_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -231,3 +234,67 @@ def test_timm_vit_built_at_requested_size():
     assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, backbone.num_features)
     assert timm_size_kwargs("resnet18", 32) == {}  # global pool: any size
     assert timm_size_kwargs("vit_tiny_patch16_224", 224) == {}
+
+
+# --------------------------------------------------------------------------------------- the commands accept them
+def test_score_command_on_a_transformers_repo(offline_hub, tmp_path):
+    """`qscore-hf score` over a DINOv2 repo by id, with the CLS + mean patch token features."""
+    import pyarrow.parquet as pq
+
+    from qscore_hf.cli import main
+
+    out = tmp_path / "out"
+    argv = ["score", "--model", "org/tiny-dinov2", "--pooling", "cls_mean", "--dataset", "digits", "--split", "train",
+            "--max-samples", "24", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["name"] == "org/tiny-dinov2" and summary["model"]["commit"] == COMMIT
+    assert summary["num_samples"] == 24 and len(pq.read_table(out / "per_sample.parquet")) == 24
+
+
+def test_pipeline_over_a_transformers_backbone(offline_hub):
+    from transformers import pipeline
+
+    model = QScoreModel.from_pretrained("org/tiny-vit")
+    processor = model.image_processor()
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    extractor = pipeline("image-feature-extraction", model=model, image_processor=processor)
+    source, _ = offline_hub["vit"]
+    expected = _representation("vit", source, processor(image, return_tensors="pt")["pixel_values"])
+    np.testing.assert_allclose(np.asarray(extractor(image)).reshape(-1), expected[0].numpy(), atol=1e-5)
+
+
+def test_metric_refuses_a_repo_without_statistics(offline_hub):
+    import evaluate
+
+    from qscore_hf.evaluate_metric import METRIC_PATH
+
+    metric = evaluate.load(str(METRIC_PATH))
+    features = np.abs(np.random.default_rng(0).normal(size=(8, 32))).astype(np.float32)
+    with pytest.raises(ValueError, match="org/tiny-vit has no activation statistics"):
+        metric.compute(predictions=features, activation_stats="org/tiny-vit")
+
+
+def test_backbone_only_vit_at_32px_resamples_cached_weights(tmp_path, monkeypatch):
+    """Issue 11 item 14: a ViT name with --image-size 32 is built for 32 px, timm's weights resampled to it."""
+    from timm.layers import resample_abs_pos_embed
+    from safetensors.torch import save_file
+
+    from qscore_hf.scoring import load_model
+
+    name = "vit_tiny_patch16_224"
+    torch.manual_seed(4)
+    weights = timm.create_model(name, num_classes=7).state_dict()  # as released: 224 px, with a classifier
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    files = tmp_path / "files"
+    files.mkdir()
+    save_file(weights, files / "model.safetensors")
+    _add_to_cache(tmp_path / "hub", hub_id, files)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model, identity = load_model(name, backbone_only=True, image_size=32)
+    assert identity["weights"].startswith("timm pretrained") and model.config.backbone_config == {"img_size": 32}
+    expected_pos = resample_abs_pos_embed(weights["pos_embed"], (2, 2), num_prefix_tokens=1)
+    assert torch.equal(model.backbone.pos_embed, expected_pos)
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).features.shape == (2, 192)

@@ -18,7 +18,7 @@ from transformers import ViTConfig, ViTImageProcessor, ViTModel
 from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.remote_code import AUTO_MAP, PROCESSOR_AUTO_MAP
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::qscore_hf.NegativeFeaturesWarning")]
 
 _SCRIPT = r"""
 import sys
