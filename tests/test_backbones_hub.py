@@ -298,3 +298,12 @@ def test_backbone_only_vit_at_32px_resamples_cached_weights(tmp_path, monkeypatc
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).features.shape == (2, 192)
+
+
+def test_linear_eval_on_a_timm_repo(offline_hub, tmp_path):
+    from qscore_hf.linear_eval import run_linear_eval
+
+    report = run_linear_eval("org/timm-resnet", "digits", tmp_path / "out", train_split="train", eval_split="train",
+                             max_samples=20, epochs=2, batch_size=20, cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+    assert report["model"] == "org/timm-resnet" and report["num_eval"] == 20
+    assert 0.0 <= report["top1"] <= 1.0
