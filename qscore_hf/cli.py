@@ -207,6 +207,24 @@ def _add_card_parser(commands: argparse._SubParsersAction) -> None:
     card.set_defaults(handler=_card)
 
 
+def _publish_metric(args: argparse.Namespace) -> int:
+    """Publish the evaluate metric (module, card, requirements.txt) as the Hub Space <org>/qscore."""
+    from .evaluate_metric.space import publish_metric_space
+
+    url = publish_metric_space(args.repo_id, private=args.private or None, requirement=args.requirement)
+    print(f"published {args.repo_id}: {url}\nload it with evaluate.load({args.repo_id!r})")
+    return 0
+
+
+def _add_publish_metric_parser(commands: argparse._SubParsersAction) -> None:
+    publish = commands.add_parser("publish-metric", help="publish the evaluate metric as a Hub Space <org>/qscore")
+    publish.add_argument("--repo-id", required=True, metavar="ORG/qscore", help="the Space (token: HF_TOKEN or login)")
+    publish.add_argument("--private", action="store_true", help="create the Space private")
+    publish.add_argument("--requirement", default=None,
+                         help="pip requirement for qscore-hf in the Space's requirements.txt (e.g. a git URL)")  # fmt: skip
+    publish.set_defaults(handler=_publish_metric)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .convert.layouts import FORMAT_ALIASES, FORMATS
@@ -260,6 +278,7 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=_explain)
     _add_score_parser(commands)
     _add_card_parser(commands)
+    _add_publish_metric_parser(commands)
     return parser
 
 
