@@ -186,7 +186,8 @@ def model_identity(
         "commit": _hub_commit(str(name), revision),
         "weights": weights,
         "config": {key: getattr(config, key) for key in ("backbone", "hidden_size", "ssl_method", "pretraining_data",
-                                                         "image_size", "crop_pct", "qscore_regularized")},
+                                                         "image_size", "crop_pct", "qscore_regularized",
+                                                         "backbone_library", "backbone_pooling", "backbone_source")},
     }  # fmt: skip
 
 

@@ -249,6 +249,9 @@ def test_score_command_on_a_transformers_repo(offline_hub, tmp_path):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["name"] == "org/tiny-dinov2" and summary["model"]["commit"] == COMMIT
+    recorded = summary["model"]["config"]
+    assert recorded["backbone_pooling"] == "cls_mean" and recorded["hidden_size"] == 64
+    assert recorded["backbone_source"]["repo_id"] == "org/tiny-dinov2"
     assert summary["num_samples"] == 24 and len(pq.read_table(out / "per_sample.parquet")) == 24
 
 
