@@ -38,20 +38,20 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, pipeline
 
-folder, x_path, out_path = sys.argv[1:4]
-model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-assert type(model).__name__ == "QScoreModel" and type(model).__module__.startswith("transformers_modules."), type(model)
-assert type(processor).__name__ == "QScoreImageProcessor", type(processor)
-with torch.no_grad():
-    out = model(torch.from_numpy(np.load(x_path)))
+x_path, *folders = sys.argv[1:]
 image = Image.fromarray(np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3))
-extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
-piped = np.asarray(extractor(image)).reshape(-1)
-with torch.no_grad():
-    direct = model(**processor(image, return_tensors="pt")).features[0].numpy()
-np.savez(out_path, features=out.features.numpy(), q_scores=out.q_scores.numpy(), piped=piped, direct=direct)
-print("REMOTE OK", int(model.activation_stats.num_samples))
+for folder in folders:
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__name__ == "QScoreModel" and type(model).__module__.startswith("transformers_modules."), type(model)
+    assert type(processor).__name__ == "QScoreImageProcessor", type(processor)
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.load(x_path)))
+        direct = model(**processor(image, return_tensors="pt")).features[0].numpy()
+    extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+    piped = np.asarray(extractor(image)).reshape(-1)
+    np.savez(f"{folder}.npz", features=out.features.numpy(), q_scores=out.q_scores.numpy(), piped=piped, direct=direct)
+    print("REMOTE OK", folder, int(model.activation_stats.num_samples))
 """
 
 
@@ -75,30 +75,34 @@ def _cifar_resnet(tmp_path) -> QScoreModel:
     return QScoreModel(QScoreConfig(backbone="resnet18_cifar", image_size=32, crop_pct=1.0, qscore_eps=2.0))
 
 
-@pytest.mark.parametrize("make", [_vit_model, _timm_vit_model, _cifar_resnet], ids=["transformers-vit", "timm-vit", "resnet-cifar"])
-def test_remote_code_without_qscore_hf(tmp_path, offline_env, make):
-    model = make(tmp_path).eval()
-    reference = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    model.compute_activation_stats([reference], progress=False)
-    folder = tmp_path / "saved"
-    model.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"] == AUTO_MAP
-    assert json.loads((folder / "preprocessor_config.json").read_text())["auto_map"] == PROCESSOR_AUTO_MAP
-
+def test_remote_code_without_qscore_hf(tmp_path, offline_env):
+    """A transformers ViT, a timm ViT and a CIFAR-stem ResNet, each saved with statistics, load in one subprocess."""
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     np.save(tmp_path / "x.npy", x.numpy())
-    with torch.no_grad():
-        expected = model(x)
+    reference = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected, folders = {}, []
+    for make in (_vit_model, _timm_vit_model, _cifar_resnet):
+        model = make(tmp_path).eval()
+        model.compute_activation_stats([reference], progress=False)
+        folder = tmp_path / make.__name__.strip("_")
+        model.save_pretrained(folder)
+        assert json.loads((folder / "config.json").read_text())["auto_map"] == AUTO_MAP
+        assert json.loads((folder / "preprocessor_config.json").read_text())["auto_map"] == PROCESSOR_AUTO_MAP
+        with torch.no_grad():
+            expected[folder] = model(x)
+        folders.append(folder)
+
     env = offline_env(HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     env.pop("PYTHONPATH", None)
     run = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(folder), str(tmp_path / "x.npy"), str(tmp_path / "out.npz")],
+        [sys.executable, "-c", _SCRIPT, str(tmp_path / "x.npy"), *map(str, folders)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
-    assert "QSCORE_HF BLOCKED" in run.stdout and "REMOTE OK 16" in run.stdout, run.stdout
-    got = np.load(tmp_path / "out.npz")
-    np.testing.assert_array_equal(got["features"], expected.features.numpy())
-    np.testing.assert_array_equal(got["q_scores"], expected.q_scores.numpy())
-    np.testing.assert_allclose(got["piped"], got["direct"], atol=1e-6)
+    assert "QSCORE_HF BLOCKED" in run.stdout, run.stdout
+    for folder in folders:
+        assert f"REMOTE OK {folder} 16" in run.stdout, run.stdout
+        got = np.load(f"{folder}.npz")
+        np.testing.assert_array_equal(got["features"], expected[folder].features.numpy())
+        np.testing.assert_array_equal(got["q_scores"], expected[folder].q_scores.numpy())
+        np.testing.assert_allclose(got["piped"], got["direct"], atol=1e-6)
