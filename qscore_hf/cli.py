@@ -46,10 +46,16 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import ConversionReport, compute_stats, convert_checkpoint
     from .publish import push_folder, save_model_folder
 
-    model = convert_checkpoint(
-        args.checkpoint, method=args.method, format=args.format, arch=args.arch, trust_checkpoint=args.trust_checkpoint
-    )
-    print(ConversionReport.from_config(model.config).summary())
+    if _is_model_repo(args.checkpoint):  # a transformers or timm repo: import its backbone, weights and preprocessing
+        from .modeling_qscore import QScoreModel
+
+        model = QScoreModel.from_backbone_repo(args.checkpoint, pooling=args.pooling)
+        print(f"source: {json.dumps(model.config.backbone_source)}; pooling: {model.config.backbone_pooling}")
+    else:
+        model = convert_checkpoint(
+            args.checkpoint, method=args.method, format=args.format, arch=args.arch, trust_checkpoint=args.trust_checkpoint
+        )
+        print(ConversionReport.from_config(model.config).summary())
     if args.compute_stats:
         stats = compute_stats(model, args.compute_stats, split=args.stats_split, max_samples=args.stats_max_samples)
         print(f"activation statistics: {int(stats.num_samples)} images of {args.compute_stats}/{args.stats_split}")
@@ -58,6 +64,16 @@ def _convert(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         print(f"pushed to {args.push_to_hub}: {push_folder(args.out, args.push_to_hub)}")
     return 0
+
+
+def _is_model_repo(name: str) -> bool:
+    """A model folder or Hub id (``org/name``, ``hf-hub:org/name``) rather than a checkpoint file."""
+    from pathlib import Path
+
+    path = Path(name)
+    if path.is_file() or path.suffix in (".pth", ".tar", ".ckpt", ".safetensors", ".bin", ".pt", ".pkl"):
+        return False
+    return path.is_dir() or (name.removeprefix("hf-hub:").count("/") == 1 and not name.startswith((".", "/", "~")))
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -238,7 +254,11 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     info.set_defaults(handler=_info)
     convert = commands.add_parser("convert", help="convert a released SSL checkpoint into a QScoreModel folder")
-    convert.add_argument("--checkpoint", required=True, help=".pth/.pth.tar/.ckpt/.safetensors file of the release")
+    convert.add_argument("--checkpoint", required=True,
+                         help=".pth/.pth.tar/.ckpt/.safetensors file of the release, or a transformers/timm model "
+                              "(Hub id or folder) to import with its preprocessing")  # fmt: skip
+    convert.add_argument("--pooling", choices=("cls", "cls_mean", "pooler"), default=None,
+                         help="features of an imported transformers model (default: cls for ViTs, pooler for CNNs)")
     convert.add_argument("--out", required=True, help="output folder (written atomically)")
     convert.add_argument("--method", default=None, help="SSL method, when the checkpoint does not say (e.g. simclr)")
     convert.add_argument("--format", default="auto", choices=["auto", *FORMATS, *FORMAT_ALIASES],

@@ -310,3 +310,17 @@ def test_linear_eval_on_a_timm_repo(offline_hub, tmp_path):
                              max_samples=20, epochs=2, batch_size=20, cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
     assert report["model"] == "org/timm-resnet" and report["num_eval"] == 20
     assert 0.0 <= report["top1"] <= 1.0
+
+
+def test_convert_command_imports_a_repo_with_statistics(offline_hub, tmp_path, pixels):
+    from qscore_hf.cli import main
+
+    out = tmp_path / "out"
+    argv = ["convert", "--checkpoint", "org/tiny-vit", "--compute-stats", "digits", "--stats-max-samples", "16",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    model = QScoreModel.from_pretrained(out)
+    assert int(model.activation_stats.num_samples) == 16
+    assert model.config.backbone_source["repo_id"] == "org/tiny-vit"
+    source, _ = offline_hub["vit"]
+    assert (_features(model, pixels) - _representation("vit", source, pixels)).abs().max() < 1e-5
