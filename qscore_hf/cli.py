@@ -52,9 +52,8 @@ def _convert(args: argparse.Namespace) -> int:
         model = QScoreModel.from_backbone_repo(args.checkpoint, pooling=args.pooling)
         print(f"source: {json.dumps(model.config.backbone_source)}; pooling: {model.config.backbone_pooling}")
     else:
-        model = convert_checkpoint(
-            args.checkpoint, method=args.method, format=args.format, arch=args.arch, trust_checkpoint=args.trust_checkpoint
-        )
+        model = convert_checkpoint(args.checkpoint, method=args.method, format=args.format, arch=args.arch,
+                                   trust_checkpoint=args.trust_checkpoint)  # fmt: skip
         print(ConversionReport.from_config(model.config).summary())
     if args.compute_stats:
         stats = compute_stats(model, args.compute_stats, split=args.stats_split, max_samples=args.stats_max_samples)
@@ -130,8 +129,8 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
 
     score = commands.add_parser("score", help="per-sample Q-Scores of a data set, with summary, plots and report")
     score.add_argument("--model", required=True,
-                       help="Hub id or local folder of a QScoreModel, a transformers vision model (ViT, DINOv2, ResNet, "
-                            "ConvNeXt) or a timm repo (timm name with --backbone-only)")  # fmt: skip
+                       help="Hub id or local folder of a QScoreModel, a transformers vision model (ViT, DINOv2, "
+                            "ResNet, ConvNeXt) or a timm repo (timm name with --backbone-only)")  # fmt: skip
     score.add_argument("--pooling", choices=("cls", "cls_mean", "pooler"), default=None,
                        help="features of a transformers model: cls (ViT default), cls_mean (CLS + mean patch token), "
                             "pooler (CNN default)")  # fmt: skip

@@ -214,6 +214,8 @@ class QScoreModel(PreTrainedModel):
         """
         hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if kwargs.get(key) is not None}
         dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        # Loading switches transformers' own loaders pass along are no config fields.
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("_") and key not in _LOAD_ONLY}
         if not isinstance(source, SourceRepo):
             name = source
             source = find_source(name, **hub_kwargs)
@@ -231,6 +233,7 @@ class QScoreModel(PreTrainedModel):
 
 
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+_LOAD_ONLY = ("trust_remote_code", "output_loading_info", "force_download", "proxies")
 
 
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:

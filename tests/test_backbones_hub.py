@@ -99,13 +99,15 @@ def sources(tmp_path_factory):
         "resnet": timm.create_model("resnet10t", num_classes=5),
     }
     for name, model in timm_models.items():
-        model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3), "crop_pct": 0.9}
+        model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
+                                "crop_pct": 0.9}  # fmt: skip
         folder = root / f"timm-{name}"
         save_for_hf(model, folder, model_args=TIMM_VIT_ARGS if name == "vit" else None, safe_serialization=True)
         _add_to_cache(hub, f"org/timm-{name}", folder)
         models[f"timm-{name}"] = (model.eval(), None)
     bert = root / "bert"
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+    bert_config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(bert_config).save_pretrained(bert)
     _add_to_cache(hub, "org/tiny-bert", bert)
     return hub, models
 
@@ -244,8 +246,9 @@ def test_score_command_on_a_transformers_repo(offline_hub, tmp_path):
     from qscore_hf.cli import main
 
     out = tmp_path / "out"
-    argv = ["score", "--model", "org/tiny-dinov2", "--pooling", "cls_mean", "--dataset", "digits", "--split", "train",
-            "--max-samples", "24", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    argv = ["score", "--model", "org/tiny-dinov2", "--pooling", "cls_mean", "--dataset", "digits", "--split",
+            "train", "--max-samples", "24", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["name"] == "org/tiny-dinov2" and summary["model"]["commit"] == COMMIT
@@ -306,8 +309,9 @@ def test_backbone_only_vit_at_32px_resamples_cached_weights(tmp_path, monkeypatc
 def test_linear_eval_on_a_timm_repo(offline_hub, tmp_path):
     from qscore_hf.linear_eval import run_linear_eval
 
-    report = run_linear_eval("org/timm-resnet", "digits", tmp_path / "out", train_split="train", eval_split="train",
-                             max_samples=20, epochs=2, batch_size=20, cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
+    report = run_linear_eval("org/timm-resnet", "digits", tmp_path / "out", train_split="train",
+                             eval_split="train", max_samples=20, epochs=2, batch_size=20,
+                             cache_dir=tmp_path / "cache", progress=False)  # fmt: skip
     assert report["model"] == "org/timm-resnet" and report["num_eval"] == 20
     assert 0.0 <= report["top1"] <= 1.0
 

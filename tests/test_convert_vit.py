@@ -73,7 +73,8 @@ def test_dino_vit_full_checkpoint_uses_the_teacher(tmp_path, pixels):
 def test_mocov3_vit_small_has_twelve_heads(tmp_path, pixels):
     vit = _vit(3, num_heads=12)
     encoder = {f"module.base_encoder.{k}": v for k, v in vit.state_dict().items()}
-    projector = {"module.base_encoder.head.0.weight": torch.randn(32, 384), "module.base_encoder.head.0.bias": torch.zeros(32)}
+    projector = {"module.base_encoder.head.0.weight": torch.randn(32, 384),
+                 "module.base_encoder.head.0.bias": torch.zeros(32)}  # fmt: skip
     momentum = {k.replace("base_encoder", "momentum_encoder"): v + 1 for k, v in {**encoder, **projector}.items()}
     state = {**encoder, **projector, **momentum, "module.predictor.0.weight": torch.randn(8, 32)}
     path = tmp_path / "vit-s-300ep.pth.tar"
@@ -122,7 +123,8 @@ def test_missing_tensor_is_named(tmp_path):
     del state["module.base_encoder.blocks.5.mlp.fc2.bias"]
     path = tmp_path / "vit-s-300ep.pth.tar"
     torch.save({"state_dict": state}, path)
-    with pytest.raises(ConversionError, match=r"missing backbone tensors: module\.base_encoder\.blocks\.5\.mlp\.fc2\.bias"):
+    missing = r"missing backbone tensors: module\.base_encoder\.blocks\.5\.mlp\.fc2\.bias"
+    with pytest.raises(ConversionError, match=missing):
         convert_checkpoint(path)
 
 

@@ -18,7 +18,10 @@ from transformers import ViTConfig, ViTImageProcessor, ViTModel
 from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.remote_code import AUTO_MAP, PROCESSOR_AUTO_MAP
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::qscore_hf.NegativeFeaturesWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::qscore_hf.NegativeFeaturesWarning"),
+]
 
 _SCRIPT = r"""
 import sys
@@ -43,7 +46,8 @@ image = Image.fromarray(np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3
 for folder in folders:
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)
     processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert type(model).__name__ == "QScoreModel" and type(model).__module__.startswith("transformers_modules."), type(model)
+    assert type(model).__name__ == "QScoreModel", type(model)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
     assert type(processor).__name__ == "QScoreImageProcessor", type(processor)
     with torch.no_grad():
         out = model(torch.from_numpy(np.load(x_path)))
@@ -67,7 +71,8 @@ def _vit_model(tmp_path) -> QScoreModel:
 def _timm_vit_model(tmp_path) -> QScoreModel:
     torch.manual_seed(0)
     args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
-    return QScoreModel(QScoreConfig(backbone="vit_tiny_patch16_224", backbone_config=args, image_size=32, qscore_eps=1.0))
+    config = QScoreConfig(backbone="vit_tiny_patch16_224", backbone_config=args, image_size=32, qscore_eps=1.0)
+    return QScoreModel(config)
 
 
 def _cifar_resnet(tmp_path) -> QScoreModel:

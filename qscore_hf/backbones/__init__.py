@@ -78,7 +78,9 @@ def build_backbone(config: Any) -> nn.Module:
     return BUILDERS[library](config)
 
 
-def import_backbone(repo: SourceRepo, pooling: str | None = None, **hub_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def import_backbone(
+    repo: SourceRepo, pooling: str | None = None, **hub_kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """A foreign repo's backbone with its weights, and the ``QScoreConfig`` fields that rebuild it offline (the
     source's library, repo id, revision, commit, pooling and preprocessing included)."""
     importer = IMPORTERS.get(repo.library)

@@ -81,7 +81,9 @@ def _check_type(model_type: str | None, where: str) -> str:
     return model_type
 
 
-def create_transformers_backbone(backbone_config: Mapping[str, Any], pooling: str | None = None) -> TransformersBackbone:
+def create_transformers_backbone(
+    backbone_config: Mapping[str, Any], pooling: str | None = None
+) -> TransformersBackbone:
     """A randomly initialised backbone from a transformers config dict (``PretrainedConfig.to_dict()``)."""
     settings = dict(backbone_config)
     model_type = _check_type(settings.get("model_type"), "backbone_config")
@@ -113,7 +115,9 @@ def _processor_settings(folder: Path, model_config: PretrainedConfig) -> tuple[d
     return kept, {"image_processor_type": type(processor).__name__, **kept}
 
 
-def import_transformers_backbone(folder: Path, pooling: str | None = None) -> tuple[TransformersBackbone, dict[str, Any]]:
+def import_transformers_backbone(
+    folder: Path, pooling: str | None = None
+) -> tuple[TransformersBackbone, dict[str, Any]]:
     """Load a transformers vision repo (a local snapshot folder) as a backbone with its weights, strictly.
 
     Returns the backbone and the ``QScoreConfig`` fields that rebuild it offline and prepare its images.

@@ -297,7 +297,8 @@ FORMATS: dict[str, Layout] = {
             method="dino",
             license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
             notes=(
-                "DINO ViT-S/16, S/8, B/16 and B/8 use timm's names; a timm ViT state dict without `head` looks the same.",
+                "DINO ViT-S/16, S/8, B/16 and B/8 use timm's names; a timm ViT state dict without `head` looks the "
+                "same.",
                 "Features: the CLS token after the final LayerNorm (DINO's ViT forward).",
             ),
         ),

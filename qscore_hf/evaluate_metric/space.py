@@ -44,7 +44,9 @@ def publish_metric_space(
     The token comes from ``HF_TOKEN`` or ``huggingface-cli login``.
     """
     if repo_id.count("/") != 1 or repo_id.split("/")[1] != METRIC_NAME:
-        raise ValueError(f"the Space must be named <org>/{METRIC_NAME} (evaluate loads {METRIC_NAME}.py from it); got {repo_id!r}.")
+        raise ValueError(
+            f"the Space must be named <org>/{METRIC_NAME} (evaluate loads {METRIC_NAME}.py from it); got {repo_id!r}."
+        )
     api = api or HfApi()
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
