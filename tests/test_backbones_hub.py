@@ -236,6 +236,29 @@ def test_timm_vit_built_at_requested_size():
     assert backbone(torch.zeros(1, 3, 32, 32)).shape == (1, backbone.num_features)
     assert timm_size_kwargs("resnet18", 32) == {}  # global pool: any size
     assert timm_size_kwargs("vit_tiny_patch16_224", 224) == {}
+    assert timm_size_kwargs("vit_small_patch16_224.dino", 32) == {"img_size": 32}  # a pretrained tag, as in the issue
+
+
+def test_fixed_size_family_without_img_size_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    """A family timm cannot build for another size (simulated: create_model rejects img_size) stops before work."""
+    from qscore_hf.backbones import timm_names
+    from qscore_hf.cli import main
+
+    create = timm.create_model
+
+    def no_img_size(name, *args, **kwargs):
+        if "img_size" in kwargs:
+            raise TypeError("__init__() got an unexpected keyword argument 'img_size'")
+        return create(name, *args, **kwargs)
+
+    monkeypatch.setattr(timm_names.timm, "create_model", no_img_size)
+    argv = ["score", "--model", "vit_tiny_patch16_224", "--backbone-only", "--image-size", "32", "--dataset",
+            "digits", "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vit_tiny_patch16_224 takes only 224 px input" in err[0], err
+    assert "leave --image-size out or pass 224" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------------- the commands accept them
