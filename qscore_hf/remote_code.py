@@ -19,6 +19,7 @@ AUTO_MAP = {"AutoConfig": "configuration_qscore.QScoreConfig", "AutoModel": "mod
 PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_qscore.QScoreImageProcessor"}
 _PACKAGE = Path(__file__).parent
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", flags=re.MULTILINE)
+_PARENT_IMPORT = re.compile(r"^\s*from\s+\.\.", flags=re.MULTILINE)
 
 
 def _module_file(folder: Path, name: str) -> Path:
@@ -39,8 +40,11 @@ def _code_files() -> dict[str, Path]:
         source = _module_file(folder, name)
         if not source.is_file():
             raise FileNotFoundError(f"remote code: module {name!r} imported relatively has no file in {folder}")
+        text = source.read_text(encoding="utf-8")
+        if _PARENT_IMPORT.search(text):
+            raise ValueError(f"remote code: {source} imports from a parent package (from ..); flat files cannot")
         files[f"{name}.py"] = source
-        todo.extend((child, source.parent) for child in _RELATIVE_IMPORT.findall(source.read_text(encoding="utf-8")))
+        todo.extend((child, source.parent) for child in _RELATIVE_IMPORT.findall(text))
     return files
 
 
