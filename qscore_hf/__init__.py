@@ -1,12 +1,10 @@
 """qscore-hf: Q-Score (label-free representation quality of self-supervised models) for Hugging Face.
 
 Importing the package registers ``QScoreConfig``/``QScoreModel``/``QScoreImageProcessor`` with transformers'
-Auto classes and the ``evaluate`` metric ``"qscore"``.
+Auto classes and, in this process, the ``evaluate`` metric name ``"qscore"`` (nothing is written to disk).
 """
 
 from __future__ import annotations
-
-import warnings
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
@@ -44,16 +42,9 @@ AutoImageProcessor.register(QScoreConfig, fast_image_processor_class=QScoreImage
 
 
 def _register_evaluate_metric() -> None:
-    from .evaluate_metric import install_evaluate_metric
+    from .evaluate_metric import register_metric_name
 
-    try:
-        install_evaluate_metric()
-    except OSError as error:  # a read-only cache must not make the library unusable
-        warnings.warn(
-            f"could not register the evaluate metric 'qscore' ({error}); load it by path instead: "
-            "evaluate.load(str(qscore_hf.evaluate_metric.METRIC_PATH)), or set HF_MODULES_CACHE to a writable folder.",
-            stacklevel=2,
-        )
+    register_metric_name()  # process-local: evaluate.load("qscore") finds the packaged module; no files written
 
 
 _register_evaluate_metric()

@@ -46,10 +46,15 @@ def _convert(args: argparse.Namespace) -> int:
     from .convert import ConversionReport, compute_stats, convert_checkpoint
     from .publish import push_folder, save_model_folder
 
-    model = convert_checkpoint(
-        args.checkpoint, method=args.method, format=args.format, arch=args.arch, trust_checkpoint=args.trust_checkpoint
-    )
-    print(ConversionReport.from_config(model.config).summary())
+    if _is_model_repo(args.checkpoint):  # a transformers or timm repo: import its backbone, weights and preprocessing
+        from .modeling_qscore import QScoreModel
+
+        model = QScoreModel.from_backbone_repo(args.checkpoint, pooling=args.pooling)
+        print(f"source: {json.dumps(model.config.backbone_source)}; pooling: {model.config.backbone_pooling}")
+    else:
+        model = convert_checkpoint(args.checkpoint, method=args.method, format=args.format, arch=args.arch,
+                                   trust_checkpoint=args.trust_checkpoint)  # fmt: skip
+        print(ConversionReport.from_config(model.config).summary())
     if args.compute_stats:
         stats = compute_stats(model, args.compute_stats, split=args.stats_split, max_samples=args.stats_max_samples)
         print(f"activation statistics: {int(stats.num_samples)} images of {args.compute_stats}/{args.stats_split}")
@@ -58,6 +63,16 @@ def _convert(args: argparse.Namespace) -> int:
     if args.push_to_hub:
         print(f"pushed to {args.push_to_hub}: {push_folder(args.out, args.push_to_hub)}")
     return 0
+
+
+def _is_model_repo(name: str) -> bool:
+    """A model folder or Hub id (``org/name``, ``hf-hub:org/name``) rather than a checkpoint file."""
+    from pathlib import Path
+
+    path = Path(name)
+    if path.is_file() or path.suffix in (".pth", ".tar", ".ckpt", ".safetensors", ".bin", ".pt", ".pkl"):
+        return False
+    return path.is_dir() or (name.removeprefix("hf-hub:").count("/") == 1 and not name.startswith((".", "/", "~")))
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -88,7 +103,7 @@ def _score(args: argparse.Namespace) -> int:
     from .data import load_image_dataset
     from .scoring import load_model, score_dataset
 
-    model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size)
+    model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size, args.pooling)
     columns = (args.image_column, args.label_column, args.streaming, args.max_samples)
     image_dataset = load_image_dataset(args.dataset, args.split, *columns)
     probe_dataset = load_image_dataset(args.dataset, args.probe_split, *columns) if args.probe else None
@@ -121,11 +136,16 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
 
     score = commands.add_parser("score", help="per-sample Q-Scores of a data set, with summary, plots and report")
     score.add_argument("--model", required=True,
-                       help="Hub id or local folder of a QScoreModel (timm name with --backbone-only)")  # fmt: skip
+                       help="Hub id or local folder of a QScoreModel, a transformers vision model (ViT, DINOv2, "
+                            "ResNet, ConvNeXt) or a timm repo (timm name with --backbone-only)")  # fmt: skip
+    score.add_argument("--pooling", choices=("cls", "cls_mean", "pooler"), default=None,
+                       help="features of a transformers model: cls (ViT default), cls_mean (CLS + mean patch token), "
+                            "pooler (CNN default)")  # fmt: skip
     score.add_argument("--revision", default=None, help="Hub revision of the model (branch, tag or commit)")
     score.add_argument("--backbone-only", action="store_true",
                        help="--model is a timm name: timm's weights if in the local cache, else random")  # fmt: skip
-    score.add_argument("--image-size", type=int, default=None, help="input size with --backbone-only")
+    score.add_argument("--image-size", type=int, default=None,
+                       help="input size with --backbone-only (a ViT is built for it where timm allows)")  # fmt: skip
     score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist or Hub id")
     score.add_argument("--split", default="train", help="split to score (default: train)")
     score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
@@ -213,6 +233,24 @@ def _add_card_parser(commands: argparse._SubParsersAction) -> None:
     card.set_defaults(handler=_card)
 
 
+def _publish_metric(args: argparse.Namespace) -> int:
+    """Publish the evaluate metric (module, card, requirements.txt) as the Hub Space <org>/qscore."""
+    from .evaluate_metric.space import publish_metric_space
+
+    url = publish_metric_space(args.repo_id, private=args.private or None, requirement=args.requirement)
+    print(f"published {args.repo_id}: {url}\nload it with evaluate.load({args.repo_id!r})")
+    return 0
+
+
+def _add_publish_metric_parser(commands: argparse._SubParsersAction) -> None:
+    publish = commands.add_parser("publish-metric", help="publish the evaluate metric as a Hub Space <org>/qscore")
+    publish.add_argument("--repo-id", required=True, metavar="ORG/qscore", help="the Space (token: HF_TOKEN or login)")
+    publish.add_argument("--private", action="store_true", help="create the Space private")
+    publish.add_argument("--requirement", default=None,
+                         help="pip requirement for qscore-hf in the Space's requirements.txt (e.g. a git URL)")  # fmt: skip
+    publish.set_defaults(handler=_publish_metric)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .convert.layouts import FORMAT_ALIASES, FORMATS
@@ -226,7 +264,11 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     info.set_defaults(handler=_info)
     convert = commands.add_parser("convert", help="convert a released SSL checkpoint into a QScoreModel folder")
-    convert.add_argument("--checkpoint", required=True, help=".pth/.pth.tar/.ckpt/.safetensors file of the release")
+    convert.add_argument("--checkpoint", required=True,
+                         help=".pth/.pth.tar/.ckpt/.safetensors file of the release, or a transformers/timm model "
+                              "(Hub id or folder) to import with its preprocessing")  # fmt: skip
+    convert.add_argument("--pooling", choices=("cls", "cls_mean", "pooler"), default=None,
+                         help="features of an imported transformers model (default: cls for ViTs, pooler for CNNs)")
     convert.add_argument("--out", required=True, help="output folder (written atomically)")
     convert.add_argument("--method", default=None, help="SSL method, when the checkpoint does not say (e.g. simclr)")
     convert.add_argument("--format", default="auto", choices=["auto", *FORMATS, *FORMAT_ALIASES],
@@ -266,6 +308,7 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=_explain)
     _add_score_parser(commands)
     _add_card_parser(commands)
+    _add_publish_metric_parser(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ __all__ = ["QScoreConfig"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONE_LIBRARIES = ("timm", "transformers")
 SSL_METHODS = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
 
 
@@ -20,7 +21,19 @@ class QScoreConfig(PretrainedConfig):
     """Configuration of a :class:`QScoreModel`.
 
     Args:
-        backbone: timm model name, or a ResNet name with ``_cifar`` for the 3x3 stride-1 CIFAR stem.
+        backbone: timm model name, or a ResNet name with ``_cifar`` for the 3x3 stride-1 CIFAR stem; for a
+            transformers backbone its ``model_type`` (``vit``, ``dinov2``, ``resnet``, ``convnext``).
+        backbone_library: ``"timm"`` or ``"transformers"``: which library builds the backbone.
+        backbone_config: what the library needs besides the name to rebuild the architecture offline: timm's
+            ``create_model`` arguments (e.g. ``{"img_size": 32}``), or the transformers config as a dict.
+        backbone_pooling: transformers backbones: ``"cls"`` (CLS token of the final layer-normed hidden state),
+            ``"cls_mean"`` (that and the mean patch token, concatenated) or ``"pooler"`` (CNNs' pooled output).
+        backbone_source: where the backbone came from: ``{"library", "repo_id", "revision", "commit"}`` (or
+            ``"path"`` for a local folder); ``None`` for a model built here.
+        image_processor: ``QScoreImageProcessor`` settings (size, crop, resample, mean, std, ...) copied from the
+            source; ``None``: derived from ``image_size``, ``crop_pct``, ``image_mean`` and ``image_std``.
+        source_preprocessing: the source's preprocessing as it stated it (its image processor's settings, or
+            timm's ``pretrained_cfg`` mean, std, crop and size), for the record.
         stem_padding: padding of the CIFAR stem's conv (1 by default; 2 in solo-learn's checkpoints).
         hidden_size: width ``d`` of the pooled features; filled in from the backbone when ``None``.
         ssl_method: the self-supervised method that trained the backbone (simclr, swav, moco, byol, dino,
@@ -43,6 +56,12 @@ class QScoreConfig(PretrainedConfig):
         self,
         backbone: str = "resnet50",
         stem_padding: int = 1,
+        backbone_library: str = "timm",
+        backbone_config: dict[str, Any] | None = None,
+        backbone_pooling: str | None = None,
+        backbone_source: dict[str, Any] | None = None,
+        image_processor: dict[str, Any] | None = None,
+        source_preprocessing: dict[str, Any] | None = None,
         hidden_size: int | None = None,
         ssl_method: str | None = None,
         pretraining_data: str | None = None,
@@ -70,8 +89,18 @@ class QScoreConfig(PretrainedConfig):
             raise ValueError("image_mean and image_std need one value per RGB channel (3 each).")
         if not 0.0 < crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1]; got {crop_pct}.")
+        if backbone_library not in BACKBONE_LIBRARIES:
+            raise ValueError(f"backbone_library must be one of {BACKBONE_LIBRARIES}; got {backbone_library!r}.")
+        if backbone_library == "transformers" and not isinstance(backbone_config, dict):
+            raise ValueError("a transformers backbone needs backbone_config: its config as a dict (config.to_dict()).")
         self.backbone = backbone
         self.stem_padding = int(stem_padding)
+        self.backbone_library = backbone_library
+        self.backbone_config = dict(backbone_config) if backbone_config else None
+        self.backbone_pooling = backbone_pooling
+        self.backbone_source = dict(backbone_source) if backbone_source else None
+        self.image_processor = dict(image_processor) if image_processor else None
+        self.source_preprocessing = dict(source_preprocessing) if source_preprocessing else None
         self.hidden_size = hidden_size
         self.ssl_method = ssl_method.lower() if ssl_method else None
         self.pretraining_data = pretraining_data

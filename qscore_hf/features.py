@@ -317,6 +317,8 @@ def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torc
         "format": CACHE_FORMAT_VERSION,
         "backbone": model.config.backbone,
         "stem_padding": model.config.stem_padding,
+        **({"pooling": model.config.backbone_pooling} if model.config.backbone_pooling else {}),
+        **({"backbone_config": model.config.backbone_config} if model.config.backbone_config else {}),
         "weights": _weights_digest(model),
         "preprocessing": model.image_processor().to_dict(),
         "autocast_dtype": None if dtype is None else str(dtype),

@@ -39,6 +39,10 @@ class QScoreImageProcessor(BitImageProcessor):
 
     @classmethod
     def from_model_config(cls, config: QScoreConfig, **kwargs: Any) -> "QScoreImageProcessor":
+        """The processor a model's config describes: the source's settings (``config.image_processor``) when it
+        has them, else resize to ``image_size / crop_pct``, centre-crop ``image_size``, normalize."""
+        if getattr(config, "image_processor", None):
+            return cls(**{**config.image_processor, **kwargs})
         resize = round(config.image_size / config.crop_pct)
         return cls(
             size={"shortest_edge": resize},

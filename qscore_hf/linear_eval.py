@@ -179,7 +179,8 @@ def run_linear_eval(
     """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
 
     Args:
-        model_name_or_path: local folder or Hub id of a ``QScoreModel``.
+        model_name_or_path: local folder or Hub id of a ``QScoreModel``, a transformers vision repo or a timm repo
+            (anything ``QScoreModel.from_pretrained`` loads).
         dataset: a data set accepted by ``qscore_hf.data.load_image_dataset`` (``digits``, ``fashion_mnist``, a
             local folder or file, a Hub id).
         out_dir: output folder (see the module docstring for its files).

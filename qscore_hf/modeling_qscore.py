@@ -13,11 +13,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone
+from .backbones import SourceRepo, build_backbone, find_source, import_backbone
 from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
+from .remote_code import write_remote_code
 from .score import ActivationStats, highly_activating, qscore
 
 __all__ = ["QScoreModel", "QScoreModelOutput", "WeightsMismatchError"]
@@ -47,12 +48,13 @@ class QScoreModelOutput(ModelOutput):
 
 
 class QScoreModel(PreTrainedModel):
-    """A timm backbone without classifier, its activation statistics (SPEC §3) and an optional probe head.
+    """A backbone without classifier (timm or transformers), its activation statistics (SPEC §3) and an optional
+    probe head.
 
     Example::
 
-        model = QScoreModel.from_pretrained("org/byol-r50-qreg")
-        processor = AutoImageProcessor.from_pretrained("org/byol-r50-qreg")
+        model = QScoreModel.from_pretrained("org/byol-r50-qreg")  # or "facebook/dinov2-small", "timm/resnet50.a1_in1k"
+        processor = AutoImageProcessor.from_pretrained("org/byol-r50-qreg")  # or model.image_processor()
         out = model(**processor(images, return_tensors="pt"))
         out.features, out.q_scores
     """
@@ -63,7 +65,7 @@ class QScoreModel(PreTrainedModel):
 
     def __init__(self, config: QScoreConfig) -> None:
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, config.stem_padding)
+        self.backbone = build_backbone(config)
         width = int(self.backbone.num_features)
         if config.hidden_size is None:
             config.hidden_size = width
@@ -185,14 +187,16 @@ class QScoreModel(PreTrainedModel):
     def save_pretrained(
         self, save_directory: str | os.PathLike, *args: Any, is_main_process: bool = True, push_to_hub: bool = False, **kwargs: Any
     ) -> None:
-        """``PreTrainedModel.save_pretrained`` (safetensors) plus the image processor, written atomically:
-        the folder appears complete or not at all."""
+        """``PreTrainedModel.save_pretrained`` (safetensors) plus the image processor and the code that loads both
+        (``auto_map``: ``trust_remote_code=True`` works without qscore_hf), written atomically: the folder appears
+        complete or not at all."""
         if not is_main_process:
             return
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token") if key in kwargs}
         with atomic_directory(save_directory) as tmp:
             super().save_pretrained(tmp, *args, is_main_process=True, push_to_hub=False, **kwargs)
             self.image_processor().save_pretrained(tmp)
+            write_remote_code(tmp)
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
             self.push_to_hub(repo_id, **hub_kwargs)
@@ -202,9 +206,19 @@ class QScoreModel(PreTrainedModel):
         """``PreTrainedModel.from_pretrained`` (local folder or Hub id, through huggingface_hub's cache), but
         strict: a checkpoint whose tensors do not match the config raises ``WeightsMismatchError`` naming them.
 
+        Besides our own folders, ``pretrained_model_name_or_path`` may be a transformers vision repo (ViT, DINO,
+        DINOv2, ResNet, ConvNeXt; ``pooling="cls_mean"`` appends the mean patch token to a ViT's CLS token) or a
+        timm repo (``timm/...`` or ``hf-hub:timm/...``); see :meth:`from_backbone_repo`.
+
         Missing ``classifier.*`` tensors are allowed (a probe head added to a backbone-only checkpoint), and
         ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers.
         """
+        pooling = kwargs.pop("pooling", None)
+        source = None if "config" in kwargs else _find_source(pretrained_model_name_or_path, kwargs)
+        if source is not None and source.library != "qscore":
+            return cls.from_backbone_repo(source, pooling=pooling, **kwargs)
+        if pooling is not None:
+            raise ValueError(f"pooling={pooling!r}: a QScoreModel folder keeps the pooling it was saved with.")
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load with transformers' own check off so that we can name every offending tensor ourselves.
@@ -217,6 +231,46 @@ class QScoreModel(PreTrainedModel):
         if missing or unexpected or mismatched:
             raise WeightsMismatchError(_mismatch_message(str(pretrained_model_name_or_path), missing, unexpected, mismatched))
         return (model, info) if want_info else model
+
+    @classmethod
+    def from_backbone_repo(
+        cls, source: str | os.PathLike | SourceRepo, pooling: str | None = None, **kwargs: Any
+    ) -> "QScoreModel":
+        """A ``QScoreModel`` over a transformers vision repo or a timm repo (local folder or Hub id), with the
+        source's weights and preprocessing and no activation statistics yet.
+
+        The config records the source (library, repo id, revision, commit), the pooling and the preprocessing,
+        and rebuilds the architecture offline: ``save_pretrained`` then writes a self-contained folder.
+        ``kwargs``: huggingface_hub's ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``torch_dtype``,
+        and ``QScoreConfig`` fields (``qscore_eps``, ``ssl_method``, ...).
+        """
+        hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+        # Loading switches transformers' own loaders pass along are no config fields.
+        kwargs = {key: value for key, value in kwargs.items() if not key.startswith("_") and key not in _LOAD_ONLY}
+        if not isinstance(source, SourceRepo):
+            name = source
+            source = find_source(name, **hub_kwargs)
+            if source is None:
+                raise ValueError(f"{name}: no config.json found (not a model folder, or not in the Hub cache).")
+        hub_kwargs.pop("revision", None)
+        backbone, fields = import_backbone(source, pooling, **hub_kwargs)
+        config = cls.config_class(**fields, **kwargs)
+        config._name_or_path = source.repo_id or str(source.folder)
+        model = cls(config)
+        model.backbone.load_state_dict(backbone.state_dict(), strict=True)
+        if dtype is not None and dtype != "auto":
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return model.eval()
+
+
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+_LOAD_ONLY = ("trust_remote_code", "output_loading_info", "force_download", "proxies")
+
+
+def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:
+    """The model's config.json, to tell our folders from transformers and timm repos (``None``: not found)."""
+    return find_source(name, **{key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None})
 
 
 def _describe_mismatch(item: Any) -> str:

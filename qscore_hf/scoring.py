@@ -41,6 +41,7 @@ from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import Tensor
 
+from .backbones import timm_size_kwargs
 from .baselines import hoyer_sparsity, knn_density, l2_norm, max_zscore, probe_confidence
 from .calibration import DEFAULT_COVERAGE, calibrate_eps, is_auto
 from .comparison import ScoreComparison, compare_scores
@@ -100,12 +101,14 @@ def load_model(
     revision: str | None = None,
     backbone_only: bool = False,
     image_size: int | None = None,
+    pooling: str | None = None,
 ) -> tuple[QScoreModel, dict[str, Any]]:
     """A ``QScoreModel`` and its identity (for ``summary.json``).
 
-    ``name_or_path`` is a local folder or Hub id of a ``QScoreModel``; with ``backbone_only`` it is a timm model name
-    instead, built with the input size, crop and normalization of timm's pretrained config (``image_size``
-    overrides the size). Its weights are timm's pretrained ones when they are in the local Hugging Face cache
+    ``name_or_path`` is a local folder or Hub id of a ``QScoreModel``, a transformers vision repo or a timm repo
+    (``pooling`` picks a transformers ViT's features, see ``QScoreModel.from_pretrained``); with ``backbone_only``
+    it is a timm model name instead, built with the input size, crop and normalization of timm's pretrained config
+    (``image_size`` overrides the size; a ViT is built for it, or refused in one line when timm cannot). Its weights are timm's pretrained ones when they are in the local Hugging Face cache
     (never downloaded here), random otherwise (with a warning); such a model has no activation statistics.
     """
     if backbone_only:
@@ -116,7 +119,7 @@ def load_model(
         _check_model_folder(path)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ValueError(f"model {name!r}: no such folder. Pass an existing QScoreModel folder or a Hub id (org/name).")
-    model = QScoreModel.from_pretrained(name, revision=revision)
+    model = QScoreModel.from_pretrained(name, revision=revision, **({"pooling": pooling} if pooling else {}))
     return model, model_identity(model, name, revision)
 
 
@@ -139,9 +142,10 @@ def _timm_backbone_model(name: str, image_size: int | None) -> tuple[QScoreModel
     if pretrained_cfg is not None:
         settings = {"image_size": pretrained_cfg.input_size[-1], "crop_pct": pretrained_cfg.crop_pct,
                     "image_mean": pretrained_cfg.mean, "image_std": pretrained_cfg.std}  # fmt: skip
+    size_kwargs = timm_size_kwargs(name, image_size)  # a ViT is built for image_size (or refused) before any work
     if image_size is not None:
         settings["image_size"] = image_size
-    model = QScoreModel(QScoreConfig(backbone=name, **settings))
+    model = QScoreModel(QScoreConfig(backbone=name, backbone_config=size_kwargs or None, **settings))
     weights_file = _cached_timm_weights(pretrained_cfg)
     if weights_file is None:
         warnings.warn(
@@ -150,7 +154,9 @@ def _timm_backbone_model(name: str, image_size: int | None) -> tuple[QScoreModel
             stacklevel=3,
         )
         return model, model_identity(model, name, weights="random (timm weights not cached)")
-    pretrained = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": weights_file})
+    pretrained = timm.create_model(
+        name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": weights_file}, **size_kwargs
+    )  # timm resamples a ViT's position embedding to img_size
     model.backbone.load_state_dict(pretrained.state_dict())
     return model, model_identity(model, name, weights=f"timm pretrained ({pretrained_cfg.hf_hub_id})")
 
@@ -188,7 +194,8 @@ def model_identity(
         "commit": _hub_commit(str(name), revision),
         "weights": weights,
         "config": {key: getattr(config, key) for key in ("backbone", "hidden_size", "ssl_method", "pretraining_data",
-                                                         "image_size", "crop_pct", "qscore_regularized")},
+                                                         "image_size", "crop_pct", "qscore_regularized",
+                                                         "backbone_library", "backbone_pooling", "backbone_source")},
     }  # fmt: skip
 
 

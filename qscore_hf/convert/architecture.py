@@ -1,4 +1,5 @@
-"""Which ResNet a torchvision/timm-named state dict is: block type, blocks per stage, stem and width."""
+"""Which ResNet or ViT a torchvision/timm-named state dict is: block type, blocks per stage, stem and width; or
+width, patch size and depth."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from ..backbones import CIFAR_SUFFIX
 
-__all__ = ["ResNetShape", "infer_resnet"]
+__all__ = ["ResNetShape", "ViTShape", "infer_resnet", "infer_vit"]
 
 # (block, blocks per stage) -> timm/torchvision name
 _RESNETS = {
@@ -69,3 +70,43 @@ def infer_resnet(state: Mapping[str, Tensor]) -> ResNetShape | None:
     if name is not None and cifar:
         name += CIFAR_SUFFIX
     return replace(shape, name=name)
+
+
+# (embed dim, patch size, depth) -> timm name; the head count is not in the weights (see Layout.arch_args).
+_VITS = {
+    (384, 16, 12): "vit_small_patch16_224",
+    (384, 8, 12): "vit_small_patch8_224",
+    (768, 16, 12): "vit_base_patch16_224",
+    (768, 8, 12): "vit_base_patch8_224",
+}
+_VIT_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ViTShape:
+    """What a timm/DINO-named ViT state dict's keys and shapes say about its architecture."""
+
+    embed_dim: int
+    patch_size: int
+    depth: int
+    num_tokens: int
+    name: str | None
+    wide: bool = False  # the ResNet check of the loader; never true for a ViT
+
+    def describe(self) -> str:
+        return f"ViT, width {self.embed_dim}, patch {self.patch_size}, {self.depth} blocks, {self.num_tokens} positions"
+
+
+def infer_vit(state: Mapping[str, Tensor]) -> ViTShape | None:
+    """Infer the ViT from timm's (= DINO's, MoCo v3's) key names; ``None`` when the keys are not a ViT's.
+
+    ``name`` is the timm name (``vit_small_patch16_224``, ..., ``vit_base_patch8_224``), or ``None`` for a width,
+    patch size or depth none of DINO's and MoCo v3's releases has.
+    """
+    proj, pos = state.get("patch_embed.proj.weight"), state.get("pos_embed")
+    if proj is None or proj.dim() != 4:
+        return None
+    depth = 1 + max((int(m.group(1)) for m in map(_VIT_BLOCK_KEY.match, state) if m), default=-1)
+    embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    positions = int(pos.shape[1]) if pos is not None and pos.dim() == 3 else 0
+    return ViTShape(embed_dim, patch, depth, positions, _VITS.get((embed_dim, patch, depth)))

@@ -109,6 +109,8 @@ class Layout:
         preprocessing: what the weights expect (overridden by a known ``dataset``).
         datasets: preprocessing by the data set named in ``hyper_parameters``.
         cifar_stem_padding: padding of the 3x3 CIFAR stem when the checkpoint has one (not visible in weights).
+        arch_args: per backbone name, timm ``create_model`` arguments the weights do not show (e.g. MoCo v3's
+            ViT-S has 12 heads where timm's has 6).
         license: license of the original weights.
         notes: caveats for the report and the model card; ``method_notes`` add some per method.
     """
@@ -128,6 +130,7 @@ class Layout:
     preprocessing: Preprocessing = IMAGENET
     datasets: DatasetPreprocessing = field(default_factory=dict)
     cifar_stem_padding: int = 1
+    arch_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     license: License = License("unknown", "see the source repository", False)
     notes: tuple[str, ...] = ()
     method_notes: Mapping[str, str] = field(default_factory=dict)
@@ -206,6 +209,26 @@ FORMATS: dict[str, Layout] = {
             license=License("cc-by-nc-4.0", _FB_NC, False),
         ),
         Layout(
+            name="mocov3_vit",
+            title="MoCo v3 ViT (github.com/facebookresearch/moco-v3, main_moco.py, vits.py)",
+            container_keys=frozenset({"state_dict"}),
+            state_path=("state_dict",),
+            prefixes=("module.base_encoder.",),
+            drop=(
+                (r"^module\.base_encoder\.head\.", "projector"),
+                (r"^module\.momentum_encoder\.", "encoder copies"),
+                (r"^module\.predictor\.", "predictor"),
+            ),
+            requires=(r"^module\.base_encoder\.cls_token$",),
+            method="mocov3",
+            arch_args={"vit_small_patch16_224": {"num_heads": 12}},  # vits.py: ViT-S with 12 heads (timm's: 6)
+            license=License("cc-by-nc-4.0", _FB_NC, False),
+            notes=(
+                "Features: the CLS token after the final LayerNorm, as MoCo v3's linear evaluation reads it.",
+                "The position embedding is MoCo v3's fixed 2-D sin-cos one, stored in the weights as pos_embed.",
+            ),
+        ),
+        Layout(
             name="simsiam",
             title="SimSiam (github.com/facebookresearch/simsiam, main_simsiam.py)",
             container_keys=frozenset({"state_dict"}),
@@ -249,6 +272,35 @@ FORMATS: dict[str, Layout] = {
             method="dino",
             license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
             notes=("A torchvision state dict without `fc` looks the same; pass --format torchvision for one.",),
+        ),
+        Layout(
+            name="dino_vit_full",
+            title="DINO ViT training checkpoint (github.com/facebookresearch/dino, main_dino.py): the teacher",
+            container_keys=frozenset({"teacher", "student"}),
+            state_path=("teacher",),
+            prefixes=("module.backbone.", "backbone."),
+            drop=((r"^(module\.)?head\.", "projector"),),
+            requires=(r"^(module\.)?backbone\.cls_token$",),
+            method="dino",
+            license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
+            notes=(
+                "The teacher's backbone is used, as DINO evaluates it; the student was not read.",
+                "Features: the CLS token after the final LayerNorm (DINO's ViT forward); DINO's linear evaluation "
+                "also concatenates the last 4 blocks' CLS tokens (ViT-S) or the mean patch token (ViT-B).",
+            ),
+        ),
+        Layout(
+            name="dino_vit_backbone",
+            title="DINO ViT backbone file (github.com/facebookresearch/dino, dino_deitsmall16_pretrain.pth, ...)",
+            requires=(r"^cls_token$", r"^blocks\.0\.attn\.qkv\.weight$"),
+            forbids=(r"^head\.",),
+            method="dino",
+            license=License("apache-2.0", "Apache-2.0 (LICENSE; weights covered per facebookresearch/dino#108)", True),
+            notes=(
+                "DINO ViT-S/16, S/8, B/16 and B/8 use timm's names; a timm ViT state dict without `head` looks the "
+                "same.",
+                "Features: the CLS token after the final LayerNorm (DINO's ViT forward).",
+            ),
         ),
         Layout(
             name="byol_converted",

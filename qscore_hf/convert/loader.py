@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..configuration_qscore import QScoreConfig
 from ..modeling_qscore import QScoreModel
-from .architecture import ResNetShape, infer_resnet
+from .architecture import ResNetShape, ViTShape, infer_resnet, infer_vit
 from .layouts import CIFAR10, FORMAT_ALIASES, FORMATS, Layout, Preprocessing, ssl_family
 from .reading import ConversionError, file_sha256, read_checkpoint, to_plain
 
@@ -157,7 +157,7 @@ def convert_checkpoint(
             f"keeps its state dict under {'/'.join(layout.state_path)!r}. Pass --format auto or another format."
         )
     backbone, origin, dropped, unknown = _split(layout, state)
-    shape = infer_resnet(backbone)
+    shape = infer_resnet(backbone) or infer_vit(backbone)
     arch_name = _choose_arch(path, layout, shape, arch, backbone)
     cifar_stem = arch_name.endswith("_cifar")
     hparams = to_plain(checkpoint.get("hyper_parameters")) if isinstance(checkpoint, Mapping) else None
@@ -177,6 +177,7 @@ def convert_checkpoint(
         crop_pct=preprocessing.crop_pct,
         image_mean=preprocessing.image_mean,
         image_std=preprocessing.image_std,
+        backbone_config=dict(layout.arch_args[arch_name]) if arch_name in layout.arch_args else None,
     )
     model = QScoreModel(config)
     filled = _check_and_fill(path, layout, detection, arch_name, shape, model, backbone, origin, unknown)
@@ -269,7 +270,7 @@ def _split(
 
 
 def _choose_arch(
-    path: Path, layout: Layout, shape: ResNetShape | None, arch: str | None, backbone: Mapping[str, Tensor]
+    path: Path, layout: Layout, shape: ResNetShape | ViTShape | None, arch: str | None, backbone: Mapping[str, Tensor]
 ) -> str:
     """The backbone name: ``arch`` when given, else the one the keys and shapes show; wide ResNets fail."""
     if shape is not None and shape.wide:
@@ -282,9 +283,15 @@ def _choose_arch(
         return arch
     if shape is None:
         raise ConversionError(
-            f"{path.name} ({layout.name}): no ResNet found under prefix(es) {list(layout.prefixes)} (no conv1.weight; "
-            f"first backbone keys: {_first(list(backbone))}). Only torchvision/timm-named ResNets are supported; pass "
-            "--format if the layout was mis-detected, or --arch if conv1 is missing from an otherwise known ResNet."
+            f"{path.name} ({layout.name}): no ResNet or ViT found under prefix(es) {list(layout.prefixes)} (no "
+            f"conv1.weight or patch_embed.proj.weight; first backbone keys: {_first(list(backbone))}). Only "
+            "torchvision/timm-named ResNets and ViTs are supported; pass --format if the layout was mis-detected, or "
+            "--arch if the stem is missing from an otherwise known backbone."
+        )
+    if shape.name is None and isinstance(shape, ViTShape):
+        raise ConversionError(
+            f"{path.name} ({layout.name}): a {shape.describe()} is none of DINO's and MoCo v3's ViT-S/16, S/8, B/16, "
+            "B/8 (width 384 or 768, patch 16 or 8, 12 blocks); pass --arch with its timm name."
         )
     if shape.name is None:
         raise ConversionError(
@@ -341,7 +348,7 @@ def _check_and_fill(
     layout: Layout,
     detection: Detection,
     arch: str,
-    shape: ResNetShape | None,
+    shape: ResNetShape | ViTShape | None,
     model: QScoreModel,
     backbone: dict[str, Tensor],
     origin: Mapping[str, str],
@@ -372,7 +379,7 @@ def _problem_message(
     layout: Layout,
     detection: Detection,
     arch: str,
-    shape: ResNetShape | None,
+    shape: ResNetShape | ViTShape | None,
     missing: list[str],
     unexpected: list[str],
     mismatched: list[str],

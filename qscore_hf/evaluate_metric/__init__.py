@@ -1,52 +1,79 @@
-"""Make ``evaluate.load("qscore")`` find this package's metric, offline, from any working directory.
+"""The ``evaluate`` metric "qscore": offline from this package, online from a Hub Space.
 
-``evaluate.load`` resolves a bare name by asking the Hub for ``evaluate-metric/<name>`` and, when that fails
-(offline, or no such Hub repo), by importing the newest copy in its modules cache
-(``HF_MODULES_CACHE/evaluate_modules/metrics/evaluate-metric--<name>/<64-hex hash>/<name>.py``). We place our
-module there, under the hash of its content, and make it the newest copy. ``evaluate.load(METRIC_PATH)`` loads
-the same file by path without any of this.
+- Offline, by path: ``evaluate.load(str(qscore_hf.evaluate_metric.METRIC_PATH))``, or by name after
+  ``import qscore_hf``: ``evaluate.load("qscore")``. The name works because the import wraps evaluate's module
+  factory in this process (when ``evaluate.loading`` is imported, now or later) so that the bare name ``"qscore"``
+  resolves to the packaged module; nothing is written into the user's modules cache, and a local ``./qscore``
+  folder or ``./qscore.py`` still wins, as evaluate's own rules say.
+- Online, anywhere: ``evaluate.load("<org>/qscore")`` after ``qscore-hf publish-metric --repo-id <org>/qscore``
+  has pushed the same files (module, card, ``requirements.txt``) to a Hub Space, evaluate's convention for
+  community metrics.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import importlib.abc
 import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
 
-__all__ = ["METRIC_PATH", "install_evaluate_metric"]
+__all__ = ["METRIC_FILES", "METRIC_NAME", "METRIC_PATH", "register_metric_name"]
 
 METRIC_NAME = "qscore"
 METRIC_PATH = Path(__file__).parent / METRIC_NAME
-_FILES = (f"{METRIC_NAME}.py", "README.md")
+METRIC_FILES = (f"{METRIC_NAME}.py", "README.md", "requirements.txt")
+_LOADING = "evaluate.loading"
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+def _resolve(path: str) -> str:
+    """The packaged module for the bare name, unless a local folder or script of that name exists."""
+    if path == METRIC_NAME and not os.path.exists(path) and not os.path.exists(f"{path}.py"):
+        return str(METRIC_PATH / f"{METRIC_NAME}.py")
+    return path
 
 
-def install_evaluate_metric() -> Path:
-    """Copy the metric into evaluate's modules cache as ``evaluate-metric--qscore``; returns its folder."""
-    from evaluate.loading import init_dynamic_modules
-    from filelock import FileLock
+def _wrap(loading: ModuleType) -> None:
+    factory: Callable[..., Any] = loading.evaluation_module_factory
+    if getattr(factory, "_qscore_hf", False):
+        return
 
-    digest = hashlib.sha256()
-    for name in _FILES:
-        digest.update((METRIC_PATH / name).read_bytes())
-    module_root = Path(init_dynamic_modules()) / "metrics" / f"evaluate-metric--{METRIC_NAME}"
-    target = module_root / digest.hexdigest()
-    module_root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(module_root) + ".lock"):
-        (module_root / "__init__.py").touch()
-        target.mkdir(exist_ok=True)
-        (target / "__init__.py").touch()
-        for name in _FILES:
-            if not (target / name).exists():
-                _atomic_copy(METRIC_PATH / name, target / name)
-        # evaluate picks the copy whose script is newest: ours, even if another version was cached later.
-        os.utime(target / f"{METRIC_NAME}.py")
-    return target
+    @functools.wraps(factory)
+    def evaluation_module_factory(path: str, *args: Any, **kwargs: Any) -> Any:
+        return factory(_resolve(path), *args, **kwargs)
+
+    evaluation_module_factory._qscore_hf = True  # type: ignore[attr-defined]
+    loading.evaluation_module_factory = evaluation_module_factory
+
+
+class _WrapWhenImported(importlib.abc.MetaPathFinder):
+    """Wraps ``evaluate.loading`` right after it is first imported (so importing qscore_hf does not import evaluate)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _LOADING:
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            _wrap(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def register_metric_name() -> None:
+    """Make ``evaluate.load("qscore")`` load the packaged metric in this process (no files are written)."""
+    loading = sys.modules.get(_LOADING)
+    if loading is not None:
+        _wrap(loading)
+    elif not any(isinstance(finder, _WrapWhenImported) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _WrapWhenImported())

@@ -83,7 +83,13 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float, widt
     if isinstance(activation_stats, str):
         from qscore_hf.modeling_qscore import QScoreModel
 
-        return QScoreModel.from_pretrained(activation_stats).activation_stats
+        stats = QScoreModel.from_pretrained(activation_stats).activation_stats
+        if int(stats.num_samples) == 0:
+            raise ValueError(
+                f"{activation_stats} has no activation statistics (e.g. a transformers or timm repo): pass "
+                "reference_features, or save the model after QScoreModel.compute_activation_stats and pass that folder."
+            )
+        return stats
     raise ValueError(
         "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
         f"got {type(activation_stats).__name__}."
