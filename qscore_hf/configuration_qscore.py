@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from transformers import PretrainedConfig
 
-from .score import NORMALIZE_OPTIONS
+from .score import NORMALIZE_OPTIONS, validate_eps
 
 __all__ = ["QScoreConfig"]
 
@@ -56,6 +57,14 @@ class QScoreConfig(PretrainedConfig):
         probe_head: bool = False,
         **kwargs: Any,
     ) -> None:
+        stem_padding = _whole_number("stem_padding", stem_padding, minimum=0)
+        image_size = _whole_number("image_size", image_size, minimum=1)
+        try:
+            qscore_eps = validate_eps(qscore_eps)
+        except ValueError as error:
+            raise ValueError(f"config field qscore_eps: {error}") from None
+        qscore_p_lo, qscore_p_hi = _number("qscore_p_lo", qscore_p_lo), _number("qscore_p_hi", qscore_p_hi)
+        crop_pct = _number("crop_pct", crop_pct)
         if qscore_normalize not in NORMALIZE_OPTIONS:
             raise ValueError(f"qscore_normalize must be one of {NORMALIZE_OPTIONS}; got {qscore_normalize!r}.")
         if not 0.0 <= qscore_p_lo <= qscore_p_hi <= 100.0:
@@ -83,3 +92,19 @@ class QScoreConfig(PretrainedConfig):
         self.qscore_regularization = dict(qscore_regularization) if qscore_regularization else None
         self.probe_head = bool(probe_head)
         super().__init__(**kwargs)
+
+
+def _number(field: str, value: Any, kind: str = "a finite number") -> float:
+    """``value`` as a finite float, or ``ValueError`` naming the config field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
+    return float(value)
+
+
+def _whole_number(field: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (a float such as 2.0 is accepted), or ``ValueError`` naming the field."""
+    kind = f"a whole number >= {minimum}"
+    number = _number(field, value, kind)
+    if number != int(number) or number < minimum:
+        raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
+    return int(number)

@@ -17,6 +17,7 @@ from .backbones import create_backbone
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
+from .model_files import check_model_folder
 from .score import ActivationStats, highly_activating, qscore
 
 __all__ = ["QScoreModel", "QScoreModelOutput", "WeightsMismatchError"]
@@ -173,6 +174,7 @@ class QScoreModel(PreTrainedModel):
         Missing ``classifier.*`` tensors are allowed (a probe head added to a backbone-only checkpoint), and
         ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers.
         """
+        check_model_folder(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load with transformers' own check off so that we can name every offending tensor ourselves.
@@ -184,6 +186,7 @@ class QScoreModel(PreTrainedModel):
         mismatched = [] if allow_mismatch else sorted(_describe_mismatch(item) for item in info.get("mismatched_keys", ()))
         if missing or unexpected or mismatched:
             raise WeightsMismatchError(_mismatch_message(str(pretrained_model_name_or_path), missing, unexpected, mismatched))
+        model.activation_stats.validate(f"the activation statistics saved in {pretrained_model_name_or_path}")
         return (model, info) if want_info else model
 
 
