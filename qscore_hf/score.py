@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -169,7 +170,19 @@ def _power_of_two(exponent: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]
     return torch.ldexp(one, half).to(dtype), torch.ldexp(one, exponent - half).to(dtype)
 
 
-def _row_moments(x: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+def _scratch(workspace: threading.local | None, name: str, like: Tensor) -> Tensor:
+    """An uninitialised tensor shaped like ``like``, reused across one thread's chunks when ``workspace`` is given
+    (a fresh multi-megabyte tensor per chunk costs page faults that take longer than the arithmetic)."""
+    if workspace is None:
+        return torch.empty_like(like)
+    buffer = getattr(workspace, name, None)
+    if buffer is None or buffer.shape != like.shape:
+        buffer = torch.empty_like(like)
+        setattr(workspace, name, buffer)
+    return buffer
+
+
+def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> tuple[Tensor, Tensor, Tensor] | None:
     """Mean-free rows, sigma and sum, straight from ``x``; ``None`` unless that is exact to rounding for every row.
 
     Exact means no overflow, no underflow that matters (sigma is far above the smallest normal number) and no
@@ -181,7 +194,7 @@ def _row_moments(x: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor] | None
     d = x.shape[1]
     total = x.sum(dim=1, keepdim=True)
     mu = total / d
-    deviation = x - mu
+    deviation = torch.sub(x, mu, out=_scratch(workspace, "deviation", x)) if workspace is not None else x - mu
     sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(d)
     s, m = sigma.detach(), mu.detach()
     exact = (s >= info.tiny**0.25) & (s < math.inf) & (s > m.abs() * (d * info.eps))
@@ -189,12 +202,14 @@ def _row_moments(x: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor] | None
     return (deviation, sigma, total) if bool(exact.all()) else None
 
 
-def _score_chunk(features: Tensor, start: int, rows: int, plan: _Pass) -> _ChunkResult:
+def _score_chunk(
+    features: Tensor, start: int, rows: int, plan: _Pass, workspace: threading.local | None = None
+) -> _ChunkResult:
     """SPEC §2-4 on rows ``start:start+rows``; exact at any finite magnitude (rows are scaled by a power of two
     when their raw moments would over- or underflow), ``ValueError`` naming the rows that hold NaN or Inf."""
     x = features[start : start + rows].to(_compute_dtype(features))
     low = x.detach().amin(dim=1, keepdim=True)
-    moments = _row_moments(x, low)
+    moments = _row_moments(x, low, workspace)
     exponent = None
     if moments is not None:
         deviation, sigma, _ = moments
@@ -218,7 +233,7 @@ def _score_chunk(features: Tensor, start: int, rows: int, plan: _Pass) -> _Chunk
         sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
         # A constant row has sigma = 0 and no highly activating feature (SPEC §2); min == max detects it exactly.
         threshold = torch.where(low == high, math.inf, plan.eps * sigma.detach())
-    selected = torch.empty(deviation.shape, dtype=deviation.dtype, device=deviation.device)
+    selected = _scratch(workspace, "selected", deviation)
     torch.gt(deviation.detach(), threshold, out=selected)  # L as 0/1: float masks reduce faster than bool
     if plan.mask_out is not None:
         plan.mask_out[start : start + rows].copy_(selected)
@@ -254,11 +269,14 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     starts = range(0, features.shape[0], rows)
     threads = torch.get_num_threads()
     workers = min(threads, len(starts))
-    if features.device.type != "cpu" or workers < 2 or (features.requires_grad and torch.is_grad_enabled()):
+    if features.requires_grad and torch.is_grad_enabled():  # autograd keeps each chunk's tensors
         return [_score_chunk(features, start, rows, plan) for start in starts]
+    workspace = threading.local()
+    if features.device.type != "cpu" or workers < 2:
+        return [_score_chunk(features, start, rows, plan, workspace) for start in starts]
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
-        return list(pool.map(lambda start: _score_chunk(features, start, rows, plan), starts))
+        return list(pool.map(lambda start: _score_chunk(features, start, rows, plan, workspace), starts))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
