@@ -181,13 +181,20 @@ class QScoreModel(PreTrainedModel):
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
-        missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("classifier."))
+        missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith(_OPTIONAL_TENSORS))
+        if _RECORDED_EPS in info.get("missing_keys", ()):  # saved before the eps was recorded: assume the config's
+            model.activation_stats.record_eps()
         unexpected = sorted(info.get("unexpected_keys", ()))
         mismatched = [] if allow_mismatch else sorted(_describe_mismatch(item) for item in info.get("mismatched_keys", ()))
         if missing or unexpected or mismatched:
             raise WeightsMismatchError(_mismatch_message(str(pretrained_model_name_or_path), missing, unexpected, mismatched))
         model.activation_stats.validate(f"the activation statistics saved in {pretrained_model_name_or_path}")
         return (model, info) if want_info else model
+
+
+_RECORDED_EPS = "activation_stats.counted_eps"
+# A probe head added to a backbone-only checkpoint, and the eps record that older folders lack.
+_OPTIONAL_TENSORS = ("classifier.", _RECORDED_EPS)
 
 
 def _describe_mismatch(item: Any) -> str:

@@ -358,12 +358,18 @@ def qscore_details(
     return QScoreDetails(torch.cat(q) if len(q) > 1 else q[0], torch.cat([r.num_selected for r in results]), counts)
 
 
+def _float_bits(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float64).view(torch.int64)
+
+
 class ActivationStats(nn.Module):
     """Streaming activation frequencies ``A_j`` and the discriminative set ``D`` (SPEC §3).
 
     Holds ``O(d)`` state: how many samples had feature ``j`` highly activating (``counts``) and how many
     samples were seen (``num_samples``), both int64 buffers, so they are saved in a model's safetensors
-    and merged across processes by summation.
+    and merged across processes by summation. A third buffer, ``counted_eps``, records the ``eps`` the counts
+    were made with (as the int64 bits of a float64, which ``model.to(dtype)`` leaves alone), so that loading
+    them for another ``eps`` is an error rather than a silently inconsistent ``D``.
 
     Example::
 
@@ -376,6 +382,7 @@ class ActivationStats(nn.Module):
 
     counts: Tensor
     num_samples: Tensor
+    counted_eps: Tensor
 
     def __init__(self, num_features: int, eps: float = 4.0) -> None:
         super().__init__()
@@ -385,6 +392,12 @@ class ActivationStats(nn.Module):
         self.eps = validate_eps(eps)
         self.register_buffer("counts", torch.zeros(self.num_features, dtype=torch.int64))
         self.register_buffer("num_samples", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("counted_eps", _float_bits(self.eps))
+
+    @property
+    def counted_with_eps(self) -> float:
+        """The ``eps`` the saved counts were made with."""
+        return float(self.counted_eps.view(torch.float64))
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, eps={self.eps}, num_samples={int(self.num_samples)}"
@@ -430,6 +443,12 @@ class ActivationStats(nn.Module):
         """Forget every sample seen so far."""
         self.counts.zero_()
         self.num_samples.zero_()
+        return self.record_eps()
+
+    def record_eps(self) -> "ActivationStats":
+        """Record that the counts were made with this instance's ``eps`` (what ``reset`` does; also for counts
+        saved before the record existed)."""
+        self.counted_eps.copy_(_float_bits(self.eps))
         return self
 
     def frequency(self) -> Tensor:
@@ -465,9 +484,14 @@ class ActivationStats(nn.Module):
         return self.discriminative_mask(p_lo, p_hi).nonzero().squeeze(1)
 
     def validate(self, source: str = "the activation statistics") -> "ActivationStats":
-        """Raise ``ValueError`` naming ``source`` unless ``0 <= counts[j] <= num_samples`` for every feature
-        (e.g. after loading saved statistics); returns ``self``."""
+        """Raise ``ValueError`` naming ``source`` unless ``0 <= counts[j] <= num_samples`` for every feature and
+        the counts were made with this ``eps`` (e.g. after loading saved statistics); returns ``self``."""
         n = int(self.num_samples)
+        if n > 0 and self.counted_with_eps != self.eps:
+            raise ValueError(
+                f"{source} were counted with eps={self.counted_with_eps:g} but are used with eps={self.eps:g} "
+                f"(qscore_eps); set qscore_eps to {self.counted_with_eps:g}, or recount the statistics at {self.eps:g}."
+            )
         if n < 0:
             raise ValueError(f"{source}: num_samples is {n}, a negative count; the file is corrupt. Recompute them.")
         bad = ((self.counts < 0) | (self.counts > n)).nonzero().squeeze(1)
@@ -481,6 +505,8 @@ class ActivationStats(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        if prefix + "counted_eps" not in state_dict:  # saved before the eps was recorded: assume this eps
+            state_dict = {**state_dict, prefix + "counted_eps": _float_bits(self.eps).to(self.counted_eps.device)}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.validate(f"the loaded activation statistics ({prefix or 'state_dict'})")
 

@@ -191,3 +191,39 @@ def test_metric_rejects_model_folder_of_another_width(metric, good_folder):
 def test_metric_rejects_bad_eps(metric):
     with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
         metric.compute(predictions=[[0.0, 0.0, 0.0, 4.0]], eps=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The eps the saved statistics were counted with
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_config_eps_other_than_the_counted_one_is_refused(folder, capsys):
+    # good_folder's statistics were counted with eps = 2 (its config's qscore_eps)
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "qscore_eps": 3.0}))
+    with pytest.raises(ValueError, match="counted with eps=2 but are used with eps=3 .*set qscore_eps to 2"):
+        QScoreModel.from_pretrained(folder)
+    assert main(["info", str(folder)]) == 1
+    assert "counted with eps=2" in capsys.readouterr().err
+
+
+def test_folder_saved_before_the_eps_record_loads(folder):
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["activation_stats.counted_eps"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model = QScoreModel.from_pretrained(folder)
+    assert model.activation_stats.counted_with_eps == 2.0
+    assert int(model.activation_stats.num_samples) == 40
+
+
+def test_state_dict_eps_record():
+    stats = ActivationStats(4, eps=0.7).update(torch.rand(10, 4))
+    assert stats.to(torch.bfloat16).counted_with_eps == 0.7  # a dtype cast leaves the record alone
+    with pytest.raises(ValueError, match="counted with eps=0.7 but are used with eps=1"):
+        ActivationStats(4, eps=1.0).load_state_dict(stats.state_dict())
+    older = {key: value for key, value in stats.state_dict().items() if key != "counted_eps"}
+    loaded = ActivationStats(4, eps=1.0)
+    loaded.load_state_dict(older)  # no record: taken as counted with this eps
+    assert loaded.counted_with_eps == 1.0 and torch.equal(loaded.counts, stats.counts)
+    assert loaded.reset().counted_with_eps == 1.0
