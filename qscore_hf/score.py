@@ -182,8 +182,8 @@ def _scratch(workspace: threading.local | None, name: str, like: Tensor) -> Tens
     return buffer
 
 
-def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Mean-free rows, sigma and sum, straight from ``x``; ``None`` unless that is exact to rounding for every row.
+def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> tuple[Tensor, Tensor] | None:
+    """Mean-free rows and sigma straight from ``x``; ``None`` unless that is exact to rounding for every row.
 
     Exact means no overflow, no underflow that matters (sigma is far above the smallest normal number) and no
     constant row (its float mean may differ from its entries by an ulp, which would fake a tiny sigma; a row
@@ -199,7 +199,7 @@ def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> t
     s, m = sigma.detach(), mu.detach()
     exact = (s >= info.tiny**0.25) & (s < math.inf) & (s > m.abs() * (d * info.eps))
     exact |= (total.detach() == 0) & (low == 0)
-    return (deviation, sigma, total) if bool(exact.all()) else None
+    return (deviation, sigma) if bool(exact.all()) else None
 
 
 def _score_chunk(
@@ -212,7 +212,7 @@ def _score_chunk(
     moments = _row_moments(x, low, workspace)
     exponent = None
     if moments is not None:
-        deviation, sigma, _ = moments
+        deviation, sigma = moments
         values, threshold = x, plan.eps * sigma.detach()
     else:
         high = x.detach().amax(dim=1, keepdim=True)
