@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Sequence
 
 from transformers import PretrainedConfig
@@ -96,7 +97,7 @@ class QScoreConfig(PretrainedConfig):
 
 def _number(field: str, value: Any, kind: str = "a finite number") -> float:
     """``value`` as a finite float, or ``ValueError`` naming the config field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
     return float(value)
 

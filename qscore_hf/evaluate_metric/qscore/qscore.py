@@ -64,33 +64,34 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float, widt
     if activation_stats is None:
         return None
     if isinstance(activation_stats, ActivationStats):
-        return _same_width(activation_stats.num_features, width, activation_stats)
+        _check_width(activation_stats.num_features, width)
+        return activation_stats
     stats = ActivationStats(width, eps)
     if isinstance(activation_stats, Mapping):
         state = {key: torch.as_tensor(value) for key, value in activation_stats.items()}
         counts = state.get("counts")
         if counts is not None and counts.dim() == 1:
-            _same_width(counts.numel(), width, stats)
+            _check_width(counts.numel(), width)
         stats.load_state_dict(state)
         return stats
     if isinstance(activation_stats, str):
         from qscore_hf.modeling_qscore import QScoreModel
 
         loaded = QScoreModel.from_pretrained(activation_stats).activation_stats
-        return _same_width(loaded.num_features, width, loaded)
+        _check_width(loaded.num_features, width)
+        return loaded
     raise ValueError(
         "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
         f"got {type(activation_stats).__name__}."
     )
 
 
-def _same_width(stats_width: int, width: int, stats: ActivationStats) -> ActivationStats:
+def _check_width(stats_width: int, width: int) -> None:
     if stats_width != width:
         raise ValueError(
             f"activation_stats track {stats_width} features but the predictions have {width} per sample; "
             "pass the statistics of the encoder that produced these representations."
         )
-    return stats
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
