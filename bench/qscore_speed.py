@@ -3,12 +3,15 @@
     python bench/qscore_speed.py [--rows 50000] [--dim 2048] [--device cpu|cuda] [--out bench/results/x.json]
 
 On a GPU it also measures what Q-Score adds to a ResNet-50 bf16 forward at batch 256 (``--model-overhead``).
-The ratio (and, with --model-overhead, the overhead) is printed last.
+It also times one read pass over the same features (a sum) and reports the score's time in read passes
+("passes": memory-bound work can hardly go below 1). The figures (and, with --model-overhead, the overhead)
+are printed last.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +90,7 @@ def main() -> int:
     d_index = discriminative.to(device)
     qscore(tensor, d_index, args.eps)  # warm-up
     vectorized = best_of(args.repeats, lambda: qscore(tensor, d_index, args.eps), sync)
+    read_pass = best_of(args.repeats, lambda: tensor.sum(), sync)
     start = time.perf_counter()
     reference = numpy_per_row(features, discriminative.numpy(), args.eps)
     baseline = time.perf_counter() - start
@@ -100,6 +104,9 @@ def main() -> int:
         "num_discriminative": int(discriminative.numel()),
         "numpy_per_row_s": baseline,
         "vectorized_s": vectorized,
+        "read_pass_s": read_pass,
+        "load_average_1min": os.getloadavg()[0],  # other processes' load: a busy machine slows every figure
+        "passes": vectorized / read_pass,
         "rows_differing_from_numpy": mismatched_rows,
         "speedup": baseline / vectorized,
     }
@@ -109,6 +116,7 @@ def main() -> int:
     if args.model_overhead:
         print(f"qscore overhead on resnet50 bf16 forward (batch 256): {100 * result['resnet50_bf16']['overhead']:.2f}%")
     print(f"speedup vectorized vs per-row numpy: {result['speedup']:.1f}x")
+    print(f"qscore time in read passes over the same features: {result['passes']:.1f}")
     return 0
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Sequence
 
 from transformers import PretrainedConfig
 
 from .calibration import AUTO, is_auto
-from .score import NORMALIZE_OPTIONS
+from .score import NORMALIZE_OPTIONS, validate_eps
 
 __all__ = ["QScoreConfig"]
 
@@ -79,6 +81,14 @@ class QScoreConfig(PretrainedConfig):
         probe_head: bool = False,
         **kwargs: Any,
     ) -> None:
+        stem_padding = _whole_number("stem_padding", stem_padding, minimum=0)
+        image_size = _whole_number("image_size", image_size, minimum=1)
+        try:
+            qscore_eps = AUTO if is_auto(qscore_eps) else validate_eps(qscore_eps)
+        except ValueError as error:
+            raise ValueError(f"config field qscore_eps: {error}") from None
+        qscore_p_lo, qscore_p_hi = _number("qscore_p_lo", qscore_p_lo), _number("qscore_p_hi", qscore_p_hi)
+        crop_pct = _number("crop_pct", crop_pct)
         if qscore_normalize not in NORMALIZE_OPTIONS:
             raise ValueError(f"qscore_normalize must be one of {NORMALIZE_OPTIONS}; got {qscore_normalize!r}.")
         if not 0.0 <= qscore_p_lo <= qscore_p_hi <= 100.0:
@@ -108,7 +118,7 @@ class QScoreConfig(PretrainedConfig):
         self.crop_pct = float(crop_pct)
         self.image_mean = [float(v) for v in image_mean]
         self.image_std = [float(v) for v in image_std]
-        self.qscore_eps = AUTO if is_auto(qscore_eps) else float(qscore_eps)
+        self.qscore_eps = qscore_eps
         self.qscore_eps_calibration = dict(qscore_eps_calibration) if qscore_eps_calibration else None
         self.qscore_normalize = qscore_normalize
         self.qscore_p_lo = float(qscore_p_lo)
@@ -117,3 +127,19 @@ class QScoreConfig(PretrainedConfig):
         self.qscore_regularization = dict(qscore_regularization) if qscore_regularization else None
         self.probe_head = bool(probe_head)
         super().__init__(**kwargs)
+
+
+def _number(field: str, value: Any, kind: str = "a finite number") -> float:
+    """``value`` as a finite float, or ``ValueError`` naming the config field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
+    return float(value)
+
+
+def _whole_number(field: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (a float such as 2.0 is accepted), or ``ValueError`` naming the field."""
+    kind = f"a whole number >= {minimum}"
+    number = _number(field, value, kind)
+    if number != int(number) or number < minimum:
+        raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
+    return int(number)

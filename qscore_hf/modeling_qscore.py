@@ -18,6 +18,7 @@ from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
+from .model_files import check_model_folder
 from .remote_code import write_remote_code
 from .score import ActivationStats, highly_activating, qscore
 
@@ -219,17 +220,21 @@ class QScoreModel(PreTrainedModel):
             return cls.from_backbone_repo(source, pooling=pooling, **kwargs)
         if pooling is not None:
             raise ValueError(f"pooling={pooling!r}: a QScoreModel folder keeps the pooling it was saved with.")
+        check_model_folder(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load with transformers' own check off so that we can name every offending tensor ourselves.
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
-        missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("classifier."))
+        missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith(_OPTIONAL_TENSORS))
+        if _RECORDED_EPS in info.get("missing_keys", ()):  # saved before the eps was recorded: assume the config's
+            model.activation_stats.record_eps()
         unexpected = sorted(info.get("unexpected_keys", ()))
         mismatched = [] if allow_mismatch else sorted(_describe_mismatch(item) for item in info.get("mismatched_keys", ()))
         if missing or unexpected or mismatched:
             raise WeightsMismatchError(_mismatch_message(str(pretrained_model_name_or_path), missing, unexpected, mismatched))
+        model.activation_stats.validate(f"the activation statistics saved in {pretrained_model_name_or_path}")
         return (model, info) if want_info else model
 
     @classmethod
@@ -271,6 +276,11 @@ _LOAD_ONLY = ("trust_remote_code", "output_loading_info", "force_download", "pro
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:
     """The model's config.json, to tell our folders from transformers and timm repos (``None``: not found)."""
     return find_source(name, **{key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None})
+
+
+_RECORDED_EPS = "activation_stats.counted_eps"
+# A probe head added to a backbone-only checkpoint, and the eps record that older folders lack.
+_OPTIONAL_TENSORS = ("classifier.", _RECORDED_EPS)
 
 
 def _describe_mismatch(item: Any) -> str:

@@ -8,11 +8,14 @@ that scoring ``N x d`` features needs only a chunk's worth of extra memory.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ __all__ = [
     "highly_activating",
     "qscore",
     "qscore_details",
+    "validate_eps",
 ]
 
 Normalize = Literal["none", "zscore", "l1"]
@@ -67,6 +71,19 @@ def _warn_negative_once() -> None:
         NegativeFeaturesWarning,
         stacklevel=stacklevel,
     )
+
+
+def validate_eps(eps: float) -> float:
+    """Return ``eps`` (the threshold ``mu_i + eps * sigma_i`` of SPEC §2) as a float, or raise ``ValueError``
+    for anything but a finite number >= 0: every entry point that takes an ``eps`` calls this."""
+    if isinstance(eps, Tensor) and eps.numel() == 1:
+        eps = eps.item()
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (numbers.Real, np.floating, np.integer)):
+        raise ValueError(f"eps must be a finite number >= 0 (default 4; SPEC §2); got {eps!r}.")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps must be a finite number >= 0 (default 4; SPEC §2); got {eps!r}.")
+    return value
 
 
 def as_feature_matrix(features: Tensor | np.ndarray, name: str = "features") -> Tensor:
@@ -128,26 +145,77 @@ def as_feature_mask(discriminative: DiscriminativeLike, num_features: int, devic
 
 
 @dataclass
-class _Chunk:
-    """Per-row quantities of one chunk of rows (SPEC §2)."""
+class _Pass:
+    """What one pass over the rows computes (each chunk independently, so chunks may run in parallel)."""
 
-    values: Tensor  # h_ij in the compute dtype
-    deviation: Tensor  # h_ij - mu_i
-    sigma: Tensor  # population std, shape (rows, 1)
-    highly_activating: Tensor  # L_i as a 0/1 mask in the compute dtype (float masks reduce faster than bool)
-    has_negative: bool
+    eps: float
+    normalize: str | None  # None: no Q-Scores
+    feature_mask: Tensor | None  # D as 0/1 in the compute dtype, or None for all features
+    count: bool  # column sums of L (for ActivationStats)
+    mask_out: Tensor | None  # an N x d bool tensor to fill with L (for highly_activating)
 
 
-def _iter_chunks(features: Tensor, eps: float, chunk_rows: int | None) -> Iterator[tuple[int, _Chunk]]:
-    """Yield ``(row_offset, chunk)``, raising ``ValueError`` on the first rows that hold NaN or Inf."""
-    rows = chunk_rows or default_chunk_rows(features.shape[1], features.device)
-    if rows < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows; got {rows}.")
-    dtype = _compute_dtype(features)
-    for start in range(0, features.shape[0], rows):
-        x = features[start : start + rows].to(dtype)
-        # Two reductions: torch.aminmax is far slower than amin + amax on CPU.
-        low, high = x.detach().amin(dim=1, keepdim=True), x.detach().amax(dim=1, keepdim=True)
+@dataclass
+class _ChunkResult:
+    q: Tensor | None
+    num_selected: Tensor | None
+    counts: Tensor | None
+    has_negative: Tensor
+
+
+def _power_of_two(exponent: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``2**exponent`` as two factors of ``dtype`` (one alone can overflow: 2**149 for a subnormal float32 row)."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    one = torch.ones(exponent.shape, dtype=torch.float64, device=exponent.device)
+    return torch.ldexp(one, half).to(dtype), torch.ldexp(one, exponent - half).to(dtype)
+
+
+def _scratch(workspace: threading.local | None, name: str, like: Tensor) -> Tensor:
+    """An uninitialised tensor shaped like ``like``, reused across one thread's chunks when ``workspace`` is given
+    (a fresh multi-megabyte tensor per chunk costs page faults that take longer than the arithmetic)."""
+    if workspace is None:
+        return torch.empty_like(like)
+    buffer = getattr(workspace, name, None)
+    if buffer is None or buffer.shape != like.shape:
+        buffer = torch.empty_like(like)
+        setattr(workspace, name, buffer)
+    return buffer
+
+
+def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> tuple[Tensor, Tensor] | None:
+    """Mean-free rows and sigma straight from ``x``; ``None`` unless that is exact to rounding for every row.
+
+    Exact means no overflow, no underflow that matters (sigma is far above the smallest normal number) and no
+    constant row (its float mean may differ from its entries by an ulp, which would fake a tiny sigma; a row
+    whose sigma is that small relative to its mean is left to the scaled path, which detects it exactly).
+    All-zero rows are exact here: sum 0 and minimum 0 mean every entry is 0.
+    """
+    info = torch.finfo(x.dtype)
+    d = x.shape[1]
+    total = x.sum(dim=1, keepdim=True)
+    mu = total / d
+    deviation = torch.sub(x, mu, out=_scratch(workspace, "deviation", x)) if workspace is not None else x - mu
+    sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(d)
+    s, m = sigma.detach(), mu.detach()
+    exact = (s >= info.tiny**0.25) & (s < math.inf) & (s > m.abs() * (d * info.eps))
+    exact |= (total.detach() == 0) & (low == 0)
+    return (deviation, sigma) if bool(exact.all()) else None
+
+
+def _score_chunk(
+    features: Tensor, start: int, rows: int, plan: _Pass, workspace: threading.local | None = None
+) -> _ChunkResult:
+    """SPEC §2-4 on rows ``start:start+rows``; exact at any finite magnitude (rows are scaled by a power of two
+    when their raw moments would over- or underflow), ``ValueError`` naming the rows that hold NaN or Inf."""
+    x = features[start : start + rows].to(_compute_dtype(features))
+    low = x.detach().amin(dim=1, keepdim=True)
+    moments = _row_moments(x, low, workspace)
+    exponent = None
+    if moments is not None:
+        deviation, sigma = moments
+        values, threshold = x, plan.eps * sigma.detach()
+    else:
+        high = x.detach().amax(dim=1, keepdim=True)
         # A NaN or Inf anywhere in a row makes its min or max non-finite: one check covers both.
         finite = torch.isfinite(low) & torch.isfinite(high)
         if not bool(finite.all()):
@@ -156,28 +224,77 @@ def _iter_chunks(features: Tensor, eps: float, chunk_rows: int | None) -> Iterat
                 f"features contain NaN or Inf in row(s) {bad.tolist()} (first offending rows shown); "
                 "Q-Score is undefined there. Check the encoder's numerics (e.g. fp16 overflow) or drop those samples."
             )
-        mu = x.mean(dim=1, keepdim=True)
-        deviation = x - mu
+        # Divide each row by a power of two near its max |h_ij| (exact): every rule of SPEC §2-4 is invariant.
+        exponent = torch.frexp(torch.maximum(-low, high))[1].to(torch.int64)
+        first, second = _power_of_two(-exponent, x.dtype)
+        values = x * first * second
+        mu = values.mean(dim=1, keepdim=True)
+        deviation = values - mu
         sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
-        # A constant row has sigma = 0 and no highly activating feature (SPEC §2). Detect it exactly with
-        # min == max: the floating-point mean of a constant row can differ from its entries by one ulp.
-        threshold = torch.where(low == high, math.inf, eps * sigma.detach())
-        mask = (deviation.detach() > threshold).to(dtype)
-        yield start, _Chunk(x, deviation, sigma, mask, bool((low < 0).any()))
+        # A constant row has sigma = 0 and no highly activating feature (SPEC §2); min == max detects it exactly.
+        threshold = torch.where(low == high, math.inf, plan.eps * sigma.detach())
+    selected = _scratch(workspace, "selected", deviation)
+    torch.gt(deviation.detach(), threshold, out=selected)  # L as 0/1: float masks reduce faster than bool
+    if plan.mask_out is not None:
+        plan.mask_out[start : start + rows].copy_(selected)
+    counts = selected.sum(dim=0).to(torch.int64) if plan.count else None
+    q = num_selected = None
+    if plan.normalize is not None:
+        if plan.feature_mask is not None:
+            selected.mul_(plan.feature_mask)
+        num_selected = selected.sum(dim=1).to(torch.int64)
+        # sum over S_i of (h_ij - mu_i); in place unless autograd needs the mask (as the regularizer does)
+        terms = deviation * selected if deviation.requires_grad else selected.mul_(deviation)
+        q = terms.sum(dim=1) / num_selected.clamp(min=1)
+        tiny = torch.finfo(q.dtype).tiny
+        if plan.normalize == "zscore":
+            # sigma > 0 wherever S_i is non-empty; the clamp only keeps empty rows at 0 instead of 0/0.
+            q = q / sigma.squeeze(1).clamp(min=tiny)
+        elif plan.normalize == "l1":
+            q = q / torch.linalg.vector_norm(values, ord=1, dim=1).clamp(min=tiny)
+        elif exponent is not None:
+            first, second = _power_of_two(exponent.squeeze(1), q.dtype)
+            q = q * first * second
+        q = torch.where(num_selected > 0, q, torch.zeros((), dtype=q.dtype, device=q.device))
+    return _ChunkResult(q, num_selected, counts, (low < 0).any())
+
+
+def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_ChunkResult]:
+    """Score every chunk of rows. On a multi-threaded CPU the chunks run in a thread pool whose workers each use
+    one thread: one parallel region per call instead of one per tensor operation, so a busy machine that
+    delays a thread delays its chunks, not every operation of every chunk."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive number of rows, or None for the default; got {chunk_size!r}.")
+    rows = chunk_size or default_chunk_rows(features.shape[1], features.device)
+    starts = range(0, features.shape[0], rows)
+    threads = torch.get_num_threads()
+    workers = min(threads, len(starts))
+    if features.requires_grad and torch.is_grad_enabled():  # autograd keeps each chunk's tensors
+        return [_score_chunk(features, start, rows, plan) for start in starts]
+    workspace = threading.local()
+    if features.device.type != "cpu" or workers < 2:
+        return [_score_chunk(features, start, rows, plan, workspace) for start in starts]
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        return list(pool.map(lambda start: _score_chunk(features, start, rows, plan, workspace), starts))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
+
+
+def _warn_if_negative(results: list[_ChunkResult]) -> None:
+    if bool(torch.stack([result.has_negative for result in results]).any()):
+        _warn_negative_once()
 
 
 def highly_activating(
     features: Tensor | np.ndarray, eps: float = 4.0, chunk_size: int | None = None
 ) -> Tensor:
     """Boolean ``N x d`` mask of the highly activating features ``L_i`` (SPEC §2): ``h_ij > mu_i + eps * sigma_i``."""
+    eps = validate_eps(eps)
     features = as_feature_matrix(features)
     out = torch.empty(features.shape, dtype=torch.bool, device=features.device)
-    negative = False
-    for start, chunk in _iter_chunks(features, eps, chunk_size):
-        out[start : start + chunk.deviation.shape[0]] = chunk.highly_activating.bool()
-        negative |= chunk.has_negative
-    if negative:
-        _warn_negative_once()
+    _warn_if_negative(_run_pass(features, _Pass(eps, None, None, False, out), chunk_size))
     return out
 
 
@@ -194,13 +311,14 @@ def qscore(
         features: ``N x d`` representations (pooled encoder output, before any projector).
         discriminative: the discriminative feature set ``D`` as indices or a boolean mask
             (e.g. ``ActivationStats.discriminative()``); ``None`` means all features.
-        eps: the highly-activating threshold ``mu_i + eps * sigma_i`` (strict ``>``).
+        eps: the highly-activating threshold ``mu + eps * sigma`` (strict ``>``); a finite number >= 0.
         normalize: ``"none"`` (the published formula), ``"zscore"`` (divide by ``sigma_i``) or
             ``"l1"`` (divide by ``||h_i||_1``).
-        chunk_size: rows per chunk; by default a cache-sized chunk on CPU and a large one on GPU.
+        chunk_size: rows per chunk (a positive int); by default a cache-sized chunk on CPU and a large one on GPU.
 
-    Samples whose selected set ``S_i = L_i ∩ D`` is empty score 0. Gradients flow to ``features``
-    (the masks are constants), which is what ``QScoreRegularizer`` relies on.
+    Exact (to the compute dtype's rounding) at any finite magnitude, subnormal to float max. Samples whose
+    selected set ``S_i = L_i ∩ D`` is empty score 0. Gradients flow to ``features`` (the masks are
+    constants), which is what ``QScoreRegularizer`` relies on.
     """
     return qscore_details(features, discriminative, eps, normalize, chunk_size).q_scores
 
@@ -228,37 +346,20 @@ def qscore_details(
     """``qscore`` plus ``|S_i|`` per sample and, optionally, the column sums of ``L`` (for ``ActivationStats``)."""
     if normalize not in NORMALIZE_OPTIONS:
         raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}; got {normalize!r}.")
+    eps = validate_eps(eps)
     features = as_feature_matrix(features)
     feature_mask = as_feature_mask(discriminative, features.shape[1], features.device)
-    scores, sizes = [], []
-    counts = torch.zeros(features.shape[1], dtype=torch.int64, device=features.device) if count_highly_activating else None
-    negative = False
-    for _, chunk in _iter_chunks(features, eps, chunk_size):
-        q, size = _qscore_of_chunk(chunk, feature_mask, normalize)
-        scores.append(q)
-        sizes.append(size)
-        if counts is not None:
-            counts += chunk.highly_activating.sum(dim=0).to(torch.int64)
-        negative |= chunk.has_negative
-    if negative:
-        _warn_negative_once()
-    return QScoreDetails(torch.cat(scores) if len(scores) > 1 else scores[0], torch.cat(sizes), counts)
-
-
-def _qscore_of_chunk(chunk: _Chunk, feature_mask: Tensor | None, normalize: str) -> tuple[Tensor, Tensor]:
-    selected = chunk.highly_activating
     if feature_mask is not None:
-        selected = selected * feature_mask.to(selected.dtype)
-    count = selected.sum(dim=1).to(torch.int64)
-    total = (chunk.deviation * selected).sum(dim=1)
-    q = total / count.clamp(min=1)
-    if normalize == "zscore":
-        # sigma > 0 wherever S_i is non-empty; the clamp only keeps empty rows at 0 instead of 0/0.
-        q = q / chunk.sigma.squeeze(1).clamp(min=torch.finfo(q.dtype).tiny)
-    elif normalize == "l1":
-        l1 = torch.linalg.vector_norm(chunk.values, ord=1, dim=1)
-        q = q / l1.clamp(min=torch.finfo(q.dtype).tiny)
-    return torch.where(count > 0, q, torch.zeros((), dtype=q.dtype, device=q.device)), count
+        feature_mask = feature_mask.to(_compute_dtype(features))
+    results = _run_pass(features, _Pass(eps, normalize, feature_mask, count_highly_activating, None), chunk_size)
+    _warn_if_negative(results)
+    counts = torch.stack([r.counts for r in results]).sum(dim=0) if count_highly_activating else None
+    q = [r.q for r in results]
+    return QScoreDetails(torch.cat(q) if len(q) > 1 else q[0], torch.cat([r.num_selected for r in results]), counts)
+
+
+def _float_bits(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float64).view(torch.int64)
 
 
 class ActivationStats(nn.Module):
@@ -266,7 +367,9 @@ class ActivationStats(nn.Module):
 
     Holds ``O(d)`` state: how many samples had feature ``j`` highly activating (``counts``) and how many
     samples were seen (``num_samples``), both int64 buffers, so they are saved in a model's safetensors
-    and merged across processes by summation.
+    and merged across processes by summation. A third buffer, ``counted_eps``, records the ``eps`` the counts
+    were made with (as the int64 bits of a float64, which ``model.to(dtype)`` leaves alone), so that loading
+    them for another ``eps`` is an error rather than a silently inconsistent ``D``.
 
     Example::
 
@@ -279,15 +382,22 @@ class ActivationStats(nn.Module):
 
     counts: Tensor
     num_samples: Tensor
+    counted_eps: Tensor
 
     def __init__(self, num_features: int, eps: float = 4.0) -> None:
         super().__init__()
         if num_features < 1:
             raise ValueError(f"num_features must be positive; got {num_features}.")
         self.num_features = int(num_features)
-        self.eps = float(eps)
+        self.eps = validate_eps(eps)
         self.register_buffer("counts", torch.zeros(self.num_features, dtype=torch.int64))
         self.register_buffer("num_samples", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("counted_eps", _float_bits(self.eps))
+
+    @property
+    def counted_with_eps(self) -> float:
+        """The ``eps`` the saved counts were made with."""
+        return float(self.counted_eps.view(torch.float64))
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, eps={self.eps}, num_samples={int(self.num_samples)}"
@@ -298,14 +408,9 @@ class ActivationStats(nn.Module):
         features = as_feature_matrix(features)
         self._check_width(features.shape[1], "features")
         # Chunk by chunk: the N x d mask of L is never materialised.
-        counts = torch.zeros(self.num_features, dtype=torch.int64, device=features.device)
-        negative = False
-        for _, chunk in _iter_chunks(features, self.eps, chunk_size):
-            counts += chunk.highly_activating.sum(dim=0).to(torch.int64)
-            negative |= chunk.has_negative
-        if negative:
-            _warn_negative_once()
-        return self.add_counts(counts, features.shape[0])
+        results = _run_pass(features, _Pass(self.eps, None, None, True, None), chunk_size)
+        _warn_if_negative(results)
+        return self.add_counts(torch.stack([r.counts for r in results]).sum(dim=0), features.shape[0])
 
     @torch.no_grad()
     def add_counts(self, counts: Tensor, num_samples: int | Tensor) -> "ActivationStats":
@@ -338,6 +443,12 @@ class ActivationStats(nn.Module):
         """Forget every sample seen so far."""
         self.counts.zero_()
         self.num_samples.zero_()
+        return self.record_eps()
+
+    def record_eps(self) -> "ActivationStats":
+        """Record that the counts were made with this instance's ``eps`` (what ``reset`` does; also for counts
+        saved before the record existed)."""
+        self.counted_eps.copy_(_float_bits(self.eps))
         return self
 
     def frequency(self) -> Tensor:
@@ -371,6 +482,33 @@ class ActivationStats(nn.Module):
     def discriminative(self, p_lo: float = 50.0, p_hi: float = 95.0) -> Tensor:
         """Indices (int64, ascending) of the discriminative features ``D``; see ``discriminative_mask``."""
         return self.discriminative_mask(p_lo, p_hi).nonzero().squeeze(1)
+
+    def validate(self, source: str = "the activation statistics") -> "ActivationStats":
+        """Raise ``ValueError`` naming ``source`` unless ``0 <= counts[j] <= num_samples`` for every feature and
+        the counts were made with this ``eps`` (e.g. after loading saved statistics); returns ``self``."""
+        n = int(self.num_samples)
+        if n > 0 and self.counted_with_eps != self.eps:
+            raise ValueError(
+                f"{source} were counted with eps={self.counted_with_eps:g} but are used with eps={self.eps:g} "
+                f"(qscore_eps); set qscore_eps to {self.counted_with_eps:g}, or recount the statistics at {self.eps:g}."
+            )
+        if n < 0:
+            raise ValueError(f"{source}: num_samples is {n}, a negative count; the file is corrupt. Recompute them.")
+        bad = ((self.counts < 0) | (self.counts > n)).nonzero().squeeze(1)
+        if bad.numel():
+            j = int(bad[0])
+            raise ValueError(
+                f"{source}: counts must lie in [0, num_samples={n}] but {bad.numel()} do not "
+                f"(feature {j}: {int(self.counts[j])}); the file is corrupt or was edited. Recompute the "
+                "statistics (QScoreModel.compute_activation_stats, or `qscore-hf score --stats data`)."
+            )
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        if prefix + "counted_eps" not in state_dict:  # saved before the eps was recorded: assume this eps
+            state_dict = {**state_dict, prefix + "counted_eps": _float_bits(self.eps).to(self.counted_eps.device)}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.validate(f"the loaded activation statistics ({prefix or 'state_dict'})")
 
     def _check_width(self, width: int, name: str) -> None:
         if width != self.num_features:

@@ -75,10 +75,15 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float, widt
     if activation_stats is None:
         return None
     if isinstance(activation_stats, ActivationStats):
+        _check_width(activation_stats.num_features, width)
         return activation_stats
     stats = ActivationStats(width, eps)
     if isinstance(activation_stats, Mapping):
-        stats.load_state_dict({key: torch.as_tensor(value) for key, value in activation_stats.items()})
+        state = {key: torch.as_tensor(value) for key, value in activation_stats.items()}
+        counts = state.get("counts")
+        if counts is not None and counts.dim() == 1:
+            _check_width(counts.numel(), width)
+        stats.load_state_dict(state)
         return stats
     if isinstance(activation_stats, str):
         from qscore_hf.modeling_qscore import QScoreModel
@@ -89,11 +94,20 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float, widt
                 f"{activation_stats} has no activation statistics (e.g. a transformers or timm repo): pass "
                 "reference_features, or save the model after QScoreModel.compute_activation_stats and pass that folder."
             )
+        _check_width(stats.num_features, width)
         return stats
     raise ValueError(
         "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
         f"got {type(activation_stats).__name__}."
     )
+
+
+def _check_width(stats_width: int, width: int) -> None:
+    if stats_width != width:
+        raise ValueError(
+            f"activation_stats track {stats_width} features but the predictions have {width} per sample; "
+            "pass the statistics of the encoder that produced these representations."
+        )
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
