@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ def environment(benchmark: str, device: torch.device | None = None) -> dict[str,
         "cpu_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        # A busy machine distorts timings: the 1-minute load average when the benchmark started.
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 

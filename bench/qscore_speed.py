@@ -11,7 +11,6 @@ are printed last.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -105,7 +104,6 @@ def main() -> int:
         "numpy_per_row_s": baseline,
         "vectorized_s": vectorized,
         "read_pass_s": read_pass,
-        "load_average_1min": os.getloadavg()[0],  # other processes' load: a busy machine slows every figure
         "passes": vectorized / read_pass,
         "rows_differing_from_numpy": mismatched_rows,
         "speedup": baseline / vectorized,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -44,3 +50,41 @@ def offline_env():
         return env
 
     return make
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Callable[[Path, str, Path, str], Path]:
+    """``add(hub, repo_id, files_from, commit)``: put the files of a folder into a Hugging Face cache laid out as
+    huggingface_hub lays it out (``models--org--name/{blobs/<sha256>, refs/main, snapshots/<commit>/<file> -> blob}``);
+    returns the snapshot folder."""
+
+    def add(hub: Path, repo_id: str, files_from: Path, commit: str) -> Path:
+        repo = hub / ("models--" + repo_id.replace("/", "--"))
+        snapshot = repo / "snapshots" / commit
+        (repo / "blobs").mkdir(parents=True)
+        (repo / "refs").mkdir()
+        snapshot.mkdir(parents=True)
+        for source in sorted(files_from.iterdir()):
+            data = source.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            (snapshot / source.name).symlink_to(os.path.relpath(blob, snapshot))
+        (repo / "refs" / "main").write_text(commit)  # no newline, as huggingface_hub writes it
+        return snapshot
+
+    return add
+
+
+@pytest.fixture(scope="session")
+def import_bench() -> Callable[[str], ModuleType]:
+    """``import_bench(name)``: import ``bench/<name>.py`` (benchmark scripts import their siblings by plain name)."""
+
+    def load(name: str) -> ModuleType:
+        bench = str(Path(__file__).resolve().parents[1] / "bench")
+        sys.path.insert(0, bench)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(bench)
+
+    return load

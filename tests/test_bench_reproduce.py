@@ -3,23 +3,15 @@ statistics over seeds, checked against hand-computed values (representation heal
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
-def reproduce():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("reproduce")
-    finally:
-        sys.path.remove(str(BENCH))
+def reproduce(import_bench):
+    return import_bench("reproduce")
 
 
 def test_validation_split_follows_the_training_images(reproduce):

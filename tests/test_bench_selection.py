@@ -8,26 +8,18 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qscore_hf.calibration import calibrate_eps
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def selection():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("selection")
-    finally:
-        sys.path.remove(str(BENCH))
+def selection(import_bench):
+    return import_bench("selection")
 
 
 def rows(aurocs, empties=None):

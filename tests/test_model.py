@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -458,30 +456,14 @@ for loader in (QScoreModel, AutoModel):
 """
 
 
-def _make_hub_cache(hub: Path, repo_id: str, files_from: Path, commit: str) -> Path:
-    """huggingface_hub's cache layout: models--org--name/{blobs/<hash>, refs/main, snapshots/<commit>/<file> -> blob}."""
-    repo = hub / ("models--" + repo_id.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for source in sorted(files_from.iterdir()):
-        data = source.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / source.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs" / "main").write_text(commit)  # no newline, as huggingface_hub writes it
-    return snapshot
-
-
-def test_load_from_hub_cache_offline(tmp_path, pixels, scored, offline_env):
+def test_load_from_hub_cache_offline(tmp_path, pixels, scored, offline_env, hub_cache):
     model, _ = scored
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     hf_home = tmp_path / "hf"
     commit = hashlib.sha1(b"qscore-hf test commit").hexdigest()
     assert len(commit) == 40
-    snapshot = _make_hub_cache(hf_home / "hub", "org/name", saved, commit)
+    snapshot = hub_cache(hf_home / "hub", "org/name", saved, commit)
     assert (snapshot / "model.safetensors").is_symlink()
 
     x = pixels[80:84]
