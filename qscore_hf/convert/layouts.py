@@ -400,7 +400,7 @@ FORMATS: dict[str, Layout] = {
                 ((r"^student_backbone\.",), "dino"),
                 ((r"^prototypes\.",), "swav"),
                 ((r"^(query|key)_backbone\.",), "mocov2"),
-                ((r"^teacher_backbone\.", r"^prediction_head\."), "byol"),
+                ((r"^(teacher_backbone|momentum_backbone|backbone_momentum)\.", r"^prediction_head\."), "byol"),
                 ((r"^prediction_head\.",), "simsiam"),
             ),
             license=License("mit", "MIT (LICENSE of lightly-ai/lightly)", True),

@@ -245,7 +245,7 @@ def _find_state(layout: Layout, checkpoint: Any, explicit: bool = False) -> Mapp
             node = None
             break
         node = node[key]
-    if node is None and explicit:
+    if not _is_state_dict(node) and explicit:
         if _is_state_dict(checkpoint):
             node = checkpoint
         elif isinstance(checkpoint, Mapping) and _is_state_dict(checkpoint.get("state_dict")):
