@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .io_utils import check_writable
+from .io_utils import check_model_source, check_writable
 
 __all__ = ["main"]
 
 
 def _info(args: argparse.Namespace) -> int:
     """Print a model's config summary and its discriminative features."""
+    check_model_source(args.model)
     from .modeling_qscore import QScoreModel
 
     model = QScoreModel.from_pretrained(args.model, revision=args.revision)
@@ -67,6 +68,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     """Heatmaps of each sample's top Q-Score features and their IoU with core/spurious masks (SPEC §7)."""
+    check_model_source(args.model)
     check_writable(args.out)
     from .data import load_image_dataset
     from .explain import explain_dataset, save_explanation
@@ -89,6 +91,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     """Score every image of a data set: per-sample parquet, summary, plots and report."""
+    if not args.backbone_only:
+        check_model_source(args.model)
     check_writable(args.out)
     import torch
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_directory", "check_writable", "recover_directory"]
+__all__ = ["atomic_directory", "check_model_source", "check_writable", "recover_directory"]
 
 # Files a fresh save replaces as a set: stale ones from an earlier save are not carried over.
 _SAVE_OWNED_PREFIXES = ("model", "pytorch_model", "config.json", "preprocessor_config.json")
@@ -85,6 +85,28 @@ def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:
         raise PermissionError(
             f"{what} {folder}: cannot write under {existing} ({reason}); choose a writable folder."
         ) from error
+
+
+def check_model_source(name: str | os.PathLike) -> None:
+    """Fail in one line when ``name`` is neither an existing local folder nor shaped like a Hub id (``org/name``),
+    instead of letting huggingface_hub reject a missing local path as an invalid repository id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise NotADirectoryError(f"{text}: not a model folder (a file); pass a QScoreModel folder or a Hub id (org/name).")
+    looks_local = text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)) or text.count("/") > 1
+    if not looks_local:
+        try:
+            validate_repo_id(text)
+            return  # a Hub id: huggingface_hub resolves (or refuses) it
+        except HFValidationError:
+            pass
+    raise FileNotFoundError(f"{text}: no such model folder (and not a Hub id org/name); check the path.")
 
 
 def _umask() -> int:

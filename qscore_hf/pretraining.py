@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
 from .data import ImageDataset, load_image_dataset
+from .io_utils import check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
@@ -280,6 +281,7 @@ def _knn_monitor(
 
 def _base_model(cfg: PretrainConfig) -> QScoreModel:
     if cfg.init_from:
+        check_model_source(cfg.init_from)
         return QScoreModel.from_pretrained(cfg.init_from)
     mean, std = DATASET_STATS.get(cfg.dataset, (IMAGENET_MEAN, IMAGENET_STD))
     return QScoreModel(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qscore_hf.io_utils import atomic_directory, check_writable, recover_directory
+from qscore_hf.io_utils import atomic_directory, check_model_source, check_writable, recover_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,3 +139,16 @@ def test_check_writable_fails_in_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         check_writable(tmp_path / "file" / "out")
+
+
+def test_missing_model_folder_is_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "byol" / "model").mkdir(parents=True)
+    check_model_source("runs/byol/model")  # an existing folder
+    check_model_source("org/byol-r18")  # shaped like a Hub id: left to huggingface_hub
+    for missing in ("runs/byol-qreg/model", "./model", "model/"):
+        with pytest.raises(FileNotFoundError, match=rf"^{missing}: no such model folder \(and not a Hub id org/name\)"):
+            check_model_source(missing)
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a model folder"):
+        check_model_source("weights.bin")

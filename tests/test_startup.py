@@ -74,6 +74,14 @@ def test_unwritable_out_fails_first_in_one_line():
     assert error.count("\n") == 1
 
 
+def test_missing_model_folder_is_one_line():
+    run = python(WITHOUT_LIGHTLY, "info runs/byol/model")
+    assert run.returncode == 1
+    assert run.stderr.split("IMPORTED")[0] == (
+        "qscore-hf info: error: runs/byol/model: no such model folder (and not a Hub id org/name); check the path.\n"
+    )
+
+
 def test_import_loads_no_optional_stack_and_still_registers(tmp_path):
     code = """
 import json, sys

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 
+from qscore_hf.io_utils import check_model_source
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.ssl import METHODS
 
@@ -78,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     settings.update(args)
     if isinstance(settings.get("eval_split"), str) and settings["eval_split"].lower() == "none":
         settings["eval_split"] = None
+    if settings.get("init_from"):
+        try:
+            check_model_source(settings["init_from"])
+        except OSError as error:
+            parser.exit(2, f"{parser.prog}: error: --init-from {error}\n")
     known = {f.name for f in fields(PretrainConfig)}
     unknown = set(settings) - known
     if unknown:
