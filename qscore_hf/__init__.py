@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     from .metrics import misclassification_metrics
     from .modeling_qscore import QScoreModel, QScoreModelOutput, WeightsMismatchError
     from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
-    from .score import ActivationStats, NegativeFeaturesWarning, QScoreDetails, highly_activating, qscore, qscore_details
+    from .score import (
+        ActivationStats,
+        NegativeFeaturesWarning,
+        QScoreDetails,
+        highly_activating,
+        qscore,
+        qscore_details,
+    )
 
 __version__ = "0.1.0"
 
@@ -103,17 +110,15 @@ _REGISTRATIONS: dict[str, Callable[[Any], None]] = {
 
 class _RegisterOnImport(importlib.abc.MetaPathFinder):
     """Runs a module's registration right after the module is first imported (a post-import hook): finds the
-    module's spec with the other finders and wraps its loader's ``exec_module``."""
+    module's spec with the other finders and wraps its loader's ``exec_module``. ``find_spec`` is also called
+    without importing (``importlib.util.find_spec``), so a registration is done only when its module executes."""
 
     def __init__(self, pending: dict[str, Callable[[Any], None]]) -> None:
         self.pending = pending
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        register = self.pending.pop(name, None)
-        if register is None:
+        if name not in self.pending:
             return None
-        if not self.pending:
-            sys.meta_path.remove(self)
         spec = next(
             (found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
              for found in [finder.find_spec(name, path, target)] if found is not None),
@@ -125,7 +130,11 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            register(module)
+            register = self.pending.pop(name, None)
+            if not self.pending and self in sys.meta_path:
+                sys.meta_path.remove(self)
+            if register is not None:
+                register(module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

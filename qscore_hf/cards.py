@@ -192,9 +192,10 @@ def _conversion_summary(config: QScoreConfig, conversion: Mapping[str, Any], met
     if inferred:
         lines += [
             "",
-            f"The file itself does not record its {', '.join(inferred)}: {'they are' if len(inferred) > 1 else 'it is'} "
-            "inferred from the key layout alone, and a file with other weights in the same layout would get the same "
-            "card. `qscore-hf convert --method/--pretraining-data/--license` state them.",
+            f"The file itself does not record its {', '.join(inferred)}: "
+            f"{'they are' if len(inferred) > 1 else 'it is'} inferred from the key layout alone, and a file with other "
+            "weights in the same layout would get the same card. `qscore-hf convert --method/--pretraining-data/"
+            "--license` state them.",
         ]
     return "\n".join(lines)
 

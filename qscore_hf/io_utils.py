@@ -98,7 +98,7 @@ def check_model_source(name: str | os.PathLike) -> None:
     if path.is_dir():
         return
     if path.exists():
-        raise NotADirectoryError(f"{text}: not a model folder (a file); pass a QScoreModel folder or a Hub id (org/name).")
+        raise NotADirectoryError(f"{text}: not a model folder (a file); pass a QScoreModel folder or a Hub id.")
     looks_local = text.startswith((".", "/", "~")) or text.endswith(("/", os.sep)) or text.count("/") > 1
     if not looks_local:
         try:

@@ -199,7 +199,8 @@ def _refusal(path: Path, message: str) -> ConversionError:
         )
     if _WEIGHTS_ONLY_REFUSAL in message and "Unsupported global" not in message:
         lines = [line.strip() for line in message.splitlines()]
-        reason = next((line for line in lines if line.startswith(("Unsupported", "Can only"))), "not a torch.save pickle")
+        causes = [line for line in lines if line.startswith(("Unsupported", "Can only"))]
+        reason = causes[0] if causes else "not a torch.save pickle"
         return UnsafeCheckpointError(
             f"{path} was refused as unsafe: torch's weights-only loader does not accept it ({reason}), so it was not "
             "loaded. If you trust the file's origin, convert with --trust-checkpoint (Python: trust_checkpoint=True); "
