@@ -99,25 +99,44 @@ def _register_evaluate_metric(evaluate: Any = None) -> None:
         )
 
 
-# module -> what registers qscore_hf with it, run as soon as the module is imported (now, if it already is)
-_REGISTRATIONS: dict[str, Callable[[Any], None]] = {
-    "transformers.models.auto.configuration_auto": _register_config,
-    "transformers.models.auto.modeling_auto": _register_model,
-    "transformers.models.auto.image_processing_auto": _register_image_processor,
-    "evaluate": _register_evaluate_metric,
-}
+# (module of transformers or evaluate, module of ours, registration): each runs once both modules are imported,
+# whichever comes last, so that a registration never sees a half-imported module (transformers' PreTrainedModel,
+# imported by our modeling module, can itself import the Auto classes' modules).
+_REGISTRATIONS: list[tuple[str, str | None, Callable[[Any], None]]] = [
+    ("transformers.models.auto.configuration_auto", f"{__name__}.configuration_qscore", _register_config),
+    ("transformers.models.auto.modeling_auto", f"{__name__}.modeling_qscore", _register_model),
+    ("transformers.models.auto.image_processing_auto", f"{__name__}.image_processing_qscore", _register_image_processor),
+    ("evaluate", None, _register_evaluate_metric),
+]
+
+
+def _initializing(name: str) -> bool:
+    """Whether a module is still executing (e.g. importing what imports the module being asked about)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _run_registrations(just_imported: str | None = None) -> None:
+    """Run each registration whose transformers/evaluate module is imported, unless our module is half-imported
+    (then it runs when ours has executed); a registration imports our module if it is not imported yet."""
+    for entry in list(_REGISTRATIONS):
+        if entry not in _REGISTRATIONS:  # done meanwhile, by a registration's own imports
+            continue
+        theirs, ours, register = entry
+        theirs_ready = theirs == just_imported or (theirs in sys.modules and not _initializing(theirs))
+        ours_busy = ours is not None and ours != just_imported and _initializing(ours)
+        if theirs_ready and not ours_busy:
+            _REGISTRATIONS.remove(entry)
+            register(sys.modules[theirs])
 
 
 class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Runs a module's registration right after the module is first imported (a post-import hook): finds the
-    module's spec with the other finders and wraps its loader's ``exec_module``. ``find_spec`` is also called
-    without importing (``importlib.util.find_spec``), so a registration is done only when its module executes."""
-
-    def __init__(self, pending: dict[str, Callable[[Any], None]]) -> None:
-        self.pending = pending
+    """A post-import hook: finds a watched module's spec with the other finders and wraps its loader's
+    ``exec_module`` so that the registrations waiting for it run right after it executes. (``find_spec`` is also
+    called without importing, by ``importlib.util.find_spec``: nothing happens until the module executes.)"""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in self.pending:
+        if not any(name in (theirs, ours) for theirs, ours, _ in _REGISTRATIONS):
             return None
         spec = next(
             (found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
@@ -130,25 +149,14 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: Any) -> None:
             run_module(module)
-            register = self.pending.pop(name, None)
-            if not self.pending and self in sys.meta_path:
+            _run_registrations(just_imported=name)
+            if not _REGISTRATIONS and self in sys.meta_path:
                 sys.meta_path.remove(self)
-            if register is not None:
-                register(module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-def _install_registrations() -> None:
-    pending = {}
-    for name, register in _REGISTRATIONS.items():
-        if name in sys.modules:
-            register(sys.modules[name])
-        else:
-            pending[name] = register
-    if pending:
-        sys.meta_path.insert(0, _RegisterOnImport(pending))
-
-
-_install_registrations()
+_run_registrations()
+if _REGISTRATIONS:
+    sys.meta_path.insert(0, _RegisterOnImport())
