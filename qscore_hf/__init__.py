@@ -1,44 +1,153 @@
 """qscore-hf: Q-Score (label-free representation quality of self-supervised models) for Hugging Face.
 
 Importing the package registers ``QScoreConfig``/``QScoreModel``/``QScoreImageProcessor`` with transformers'
-Auto classes and, in this process, the ``evaluate`` metric name ``"qscore"`` (nothing is written to disk).
+Auto classes and, in this process, the ``evaluate`` metric name ``"qscore"`` (nothing is written to disk). So that
+``import qscore_hf`` (and ``qscore-hf --help``) costs next to nothing, each Auto registration runs when its Auto class
+is first imported, the metric name when ``evaluate.loading`` is, and every public name, torch included, is imported
+on first use.
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+import importlib
+import importlib.abc
+import sys
+from typing import TYPE_CHECKING, Any, Callable
 
-from .configuration_qscore import QScoreConfig
-from .convert import convert_checkpoint
-from .image_processing_qscore import QScoreImageProcessor
-from .metrics import misclassification_metrics
-from .modeling_qscore import QScoreModel, QScoreModelOutput, WeightsMismatchError
-from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
-from .score import ActivationStats, NegativeFeaturesWarning, QScoreDetails, highly_activating, qscore, qscore_details
+if TYPE_CHECKING:
+    from .configuration_qscore import QScoreConfig
+    from .calibration import calibrate_eps
+    from .convert import convert_checkpoint
+    from .image_processing_qscore import QScoreImageProcessor
+    from .metrics import misclassification_metrics
+    from .modeling_qscore import QScoreModel, QScoreModelOutput, WeightsMismatchError
+    from .regularizer import QScoreRegularizer, QScoreRegularizerOutput
+    from .score import (
+        ActivationStats,
+        NegativeFeaturesWarning,
+        QScoreDetails,
+        highly_activating,
+        qscore,
+        qscore_details,
+    )
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ActivationStats",
-    "NegativeFeaturesWarning",
-    "QScoreConfig",
-    "QScoreDetails",
-    "QScoreImageProcessor",
-    "QScoreModel",
-    "QScoreModelOutput",
-    "QScoreRegularizer",
-    "QScoreRegularizerOutput",
-    "WeightsMismatchError",
-    "convert_checkpoint",
-    "highly_activating",
-    "misclassification_metrics",
-    "qscore",
-    "qscore_details",
+# public name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "QScoreConfig": ".configuration_qscore",
+    "QScoreImageProcessor": ".image_processing_qscore",
+    "QScoreModel": ".modeling_qscore",
+    "QScoreModelOutput": ".modeling_qscore",
+    "WeightsMismatchError": ".modeling_qscore",
+    "ActivationStats": ".score",
+    "NegativeFeaturesWarning": ".score",
+    "QScoreDetails": ".score",
+    "highly_activating": ".score",
+    "qscore": ".score",
+    "qscore_details": ".score",
+    "QScoreRegularizer": ".regularizer",
+    "QScoreRegularizerOutput": ".regularizer",
+    "misclassification_metrics": ".metrics",
+    "convert_checkpoint": ".convert",
+    "calibrate_eps": ".calibration",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+def _register_config(auto: Any) -> None:
+    from .configuration_qscore import QScoreConfig
+
+    auto.AutoConfig.register(QScoreConfig.model_type, QScoreConfig, exist_ok=True)
+
+
+def _register_model(auto: Any) -> None:
+    from .configuration_qscore import QScoreConfig
+    from .modeling_qscore import QScoreModel
+
+    auto.AutoModel.register(QScoreConfig, QScoreModel, exist_ok=True)
+
+
+def _register_image_processor(auto: Any) -> None:
+    from .configuration_qscore import QScoreConfig
+    from .image_processing_qscore import QScoreImageProcessor
+
+    auto.AutoImageProcessor.register(QScoreConfig, fast_image_processor_class=QScoreImageProcessor, exist_ok=True)
+
+
+# (module of transformers or evaluate, module of ours, registration): each runs once both modules are imported,
+# whichever comes last, so that a registration never sees a half-imported module (transformers' PreTrainedModel,
+# imported by our modeling module, can itself import the Auto classes' modules).
+_REGISTRATIONS: list[tuple[str, str | None, Callable[[Any], None]]] = [
+    ("transformers.models.auto.configuration_auto", f"{__name__}.configuration_qscore", _register_config),
+    ("transformers.models.auto.modeling_auto", f"{__name__}.modeling_qscore", _register_model),
+    ("transformers.models.auto.image_processing_auto", f"{__name__}.image_processing_qscore", _register_image_processor),
 ]
 
-AutoConfig.register(QScoreConfig.model_type, QScoreConfig, exist_ok=True)
-AutoModel.register(QScoreConfig, QScoreModel, exist_ok=True)
-AutoImageProcessor.register(QScoreConfig, fast_image_processor_class=QScoreImageProcessor, exist_ok=True)
+
+def _initializing(name: str) -> bool:
+    """Whether a module is still executing (e.g. importing what imports the module being asked about)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _run_registrations(just_imported: str | None = None) -> None:
+    """Run each registration whose transformers/evaluate module is imported, unless our module is half-imported
+    (then it runs when ours has executed); a registration imports our module if it is not imported yet."""
+    for entry in list(_REGISTRATIONS):
+        if entry not in _REGISTRATIONS:  # done meanwhile, by a registration's own imports
+            continue
+        theirs, ours, register = entry
+        theirs_ready = theirs == just_imported or (theirs in sys.modules and not _initializing(theirs))
+        ours_busy = ours is not None and ours != just_imported and _initializing(ours)
+        if theirs_ready and not ours_busy:
+            _REGISTRATIONS.remove(entry)
+            register(sys.modules[theirs])
+
+
+class _RegisterOnImport(importlib.abc.MetaPathFinder):
+    """A post-import hook: finds a watched module's spec with the other finders and wraps its loader's
+    ``exec_module`` so that the registrations waiting for it run right after it executes. (``find_spec`` is also
+    called without importing, by ``importlib.util.find_spec``: nothing happens until the module executes.)"""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if not any(name in (theirs, ours) for theirs, ours, _ in _REGISTRATIONS):
+            return None
+        spec = next(
+            (found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")
+             for found in [finder.find_spec(name, path, target)] if found is not None),
+            None,
+        )  # fmt: skip
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run_module(module)
+            _run_registrations(just_imported=name)
+            if not _REGISTRATIONS and self in sys.meta_path:
+                sys.meta_path.remove(self)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+_run_registrations()
+if _REGISTRATIONS:
+    sys.meta_path.insert(0, _RegisterOnImport())
 
 
 def _register_evaluate_metric() -> None:

@@ -128,7 +128,9 @@ def render_model_card(
     provenance = dict(provenance or {})
     method = (conversion or {}).get("method") or config.ssl_method
     license_id = conversion["license"]["id"] if conversion else provenance.pop("license", None)
-    data_sets = [config.pretraining_data] if config.pretraining_data else None
+    inferred = (conversion or {}).get("inferred", [])
+    # a data set only the key layout suggests is no claim for the metadata (see ConversionReport.inferred)
+    data_sets = [config.pretraining_data] if config.pretraining_data and "pretraining data" not in inferred else None
     name = repo_id or config.name_or_path or f"qscore-{method or 'ssl'}-{config.backbone}"
     card_data = ModelCardData(
         license=license_id,
@@ -167,10 +169,35 @@ def _tags(method: str | None, config: QScoreConfig) -> list[str]:
 
 
 def _summary(config: QScoreConfig, conversion: Mapping[str, Any] | None, method: str | None) -> str:
+    if conversion:
+        return _conversion_summary(config, conversion, method)
     trained = f"trained with {method}" if method else "self-supervised"
     data = f" on {config.pretraining_data}" if config.pretraining_data else ""
-    origin = f", converted from {conversion['release']}" if conversion else ""
-    return f"A `{config.backbone}` backbone {trained}{data}{origin}, as a qscore-hf `QScoreModel`."
+    return f"A `{config.backbone}` backbone {trained}{data}, as a qscore-hf `QScoreModel`."
+
+
+def _conversion_summary(config: QScoreConfig, conversion: Mapping[str, Any], method: str | None) -> str:
+    """What a converted file is, saying for each claim where it comes from: given, the file's metadata, or only
+    inferred from its key layout (which a file of other weights in the same layout shares)."""
+    data_source = conversion.get("pretraining_data_source")
+    lines = [
+        f"A `{config.backbone}` backbone converted from `{conversion['source_file']}`, a checkpoint in the key layout "
+        f"of {conversion['release']}, as a qscore-hf `QScoreModel`.",
+        "",
+        f"- method: {method or 'unknown'} ({conversion['method_source']})",
+        f"- pre-training data: {config.pretraining_data or 'unknown'}" + (f" ({data_source})" if data_source else ""),
+        f"- license of the original weights: {conversion['license']['id']} ({conversion['license']['source']})",
+    ]
+    inferred = conversion.get("inferred") or []
+    if inferred:
+        lines += [
+            "",
+            f"The file itself does not record its {', '.join(inferred)}: "
+            f"{'they are' if len(inferred) > 1 else 'it is'} inferred from the key layout alone, and a file with other "
+            "weights in the same layout would get the same card. `qscore-hf convert --method/--pretraining-data/"
+            "--license` state them.",
+        ]
+    return "\n".join(lines)
 
 
 def _limitations(config: QScoreConfig, conversion: Mapping[str, Any] | None) -> list[str]:

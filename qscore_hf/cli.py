@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+from .io_utils import check_model_source, check_writable
 
 __all__ = ["main"]
 
 
 def _info(args: argparse.Namespace) -> int:
     """Print a model's config summary and its discriminative features."""
+    check_model_source(args.model)
     from .modeling_qscore import QScoreModel
 
     model = QScoreModel.from_pretrained(args.model, revision=args.revision)
@@ -43,6 +47,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Convert a released SSL checkpoint into a QScoreModel folder (optionally with statistics, pushed)."""
+    check_writable(args.out)
     from .convert import ConversionReport, compute_stats, convert_checkpoint
     from .publish import push_folder, save_model_folder
 
@@ -52,8 +57,10 @@ def _convert(args: argparse.Namespace) -> int:
         model = QScoreModel.from_backbone_repo(args.checkpoint, pooling=args.pooling)
         print(f"source: {json.dumps(model.config.backbone_source)}; pooling: {model.config.backbone_pooling}")
     else:
-        model = convert_checkpoint(args.checkpoint, method=args.method, format=args.format, arch=args.arch,
-                                   trust_checkpoint=args.trust_checkpoint)  # fmt: skip
+        model = convert_checkpoint(
+            args.checkpoint, method=args.method, format=args.format, arch=args.arch,
+            trust_checkpoint=args.trust_checkpoint, pretraining_data=args.pretraining_data, license=args.license,
+        )  # fmt: skip
         print(ConversionReport.from_config(model.config).summary())
     if args.compute_stats:
         stats = compute_stats(model, args.compute_stats, split=args.stats_split, max_samples=args.stats_max_samples)
@@ -77,6 +84,8 @@ def _is_model_repo(name: str) -> bool:
 
 def _explain(args: argparse.Namespace) -> int:
     """Heatmaps of each sample's top Q-Score features and their IoU with core/spurious masks (SPEC §7)."""
+    check_model_source(args.model)
+    check_writable(args.out)
     from .data import load_image_dataset
     from .explain import explain_dataset, save_explanation
     from .modeling_qscore import QScoreModel
@@ -98,6 +107,9 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     """Score every image of a data set: per-sample parquet, summary, plots and report."""
+    if not args.backbone_only:
+        check_model_source(args.model)
+    check_writable(args.out)
     import torch
 
     from .data import load_image_dataset
@@ -134,7 +146,7 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     from .probe import OPTIMIZERS
     from .scoring import STATS_SOURCES
 
-    score = commands.add_parser("score", help="per-sample Q-Scores of a data set, with summary, plots and report")
+    score = commands.add_parser("score", help=_COMMANDS["score"][1])
     score.add_argument("--model", required=True,
                        help="Hub id or local folder of a QScoreModel, a transformers vision model (ViT, DINOv2, "
                             "ResNet, ConvNeXt) or a timm repo (timm name with --backbone-only)")  # fmt: skip
@@ -178,8 +190,12 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.set_defaults(handler=_score)
 
 
+_DEMO_HELP = "start here: pre-train, linear-probe and Q-Score a small encoder (~2 min, CPU, offline)"
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Pre-train a small SSL encoder on bundled data, linear-probe it and print the Q-Score metrics."""
+    check_writable(args.out)
     from .demo import format_summary, run_demo
 
     result = run_demo(dataset=args.dataset, out=args.out, method=args.method, epochs=args.epochs, quick=args.quick,
@@ -193,7 +209,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     from .ssl import METHODS
 
     demo = commands.add_parser(
-        "demo", help="start here: pre-train, linear-probe and Q-Score a small encoder (~2 min, CPU, offline)",
+        "demo", help=_DEMO_HELP,
         description="Pre-train a small SSL encoder on bundled images for about two minutes on a laptop CPU, train a "
         "linear probe on its frozen features, and report how well Q-Score predicts the probe's mistakes. Offline.",
     )  # fmt: skip
@@ -212,6 +228,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
 
 def _card(args: argparse.Namespace) -> int:
     """Render a model card (README.md) from a linear-evaluation report and the model's config."""
+    check_writable(Path(args.out).parent)
     from .cards import card_from_report, load_report
 
     card = card_from_report(load_report(args.results), model=args.model, repo_id=args.repo_id, license=args.license)
@@ -221,7 +238,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _add_card_parser(commands: argparse._SubParsersAction) -> None:
-    card = commands.add_parser("card", help="render a model card from a linear-evaluation report.json")
+    card = commands.add_parser("card", help=_COMMANDS["card"][1])
     card.add_argument("--results", required=True,
                       help="report.json of a linear evaluation (training/linear_eval.py, qscore-hf demo)")  # fmt: skip
     card.add_argument("--out", required=True, help="card file to write, e.g. model_cards/<name>/README.md")
@@ -243,7 +260,7 @@ def _publish_metric(args: argparse.Namespace) -> int:
 
 
 def _add_publish_metric_parser(commands: argparse._SubParsersAction) -> None:
-    publish = commands.add_parser("publish-metric", help="publish the evaluate metric as a Hub Space <org>/qscore")
+    publish = commands.add_parser("publish-metric", help=_COMMANDS["publish-metric"][1])
     publish.add_argument("--repo-id", required=True, metavar="ORG/qscore", help="the Space (token: HF_TOKEN or login)")
     publish.add_argument("--private", action="store_true", help="create the Space private")
     publish.add_argument("--requirement", default=None,
@@ -251,19 +268,17 @@ def _add_publish_metric_parser(commands: argparse._SubParsersAction) -> None:
     publish.set_defaults(handler=_publish_metric)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .convert.layouts import FORMAT_ALIASES, FORMATS
-
-    parser = argparse.ArgumentParser(prog="qscore-hf", description="Q-Score for self-supervised representations.")
-    parser.add_argument("--version", action="version", version=f"qscore-hf {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_demo_parser(commands)
-    info = commands.add_parser("info", help="summarise a QScoreModel (Hub id or local folder)")
+def _add_info_parser(commands: argparse._SubParsersAction) -> None:
+    info = commands.add_parser("info", help=_COMMANDS["info"][1])
     info.add_argument("model", help="Hub id (org/name) or local folder of a QScoreModel")
     info.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     info.set_defaults(handler=_info)
-    convert = commands.add_parser("convert", help="convert a released SSL checkpoint into a QScoreModel folder")
+
+
+def _add_convert_parser(commands: argparse._SubParsersAction) -> None:
+    from .convert.layouts import FORMAT_ALIASES, FORMATS
+
+    convert = commands.add_parser("convert", help=_COMMANDS["convert"][1])
     convert.add_argument("--checkpoint", required=True,
                          help=".pth/.pth.tar/.ckpt/.safetensors file of the release, or a transformers/timm model "
                               "(Hub id or folder) to import with its preprocessing")  # fmt: skip
@@ -271,6 +286,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="features of an imported transformers model (default: cls for ViTs, pooler for CNNs)")
     convert.add_argument("--out", required=True, help="output folder (written atomically)")
     convert.add_argument("--method", default=None, help="SSL method, when the checkpoint does not say (e.g. simclr)")
+    convert.add_argument("--pretraining-data", default=None,
+                         help="data set the weights were pre-trained on, when you know it (default: what the file or "
+                              "solo-learn's args.json records, else the release's, marked as inferred in the card)")
+    convert.add_argument("--license", default=None,
+                         help="license id of the weights, e.g. mit, when you know it (default: the release's, marked "
+                              "as inferred in the card)")  # fmt: skip
     convert.add_argument("--format", default="auto", choices=["auto", *FORMATS, *FORMAT_ALIASES],
                          help="checkpoint layout (default: auto, detected from the keys)")  # fmt: skip
     convert.add_argument("--arch", default=None, help="backbone (resnet50, resnet18_cifar, ...); default: inferred")
@@ -283,7 +304,10 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                          help="upload the folder to this Hub repository (token: HF_TOKEN or the login)")  # fmt: skip
     convert.set_defaults(handler=_convert)
-    explain = commands.add_parser("explain", help="heatmaps of the features behind Q-Score; IoU with masks")
+
+
+def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
+    explain = commands.add_parser("explain", help=_COMMANDS["explain"][1])
     explain.add_argument("--model", required=True, help="Hub id (org/name) or local folder of a QScoreModel")
     explain.add_argument("--dataset", required=True, help="data set: local folder/parquet, digits, or Hub id")
     explain.add_argument("--split", default="train", help="split (default: train)")
@@ -306,23 +330,59 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     explain.add_argument("--out", required=True, help="output folder (written atomically)")
     explain.set_defaults(handler=_explain)
-    _add_score_parser(commands)
-    _add_card_parser(commands)
-    _add_publish_metric_parser(commands)
+
+
+# name -> (adds the command's arguments, one-line help). Only the command being run has its arguments built, so that
+# `qscore-hf --help` imports nothing heavy and a command's optional dependencies are imported only when it runs.
+_COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], str]] = {
+    "demo": (_add_demo_parser, _DEMO_HELP),
+    "info": (_add_info_parser, "summarise a QScoreModel (Hub id or local folder)"),
+    "convert": (_add_convert_parser, "convert a released SSL checkpoint into a QScoreModel folder"),
+    "explain": (_add_explain_parser, "heatmaps of the features behind Q-Score; IoU with masks"),
+    "score": (_add_score_parser, "per-sample Q-Scores of a data set, with summary, plots and report"),
+    "card": (_add_card_parser, "render a model card from a linear-evaluation report.json"),
+    "publish-metric": (_add_publish_metric_parser, "publish the evaluate metric as a Hub Space <org>/qscore"),
+}
+# Modules of the `train` extra (pyproject.toml): a command that imports one says how to install it.
+_TRAIN_EXTRA_MODULES = ("lightly", "tensorboard", "yaml")
+_TRAIN_EXTRA_INSTALL = 'pip install "qscore-hf[train]"'
+
+
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command``'s arguments are built in full, the other commands only named with their help."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="qscore-hf", description="Q-Score for self-supervised representations.")
+    parser.add_argument("--version", action="version", version=f"qscore-hf {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add_parser, help_text) in _COMMANDS.items():
+        if name == command:
+            add_parser(commands)
+        else:
+            commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
     try:
+        parser = _build_parser(command if command in _COMMANDS else None)
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
         return handler(args)
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing not in _TRAIN_EXTRA_MODULES:
+            raise
+        print(f"qscore-hf {command}: error: this command needs the `train` extra ({missing} is not installed): "
+              f"{_TRAIN_EXTRA_INSTALL}", file=sys.stderr)  # fmt: skip
+        return 1
     except (ValueError, OSError) as error:
-        print(f"qscore-hf {args.command}: error: {error}", file=sys.stderr)
+        print(f"qscore-hf {command}: error: {error}", file=sys.stderr)
         return 1
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
 from .data import ImageDataset, load_image_dataset
+from .io_utils import check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
@@ -39,6 +40,7 @@ __all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
+TRAIN_LOG = "train_log.jsonl"
 _INERT_Q_TERM = (
     "Q-Score regularization, epoch {epoch}: the Q term pushed no sample. Every sample below the batch's mean Q had "
     "an empty S_i (no feature above mu + {eps:g} sigma), so Q_i = 0 there and has no gradient; only the L1 term "
@@ -102,6 +104,7 @@ class PretrainConfig:
     compile: bool = False
     knn_k: int = 20
     knn_max_train: int = 10_000
+    knn_max_eval: int = 2_000
     log_every: int = 10
     log_with: str = "tensorboard"
     progress: bool = True
@@ -273,21 +276,26 @@ def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, lim
         seen += len(batch["label"])
         if limit is not None and seen >= limit:
             break
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats)[:limit], torch.cat(labels)[:limit]
 
 
-def _knn_monitor(cfg: PretrainConfig, backbone: nn.Module, train_eval, test_eval, device: torch.device) -> float:
+def _knn_monitor(
+    cfg: PretrainConfig, backbone: nn.Module, train_eval, test_eval, device: torch.device
+) -> tuple[float, int, int]:
+    """kNN top-1 of the first ``knn_max_eval`` evaluation images against the first ``knn_max_train`` training
+    images; returns it with the two image counts."""
     was_training = backbone.training
     backbone.eval()
     make = lambda ds: DataLoader(ds, batch_size=256, num_workers=0, collate_fn=_collate_eval)  # noqa: E731
     train_x, train_y = _features(backbone, make(train_eval), device, cfg.knn_max_train)
-    test_x, test_y = _features(backbone, make(test_eval), device)
+    test_x, test_y = _features(backbone, make(test_eval), device, cfg.knn_max_eval)
     backbone.train(was_training)
-    return knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k)
+    return knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k), len(train_y), len(test_y)
 
 
 def _base_model(cfg: PretrainConfig) -> QScoreModel:
     if cfg.init_from:
+        check_model_source(cfg.init_from)
         return QScoreModel.from_pretrained(cfg.init_from)
     mean, std = DATASET_STATS.get(cfg.dataset, (IMAGENET_MEAN, IMAGENET_STD))
     return QScoreModel(
@@ -368,10 +376,13 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             accelerator.print(f"resumed from {checkpoint} at step {state.step}")
         elif cfg.resume != "auto":
             raise ValueError(f"--resume {cfg.resume}: no such checkpoint.")
+    if accelerator.is_main_process:  # the log holds this run's steps: none after the step it starts from
+        _truncate_log(output_dir / TRAIN_LOG, state.step)
 
     has_labels = train_data.label_column is not None and cfg.eval_split is not None
     if has_labels:
-        eval_data = load_image_dataset(cfg.dataset, cfg.eval_split, cfg.image_column, cfg.label_column)
+        eval_data = load_image_dataset(cfg.dataset, cfg.eval_split, cfg.image_column, cfg.label_column,
+                                       max_samples=cfg.knn_max_eval)  # fmt: skip
         train_eval, test_eval = _eval_dataset(train_data, model), _eval_dataset(eval_data, model)
     if cfg.log_with != "none":
         accelerator.init_trackers(f"qscore-{cfg.method}", config=_flat_config(cfg))
@@ -430,10 +441,12 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
                 _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
             if has_labels and accelerator.is_main_process:
-                accuracy = _knn_monitor(cfg, unwrapped.backbone, train_eval, test_eval, accelerator.device)
+                accuracy, n_train, n_eval = _knn_monitor(cfg, unwrapped.backbone, train_eval, test_eval, accelerator.device)
                 accelerator.log({f"knn_top1_k{cfg.knn_k}": accuracy}, step=state.step)
-                _append_log(accelerator, output_dir, {"step": state.step, "epoch": epoch, f"knn_top1_k{cfg.knn_k}": accuracy})
-                progress.write(f"epoch {epoch}: kNN top-1 (k={cfg.knn_k}) {accuracy:.4f}")
+                _append_log(accelerator, output_dir, {"step": state.step, "epoch": epoch, f"knn_top1_k{cfg.knn_k}": accuracy,
+                                                      "knn_train_images": n_train, "knn_eval_images": n_eval})  # fmt: skip
+                progress.write(f"epoch {epoch}: kNN top-1 (k={cfg.knn_k}) {accuracy:.4f} on {n_eval} {cfg.eval_split} "
+                               f"images against {n_train} training images")  # fmt: skip
             accelerator.wait_for_everyone()
         if state.step == stop_at and state.step < max_steps:
             if not epoch_ended:
@@ -510,8 +523,26 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
 def _append_log(accelerator: Accelerator, output_dir: Path, logs: dict[str, Any]) -> None:
     """A plain JSON-lines log beside the trackers' (``train_log.jsonl``), readable without TensorBoard."""
     if accelerator.is_main_process:
-        with open(output_dir / "train_log.jsonl", "a") as handle:
+        with open(output_dir / TRAIN_LOG, "a") as handle:
             handle.write(json.dumps(logs) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the entries of ``train_log.jsonl`` after ``step`` (a resumed run logs those steps again; a fresh run,
+    ``step`` 0, starts an empty log), atomically."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut by a kill: drop it
+        return float("inf")
 
 
 def _flat_config(cfg: PretrainConfig) -> dict[str, Any]:

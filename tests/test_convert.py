@@ -369,7 +369,7 @@ def test_report_counts_every_tensor_by_group(tmp_path):
     assert report.dropped == {"encoder copies": 124, "projector": 4, "queue": 2}
     assert report.filled == {}
     assert report.other_entries == ["epoch", "arch", "optimizer"]
-    assert report.license["id"] == "cc-by-nc-4.0"
+    assert (report.license["id"], report.license["confirmed"]) == ("mit", False)  # LICENSE is MIT since 2023-01
 
     # BYOL converted omits the 20 BatchNorm counters of ResNet-18 (1 stem + 8 blocks x 2 + 3 shortcuts): filled.
     path, _ = byol_converted(tmp_path)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from qscore_hf.io_utils import atomic_directory
+from qscore_hf.io_utils import atomic_directory, check_model_source, check_writable, recover_directory
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -35,3 +44,111 @@ def test_failure_leaves_the_old_folder_and_no_temporary_one(existing):
             raise RuntimeError("disk full")
     assert sorted(p.name for p in existing.parent.iterdir()) == ["out"]
     assert (existing / "stale_plot.png").read_text() == "earlier run"
+
+
+# ------------------------------------------------------------------------------ killed writes, modes, writability
+KILLED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from qscore_hf.io_utils import atomic_directory
+
+target, kill_at = Path(sys.argv[1]), sys.argv[2]
+renames = []
+real_rename = os.rename
+
+def rename(source, destination):
+    renames.append((source, destination))
+    if kill_at == f"rename {len(renames)}":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(source, destination)
+
+os.rename = rename
+with atomic_directory(target, keep_other_files=False) as tmp:
+    (tmp / "summary.json").write_text("new")
+    if kill_at == "writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_write(target: Path, kill_at: str) -> None:
+    run = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(target), kill_at], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)  # fmt: skip
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "debris", "after_recovery"),
+    [
+        ("writing", ".out.tmp-", "old"),  # the new folder was incomplete: dropped
+        ("rename 2", ".out.new-", "old"),  # complete, but the old folder was still in place: the old one stays
+        ("rename 3", ".out.old-", "new"),  # killed between the two renames of the swap: the complete new one
+    ],
+)
+def test_a_killed_write_is_recovered_and_its_debris_removed(existing, kill_at, debris, after_recovery):
+    _killed_write(existing, kill_at)
+    left = _names(existing.parent)
+    assert any(name.startswith(debris) for name in left), left
+    if kill_at == "rename 3":  # the target is missing at this instant...
+        assert "out" not in left
+    recover_directory(existing)  # ...and the next write (or this) puts a complete folder back
+    assert _names(existing.parent) == ["out"]
+    expected = ["summary.json"] if after_recovery == "new" else ["config.json", "stale_plot.png"]
+    assert _names(existing) == expected
+
+
+def test_next_write_cleans_debris_but_not_a_running_writers(existing):
+    _killed_write(existing, "writing")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = existing.parent / f".out.tmp-{sleeper.pid}-abcd1234"
+        live.mkdir()
+        with atomic_directory(existing) as tmp:
+            (tmp / "model.safetensors").write_text("new weights")
+        assert _names(existing.parent) == [live.name, "out"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_output_gets_the_modes_of_the_users_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir()
+            fd, private = tempfile.mkstemp(dir=tmp / "sub")  # a library's 0600 temporary file, kept as output
+            os.close(fd)
+            (tmp / "weights.safetensors").write_text("w")
+    finally:
+        os.umask(previous)
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert stat.S_IMODE((out / "sub").stat().st_mode) == 0o750
+    assert stat.S_IMODE((out / "sub" / os.path.basename(private)).stat().st_mode) == 0o640
+    assert stat.S_IMODE((out / "weights.safetensors").stat().st_mode) == 0o640
+
+
+def test_check_writable_fails_in_one_line(tmp_path):
+    check_writable(tmp_path / "new" / "deeper")  # creatable: fine, and nothing is created
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(PermissionError, match=r"^--out /proc/qscore/out: cannot write under /proc \(.+\); choose a writable folder\.$"):
+        check_writable("/proc/qscore/out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        check_writable(tmp_path / "file" / "out")
+
+
+def test_missing_model_folder_is_named_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "byol" / "model").mkdir(parents=True)
+    check_model_source("runs/byol/model")  # an existing folder
+    check_model_source("org/byol-r18")  # shaped like a Hub id: left to huggingface_hub
+    for missing in ("runs/byol-qreg/model", "./model", "model/"):
+        with pytest.raises(FileNotFoundError, match=rf"^{missing}: no such model folder \(and not a Hub id org/name\)"):
+            check_model_source(missing)
+    (tmp_path / "weights.bin").write_text("x")
+    with pytest.raises(NotADirectoryError, match="not a model folder"):
+        check_model_source("weights.bin")

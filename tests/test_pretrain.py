@@ -54,7 +54,7 @@ def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monk
     cfg = PretrainConfig(
         method=method, output_dir=str(tmp_path / method), dataset="digits", backbone="resnet10t", image_size=16,
         batch_size=16, max_samples=48, epochs=1, num_workers=0, log_with="none", progress=False, local_views=local_views,
-        qscore_reg=True, qscore_warmup_samples=16, eval_split="test", knn_max_train=48, log_every=1,
+        qscore_reg=True, qscore_warmup_samples=16, eval_split="test", knn_max_train=40, knn_max_eval=24, log_every=1,
         push_to_hub=f"org/{method}-digits",
     )
     model_dir = pretrain(cfg)
@@ -71,8 +71,10 @@ def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monk
     log = read_log(tmp_path / method)
     assert [entry["step"] for entry in log if "loss" in entry] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log if "loss" in entry)
-    knn = [entry["knn_top1_k20"] for entry in log if "knn_top1_k20" in entry]
-    assert len(knn) == 1 and 0.0 <= knn[0] <= 1.0
+    (knn,) = [entry for entry in log if "knn_top1_k20" in entry]
+    assert 0.0 <= knn["knn_top1_k20"] <= 1.0
+    # the monitor stays within its own caps: 24 of digits' test images against 40 of the 48 training images
+    assert (knn["knn_eval_images"], knn["knn_train_images"]) == (24, 40)
     # Every step is logged: the epoch-end notice that the Q term pushed nothing appears exactly when no step did.
     active = [value for entry in log for key, value in entry.items() if key.endswith("q_term_active_fraction")]
     assert len(active) == 3 * (2 + local_views) and all(0.0 <= value <= 1.0 for value in active)
@@ -138,6 +140,10 @@ def test_resume_after_restart_equals_an_uninterrupted_run(tmp_path):
     run = run_script([*common, "--output-dir", str(killed), "--resume", "auto"], tmp_path)
     assert "resumed from" in run.stdout + run.stderr
 
+    # Each log holds every step once: what a run logged after the checkpoint it is resumed from is dropped.
+    for run_dir in ("straight", "resumed", "killed"):
+        assert [entry["step"] for entry in read_log(tmp_path / run_dir) if "loss" in entry] == [1, 2, 3, 4, 5, 6]
+
     straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
     for other in ("resumed", "killed"):
         weights = load_file(tmp_path / other / "model" / "model.safetensors")
@@ -152,9 +158,10 @@ def test_two_process_run_uses_global_statistics(tmp_path):
     # (`--cpu` would pick the MPI launcher, which needs mpirun.)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
-                "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none", "--checkpoint-every", "0"],
-               tmp_path, launcher=launcher)
+    run = run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
+                      "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none",
+                      "--checkpoint-every", "0"], tmp_path, launcher=launcher)  # fmt: skip
+    assert run.stdout.count("saved the pre-trained QScoreModel") == 1  # the main process says it
     model = QScoreModel.from_pretrained(out / "model")
     assert model.config.training["num_processes"] == 2
     # The final statistics pass: 64 images split over 2 processes, summed back to all 64.

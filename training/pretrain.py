@@ -16,12 +16,16 @@ from dataclasses import fields
 from pathlib import Path
 
 import yaml
+from accelerate import PartialState
 
 from qscore_hf.calibration import eps_argument
+from qscore_hf.io_utils import check_model_source
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.ssl import METHODS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# PretrainConfig's defaults, shown in --help (a method's YAML may change some: training/configs/<method>.yaml)
+DEFAULTS = PretrainConfig(method="simclr", output_dir="")
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:
@@ -54,7 +58,10 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--qscore-warmup-samples", type=int)
     add("--init-from", help="fine-tune this QScoreModel (published recipe: --lr 1e-5 --epochs 50)")
     add("--resume", help="'auto' (latest checkpoint in --output-dir) or a checkpoint folder")
-    add("--checkpoint-every", type=int), add("--keep-checkpoints", type=int)
+    add("--checkpoint-every", type=int,
+        help=f"also checkpoint every N steps, besides each epoch end; 0: only at epoch ends (default: {DEFAULTS.checkpoint_every})")
+    add("--keep-checkpoints", type=int,
+        help=f"keep the newest N checkpoints; 0 keeps all (default: {DEFAULTS.keep_checkpoints})")
     add("--stop-after-steps", type=int, help="checkpoint and stop after N steps (e.g. a job's time limit); then --resume auto")
     add("--push-to-hub", metavar="ORG/NAME"), add("--private", action="store_true")
     add("--seed", type=int)
@@ -62,7 +69,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--num-workers", type=int)
     add("--no-channels-last", dest="channels_last", action="store_false")
     add("--compile", action="store_true", help="torch.compile the model")
-    add("--knn-k", type=int), add("--knn-max-train", type=int)
+    add("--knn-k", type=int, help=f"neighbours of the per-epoch kNN monitor (default: {DEFAULTS.knn_k})")
+    add("--knn-max-train", type=int, help=f"training images the kNN monitor compares with (default: {DEFAULTS.knn_max_train})")
+    add("--knn-max-eval", type=int, help=f"--eval-split images the kNN monitor classifies (default: {DEFAULTS.knn_max_eval})")
     add("--log-every", type=int)
     add("--log-with", choices=["tensorboard", "wandb", "none"])
     add("--no-progress", dest="progress", action="store_false")
@@ -75,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     settings.update(args)
     if isinstance(settings.get("eval_split"), str) and settings["eval_split"].lower() == "none":
         settings["eval_split"] = None
+    if settings.get("init_from"):
+        try:
+            check_model_source(settings["init_from"])
+        except OSError as error:
+            parser.exit(2, f"{parser.prog}: error: --init-from {error}\n")
     known = {f.name for f in fields(PretrainConfig)}
     unknown = set(settings) - known
     if unknown:
@@ -84,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     model_dir = pretrain(parse_args(argv))
-    if model_dir is not None:
+    if model_dir is not None and PartialState().is_main_process:
         print(f"saved the pre-trained QScoreModel to {model_dir}")
     return 0
 

@@ -14,16 +14,18 @@ Example::
 
 from .layouts import FORMATS, Layout
 from .loader import ConversionReport, Detection, convert_checkpoint, detect_format
-from .reading import ConversionError, TrustedCheckpointWarning
+from .reading import CheckpointExpansionError, ConversionError, TrustedCheckpointWarning, UnsafeCheckpointError
 from .stats import compute_stats
 
 __all__ = [
     "FORMATS",
+    "CheckpointExpansionError",
     "ConversionError",
     "ConversionReport",
     "Detection",
     "Layout",
     "TrustedCheckpointWarning",
+    "UnsafeCheckpointError",
     "compute_stats",
     "convert_checkpoint",
     "detect_format",

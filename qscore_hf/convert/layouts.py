@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from ..configuration_qscore import IMAGENET_MEAN, IMAGENET_STD
 
@@ -21,6 +21,7 @@ __all__ = [
     "Layout",
     "License",
     "Preprocessing",
+    "RecordedSettings",
     "ssl_family",
 ]
 
@@ -87,6 +88,23 @@ def ssl_family(method: str | None) -> str | None:
     return _SSL_FAMILY.get(method) if method else None
 
 
+# Words that mark a module as a momentum (EMA) copy of another when they are a `_`-separated part of its name.
+_MOMENTUM_WORDS = frozenset({"momentum", "ema", "teacher", "target", "key"})
+_ENCODERS = frozenset({"backbone", "encoder"})
+
+
+def momentum_copy_group(key: str) -> str | None:
+    """``"encoder copies"`` or ``"momentum copies"`` when the key's top-level module name has a momentum word as one
+    of its ``_``-separated parts (``backbone_momentum.conv1.weight``, ``momentum_projector.0.weight``), else ``None``.
+    The copies' own names without those words tell an encoder copy from a head copy."""
+    module = key.split(".", 1)[0]
+    parts = module.split("_")
+    if len(parts) < 2 or not _MOMENTUM_WORDS & set(parts):
+        return None
+    base = "_".join(part for part in parts if part not in _MOMENTUM_WORDS)
+    return "encoder copies" if base in _ENCODERS else "momentum copies"
+
+
 @dataclass(frozen=True)
 class Layout:
     """How one release lays out its checkpoint.
@@ -104,7 +122,10 @@ class Layout:
         method: the method that produced the release, or ``None`` when the file does not say.
         method_hints: ``(regexes, method)``: the first entry whose regexes all match some key names the method
             (e.g. MoCo v2's MLP ``fc.0``); used before ``method``.
-        read_hparams: reads ``(method, dataset)`` from the file's Lightning ``hyper_parameters``.
+        read_hparams: reads the method, data set and backbone from the file's Lightning ``hyper_parameters`` (and
+            from ``args_file``).
+        args_file: a JSON file the release's trainer writes beside each checkpoint with its settings (solo-learn's
+            ``args.json``); read with ``read_hparams`` when the file's own hyper-parameters do not say.
         pretraining_data: the data set the release was pre-trained on, when fixed.
         preprocessing: what the weights expect (overridden by a known ``dataset``).
         datasets: preprocessing by the data set named in ``hyper_parameters``.
@@ -113,6 +134,9 @@ class Layout:
             ViT-S has 12 heads where timm's has 6).
         license: license of the original weights.
         notes: caveats for the report and the model card; ``method_notes`` add some per method.
+        momentum_copies: drop every top-level module named as a momentum/EMA copy of another, whatever the word's
+            place (``momentum_backbone``, ``backbone_momentum``, ``ema_projector``): Lightning modules name them
+            freely.
     """
 
     name: str
@@ -125,7 +149,8 @@ class Layout:
     forbids: tuple[str, ...] = ()
     method: str | None = None
     method_hints: tuple[tuple[tuple[str, ...], str], ...] = ()
-    read_hparams: Callable[[Any], tuple[str | None, str | None]] | None = None
+    read_hparams: Callable[[Any], RecordedSettings] | None = None
+    args_file: str | None = None
     pretraining_data: str | None = "imagenet-1k"
     preprocessing: Preprocessing = IMAGENET
     datasets: DatasetPreprocessing = field(default_factory=dict)
@@ -134,10 +159,13 @@ class Layout:
     license: License = License("unknown", "see the source repository", False)
     notes: tuple[str, ...] = ()
     method_notes: Mapping[str, str] = field(default_factory=dict)
+    momentum_copies: bool = False
 
     def drop_group(self, key: str) -> str | None:
-        """The head group a key belongs to, or ``None`` if no drop rule matches it."""
-        return next((group for pattern, group in self.drop if re.search(pattern, key)), None)
+        """The head group a key belongs to, or ``None`` if no drop rule matches it; with ``momentum_copies``, a
+        module whose name marks it as a momentum/EMA copy (see :func:`momentum_copy_group`) is dropped too."""
+        group = next((group for pattern, group in self.drop if re.search(pattern, key)), None)
+        return group if group is not None or not self.momentum_copies else momentum_copy_group(key)
 
     def strip_prefix(self, key: str) -> str | None:
         """The key without its backbone prefix, or ``None`` when it is under none of them."""
@@ -159,20 +187,35 @@ class Layout:
         return None
 
 
-def _solo_learn_hparams(hparams: Any) -> tuple[str | None, str | None]:
-    """solo-learn's method and data set: flat hyper-parameters before v1.0.6 (argparse), ``cfg`` after (omegaconf)."""
+class RecordedSettings(NamedTuple):
+    """What a checkpoint's own metadata (hyper-parameters, an ``args.json`` beside it) records about its training."""
+
+    method: str | None = None
+    dataset: str | None = None
+    backbone: str | None = None
+
+
+def _solo_learn_settings(hparams: Any) -> RecordedSettings:
+    """solo-learn's method, data set and backbone: flat argparse arguments before v1.0.6 (``encoder`` before v1.0.3),
+    its hydra config after (``cfg`` in Lightning's hyper-parameters; the config itself in ``args.json``)."""
     if not isinstance(hparams, Mapping):
-        return None, None
-    cfg = hparams.get("cfg") if isinstance(hparams.get("cfg"), Mapping) else {}
+        return RecordedSettings()
+    cfg = hparams.get("cfg") if isinstance(hparams.get("cfg"), Mapping) else hparams
     data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
-    method = hparams.get("method") or cfg.get("method")
-    dataset = hparams.get("dataset") or data.get("dataset")
-    return (str(method) if method else None), (str(dataset) if dataset else None)
+    backbone = cfg.get("backbone")
+    backbone = backbone.get("name") if isinstance(backbone, Mapping) else backbone or cfg.get("encoder")
+    method, dataset = cfg.get("method"), data.get("dataset") or cfg.get("dataset")
+    return RecordedSettings(*(str(value) if value else None for value in (method, dataset, backbone)))
 
 
 _TORCHVISION_STEM = r"^conv1\.weight$"
 _BN_COUNTER = r"num_batches_tracked$"
 _FB_NC = "CC-BY-NC 4.0 (README/LICENSE of the repository)"
+_SWAV_HEADS = ((r"^module\.projection_head\.", "projector"), (r"^module\.prototypes", "prototypes"))
+_SWAV_PREPROCESSING = Preprocessing(
+    IMAGENET_MEAN, (0.228, 0.224, 0.225), 224, 0.875, "ImageNet mean, SwAV's std (0.228, 0.224, 0.225)"
+)
+_SWAV_PADDING = "SwAV pads by 1 and then convolves with padding 2: the same as torchvision's conv1 padding 3."
 
 FORMATS: dict[str, Layout] = {
     layout.name: layout
@@ -191,7 +234,14 @@ FORMATS: dict[str, Layout] = {
             requires=(r"^module\.encoder_q\.conv1\.weight$",),
             method="mocov1",
             method_hints=(((r"^module\.encoder_q\.fc\.0\.weight$",), "mocov2"),),
-            license=License("cc-by-nc-4.0", _FB_NC, True),
+            license=License(
+                "mit",
+                "MIT (LICENSE of facebookresearch/moco since January 2023, CC-BY-NC 4.0 before; its README still "
+                "says CC-BY-NC 4.0)",
+                False,
+                "the repository's LICENSE changed from CC-BY-NC 4.0 to MIT in January 2023 and does not single out "
+                "the released weights; its README still names CC-BY-NC 4.0.",
+            ),
         ),
         Layout(
             name="mocov3",
@@ -243,14 +293,26 @@ FORMATS: dict[str, Layout] = {
             name="swav",
             title="SwAV (github.com/facebookresearch/swav, main_swav.py / hubconf.py)",
             prefixes=("module.",),
-            drop=((r"^module\.projection_head\.", "projector"), (r"^module\.prototypes", "prototypes")),
+            drop=_SWAV_HEADS,
             requires=(r"^module\.conv1\.weight$",),
             method="swav",
-            preprocessing=Preprocessing(
-                IMAGENET_MEAN, (0.228, 0.224, 0.225), 224, 0.875, "ImageNet mean, SwAV's std (0.228, 0.224, 0.225)"
-            ),
+            preprocessing=_SWAV_PREPROCESSING,
             license=License("cc-by-nc-4.0", _FB_NC, False),
-            notes=("SwAV pads by 1 and then convolves with padding 2: the same as torchvision's conv1 padding 3.",),
+            notes=(_SWAV_PADDING,),
+        ),
+        Layout(
+            name="swav_train",
+            title="SwAV training checkpoint (github.com/facebookresearch/swav, main_swav.py: epoch, state_dict, "
+            "optimizer, amp)",
+            container_keys=frozenset({"state_dict", "optimizer"}),
+            state_path=("state_dict",),
+            prefixes=("module.",),
+            drop=_SWAV_HEADS,
+            requires=(r"^module\.conv1\.weight$",),
+            method="swav",
+            preprocessing=_SWAV_PREPROCESSING,
+            license=License("cc-by-nc-4.0", _FB_NC, False),
+            notes=(_SWAV_PADDING,),
         ),
         Layout(
             name="dino_full",
@@ -360,7 +422,9 @@ FORMATS: dict[str, Layout] = {
                 ((r"^prototypes\.",), "swav"),
                 ((r"^dino_loss_func\.",), "dino"),
             ),
-            read_hparams=_solo_learn_hparams,
+            read_hparams=_solo_learn_settings,
+            args_file="args.json",
+            momentum_copies=True,
             pretraining_data=None,
             datasets=SOLO_LEARN_DATASETS,
             cifar_stem_padding=2,
@@ -388,10 +452,11 @@ FORMATS: dict[str, Layout] = {
                 ((r"^student_backbone\.",), "dino"),
                 ((r"^prototypes\.",), "swav"),
                 ((r"^(query|key)_backbone\.",), "mocov2"),
-                ((r"^teacher_backbone\.", r"^prediction_head\."), "byol"),
+                ((r"^(teacher_backbone|momentum_backbone|backbone_momentum)\.", r"^prediction_head\."), "byol"),
                 ((r"^prediction_head\.",), "simsiam"),
             ),
             license=License("mit", "MIT (LICENSE of lightly-ai/lightly)", True),
+            momentum_copies=True,
             method_notes={"dino": "lightly's DINO keeps the EMA teacher in `backbone`: the weights are the teacher's"},
         ),
         Layout(

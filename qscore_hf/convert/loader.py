@@ -7,10 +7,11 @@ Anything else raises :class:`ConversionError` naming the format, the first offen
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,7 +21,7 @@ from torch import Tensor
 from ..configuration_qscore import QScoreConfig
 from ..modeling_qscore import QScoreModel
 from .architecture import ResNetShape, ViTShape, infer_resnet, infer_vit
-from .layouts import CIFAR10, FORMAT_ALIASES, FORMATS, Layout, Preprocessing, ssl_family
+from .layouts import CIFAR10, FORMAT_ALIASES, FORMATS, Layout, License, Preprocessing, RecordedSettings, ssl_family
 from .reading import ConversionError, file_sha256, read_checkpoint, to_plain
 
 __all__ = ["ConversionReport", "Detection", "convert_checkpoint", "detect_format"]
@@ -33,7 +34,11 @@ _BN_COUNTER = "num_batches_tracked"
 
 @dataclass
 class ConversionReport:
-    """What a conversion read, kept, dropped and assumed; saved as ``config.conversion`` of the converted model."""
+    """What a conversion read, kept, dropped and assumed; saved as ``config.conversion`` of the converted model.
+
+    ``inferred`` names what no metadata of the file states and was taken from the release whose key layout the file
+    has (``method``, ``pretraining data``, ``license``): a file in that layout with other weights gets the same.
+    """
 
     source_file: str
     sha256: str
@@ -52,6 +57,8 @@ class ConversionReport:
     preprocessing: str
     license: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    pretraining_data_source: str = ""
+    inferred: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +84,15 @@ class ConversionReport:
                 f"{name} {count}" for name, count in self.filled.items()))  # fmt: skip
         if self.other_entries:
             lines.append(f"not read (training state): {', '.join(self.other_entries)}")
+        if self.pretraining_data or self.pretraining_data_source:
+            lines.append(f"pre-training data: {self.pretraining_data or 'unknown'} ({self.pretraining_data_source})")
         lines.append(f"preprocessing: {self.preprocessing}")
         lines.append(f"license of the original weights: {self.license['id']} ({self.license['source']})")
+        if self.inferred:
+            lines.append(
+                f"inferred from the key layout alone (the file does not record it): {', '.join(self.inferred)}; "
+                "state it with --method, --pretraining-data or --license"
+            )
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -120,6 +134,8 @@ def convert_checkpoint(
     format: str = "auto",
     arch: str | None = None,
     trust_checkpoint: bool = False,
+    pretraining_data: str | None = None,
+    license: str | None = None,
 ) -> QScoreModel:
     """Convert a released SSL checkpoint into a :class:`QScoreModel` (random-free: every weight from the file).
 
@@ -130,7 +146,11 @@ def convert_checkpoint(
             ambiguous, plain torchvision state dicts); overrides what the file says.
         format: a name from ``qscore_hf.convert.FORMATS`` (or ``timm``), or ``auto`` to detect it from the keys.
         arch: backbone name (``resnet50``, ``resnet18_cifar``); by default inferred from the keys and shapes.
-        trust_checkpoint: unpickle with ``weights_only=False`` (runs the file's code; warns).
+        trust_checkpoint: unpickle with ``weights_only=False`` (runs the file's code; warns). A pickled
+            ``nn.Module`` is then read as its state dict.
+        pretraining_data: the data set the weights were pre-trained on, when you know it (otherwise: what the file's
+            metadata or solo-learn's ``args.json`` records, else the release's, marked as inferred).
+        license: the license id of the weights, when you know it (otherwise the release's, marked as inferred).
 
     Returns:
         The model in eval mode; ``ConversionReport.from_config(model.config)`` gives the report.
@@ -160,19 +180,28 @@ def convert_checkpoint(
     shape = infer_resnet(backbone) or infer_vit(backbone)
     arch_name = _choose_arch(path, layout, shape, arch, backbone)
     cifar_stem = arch_name.endswith("_cifar")
-    hparams = to_plain(checkpoint.get("hyper_parameters")) if isinstance(checkpoint, Mapping) else None
-    file_method, dataset = layout.read_hparams(hparams) if layout.read_hparams else (None, None)
-    chosen_method, method_source = _choose_method(path, layout, list(state), method, file_method, dropped)
-    pretraining_data, preprocessing, notes = _choose_preprocessing(layout, dataset, cifar_stem)
+    recorded, recorded_source = _recorded_settings(path, layout, checkpoint)
+    chosen_method, method_source = _choose_method(path, layout, list(state), method, recorded, recorded_source, dropped)
+    data_name, data_source, preprocessing, notes = _choose_data(layout, pretraining_data, recorded, recorded_source,
+                                                                cifar_stem)  # fmt: skip
     stem_padding = layout.cifar_stem_padding if cifar_stem else 1
     if chosen_method in layout.method_notes:
         notes.append(layout.method_notes[chosen_method])
+    if recorded.backbone and shape is not None and shape.name and not shape.name.startswith(recorded.backbone):
+        notes.append(f"{recorded_source} names the backbone {recorded.backbone!r}, but the weights are a {shape.name}.")
+    inferred = [name for name, source in (("method", method_source), ("pretraining data", data_source))
+                if source.startswith(_INFERRED)]  # fmt: skip
+    if license:
+        license_info = License(license.strip().lower(), "given (--license)", True)
+    else:
+        license_info = replace(layout.license, source=f"{layout.license.source}; {_INFERRED}")
+        inferred.append("license")
 
     config = QScoreConfig(
         backbone=arch_name,
         stem_padding=stem_padding,
         ssl_method=ssl_family(chosen_method),
-        pretraining_data=pretraining_data,
+        pretraining_data=data_name,
         image_size=preprocessing.image_size,
         crop_pct=preprocessing.crop_pct,
         image_mean=preprocessing.image_mean,
@@ -196,10 +225,12 @@ def convert_checkpoint(
         dropped=dict(sorted(dropped.items())),
         filled=filled,
         other_entries=_other_entries(layout, checkpoint),
-        pretraining_data=pretraining_data,
+        pretraining_data=data_name,
         preprocessing=preprocessing.note,
-        license=asdict(layout.license),
+        license=asdict(license_info),
         notes=[*layout.notes, *notes],
+        pretraining_data_source=data_source,
+        inferred=inferred,
     )
     model.config.conversion = report.to_dict()
     return model.eval()
@@ -207,15 +238,19 @@ def convert_checkpoint(
 
 # ----------------------------------------------------------------------------------------------- detection
 def _find_state(layout: Layout, checkpoint: Any, explicit: bool = False) -> Mapping[str, Any] | None:
-    """The state dict at the layout's path; with an explicit format a flat state dict is taken as it is."""
+    """The state dict at the layout's path; with an explicit format a flat state dict is taken as it is, and so is
+    one under a training checkpoint's ``state_dict`` key (e.g. SwAV's own checkpoints given as ``--format swav``)."""
     node = checkpoint
     for key in layout.state_path:
         if not isinstance(node, Mapping) or key not in node:
             node = None
             break
         node = node[key]
-    if node is None and explicit and _is_state_dict(checkpoint):
-        node = checkpoint
+    if not _is_state_dict(node) and explicit:
+        if _is_state_dict(checkpoint):
+            node = checkpoint
+        elif isinstance(checkpoint, Mapping) and _is_state_dict(checkpoint.get("state_dict")):
+            node = checkpoint["state_dict"]
     return node if _is_state_dict(node) else None
 
 
@@ -301,23 +336,50 @@ def _choose_arch(
     return shape.name
 
 
+def _recorded_settings(path: Path, layout: Layout, checkpoint: Any) -> tuple[RecordedSettings, str]:
+    """What the file's hyper-parameters, else the release's settings file beside it (solo-learn's ``args.json``),
+    record about the training; and where that came from."""
+    if layout.read_hparams is None:
+        return RecordedSettings(), ""
+    hparams = to_plain(checkpoint.get("hyper_parameters")) if isinstance(checkpoint, Mapping) else None
+    recorded = layout.read_hparams(hparams)
+    if any(recorded):
+        return recorded, "the checkpoint's hyper_parameters"
+    args_path = path.parent / layout.args_file if layout.args_file else None
+    if args_path is None or not args_path.is_file():
+        return recorded, ""
+    try:
+        args = json.loads(args_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConversionError(
+            f"{args_path} (the settings {layout.name} writes beside {path.name}) is not readable JSON ({error}); fix "
+            "or remove it, or pass --method and --pretraining-data."
+        ) from error
+    return layout.read_hparams(args), f"{layout.args_file} beside the checkpoint"
+
+
+# How the report marks what only the key layout says (see ConversionReport.inferred).
+_INFERRED = "inferred from the key layout"
+
+
 def _choose_method(
     path: Path,
     layout: Layout,
     keys: list[str],
     given: str | None,
-    from_file: str | None,
+    recorded: RecordedSettings,
+    recorded_source: str,
     dropped: Counter[str],
 ) -> tuple[str | None, str]:
     if given:
         return given.strip().lower(), "given"
-    if from_file:
-        return from_file.strip().lower(), "from the checkpoint's hyper_parameters"
+    if recorded.method:
+        return recorded.method.strip().lower(), f"from {recorded_source}"
     hinted = layout.hinted_method(keys)
     if hinted:
-        return hinted, "from the heads in the checkpoint"
+        return hinted, f"{_INFERRED}: the heads in the checkpoint"
     if layout.method:
-        return layout.method, f"the {layout.name} release"
+        return layout.method, f"{_INFERRED}: the {layout.name} release's method"
     if layout.method_hints:  # a multi-method layout whose file does not say
         raise ConversionError(
             f"{path.name} ({layout.name}): the checkpoint does not say which method trained it and its heads "
@@ -327,19 +389,26 @@ def _choose_method(
     return None, "unknown (pass --method to record it)"
 
 
-def _choose_preprocessing(
-    layout: Layout, dataset: str | None, cifar_stem: bool
-) -> tuple[str | None, Preprocessing, list[str]]:
+def _choose_data(
+    layout: Layout, given: str | None, recorded: RecordedSettings, recorded_source: str, cifar_stem: bool
+) -> tuple[str | None, str, Preprocessing, list[str]]:
+    """The pre-training data set, where it came from, the preprocessing the weights expect, and notes."""
+    dataset, source = (given, "given") if given else (recorded.dataset, f"from {recorded_source}")
     if dataset and dataset.lower() in layout.datasets:
         name, preprocessing = layout.datasets[dataset.lower()]
-        return name, preprocessing, []
+        return name, source, preprocessing, []
     if dataset:
-        return dataset, layout.preprocessing, [
+        known = dataset == layout.pretraining_data
+        return dataset, source, layout.preprocessing, [] if known else [
             f"no preprocessing known for data set {dataset!r}: used {layout.preprocessing.note}; check it."
         ]
     if cifar_stem and layout.preprocessing.image_size != CIFAR10.image_size:
-        return None, CIFAR10, ["CIFAR stem and no data set recorded: assumed CIFAR-10 preprocessing; check it."]
-    return layout.pretraining_data, layout.preprocessing, []
+        return None, "not recorded", CIFAR10, [
+            "CIFAR stem and no data set recorded: assumed CIFAR-10 preprocessing; check it."
+        ]
+    if layout.pretraining_data:
+        return layout.pretraining_data, f"{_INFERRED}: the {layout.name} release's data", layout.preprocessing, []
+    return None, "not recorded", layout.preprocessing, []
 
 
 # ------------------------------------------------------------------------------------------------ checking

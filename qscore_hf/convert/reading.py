@@ -22,11 +22,32 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-__all__ = ["ConversionError", "TrustedCheckpointWarning", "file_sha256", "read_checkpoint", "to_plain"]
+__all__ = [
+    "CheckpointExpansionError",
+    "ConversionError",
+    "TrustedCheckpointWarning",
+    "UnsafeCheckpointError",
+    "file_sha256",
+    "read_checkpoint",
+    "to_plain",
+]
+
+# What a zip checkpoint may declare as its uncompressed size: torch.save stores its entries uncompressed, so a
+# real checkpoint declares about its own size; compressed entries may expand this much (and by a fixed allowance).
+MAX_EXPANSION_RATIO = 4
+EXPANSION_ALLOWANCE_BYTES = 16 * 2**20
 
 
 class ConversionError(ValueError):
     """A checkpoint cannot be converted; the message names the file or format, the offending keys and the fix."""
+
+
+class UnsafeCheckpointError(ConversionError):
+    """torch's weights-only loader refused a pickle: it names a callable or class that could run code."""
+
+
+class CheckpointExpansionError(ConversionError):
+    """A compressed (zip) checkpoint declares more uncompressed data than a checkpoint of its size can hold."""
 
 
 class TrustedCheckpointWarning(UserWarning):
@@ -81,7 +102,11 @@ _OMEGACONF_CLASSES = (
 )
 ALLOWED_GLOBALS = _REAL_GLOBALS + [(InertObject, name) for name in _OMEGACONF_CLASSES]
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# How torch's weights-only unpickler names what it refused (torch 2.4 and later).
+_REFUSED_GLOBAL = re.compile(
+    r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+) whose module [\w.]+ is blocked"
+)
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -110,6 +135,8 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
             raise ConversionError(
                 f"{path} is not a readable safetensors file ({error}); it may be truncated: download it again."
             ) from error
+    if zipfile.is_zipfile(path):
+        _check_expansion(path)
     if trust_checkpoint:
         warnings.warn(
             f"unpickling {path} with weights_only=False because trust_checkpoint was set: this runs any code the "
@@ -119,37 +146,80 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
         )
     try:
         if trust_checkpoint:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return _module_states(torch.load(path, map_location="cpu", weights_only=False))
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = _unsupported_global(str(error))
-        if unsafe is None:
-            raise _corrupt(path, error) from error
-        raise ConversionError(
-            f"{path} pickles `{unsafe}`, which is not on the allow-list of known checkpoint metadata, so it was not "
-            "loaded (unpickling it could run code). If you trust the file's origin, convert with --trust-checkpoint "
-            "(Python: trust_checkpoint=True); otherwise re-save its state dict with torch.save(state_dict, ...)."
-        ) from error
+        raise _refusal(path, str(error)) from error
     except ModuleNotFoundError as error:  # trusted load of a pickle whose classes are not installed
         raise ConversionError(
             f"{path} pickles objects of module {error.name!r}, which is not installed; install it or re-save the "
             "checkpoint's state dict where it is."
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise _corrupt(path, error) from error
 
 
-def _unsupported_global(message: str) -> str | None:
+def _check_expansion(path: Path) -> None:
+    """Refuse a zip whose entries declare more uncompressed bytes than ``MAX_EXPANSION_RATIO`` times the file's size
+    (plus ``EXPANSION_ALLOWANCE_BYTES``), before torch expands any of it."""
+    size = path.stat().st_size
+    limit = MAX_EXPANSION_RATIO * size + EXPANSION_ALLOWANCE_BYTES
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports it as corrupt
+    if declared > limit:
+        raise CheckpointExpansionError(
+            f"{path} is a {size / 2**20:.1f} MiB zip whose entries expand to {declared / 2**20:.1f} MiB (more than "
+            f"{limit / 2**20:.1f} MiB; torch.save writes its entries uncompressed): refused without loading it. "
+            "Re-save the state dict with torch.save or safetensors."
+        )
+
+
+def _module_states(value: Any) -> Any:
+    """A trusted pickle of a whole ``nn.Module`` (or a dict of them) as its state dict(s)."""
+    if isinstance(value, torch.nn.Module):
+        return value.state_dict()
+    if isinstance(value, dict):
+        return {key: _module_states(item) for key, item in value.items()}
+    return value
+
+
+def _refusal(path: Path, message: str) -> ConversionError:
+    """The error for a pickle that torch's weights-only loader refused, or that is truncated."""
+    refused = _refused_global(message)
+    if refused is not None:
+        return UnsafeCheckpointError(
+            f"{path} was refused as unsafe: it pickles `{refused}`, which is not on the allow-list of known "
+            "checkpoint metadata, so it was not loaded (unpickling it could run code). If you trust the file's origin, "
+            "convert with --trust-checkpoint (Python: trust_checkpoint=True); otherwise re-save its state dict with "
+            "torch.save(state_dict, ...)."
+        )
+    if _WEIGHTS_ONLY_REFUSAL in message and "Unsupported global" not in message:
+        lines = [line.strip() for line in message.splitlines()]
+        causes = [line for line in lines if line.startswith(("Unsupported", "Can only"))]
+        reason = causes[0] if causes else "not a torch.save pickle"
+        return UnsafeCheckpointError(
+            f"{path} was refused as unsafe: torch's weights-only loader does not accept it ({reason}), so it was not "
+            "loaded. If you trust the file's origin, convert with --trust-checkpoint (Python: trust_checkpoint=True); "
+            "otherwise re-save its state dict with torch.save(state_dict, ...)."
+        )
+    return _corrupt(path, pickle.UnpicklingError(message))
+
+
+def _refused_global(message: str) -> str | None:
     """The global a weights-only load refused, or ``None`` when the refusal is really a corrupt file: a truncated
     pickle can name a cut-off global (``torch._utils._rebuild_t``) of a module that is loaded but lacks it."""
-    match = _UNSUPPORTED_GLOBAL.search(message)
+    match = _REFUSED_GLOBAL.search(message)
     if match is None:
         return None
-    module, _, name = match.group(1).rpartition(".")
-    if module in sys.modules and not hasattr(sys.modules[module], name):
+    name = match.group(1) or match.group(2)
+    module, _, attribute = name.rpartition(".")
+    if match.group(1) and module in sys.modules and not hasattr(sys.modules[module], attribute):
         return None
-    return match.group(1)
+    return name
 
 
 def _corrupt(path: Path, error: BaseException) -> ConversionError:

@@ -1,0 +1,105 @@
+"""Start-up: `import qscore_hf` and `qscore-hf --help` import nothing heavy, every command starts with the base
+install (the `train` extra's lightly absent), and the Auto classes and the evaluate metric are still registered."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the CLI as if lightly (the `train` extra) were not installed.
+WITHOUT_LIGHTLY = """
+import sys
+
+class BlockLightly:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "lightly":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, BlockLightly())
+from qscore_hf.cli import main
+code = 0
+for args in [arg.split() for arg in sys.argv[1:]]:  # each argument: one command line
+    try:
+        code = main(args) or code
+    except SystemExit as exit:  # --help
+        code = exit.code or code
+print("IMPORTED", sorted(m for m in ("torch", "transformers", "lightly") if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_help_starts_without_lightly_and_without_torch():
+    run = python(WITHOUT_LIGHTLY, "--help")
+    assert run.returncode == 0, run.stderr
+    for command in ("demo", "info", "convert", "explain", "score", "card"):
+        assert f"    {command} " in run.stdout
+    assert "IMPORTED []" in run.stderr  # the top-level help imports neither torch nor transformers
+
+
+def test_every_command_explains_itself_without_lightly():
+    commands = ("info", "convert", "explain", "score", "card")
+    run = python(WITHOUT_LIGHTLY, *(f"{command} --help" for command in commands))
+    assert run.returncode == 0, run.stderr
+    for command in commands:
+        assert f"usage: qscore-hf {command}" in run.stdout
+
+
+def test_a_command_of_the_train_extra_names_it_in_one_line():
+    for args in ("demo --quick", "demo --help"):
+        run = python(WITHOUT_LIGHTLY, args)
+        assert run.returncode == 1
+        error = run.stderr.split("IMPORTED")[0]
+        assert error == (
+            'qscore-hf demo: error: this command needs the `train` extra (lightly is not installed): '
+            'pip install "qscore-hf[train]"\n'
+        )
+
+
+def test_unwritable_out_fails_first_in_one_line():
+    run = python(WITHOUT_LIGHTLY, "convert --checkpoint missing.pth --out /proc/qscore-hf/out")
+    assert run.returncode == 1
+    error = run.stderr.split("IMPORTED")[0]
+    assert error.startswith("qscore-hf convert: error: --out /proc/qscore-hf/out: cannot write under /proc")
+    assert error.count("\n") == 1
+
+
+def test_missing_model_folder_is_one_line():
+    run = python(WITHOUT_LIGHTLY, "info runs/byol/model")
+    assert run.returncode == 1
+    assert run.stderr.split("IMPORTED")[0] == (
+        "qscore-hf info: error: runs/byol/model: no such model folder (and not a Hub id org/name); check the path.\n"
+    )
+
+
+def test_import_loads_no_optional_stack_and_still_registers(tmp_path):
+    code = """
+import json, sys
+import qscore_hf
+eager = sorted(m for m in ("evaluate", "datasets", "lightly", "accelerate", "timm", "sklearn") if m in sys.modules)
+import importlib.util
+importlib.util.find_spec("transformers.models.auto.modeling_auto")  # a probe, not an import: registers nothing yet
+from transformers import AutoConfig, AutoModel
+config = AutoConfig.for_model("qscore", backbone="resnet18_cifar", image_size=32)
+model = AutoModel.from_config(config)
+import evaluate
+metric = evaluate.load("qscore")
+print(json.dumps({"eager": eager, "model": type(model).__name__, "config": type(config).__name__,
+                  "public": qscore_hf.QScoreModel is type(model), "metric": metric.name}))
+"""
+    run = python(code, env={"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HOME": str(tmp_path / "hf")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["eager"] == []
+    assert (result["model"], result["config"], result["public"]) == ("QScoreModel", "QScoreConfig", True)
+    assert result["metric"] == "q_score"
