@@ -209,13 +209,16 @@ def _int_list(text: str) -> list[int]:
 
 
 def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | None, root: Path, seed: int,
-            finetune: bool = False) -> dict[str, Any]:  # fmt: skip
+            finetune: bool = False, run: bool = True) -> dict[str, Any] | None:  # fmt: skip
     """One pre-training (or fine-tuning of the same seed's baseline) and its evaluation on the validation and test
-    splits; skipped when its ``result.json`` exists. ``regularizer``'s eps is also the exported model's."""
+    splits; skipped when its ``result.json`` exists (``run=False``: ``None`` when it does not). ``regularizer``'s eps
+    is also the exported model's."""
     out = root / f"{method}-{variant}-seed{seed}"
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    if not run:
+        return None
     init_from = root / f"{method}-baseline-seed{seed}" / "model" if finetune else None
     cfg = _pretrain_config(scale, method, out, seed, regularizer, init_from)
     started = time.time()
@@ -249,10 +252,14 @@ def scoring_selection(baselines: list[dict[str, Any]], plots_dir: Path) -> dict[
             if row["score"] != "q_score":
                 test_rows.setdefault(row["score"], []).append(row["auroc"])
     label_free = [name for name in test_rows if name in BASELINES]
-    best_baseline = [max(test_rows[name][k] for name in label_free) for k in range(len(baselines))]
+
+    def wins(name: str) -> int:
+        """Encoders on which ``name`` beats every label-free baseline other than itself."""
+        others = [other for other in label_free if other != name]
+        return int(sum(test_rows[name][k] > max(test_rows[o][k] for o in others) for k in range(len(baselines))))
+
     table = {name: {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                    "per_encoder": values,
-                    "wins_over_best_label_free": int(sum(v > b for v, b in zip(values, best_baseline)))}
+                    "per_encoder": values, "wins_over_best_label_free": wins(name)}
              for name, values in test_rows.items()}  # fmt: skip
     first = baselines[0]
     scores, _, _ = selection.qscores(chosen, _run_features(first, "train"), _run_features(first, "eval"))
@@ -325,8 +332,9 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines += _scoring_lines(summary["scoring_selection"])
     if summary.get("regularizer_selection"):
         lines += _regularizer_lines(summary["regularizer_selection"])
-    if summary.get("over_seeds"):
-        lines += _over_seeds_lines(summary["over_seeds"])
+    for key in ("over_seeds", "over_all_seeds"):
+        if summary.get(key):
+            lines += _over_seeds_lines(summary[key])
     lines += [f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
     return "\n".join(lines) + "\n"
 
@@ -342,8 +350,8 @@ def _scoring_lines(table: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['setting']} | {row['mean_auroc']:.3f} | {row['std_auroc']:.3f} | "
                      f"{100 * row['mean_empty_fraction']:.0f} % |")  # fmt: skip
     lines += ["", "Test split, only what was chosen (mean AUROC over encoders +- sample std; wins: encoders on which "
-              "the score beats the best label-free baseline):", "",
-              "| score | mean AUROC (test) | std | wins over best label-free baseline |", "|---|---|---|---|"]  # fmt: skip
+              "the score beats every other label-free baseline):", "",
+              "| score | mean AUROC (test) | std | wins over the best (other) label-free baseline |", "|---|---|---|---|"]  # fmt: skip
     for name, row in sorted(table["test"].items(), key=lambda item: -item[1]["mean"]):
         lines.append(f"| {name} | {row['mean']:.3f} | {row['std']:.3f} | {row['wins_over_best_label_free']} of "
                      f"{table['num_encoders']} |")  # fmt: skip
@@ -394,6 +402,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/reproduce_<scale>")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="run nothing: tabulate the finished runs (e.g. while others still run in the background)")
     args = parser.parse_args()
     if SCALES[args.scale].mixed_precision != "no" and not torch.cuda.is_available():
         parser.error(f"--scale {args.scale} trains in {SCALES[args.scale].mixed_precision} on a CUDA GPU and none is "
@@ -411,6 +421,7 @@ def main() -> int:
         parser.error(f"unknown method(s) or variant(s) {sorted(unknown)}; choose from {sorted(METHODS)} and "
                      f"{sorted(VARIANTS)}")  # fmt: skip
 
+    run = not args.summary_only
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in args.seeds:
         by_seed[seed] = {}
@@ -418,15 +429,20 @@ def main() -> int:
             for variant in variants:
                 print(f"== {method} {variant} seed {seed}", flush=True)
                 regularizer, finetune = VARIANTS[variant]
-                by_seed[seed][f"{method}-{variant}"] = run_one(scale, method, variant, regularizer, root, seed, finetune)
+                result = run_one(scale, method, variant, regularizer, root, seed, finetune, run)
+                if result is not None:
+                    by_seed[seed][f"{method}-{variant}"] = result
     candidate_runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     if args.regularizer_selection:
         for regularizer in (*CANDIDATES, LITERAL):
             for method in SELECTION_METHODS:
                 print(f"== {method} {regularizer.name} seed 0 (selection)", flush=True)
-                base = run_one(scale, method, "baseline", None, root, 0)
-                run = run_one(scale, method, regularizer.name, regularizer, root, 0)
-                candidate_runs.setdefault(regularizer.name, []).append((run, base))
+                base = run_one(scale, method, "baseline", None, root, 0, run=run)
+                result = run_one(scale, method, regularizer.name, regularizer, root, 0, run=run)
+                if base is not None and result is not None:
+                    candidate_runs.setdefault(regularizer.name, []).append((result, base))
+        # Only candidates finished on every selection method compete.
+        candidate_runs = {name: pairs for name, pairs in candidate_runs.items() if len(pairs) == len(SELECTION_METHODS)}
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs = [run for seed in by_seed.values() for run in seed.values()]
@@ -436,11 +452,20 @@ def main() -> int:
     summary: dict[str, Any] = {
         **environment("reproduce", device), "scale": args.scale, "notes": scale.notes, "settings": asdict(scale),
         "validation_split": validation_split(scale), "runs": runs, "anchors": ANCHORS,
-        "scoring_selection": scoring_selection(baselines, root),
+        "scoring_selection": scoring_selection(baselines, root) if baselines else None,
         "regularizer_selection": regularizer_selection(candidate_runs) if candidate_runs else None,
     }  # fmt: skip
-    if len(variants) > 1:
-        summary["over_seeds"] = over_seeds(by_seed, methods, variants)
+    # Over seeds, with what finished: every method on the seeds all of them completed, and, when that leaves seeds
+    # out, the methods that completed every seed.
+    def done(method: str, seed: int) -> bool:
+        return all(f"{method}-{v}" in by_seed[seed] for v in variants)
+
+    common = [seed for seed in args.seeds if all(done(m, seed) for m in methods)]
+    if len(variants) > 1 and common:
+        summary["over_seeds"] = over_seeds({seed: by_seed[seed] for seed in common}, methods, variants)
+    full = [m for m in methods if all(done(m, seed) for seed in args.seeds)]
+    if len(variants) > 1 and full and len(common) < len(args.seeds):
+        summary["over_all_seeds"] = over_seeds(by_seed, full, variants)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     table = _markdown(summary)
     (root / "summary.md").write_text(table)

@@ -55,7 +55,9 @@ class DemoSetting:
         batch_size: pre-training batch size.
         image_size: input resolution of the encoder.
         probe_epochs: SGD epochs of the linear probe.
-        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model.
+        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model; ``"auto"`` (the demo's
+            default) calibrates it on the training images: at the paper's 4, a few minutes of CPU training leave
+            most samples with no highly activating feature (README, Results).
     """
 
     max_samples: int | None
@@ -63,7 +65,7 @@ class DemoSetting:
     batch_size: int
     image_size: int
     probe_epochs: int
-    qscore_eps: float = 4.0
+    qscore_eps: float | str = "auto"
 
 
 # Defaults sized for ~2 minutes on 2 CPU cores (measured: see the README), and the few-second --quick setting.
