@@ -46,7 +46,7 @@ from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
 from qscore_hf.plots import plot_pr_curves
 from qscore_hf.pretraining import PretrainConfig, pretrain
-from qscore_hf.regularizer import DEFAULT_L1_FORM, DEFAULT_LAMBDA2
+from qscore_hf.regularizer import DEFAULT_EPS, DEFAULT_L1_FORM, DEFAULT_LAMBDA1, DEFAULT_LAMBDA2
 from qscore_hf.ssl import METHODS
 
 # The per-method recipes (training/configs/*.yaml) and their parsing live with the training script.
@@ -82,7 +82,7 @@ class Regularizer:
 
 
 LITERAL = Regularizer("sum", 1e-4, 1e-4, 4.0)  # SPEC §6 as published: a batch sum, the preprint's lambdas
-DEFAULT = Regularizer(DEFAULT_L1_FORM, 1e-4, DEFAULT_LAMBDA2, 4.0)  # the package's default
+DEFAULT = Regularizer(DEFAULT_L1_FORM, DEFAULT_LAMBDA1, DEFAULT_LAMBDA2, DEFAULT_EPS)  # the package's default
 # Chosen among on the validation split (--regularizer-selection).
 CANDIDATES = (
     Regularizer("normalized", 1e-4, 1e-3, 4.0), Regularizer("normalized", 1e-4, 1e-2, 4.0),
@@ -213,7 +213,9 @@ def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | 
     """One pre-training (or fine-tuning of the same seed's baseline) and its evaluation on the validation and test
     splits; skipped when its ``result.json`` exists (``run=False``: ``None`` when it does not). ``regularizer``'s eps
     is also the exported model's."""
-    out = root / f"{method}-{variant}-seed{seed}"
+    # A regularized run's folder is named by its settings, so that a variant and a selection candidate with the same
+    # settings (e.g. the default after it was chosen) share one run.
+    out = root / f"{method}-{regularizer.name if regularizer is not None and not finetune else variant}-seed{seed}"
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -245,7 +247,8 @@ def scoring_selection(baselines: list[dict[str, Any]], plots_dir: Path) -> dict[
     test_rows: dict[str, list[float]] = {}
     for result in baselines:
         reference, test, correct = _run_features(result, "train"), _run_features(result, "eval"), _run_correct(result)
-        for name, setting in (("q_score (default)", selection.DEFAULT_SCORING), ("q_score (chosen)", chosen)):
+        for name, setting in (("q_score (paper: eps 4)", selection.PAPER_SCORING), ("q_score (chosen)", chosen),
+                              ("q_score (package: eps 1)", selection.PACKAGE_SCORING)):  # fmt: skip
             scores, _, _ = selection.qscores(setting, reference, test)
             test_rows.setdefault(name, []).append(selection.auroc(scores, correct))
         for row in result["comparison"]:
@@ -267,7 +270,7 @@ def scoring_selection(baselines: list[dict[str, Any]], plots_dir: Path) -> dict[
     curves = {"q_score": scores, **{name: np.asarray(columns[name]) for name in (*BASELINES, CEILING)}}
     plot_pr_curves(curves, _run_correct(first), plots_dir / "pr_curves_chosen_setting.png",
                    title=f"{first['method']} baseline seed {first['seed']}, test: Q-Score ({chosen.name}) and baselines")
-    return {"chosen": chosen.name, "chosen_setting": asdict(chosen), "default": selection.DEFAULT_SCORING.name,
+    return {"chosen": chosen.name, "chosen_setting": asdict(chosen), "default": selection.PAPER_SCORING.name,
             "num_encoders": len(baselines), "encoders": [f"{r['method']} seed {r['seed']}" for r in baselines],
             "validation": validation_table, "test": table}  # fmt: skip
 
@@ -314,16 +317,16 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Q-Score reproduction, scale `{summary['scale']}`", "", setting, "",
              f"Command: `{summary['command']}`  ", f"Machine: {summary['machine']}, {summary['cpu_threads']} threads, "
              f"device {summary['device']}", "",
-             "Test split. Q AUROC: Q-Score with the model's eps (4, or the regularizer's) against the probe's "
-             "correctness; best baseline: the label-free baseline with the highest AUROC on the same run.", "",
-             "| method | run | seed | linear top-1 | kNN top-1 | Q AUROC | empty S_i | best label-free baseline (AUROC) "
-             "| probe confidence AUROC | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "Test split. Best baseline: the label-free baseline with the highest AUROC against the probe's correctness "
+             "on the same run (Q-Score's settings are compared in the next section, on the baseline encoders).", "",
+             "| method | run | seed | linear top-1 | kNN top-1 | best label-free baseline (AUROC) "
+             "| probe confidence AUROC | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["runs"]:
         rows = {row["score"]: row["auroc"] for row in r["comparison"]}
         best = max(BASELINES, key=lambda name: rows.get(name, -1.0))
         lines.append(
             f"| {r['method']} | {r['variant']} | {r['seed']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
-            f"{rows['q_score']:.3f} | {100 * r['degeneracy']['empty_fraction']:.0f} % | {best} ({rows[best]:.3f}) | "
+            f"{best} ({rows[best]:.3f}) | "
             f"{rows[CEILING]:.3f} | {100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
         )
     lines += ["", "Dead features: the fraction of the encoder's features that never fire on the test split; effective "

@@ -275,7 +275,8 @@ def report_eval_results(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 def training_provenance(training: Mapping[str, Any]) -> dict[str, Any]:
     """The training recipe that ``qscore_hf.pretraining`` saves as ``config.training``, as a card's provenance list."""
     regularization = (
-        f"lambda1={training['lambda1']}, lambda2={training['lambda2']}, eps={training['qscore_eps']}, "
+        f"{training.get('qscore_l1_form', 'sum')} L1 form, lambda1={training['lambda1']}, lambda2={training['lambda2']}, "
+        f"eps={training['qscore_eps']}, "
         f"warmup {training['qscore_warmup_samples']} samples"
     )
     recipe = {

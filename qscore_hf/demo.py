@@ -55,9 +55,9 @@ class DemoSetting:
         batch_size: pre-training batch size.
         image_size: input resolution of the encoder.
         probe_epochs: SGD epochs of the linear probe.
-        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model; ``"auto"`` (the demo's
-            default) calibrates it on the training images: at the paper's 4, a few minutes of CPU training leave
-            most samples with no highly activating feature (README, Results).
+        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model: 1, the value chosen on a
+            validation split (README "Results"); at the paper's 4, a few minutes of CPU training leave most samples
+            with no highly activating feature.
     """
 
     max_samples: int | None
@@ -65,7 +65,7 @@ class DemoSetting:
     batch_size: int
     image_size: int
     probe_epochs: int
-    qscore_eps: float | str = "auto"
+    qscore_eps: float | str = 1.0
 
 
 # Defaults sized for ~2 minutes on 2 CPU cores (measured: see the README), and the few-second --quick setting.
@@ -152,7 +152,7 @@ def run_demo(
             method=method, output_dir=str(out), backbone=BACKBONE, dataset=name, eval_split=None,
             max_samples=setting.max_samples, image_size=setting.image_size, epochs=setting.epochs,
             batch_size=setting.batch_size, warmup_epochs=setting.epochs / 10, checkpoint_every=0, keep_checkpoints=1,
-            qscore_eps=setting.qscore_eps, seed=seed, num_workers=0, log_with="none", progress=progress,
+            scoring_eps=setting.qscore_eps, seed=seed, num_workers=0, log_with="none", progress=progress,
         )  # fmt: skip
     )
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # only a resumable run needs them

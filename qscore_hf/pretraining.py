@@ -33,7 +33,14 @@ from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
 from .health import FeatureHealth, RunningFeatureHealth
-from .regularizer import DEFAULT_L1_FORM, DEFAULT_LAMBDA2, QScoreRegularizer, QScoreRegularizerOutput
+from .regularizer import (
+    DEFAULT_EPS,
+    DEFAULT_L1_FORM,
+    DEFAULT_LAMBDA1,
+    DEFAULT_LAMBDA2,
+    QScoreRegularizer,
+    QScoreRegularizerOutput,
+)
 from .ssl import SSLMethod, TransformSettings, build_method
 
 __all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
@@ -55,6 +62,9 @@ _KILLED_FEATURES = (
 )
 # An epoch's dead fraction this far above the first epoch's triggers the warning above.
 KILLED_FEATURES_MARGIN = 0.05
+# The exported model's eps, chosen on a validation split (bench/reproduce.py; README "Results"): at the paper's 4 the
+# encoders this package trains leave most samples with an empty S_i. Converted checkpoints keep the paper's 4.
+DEFAULT_SCORING_EPS = 1.0
 # Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
 DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
 
@@ -85,10 +95,11 @@ class PretrainConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     local_views: int = 0
     qscore_reg: bool = False
-    lambda1: float = 1e-4
+    lambda1: float = DEFAULT_LAMBDA1
     lambda2: float = DEFAULT_LAMBDA2
     qscore_l1_form: str = DEFAULT_L1_FORM
-    qscore_eps: float | str = 4.0  # or "auto" (qscore_hf.calibration): the regularizer's and the exported model's
+    qscore_eps: float | str = DEFAULT_EPS  # the regularizer's eps ("auto" or a number)
+    scoring_eps: float | str = DEFAULT_SCORING_EPS  # the exported model's eps (its Q-Scores and saved statistics)
     qscore_warmup_samples: int = 10_000
     init_from: str | None = None
     resume: str | None = None
@@ -301,7 +312,7 @@ def _base_model(cfg: PretrainConfig) -> QScoreModel:
     return QScoreModel(
         QScoreConfig(
             backbone=cfg.backbone, stem_padding=cfg.stem_padding, image_size=cfg.image_size,
-            crop_pct=1.0 if cfg.image_size <= 64 else 0.875, image_mean=mean, image_std=std, qscore_eps=cfg.qscore_eps,
+            crop_pct=1.0 if cfg.image_size <= 64 else 0.875, image_mean=mean, image_std=std, qscore_eps=cfg.scoring_eps,
         )
     )
 

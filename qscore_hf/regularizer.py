@@ -13,7 +13,10 @@ from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .distributed import all_reduce_sum, world_size
 from .score import NORMALIZE_OPTIONS, ActivationStats, Normalize, as_feature_matrix, qscore_details
 
-__all__ = ["L1_FORMS", "L1Form", "QScoreRegularizer", "QScoreRegularizerOutput", "column_l1"]
+__all__ = [
+    "DEFAULT_EPS", "DEFAULT_L1_FORM", "DEFAULT_LAMBDA1", "DEFAULT_LAMBDA2", "L1_FORMS", "L1Form", "QScoreRegularizer",
+    "QScoreRegularizerOutput", "column_l1",
+]  # fmt: skip
 
 L1Form = Literal["sum", "mean", "normalized"]
 L1_FORMS = ("sum", "mean", "normalized")
@@ -77,9 +80,12 @@ class QScoreRegularizerOutput:
         }
 
 
-# Chosen on a validation split (bench/reproduce.py --regularizer-selection; README "Results").
+# Chosen on a validation split (bench/reproduce.py --regularizer-selection; README "Results"): the scale-free L1
+# form, lambda1 = lambda2 = 1e-2, and eps calibrated on the training batches.
 DEFAULT_L1_FORM: L1Form = "normalized"
+DEFAULT_LAMBDA1 = 1e-2
 DEFAULT_LAMBDA2 = 1e-2
+DEFAULT_EPS = "auto"
 
 
 class QScoreRegularizer(nn.Module):
@@ -91,8 +97,9 @@ class QScoreRegularizer(nn.Module):
     ``l1_form`` chooses ``c_j``: ``"sum"`` is SPEC §6's literal column L1 norm ``sum_i |h_ij|`` (with the
     preprint's lambdas it collapses features in short runs: SPEC §6, README Results); ``"mean"`` divides it by
     the global batch size; ``"normalized"`` (the default) is the batch mean of ``|h_ij| / ||h_i||_2``, which is
-    scale-free and so cannot shrink features towards zero. The defaults (``l1_form``, ``lambda2``, ``eps``) were
-    chosen on a validation split (``bench/reproduce.py``, README "Results").
+    scale-free and so cannot shrink features towards zero. The defaults (``l1_form="normalized"``,
+    ``lambda1 = lambda2 = 1e-2``, ``eps="auto"``) were chosen on a validation split (``bench/reproduce.py``, README
+    "Results"); SPEC §6 as published is ``l1_form="sum", lambda1=1e-4, lambda2=1e-4, eps=4``.
 
     Under torch.distributed (e.g. ``accelerate launch``) the batch is the global batch: Q sums, ``c_j``, batch
     sizes and activation counts are summed over processes, so the loss value is the same on every process and
@@ -116,9 +123,9 @@ class QScoreRegularizer(nn.Module):
     def __init__(
         self,
         num_features: int,
-        lambda1: float = 1e-4,
+        lambda1: float = DEFAULT_LAMBDA1,
         lambda2: float = DEFAULT_LAMBDA2,
-        eps: float | str = 4.0,
+        eps: float | str = DEFAULT_EPS,
         normalize: Normalize = "none",
         l1_form: L1Form = DEFAULT_L1_FORM,
         coverage: float = DEFAULT_COVERAGE,

@@ -89,6 +89,8 @@ HISTOGRAM_FILE = "qscore_hist.png"
 LOWEST_FILE = "lowest_qscore.png"
 STATS_SOURCES = ("auto", "saved", "data")
 TOP_FEATURES = 5
+# Scored rows per kNN-density call: each call reads the whole reference (the probe's training features) once.
+_KNN_BLOCK_ROWS = 4096
 # Scores of the misclassification table, in its order: Q-Score, the label-free baselines, the label-using ceiling.
 COMPARED = ("q_score", "l2_norm", "hoyer_sparsity", "max_zscore", "knn_density", "probe_confidence")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -252,6 +254,13 @@ def _score_rows(rows: Iterable[_Rows], discriminative: Tensor, config: QScoreCon
                 probe_train: FeatureSet | None) -> dict[str, np.ndarray]:  # fmt: skip
     """Per-sample columns: row ids, Q-Scores, ``|S_i|``, top features, baselines, labels and probe predictions."""
     columns: dict[str, list[np.ndarray]] = defaultdict(list)
+    pending: list[Tensor] = []  # scored rows waiting for their kNN density (one pass over the reference per block)
+
+    def flush_knn() -> None:
+        if pending:
+            columns["knn_density"].append(knn_density(torch.cat(pending), probe_train.features))
+            pending.clear()
+
     for chunk in rows:
         details = qscore_details(chunk.features, discriminative, config.qscore_eps, config.qscore_normalize)
         columns["row_id"].append(chunk.row_ids.astype(np.int64))
@@ -266,7 +275,10 @@ def _score_rows(rows: Iterable[_Rows], discriminative: Tensor, config: QScoreCon
             logits = probe.logits(chunk.features)
             columns["prediction"].append(logits.argmax(axis=1).astype(np.int64))
             columns["probe_confidence"].append(probe_confidence(logits))
-            columns["knn_density"].append(knn_density(chunk.features, probe_train.features))
+            pending.append(chunk.features.float().cpu())
+            if sum(len(block) for block in pending) >= _KNN_BLOCK_ROWS:
+                flush_knn()
+    flush_knn()
     if not columns:
         raise ValueError("no image of the data set could be read, so there is nothing to score.")
     result = {name: np.concatenate(parts) for name, parts in columns.items()}

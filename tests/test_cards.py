@@ -119,7 +119,7 @@ def evaluated_model(tmp_path_factory) -> tuple[Path, Path]:
         model_dir = pretrain(PretrainConfig(
             method="simclr", output_dir=str(work / "run"), dataset="digits", backbone="resnet10t", image_size=16,
             batch_size=16, max_samples=32, epochs=1, num_workers=0, log_with="none", progress=False, eval_split=None,
-            qscore_eps=2.0, checkpoint_every=0,
+            scoring_eps=2.0, checkpoint_every=0,
         ))  # fmt: skip
         run_linear_eval(model_dir, "digits", work / "eval", max_samples=64, epochs=10, optimizer="lbfgs",
                         cache_dir=work / "cache", update_model_card=False, progress=False)  # fmt: skip

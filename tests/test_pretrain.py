@@ -62,7 +62,7 @@ def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monk
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(uploaded["files"])
     card = huggingface_hub.ModelCard.load(model_dir / "README.md")
     assert method in card.data.tags and "q-score" in card.data.tags
-    assert f"- **method**: {method}" in card.text and "lambda1=0.0001, lambda2=0.0001, eps=4.0" in card.text
+    assert f"- **method**: {method}" in card.text and "normalized L1 form, lambda1=0.01, lambda2=0.01, eps=auto" in card.text
     assert "- **steps**: 3" in card.text
     model = QScoreModel.from_pretrained(model_dir)
     assert model.config.ssl_method == method and model.config.qscore_regularized

@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--method-kwargs", type=json.loads, help='JSON overriding the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'')
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
     add("--lambda1", type=float), add("--lambda2", type=float)
-    add("--qscore-eps", type=eps_argument,
-        help="eps of the regularizer and of the exported model, or 'auto' (calibrated on the training data)")
+    add("--qscore-eps", type=eps_argument, help="eps of the regularizer, or 'auto' (the default: calibrated each epoch)")
+    add("--scoring-eps", type=eps_argument,
+        help="eps of the exported model's Q-Scores (default 1, chosen on a validation split), or 'auto'")
     add("--qscore-l1-form", choices=["normalized", "mean", "sum"],
         help="the regularizer's L1 term: normalized (scale-free, default), mean (per-sample mean), sum (SPEC §6 literal)")
     add("--qscore-warmup-samples", type=int)
