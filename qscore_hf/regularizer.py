@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,10 +166,18 @@ class QScoreRegularizer(nn.Module):
         return float(self.resolved_eps) if self.auto_eps else self.stats.eps
 
     def _calibrate(self, calibrator: EpsCalibrator) -> None:
-        """Set eps from ``calibrator`` (summed over processes) and restart the statistics counted with the old one."""
+        """Set eps from ``calibrator`` (summed over processes) and restart the statistics counted with the old one.
+
+        A representation with no spread (e.g. collapsed to zero) cannot be calibrated: training goes on with the
+        previous eps (the paper's 4 before any), with a warning, rather than failing."""
         calibrator.all_reduce()
-        self.resolved_eps.fill_(calibrator.resolve(self.coverage))
-        self.stats.eps = float(self.resolved_eps)
+        try:
+            eps = calibrator.resolve(self.coverage)
+        except ValueError as error:
+            eps = 4.0 if math.isnan(float(self.resolved_eps)) else float(self.resolved_eps)
+            warnings.warn(f"QScoreRegularizer eps='auto' keeps eps={eps:g}: {error}", RuntimeWarning, stacklevel=3)
+        self.resolved_eps.fill_(eps)
+        self.stats.eps = eps
         self.stats.reset()
         calibrator.reset()
 

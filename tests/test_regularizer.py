@@ -557,3 +557,14 @@ def test_all_reduce_is_noop_in_one_process():
     before = stats.counts.clone()
     stats.all_reduce()
     assert torch.equal(stats.counts, before) and int(stats.num_samples) == 20
+
+
+def test_auto_eps_survives_a_collapsed_batch():
+    # All-zero rows (a collapsed representation) cannot be calibrated: training keeps the previous eps and warns.
+    reg = QScoreRegularizer(8, eps="auto", warmup_samples=1).train()
+    reg(lognormal_batch(8, 16, 8))
+    calibrated = reg.eps
+    reg(torch.zeros(16, 8, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="keeps eps"):
+        reg.refresh()
+    assert reg.eps == calibrated

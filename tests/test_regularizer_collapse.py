@@ -34,8 +34,8 @@ def dead_fraction(model_dir) -> float:
 def dead(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("collapse")
-    runs = {"baseline": {}, "literal": dict(qscore_reg=True, qscore_l1_form="sum", lambda1=1e-4, lambda2=1e-4),
-            "default": dict(qscore_reg=True)}  # fmt: skip
+    literal = dict(qscore_reg=True, qscore_l1_form="sum", lambda1=1e-4, lambda2=1e-4, qscore_eps=4.0)  # SPEC §6
+    runs = {"baseline": {}, "literal": literal, "default": dict(qscore_reg=True)}
     return {name: dead_fraction(pretrain(PretrainConfig(output_dir=str(root / name), **RUN, **extra)))
             for name, extra in runs.items()}  # fmt: skip
 
