@@ -165,6 +165,14 @@ class QScoreRegularizer(nn.Module):
     def eps(self) -> float:
         return float(self.resolved_eps) if self.auto_eps else self.stats.eps
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # A checkpoint of eps="auto" holds statistics counted at its calibrated eps: take that eps first, so that the
+        # statistics (loaded right after, as a child module) are checked against the eps they were counted with.
+        saved = state_dict.get(prefix + "resolved_eps")
+        if self.auto_eps and saved is not None and not math.isnan(float(saved)):
+            self.stats.eps = float(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _calibrate(self, calibrator: EpsCalibrator) -> None:
         """Set eps from ``calibrator`` (summed over processes) and restart the statistics counted with the old one.
 

@@ -568,3 +568,13 @@ def test_auto_eps_survives_a_collapsed_batch():
     with pytest.warns(RuntimeWarning, match="keeps eps"):
         reg.refresh()
     assert reg.eps == calibrated
+
+
+def test_auto_eps_checkpoint_round_trip():
+    # A resumed run loads statistics counted at the calibrated eps: the fresh regularizer takes that eps first.
+    reg = QScoreRegularizer(8, eps="auto", warmup_samples=1).train()
+    reg(lognormal_batch(9, 32, 8))
+    fresh = QScoreRegularizer(8, eps="auto", warmup_samples=1)
+    fresh.load_state_dict(reg.state_dict())
+    assert fresh.eps == reg.eps and fresh.stats.eps == reg.eps
+    assert torch.equal(fresh.stats.counts, reg.stats.counts)

@@ -187,7 +187,7 @@ def test_summary_numbers_and_identities(saved_run, folder, stats_model_dir):
     assert summary["mean_q"] == pytest.approx(float(np.mean(q)), abs=1e-12)
     assert summary["median_q"] == pytest.approx(float(np.median(q)), abs=1e-12)
     assert summary["empty_fraction"] == pytest.approx(float(np.mean(table["num_selected"] == 0)), abs=1e-12)
-    assert summary["qscore"] == {"eps": EPS, "normalize": "none", "p_lo": 50.0, "p_hi": 95.0}
+    assert summary["qscore"] == {"eps": EPS, "eps_calibration": None, "normalize": "none", "p_lo": 50.0, "p_hi": 95.0}
     assert summary["model"]["name"] == str(stats_model_dir) and summary["model"]["commit"] is None
     assert summary["model"]["config"]["backbone"] == "resnet18_cifar"
     dataset = summary["dataset"]
