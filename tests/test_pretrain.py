@@ -160,7 +160,8 @@ def test_two_process_run_uses_global_statistics(tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     run = run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
                       "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none",
-                      "--checkpoint-every", "0"], tmp_path, launcher=launcher)  # fmt: skip
+                      "--checkpoint-every", "0", "--qscore-eps", "4"], tmp_path, launcher=launcher)  # fmt: skip
+    # (A fixed eps: with the default eps="auto" the statistics restart at each epoch's recalibration.)
     assert run.stdout.count("saved the pre-trained QScoreModel") == 1  # the main process says it
     model = QScoreModel.from_pretrained(out / "model")
     assert model.config.training["num_processes"] == 2
