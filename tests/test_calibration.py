@@ -238,3 +238,17 @@ def test_regularizer_auto_eps_needs_a_training_call():
     regularizer = QScoreRegularizer(16, eps="auto").eval()
     with pytest.raises(ValueError):
         regularizer(torch.from_numpy(spikes(4, 16, 1)).float())
+
+
+def test_metric_auto_eps_keeps_saved_statistics_eps():
+    # Saved statistics were counted at their own eps: eps="auto" must use it, for an object and for its state_dict.
+    import evaluate
+
+    import qscore_hf  # noqa: F401  (registers the metric name)
+    from qscore_hf import ActivationStats
+
+    rows = np.random.default_rng(3).lognormal(size=(40, 12)).astype(np.float32)
+    stats = ActivationStats(12, 2.5).update(rows)
+    metric = evaluate.load("qscore")
+    for saved in (stats, stats.state_dict()):
+        assert metric.compute(predictions=rows, eps="auto", activation_stats=saved)["eps"] == 2.5

@@ -67,7 +67,7 @@ Examples:
 """
 
 
-def _statistics(activation_stats: Any, reference_features: Any, eps: float, width: int) -> ActivationStats | None:
+def _statistics(activation_stats: Any, reference_features: Any, eps: float | str, width: int) -> ActivationStats | None:
     if activation_stats is not None and reference_features is not None:
         raise ValueError("pass activation_stats or reference_features, not both.")
     if reference_features is not None:
@@ -77,12 +77,15 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float, widt
     if isinstance(activation_stats, ActivationStats):
         _check_width(activation_stats.num_features, width)
         return activation_stats
-    stats = ActivationStats(width, eps)
     if isinstance(activation_stats, Mapping):
         state = {key: torch.as_tensor(value) for key, value in activation_stats.items()}
         counts = state.get("counts")
         if counts is not None and counts.dim() == 1:
             _check_width(counts.numel(), width)
+        if is_auto(eps):  # saved statistics keep the eps they were counted with
+            counted = state.get("counted_eps")
+            eps = 4.0 if counted is None else float(counted.to(torch.int64).view(torch.float64))
+        stats = ActivationStats(width, eps)
         stats.load_state_dict(state)
         return stats
     if isinstance(activation_stats, str):
