@@ -244,11 +244,14 @@ def scoring_selection(baselines: list[dict[str, Any]], plots_dir: Path) -> dict[
         per_encoder.append(selection.scoring_grid(reference, _run_features(result, "eval", "validation"),
                                                   _run_correct(result, "validation")))  # fmt: skip
     chosen, validation_table = selection.choose_scoring(per_encoder)
+    q_settings = {f"q_score (paper: {selection.PAPER_SCORING.name})": selection.PAPER_SCORING,
+                  f"q_score (chosen: {chosen.name})": chosen}  # fmt: skip
+    if selection.PACKAGE_SCORING != chosen:
+        q_settings[f"q_score (package default: {selection.PACKAGE_SCORING.name})"] = selection.PACKAGE_SCORING
     test_rows: dict[str, list[float]] = {}
     for result in baselines:
         reference, test, correct = _run_features(result, "train"), _run_features(result, "eval"), _run_correct(result)
-        for name, setting in (("q_score (paper: eps 4)", selection.PAPER_SCORING), ("q_score (chosen)", chosen),
-                              ("q_score (package: eps 1)", selection.PACKAGE_SCORING)):  # fmt: skip
+        for name, setting in q_settings.items():
             scores, _, _ = selection.qscores(setting, reference, test)
             test_rows.setdefault(name, []).append(selection.auroc(scores, correct))
         for row in result["comparison"]:

@@ -15,6 +15,7 @@ import torch
 
 from qscore_hf import ActivationStats, qscore
 from qscore_hf.calibration import calibrate_eps, is_auto
+from qscore_hf.configuration_qscore import SMALL_SCALE_SCORING
 from qscore_hf.metrics import misclassification_metrics
 
 EPS_GRID: tuple[float | str, ...] = (1.0, 2.0, 3.0, 4.0, "auto")
@@ -40,9 +41,8 @@ class ScoringSetting:
 
 
 PAPER_SCORING = ScoringSetting(4.0, "none", 50.0, 95.0)
-# What the package's own training exports (PretrainConfig.scoring_eps): the validated eps with the paper's normalize
-# and band, whose differences on validation were within noise (README "Results").
-PACKAGE_SCORING = ScoringSetting(1.0, "none", 50.0, 95.0)
+# What the package's own training exports (PretrainConfig's scoring_* defaults).
+PACKAGE_SCORING = ScoringSetting(**{key.removeprefix("qscore_"): value for key, value in SMALL_SCALE_SCORING.items()})
 SCORING_GRID = tuple(ScoringSetting(eps, normalize, lo, hi) for eps in EPS_GRID for normalize in NORMALIZE_GRID
                      for lo, hi in BAND_GRID)  # fmt: skip
 

@@ -55,9 +55,9 @@ class DemoSetting:
         batch_size: pre-training batch size.
         image_size: input resolution of the encoder.
         probe_epochs: SGD epochs of the linear probe.
-        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model: 1, the value chosen on a
-            validation split (README "Results"); at the paper's 4, a few minutes of CPU training leave most samples
-            with no highly activating feature.
+        qscore_eps: the ``eps`` of highly activating features (SPEC §2) saved with the model: 1, chosen on a
+            validation split with normalize ``l1`` and band 0-100 (``SMALL_SCALE_SCORING``, README "Results"); at the
+            paper's 4, a few minutes of CPU training leave most samples with no highly activating feature.
     """
 
     max_samples: int | None

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .cards import training_provenance
-from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
+from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .data import ImageDataset, load_image_dataset
 from .io_utils import check_model_source
 from .knn import knn_accuracy
@@ -62,9 +62,6 @@ _KILLED_FEATURES = (
 )
 # An epoch's dead fraction this far above the first epoch's triggers the warning above.
 KILLED_FEATURES_MARGIN = 0.05
-# The exported model's eps, chosen on a validation split (bench/reproduce.py; README "Results"): at the paper's 4 the
-# encoders this package trains leave most samples with an empty S_i. Converted checkpoints keep the paper's 4.
-DEFAULT_SCORING_EPS = 1.0
 # Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
 DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
 
@@ -99,7 +96,11 @@ class PretrainConfig:
     lambda2: float = DEFAULT_LAMBDA2
     qscore_l1_form: str = DEFAULT_L1_FORM
     qscore_eps: float | str = DEFAULT_EPS  # the regularizer's eps ("auto" or a number)
-    scoring_eps: float | str = DEFAULT_SCORING_EPS  # the exported model's eps (its Q-Scores and saved statistics)
+    # The exported model's Q-Score settings (its Q-Scores and saved statistics): chosen on a validation split.
+    scoring_eps: float | str = SMALL_SCALE_SCORING["qscore_eps"]
+    scoring_normalize: str = SMALL_SCALE_SCORING["qscore_normalize"]
+    scoring_p_lo: float = SMALL_SCALE_SCORING["qscore_p_lo"]
+    scoring_p_hi: float = SMALL_SCALE_SCORING["qscore_p_hi"]
     qscore_warmup_samples: int = 10_000
     init_from: str | None = None
     resume: str | None = None
@@ -313,6 +314,7 @@ def _base_model(cfg: PretrainConfig) -> QScoreModel:
         QScoreConfig(
             backbone=cfg.backbone, stem_padding=cfg.stem_padding, image_size=cfg.image_size,
             crop_pct=1.0 if cfg.image_size <= 64 else 0.875, image_mean=mean, image_std=std, qscore_eps=cfg.scoring_eps,
+            qscore_normalize=cfg.scoring_normalize, qscore_p_lo=cfg.scoring_p_lo, qscore_p_hi=cfg.scoring_p_hi,
         )
     )
 

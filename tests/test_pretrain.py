@@ -67,6 +67,9 @@ def test_every_method_trains_and_exports_a_loadable_model(method, tmp_path, monk
     model = QScoreModel.from_pretrained(model_dir)
     assert model.config.ssl_method == method and model.config.qscore_regularized
     assert model.config.pretraining_data == "digits"
+    # The exported scoring settings default to the ones chosen on validation (README "Results"), not the paper's.
+    config = model.config
+    assert (config.qscore_eps, config.qscore_normalize, config.qscore_p_lo, config.qscore_p_hi) == (1.0, "l1", 0, 100)
     assert int(model.activation_stats.num_samples) == 48  # the final pass saw every training image once
     log = read_log(tmp_path / method)
     assert [entry["step"] for entry in log if "loss" in entry] == [1, 2, 3]
@@ -160,11 +163,14 @@ def test_two_process_run_uses_global_statistics(tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     run = run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
                       "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none",
-                      "--checkpoint-every", "0", "--qscore-eps", "4"], tmp_path, launcher=launcher)  # fmt: skip
+                      "--checkpoint-every", "0", "--qscore-eps", "4", "--scoring-eps", "2", "--scoring-normalize",
+                      "zscore", "--scoring-p-lo", "25", "--scoring-p-hi", "90"], tmp_path, launcher=launcher)  # fmt: skip
     # (A fixed eps: with the default eps="auto" the statistics restart at each epoch's recalibration.)
     assert run.stdout.count("saved the pre-trained QScoreModel") == 1  # the main process says it
     model = QScoreModel.from_pretrained(out / "model")
     assert model.config.training["num_processes"] == 2
+    config = model.config
+    assert (config.qscore_eps, config.qscore_normalize, config.qscore_p_lo, config.qscore_p_hi) == (2, "zscore", 25, 90)
     # The final statistics pass: 64 images split over 2 processes, summed back to all 64.
     assert int(model.activation_stats.num_samples) == 64
     # The regularizer's running statistics: 2 steps x 2 views x the global batch of 2 x 16 images.

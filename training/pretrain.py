@@ -21,6 +21,7 @@ from accelerate import PartialState
 from qscore_hf.calibration import eps_argument
 from qscore_hf.io_utils import check_model_source
 from qscore_hf.pretraining import PretrainConfig, pretrain
+from qscore_hf.score import NORMALIZE_OPTIONS
 from qscore_hf.ssl import METHODS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -53,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--lambda1", type=float), add("--lambda2", type=float)
     add("--qscore-eps", type=eps_argument, help="eps of the regularizer, or 'auto' (the default: calibrated each epoch)")
     add("--scoring-eps", type=eps_argument,
-        help="eps of the exported model's Q-Scores (default 1, chosen on a validation split), or 'auto'")
+        help=f"eps of the exported model's Q-Scores, or 'auto' (default: {DEFAULTS.scoring_eps:g}, chosen on a "
+             "validation split with the normalize and band below; README 'Results')")
+    add("--scoring-normalize", choices=list(NORMALIZE_OPTIONS),
+        help=f"normalize of the exported model's Q-Scores (default: {DEFAULTS.scoring_normalize})")
+    add("--scoring-p-lo", type=float, help=f"lower percentile of its band D (default: {DEFAULTS.scoring_p_lo:g})")
+    add("--scoring-p-hi", type=float, help=f"upper percentile of its band D (default: {DEFAULTS.scoring_p_hi:g})")
     add("--qscore-l1-form", choices=["normalized", "mean", "sum"],
         help="the regularizer's L1 term: normalized (scale-free, default), mean (per-sample mean), sum (SPEC §6 literal)")
     add("--qscore-warmup-samples", type=int)
