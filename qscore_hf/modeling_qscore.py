@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import SourceRepo, build_backbone, find_source, import_backbone
+from .backbones import CIFAR_SUFFIX, SourceRepo, build_backbone, find_source, import_backbone
 from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
@@ -78,6 +78,10 @@ class QScoreModel(PreTrainedModel):
         # eps="auto" is resolved by compute_activation_stats; until then the (empty) statistics hold the paper's eps.
         self.activation_stats = ActivationStats(width, 4.0 if is_auto(config.qscore_eps) else config.qscore_eps)
         self.classifier = nn.Linear(width, config.num_labels) if config.probe_head else None
+        if config.backbone_library == "timm" and config.backbone.endswith(CIFAR_SUFFIX):
+            # The CIFAR stem's padding changes no tensor's shape, so a config that disagrees with the weights would
+            # load silently: the weights' own value is saved with them and checked by from_pretrained.
+            self.register_buffer(_STEM_PADDING, torch.tensor(config.stem_padding, dtype=torch.int64))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -230,6 +234,7 @@ class QScoreModel(PreTrainedModel):
         missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith(_OPTIONAL_TENSORS))
         if _RECORDED_EPS in info.get("missing_keys", ()):  # saved before the eps was recorded: assume the config's
             model.activation_stats.record_eps()
+        _check_stem_padding(model, info, str(pretrained_model_name_or_path))
         unexpected = sorted(info.get("unexpected_keys", ()))
         mismatched = [] if allow_mismatch else sorted(_describe_mismatch(item) for item in info.get("mismatched_keys", ()))
         if missing or unexpected or mismatched:
@@ -279,8 +284,24 @@ def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRe
 
 
 _RECORDED_EPS = "activation_stats.counted_eps"
-# A probe head added to a backbone-only checkpoint, and the eps record that older folders lack.
-_OPTIONAL_TENSORS = ("classifier.", _RECORDED_EPS)
+_STEM_PADDING = "stem_padding"
+# A probe head added to a backbone-only checkpoint, and the records of eps and stem padding that older folders lack.
+_OPTIONAL_TENSORS = ("classifier.", _RECORDED_EPS, _STEM_PADDING)
+
+
+def _check_stem_padding(model: QScoreModel, info: Mapping[str, Any], source: str) -> None:
+    """A CIFAR-stem model's weights were saved with the padding config.json states (older folders: assumed)."""
+    saved = getattr(model, _STEM_PADDING, None)
+    if saved is None or _STEM_PADDING in info.get("missing_keys", ()):
+        if saved is not None:
+            saved.fill_(model.config.stem_padding)
+        return
+    if int(saved) != model.config.stem_padding:
+        raise WeightsMismatchError(
+            f"{source}: config.json says stem_padding={model.config.stem_padding}, but the weights were trained with "
+            f"stem_padding={int(saved)} (recorded in model.safetensors): set config.json's stem_padding back to "
+            f"{int(saved)}; another padding would compute other features from the same weights."
+        )
 
 
 def _describe_mismatch(item: Any) -> str:

@@ -227,3 +227,35 @@ def test_state_dict_eps_record():
     loaded.load_state_dict(older)  # no record: taken as counted with this eps
     assert loaded.counted_with_eps == 1.0 and torch.equal(loaded.counts, stats.counts)
     assert loaded.reset().counted_with_eps == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CIFAR stem's padding, which changes no tensor's shape
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_config_stem_padding_other_than_the_weights_is_refused(folder, capsys):
+    # good_folder's resnet18_cifar was built (and saved) with the default stem_padding = 1
+    assert int(load_file(str(folder / "model.safetensors"))["stem_padding"]) == 1
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "stem_padding": 2}))
+    with pytest.raises(ValueError, match="stem_padding=2, but the weights were trained with stem_padding=1 .*back to 1"):
+        QScoreModel.from_pretrained(folder)
+    assert main(["info", str(folder)]) == 1
+    assert "stem_padding=1" in capsys.readouterr().err
+
+
+def test_folder_saved_before_the_stem_padding_record_loads_with_the_configs(folder):
+    weights = load_file(str(folder / "model.safetensors"))
+    del weights["stem_padding"]
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "stem_padding": 2}))
+    model = QScoreModel.from_pretrained(folder)  # no record: the config's padding is taken, as before
+    assert model.backbone.conv1.padding == (2, 2) and int(model.stem_padding) == 2
+
+
+def test_only_cifar_stems_record_a_padding():
+    assert "stem_padding" not in QScoreModel(QScoreConfig(backbone="resnet10t")).state_dict()
+    padded = QScoreModel(QScoreConfig(backbone="resnet18_cifar", stem_padding=2))
+    assert int(padded.state_dict()["stem_padding"]) == 2 and padded.backbone.conv1.padding == (2, 2)
