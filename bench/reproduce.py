@@ -4,6 +4,8 @@ split and reporting on the test split only what was chosen.
     python bench/reproduce.py --scale cpu --seeds 0,1,2 --regularizer-selection   # Fashion-MNIST subset, 2-core CPU
     python bench/reproduce.py --scale cpu-long --seeds 0                            # 10k images, 20 epochs (hours)
     python bench/reproduce.py --scale gpu                                           # Fashion-MNIST 60k/10k, bf16
+    python bench/reproduce.py --scale cpu --backbone vit_tiny_patch16_224 --variants baseline \
+        --out bench/results/reproduce_cpu_vit                                       # the scoring study on a ViT
 
 For each method and seed, with the same recipe: a baseline pre-training and the ``--variants`` beside it (``qreg``:
 the package's default Q-Score regularization; ``literal``: SPEC §6 as published; ``finetune``: Q-Score fine-tuning of
@@ -405,6 +407,8 @@ def main() -> int:
     parser.add_argument("--regularizer-selection", action="store_true",
                         help=f"also run {len(CANDIDATES)} candidate regularizers (and the literal and default ones) "
                              f"on {', '.join(SELECTION_METHODS)} seed 0, and choose one on the validation split")
+    parser.add_argument("--backbone", default=None,
+                        help="override the scale's backbone (any timm name, e.g. vit_tiny_patch16_224 for a ViT)")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/reproduce_<scale>")
@@ -415,7 +419,8 @@ def main() -> int:
         parser.error(f"--scale {args.scale} trains in {SCALES[args.scale].mixed_precision} on a CUDA GPU and none is "
                      "visible here (on a CPU it would take hours); use --scale cpu")  # fmt: skip
     scale = replace(SCALES[args.scale], epochs=args.epochs or SCALES[args.scale].epochs,
-                    max_samples=args.max_samples or SCALES[args.scale].max_samples)  # fmt: skip
+                    max_samples=args.max_samples or SCALES[args.scale].max_samples,
+                    backbone=args.backbone or SCALES[args.scale].backbone)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale}"
     root.mkdir(parents=True, exist_ok=True)
     if len(set(args.seeds)) < len(args.seeds):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .data import ImageDataset, load_image_dataset
@@ -313,6 +314,8 @@ def _base_model(cfg: PretrainConfig) -> QScoreModel:
     return QScoreModel(
         QScoreConfig(
             backbone=cfg.backbone, stem_padding=cfg.stem_padding, image_size=cfg.image_size,
+            # a ViT is built for image_size (its position embedding has one entry per patch), or refused in one line
+            backbone_config=timm_size_kwargs(cfg.backbone, cfg.image_size) or None,
             crop_pct=1.0 if cfg.image_size <= 64 else 0.875, image_mean=mean, image_std=std, qscore_eps=cfg.scoring_eps,
             qscore_normalize=cfg.scoring_normalize, qscore_p_lo=cfg.scoring_p_lo, qscore_p_hi=cfg.scoring_p_hi,
         )

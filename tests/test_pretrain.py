@@ -186,3 +186,17 @@ def test_unwritable_output_dir_fails_before_training(tmp_path):
                          image_size=16, batch_size=16, max_samples=32, epochs=1, num_workers=0, log_with="none")
     with pytest.raises(ValueError, match="not writable"):
         pretrain(cfg)
+
+
+def test_vit_backbone_is_built_for_the_training_image_size(tmp_path):
+    """A ViT's position embedding has one entry per patch: pre-training at 32 px builds timm's ViT for 32 px (as
+    ``qscore-hf score`` does), and the exported model rebuilds it offline from its config."""
+    cfg = PretrainConfig(method="dino", output_dir=str(tmp_path / "vit"), dataset="digits",
+                         backbone="vit_tiny_patch16_224", image_size=32, batch_size=16, max_samples=32, epochs=1,
+                         num_workers=0, log_with="none", progress=False, eval_split=None, checkpoint_every=0)  # fmt: skip
+    with pytest.warns(UserWarning, match="negative values"):  # ViT features are signed (SPEC §1)
+        model_dir = pretrain(cfg)
+    model = QScoreModel.from_pretrained(model_dir)
+    assert model.config.backbone_config == {"img_size": 32} and model.config.hidden_size == 192
+    assert model.backbone.patch_embed.grid_size == (2, 2)  # 32 px in 16 px patches
+    assert model(torch.zeros(2, 3, 32, 32)).features.shape == (2, 192)
