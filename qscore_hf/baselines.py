@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .devices import resolve_device
 from .score import as_feature_matrix
 
 __all__ = [
@@ -124,12 +125,6 @@ def _unit_rows(rows: ArrayLike, device: torch.device) -> Tensor:
     return x / torch.where(norm > 0, norm, 1.0)
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def knn_density(
     features: ArrayLike,
@@ -168,7 +163,7 @@ def knn_density(
     if available < 1:
         raise ValueError("the reference set needs at least one row other than the query itself.")
     k = min(k, available)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     query_chunk = query_chunk or max(1, min(num_queries, 4096))
     reference_chunk = reference_chunk or max(k + 1, _BLOCK_ELEMENTS // query_chunk)
     if query_chunk < 1 or reference_chunk < 1:

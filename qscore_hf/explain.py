@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers.image_utils import PILImageResampling, get_image_size
 
 from .data import ImageDataset
-from .features import resolve_device
+from .devices import resolve_device
 from .io_utils import atomic_directory
 from .modeling_qscore import QScoreModel
 from .score import as_feature_mask, highly_activating, qscore_details

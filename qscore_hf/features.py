@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .data import ImageDataset
+from .devices import resolve_device
 from .modeling_qscore import QScoreModel
 from .score import ActivationStats
 
@@ -47,7 +48,6 @@ __all__ = [
     "extract_features",
     "feature_cache_key",
     "iter_features",
-    "resolve_device",
     "row_chunks",
     "without_decoding",
 ]
@@ -150,11 +150,6 @@ def default_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(os.environ.get("QSCORE_HF_CACHE") or Path(constants.HF_HOME) / "qscore_hf" / "features")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device``; ``None`` means CUDA when available, else the CPU."""
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def without_decoding(
