@@ -16,6 +16,16 @@ import pytest
 _HF_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "EVALUATE_")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its share of the cores: every worker's torch would otherwise start one
+    thread per core, and on 2 cores two workers would fight over 4 busy threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's 8x8 digits (bundled, no download): ``(images uint8 0..255 of shape (N, 8, 8), data, target)``."""
