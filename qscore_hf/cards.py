@@ -333,12 +333,14 @@ def card_from_report(
 
 def _evaluation_note(report: Mapping[str, Any]) -> str:
     probe, qscore = report["probe"], report["qscore"]
+    verdict = (report.get("comparison") or {}).get("verdict")
     return (
         f"A linear probe ({probe['optimizer']}, {probe['epochs']} epochs) was trained on the frozen features of "
         f"{report['num_train']} images of `{report['dataset']}` ({report['train_split']}) and evaluated on "
-        f"{report['num_eval']} images ({report['eval_split']}). Q-Score (eps {qscore['eps']}, "
-        f"{qscore['num_discriminative']} discriminative features) ranks the probe's correct predictions with AUPRC "
+        f"{report['num_eval']} images ({report['eval_split']}). Q-Score (eps {qscore['eps']:g}, normalize "
+        f"{qscore['normalize']}, band {qscore['p_lo']:g}-{qscore['p_hi']:g}, {qscore['num_discriminative']} "
+        f"discriminative features) ranks the probe's correct predictions with AUPRC "
         f"{report['auprc_correct']:.4f} (base rate {report['base_rate_correct']:.4f}) and its mistakes with AUPRC "
         f"{report['auprc_misclassified']:.4f} (base rate {report['base_rate_misclassified']:.4f}); AUROC "
-        f"{report['auroc']:.4f}."
+        f"{report['auroc']:.4f}." + (f" {verdict}" if verdict else "")
     )

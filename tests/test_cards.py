@@ -150,6 +150,10 @@ def test_card_from_a_linear_eval_report(evaluated_model, tmp_path, capsys):
     assert "from 32 reference images" in body  # the statistics the pre-training export counted
     assert f"| Linear-probe top-1 accuracy | {report['top1']} |" in body
     assert f"AUPRC {report['auprc_correct']:.4f} (base rate {report['top1']:.4f})" in body
+    # the scoring setting the card's numbers were made with (the exported model's: eps 2 here, normalize l1 and
+    # band 0-100 by default), and the sentence comparing Q-Score with its label-free baselines
+    assert "Q-Score (eps 2, normalize l1, band 0-100," in body
+    assert "label-free baseline" in report["comparison"]["verdict"] and report["comparison"]["verdict"] in body
     assert "## Limitations" in body
     assert re.findall(r"```bibtex\n@\w+\{(\w+),", body) == ["kalibhat2024measuring", "chen2020simple"]
 
