@@ -66,8 +66,9 @@ def _warn_negative_once() -> None:
     _warned_call_sites.add(site)
     warnings.warn(
         "features contain negative values; Q-Score (SPEC §1) was defined for non-negative representations "
-        "such as pooled ReLU CNN features. Scores are computed anyway; for ViT-like features consider "
-        "normalize='zscore'. This warning is shown once per call site.",
+        "such as pooled ReLU CNN features. Scores are computed anyway; for ViT-like (LayerNorm) features use eps <= 2 "
+        "or eps='auto' (at eps 4 most samples select nothing) and read the label-free baselines beside Q-Score "
+        "(README: ViT features). This warning is shown once per call site.",
         NegativeFeaturesWarning,
         stacklevel=stacklevel,
     )

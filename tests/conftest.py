@@ -26,6 +26,12 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked ``runs_long`` first: pytest-xdist hands out whole files in this order, so the longest ones start
+    at once on their own workers instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_long") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's 8x8 digits (bundled, no download): ``(images uint8 0..255 of shape (N, 8, 8), data, target)``."""

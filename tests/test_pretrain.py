@@ -19,6 +19,8 @@ from qscore_hf.pretraining import PretrainConfig, pretrain, training_step
 from qscore_hf.ssl import METHODS, TransformSettings, build_method
 from qscore_hf.backbones import create_backbone
 
+pytestmark = pytest.mark.runs_long  # minutes of training: started first under pytest-xdist
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "pretrain.py"
 # A small timm ResNet at 16 px keeps a step well under a second on 2 cores.

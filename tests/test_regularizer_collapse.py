@@ -15,6 +15,8 @@ from qscore_hf import QScoreModel
 from qscore_hf.data import load_image_dataset
 from qscore_hf.pretraining import PretrainConfig, pretrain
 
+pytestmark = pytest.mark.runs_long  # minutes of training: started first under pytest-xdist
+
 # BYOL's CIFAR recipe (training/configs/byol.yaml) on a small timm ResNet at 16 px: 4 epochs of 22 steps.
 RUN = dict(method="byol", dataset="digits", backbone="resnet10t", image_size=16, batch_size=64, epochs=4, lr=1.0,
            weight_decay=1e-5, warmup_epochs=1, num_workers=0, log_with="none", progress=False, eval_split=None,
