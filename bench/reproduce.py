@@ -4,8 +4,8 @@ split and reporting on the test split only what was chosen.
     python bench/reproduce.py --scale cpu --seeds 0,1,2 --regularizer-selection   # Fashion-MNIST subset, 2-core CPU
     python bench/reproduce.py --scale cpu-long --seeds 0                            # 10k images, 20 epochs (hours)
     python bench/reproduce.py --scale gpu                                           # Fashion-MNIST 60k/10k, bf16
-    python bench/reproduce.py --scale cpu --backbone vit_tiny_patch16_224 --variants baseline \
-        --out bench/results/reproduce_cpu_vit                                       # the scoring study on a ViT
+    python bench/reproduce.py --scale cpu --backbone vit_tiny_patch16_224 --variants baseline  # the scoring study on
+        --out bench/results/reproduce_cpu_vit                                                   # a ViT
 
 For each method and seed, with the same recipe: a baseline pre-training and the ``--variants`` beside it (``qreg``:
 the package's default Q-Score regularization; ``literal``: SPEC §6 as published; ``finetune``: Q-Score fine-tuning of
@@ -126,7 +126,7 @@ SCALES = {
     "cpu-long": Scale(
         dataset="fashion_mnist", backbone="resnet10t", image_size=32, epochs=20, batch_size=128, max_samples=10_000,
         probe_epochs=100, mixed_precision="no", num_workers=0, finetune_epochs=5, methods=("simclr", "byol"),
-        notes="a 2-core CPU, about 25 minutes a run: does Q-Score's standing change with training length?",
+        notes="a 2-core CPU, about 75 minutes a run: does Q-Score's standing change with training length?",
         method_overrides=_SMALL_QUEUES,
     ),
     "gpu": Scale(
@@ -411,7 +411,8 @@ def main() -> int:
                         help="override the scale's backbone (any timm name, e.g. vit_tiny_patch16_224 for a ViT)")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/reproduce_<scale>")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: bench/results/reproduce_<scale> (cpu_long for cpu-long)")
     parser.add_argument("--summary-only", action="store_true",
                         help="run nothing: tabulate the finished runs (e.g. while others still run in the background)")
     args = parser.parse_args()
@@ -421,7 +422,7 @@ def main() -> int:
     scale = replace(SCALES[args.scale], epochs=args.epochs or SCALES[args.scale].epochs,
                     max_samples=args.max_samples or SCALES[args.scale].max_samples,
                     backbone=args.backbone or SCALES[args.scale].backbone)  # fmt: skip
-    root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale}"
+    root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale.replace('-', '_')}"
     root.mkdir(parents=True, exist_ok=True)
     if len(set(args.seeds)) < len(args.seeds):
         parser.error(f"--seeds {args.seeds} must be distinct")
