@@ -15,7 +15,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -364,6 +364,10 @@ def _float_bits(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float64).view(torch.int64)
 
 
+def _float_from_bits(bits: Tensor) -> float:
+    return float(bits.to(torch.int64).view(torch.float64))
+
+
 class ActivationStats(nn.Module):
     """Streaming activation frequencies ``A_j`` and the discriminative set ``D`` (SPEC §3).
 
@@ -399,7 +403,13 @@ class ActivationStats(nn.Module):
     @property
     def counted_with_eps(self) -> float:
         """The ``eps`` the saved counts were made with."""
-        return float(self.counted_eps.view(torch.float64))
+        return _float_from_bits(self.counted_eps)
+
+    @staticmethod
+    def counted_eps_in(state_dict: Mapping[str, Any]) -> float | None:
+        """The ``eps`` a saved ``state_dict`` of statistics was counted with; ``None`` when it predates the record."""
+        bits = state_dict.get("counted_eps")
+        return None if bits is None else _float_from_bits(torch.as_tensor(bits))
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, eps={self.eps}, num_samples={int(self.num_samples)}"

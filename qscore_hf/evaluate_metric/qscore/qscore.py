@@ -83,8 +83,8 @@ def _statistics(activation_stats: Any, reference_features: Any, eps: float | str
         if counts is not None and counts.dim() == 1:
             _check_width(counts.numel(), width)
         if is_auto(eps):  # saved statistics keep the eps they were counted with
-            counted = state.get("counted_eps")
-            eps = 4.0 if counted is None else float(counted.to(torch.int64).view(torch.float64))
+            counted = ActivationStats.counted_eps_in(state)
+            eps = 4.0 if counted is None else counted
         stats = ActivationStats(width, eps)
         stats.load_state_dict(state)
         return stats
