@@ -161,7 +161,10 @@ class _ChunkResult:
     q: Tensor | None
     num_selected: Tensor | None
     counts: Tensor | None
-    has_negative: Tensor
+    low: Tensor
+    """``(rows, 1)`` row minima: negative entries, and (with ``moments``) the all-zero rows."""
+    moments: tuple[Tensor, Tensor, Tensor] | None = None
+    """``(total, mu, sigma)`` of a chunk scored from raw moments, which ``_redo_inexact`` checks afterwards."""
 
 
 def _power_of_two(exponent: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -183,82 +186,101 @@ def _scratch(workspace: threading.local | None, name: str, like: Tensor) -> Tens
     return buffer
 
 
-def _row_moments(x: Tensor, low: Tensor, workspace: threading.local | None) -> tuple[Tensor, Tensor] | None:
-    """Mean-free rows and sigma straight from ``x``; ``None`` unless that is exact to rounding for every row.
-
-    Exact means no overflow, no underflow that matters (sigma is far above the smallest normal number) and no
-    constant row (its float mean may differ from its entries by an ulp, which would fake a tiny sigma; a row
-    whose sigma is that small relative to its mean is left to the scaled path, which detects it exactly).
-    All-zero rows are exact here: sum 0 and minimum 0 mean every entry is 0.
-    """
-    info = torch.finfo(x.dtype)
-    d = x.shape[1]
-    total = x.sum(dim=1, keepdim=True)
-    mu = total / d
-    deviation = torch.sub(x, mu, out=_scratch(workspace, "deviation", x)) if workspace is not None else x - mu
-    sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(d)
-    s, m = sigma.detach(), mu.detach()
-    exact = (s >= info.tiny**0.25) & (s < math.inf) & (s > m.abs() * (d * info.eps))
-    exact |= (total.detach() == 0) & (low == 0)
-    return (deviation, sigma) if bool(exact.all()) else None
+def _exact_rows(low: Tensor, total: Tensor, mu: Tensor, sigma: Tensor, num_features: int) -> Tensor:
+    """Which rows' raw moments are exact to rounding: no overflow, no underflow that matters (sigma far above the
+    smallest normal number) and no constant row (its float mean may differ from its entries by an ulp, which would
+    fake a tiny sigma; a row whose sigma is that small relative to its mean is left to the scaled path, which
+    detects it exactly). All-zero rows are exact: sum 0 and minimum 0 mean every entry is 0. NaN or Inf fails."""
+    info = torch.finfo(sigma.dtype)
+    exact = (sigma >= info.tiny**0.25) & (sigma < math.inf) & (sigma > mu.abs() * (num_features * info.eps))
+    return exact | ((total == 0) & (low == 0))
 
 
 def _score_chunk(
     features: Tensor, start: int, rows: int, plan: _Pass, workspace: threading.local | None = None
 ) -> _ChunkResult:
-    """SPEC §2-4 on rows ``start:start+rows``; exact at any finite magnitude (rows are scaled by a power of two
-    when their raw moments would over- or underflow), ``ValueError`` naming the rows that hold NaN or Inf."""
+    """SPEC §2-4 on rows ``start:start+rows`` from the raw moments (no checks in the hot loop: the result keeps
+    the moments, and ``_redo_inexact`` rescores with ``_score_chunk_scaled`` every chunk where they over- or
+    underflowed)."""
     x = features[start : start + rows].to(_compute_dtype(features))
     low = x.detach().amin(dim=1, keepdim=True)
-    moments = _row_moments(x, low, workspace)
-    exponent = None
-    if moments is not None:
-        deviation, sigma = moments
-        values, threshold = x, plan.eps * sigma.detach()
-    else:
-        high = x.detach().amax(dim=1, keepdim=True)
-        # A NaN or Inf anywhere in a row makes its min or max non-finite: one check covers both.
-        finite = torch.isfinite(low) & torch.isfinite(high)
-        if not bool(finite.all()):
-            bad = (~finite.squeeze(1)).nonzero().squeeze(1)[:_MAX_ROWS_NAMED] + start
-            raise ValueError(
-                f"features contain NaN or Inf in row(s) {bad.tolist()} (first offending rows shown); "
-                "Q-Score is undefined there. Check the encoder's numerics (e.g. fp16 overflow) or drop those samples."
-            )
-        # Divide each row by a power of two near its max |h_ij| (exact): every rule of SPEC §2-4 is invariant.
-        exponent = torch.frexp(torch.maximum(-low, high))[1].to(torch.int64)
-        first, second = _power_of_two(-exponent, x.dtype)
-        values = x * first * second
-        mu = values.mean(dim=1, keepdim=True)
-        deviation = values - mu
-        sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
-        # A constant row has sigma = 0 and no highly activating feature (SPEC §2); min == max detects it exactly.
-        threshold = torch.where(low == high, math.inf, plan.eps * sigma.detach())
+    total = x.sum(dim=1, keepdim=True)
+    mu = total / x.shape[1]
+    deviation = torch.sub(x, mu, out=_scratch(workspace, "deviation", x)) if workspace is not None else x - mu
+    sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
+    # The L1 norm of a row without negative entries is its sum (not under autograd: |h|'s gradient is 0 at 0).
+    nonnegative = not x.requires_grad and plan.normalize == "l1" and not bool((low < 0).any())
+    q, num_selected, counts = _select(x, deviation, sigma, plan.eps * sigma.detach(), plan, start, workspace,
+                                      l1=total.squeeze(1) if nonnegative else None)  # fmt: skip
+    return _ChunkResult(q, num_selected, counts, low, (total.detach(), mu.detach(), sigma.detach()))
+
+
+def _score_chunk_scaled(features: Tensor, start: int, rows: int, plan: _Pass) -> _ChunkResult:
+    """``_score_chunk`` exact at any finite magnitude: each row is divided by a power of two near its max |h_ij|
+    (exact, and every rule of SPEC §2-4 is invariant to it) before its moments are taken; ``ValueError`` naming
+    the rows that hold NaN or Inf."""
+    x = features[start : start + rows].to(_compute_dtype(features))
+    low, high = x.detach().amin(dim=1, keepdim=True), x.detach().amax(dim=1, keepdim=True)
+    # A NaN or Inf anywhere in a row makes its min or max non-finite: one check covers both.
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    if not bool(finite.all()):
+        bad = (~finite.squeeze(1)).nonzero().squeeze(1)[:_MAX_ROWS_NAMED] + start
+        raise ValueError(
+            f"features contain NaN or Inf in row(s) {bad.tolist()} (first offending rows shown); "
+            "Q-Score is undefined there. Check the encoder's numerics (e.g. fp16 overflow) or drop those samples."
+        )
+    exponent = torch.frexp(torch.maximum(-low, high))[1].to(torch.int64)
+    first, second = _power_of_two(-exponent, x.dtype)
+    values = x * first * second
+    deviation = values - values.mean(dim=1, keepdim=True)
+    sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
+    # A constant row has sigma = 0 and no highly activating feature (SPEC §2); min == max detects it exactly.
+    threshold = torch.where(low == high, math.inf, plan.eps * sigma.detach())
+    q, num_selected, counts = _select(values, deviation, sigma, threshold, plan, start, None,
+                                      exponent=None if plan.normalize != "none" else exponent.squeeze(1))  # fmt: skip
+    return _ChunkResult(q, num_selected, counts, low)
+
+
+def _select(values: Tensor, deviation: Tensor, sigma: Tensor, threshold: Tensor, plan: _Pass, start: int,
+            workspace: threading.local | None, l1: Tensor | None = None,
+            exponent: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    """L (``deviation > threshold``), its column sums and the Q-Scores of one chunk; ``exponent``: the powers of
+    two the rows were divided by, restored for ``normalize="none"``; ``l1``: the rows' L1 norms when known."""
     selected = _scratch(workspace, "selected", deviation)
     torch.gt(deviation.detach(), threshold, out=selected)  # L as 0/1: float masks reduce faster than bool
     if plan.mask_out is not None:
-        plan.mask_out[start : start + rows].copy_(selected)
+        plan.mask_out[start : start + selected.shape[0]].copy_(selected)
     counts = selected.sum(dim=0).to(torch.int64) if plan.count else None
-    q = num_selected = None
-    if plan.normalize is not None:
-        # Row sums restricted to D as matrix-vector products with D's 0/1 mask: one read of the chunk each, where
-        # masking first and summing after would read it twice and write it once (bench/qscore_speed.py).
-        mask = plan.feature_mask
-        num_selected = (selected @ mask if mask is not None else selected.sum(dim=1)).to(torch.int64)
-        # sum over S_i of (h_ij - mu_i); in place unless autograd needs the mask (as the regularizer does)
-        terms = deviation * selected if deviation.requires_grad else selected.mul_(deviation)
-        q = (terms @ mask if mask is not None else terms.sum(dim=1)) / num_selected.clamp(min=1)
-        tiny = torch.finfo(q.dtype).tiny
-        if plan.normalize == "zscore":
-            # sigma > 0 wherever S_i is non-empty; the clamp only keeps empty rows at 0 instead of 0/0.
-            q = q / sigma.squeeze(1).clamp(min=tiny)
-        elif plan.normalize == "l1":
-            q = q / torch.linalg.vector_norm(values, ord=1, dim=1).clamp(min=tiny)
-        elif exponent is not None:
-            first, second = _power_of_two(exponent.squeeze(1), q.dtype)
-            q = q * first * second
-        q = torch.where(num_selected > 0, q, torch.zeros((), dtype=q.dtype, device=q.device))
-    return _ChunkResult(q, num_selected, counts, (low < 0).any())
+    if plan.normalize is None:
+        return None, None, counts
+    # Row sums restricted to D as matrix-vector products with D's 0/1 mask: one read of the chunk each, where
+    # masking first and summing after would read it twice and write it once (bench/qscore_speed.py).
+    mask = plan.feature_mask
+    num_selected = selected @ mask if mask is not None else selected.sum(dim=1)
+    # sum over S_i of (h_ij - mu_i); in place unless autograd needs the mask (as the regularizer does)
+    terms = deviation * selected if deviation.requires_grad else selected.mul_(deviation)
+    q = (terms @ mask if mask is not None else terms.sum(dim=1)) / num_selected.clamp(min=1)
+    if plan.normalize == "zscore":
+        # sigma > 0 wherever S_i is non-empty; the clamp only keeps empty rows at 0 instead of 0/0.
+        q = q / sigma.squeeze(1).clamp(min=torch.finfo(q.dtype).tiny)
+    elif plan.normalize == "l1":
+        if l1 is None:  # |h| into the spent buffer of L, unless autograd needs a graph
+            l1 = (values.abs() if values.requires_grad else torch.abs(values, out=selected)).sum(dim=1)
+        q = q / l1.clamp(min=torch.finfo(q.dtype).tiny)
+    elif exponent is not None:
+        first, second = _power_of_two(exponent, q.dtype)
+        q = q * first * second
+    return torch.where(num_selected > 0, q, 0.0), num_selected.to(torch.int64), counts
+
+
+def _redo_inexact(features: Tensor, results: list[_ChunkResult], rows: int, plan: _Pass) -> list[_ChunkResult]:
+    """Rescore with ``_score_chunk_scaled`` every chunk holding a row whose raw moments were not exact (checked
+    for all rows at once, after the pass: a few vector operations instead of a dozen per chunk)."""
+    low, total, mu, sigma = (torch.cat(parts) for parts in zip(*((r.low, *r.moments) for r in results)))
+    inexact = (~_exact_rows(low, total, mu, sigma, features.shape[1])).squeeze(1).nonzero().squeeze(1)
+    for index in torch.unique(torch.div(inexact, rows, rounding_mode="floor")).tolist():
+        results[index] = _score_chunk_scaled(features, index * rows, rows, plan)
+    return results
 
 
 def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_ChunkResult]:
@@ -272,20 +294,29 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     threads = torch.get_num_threads()
     workers = min(threads, len(starts))
     if features.requires_grad and torch.is_grad_enabled():  # autograd keeps each chunk's tensors
-        return [_score_chunk(features, start, rows, plan) for start in starts]
-    workspace = threading.local()
-    if features.device.type != "cpu" or workers < 2:
-        return [_score_chunk(features, start, rows, plan, workspace) for start in starts]
-    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
-    try:
-        return list(pool.map(lambda start: _score_chunk(features, start, rows, plan, workspace), starts))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
+        results = [_score_chunk(features, start, rows, plan) for start in starts]
+    elif features.device.type != "cpu" or workers < 2:
+        workspace = threading.local()
+        results = [_score_chunk(features, start, rows, plan, workspace) for start in starts]
+    else:
+        workspace = threading.local()
+        pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+        try:
+            # One task per worker, each a contiguous run of chunks: fewer hand-offs between threads than a task
+            # per chunk.
+            def score_run(worker: int) -> list[_ChunkResult]:
+                return [_score_chunk(features, start, rows, plan, workspace) for start in starts[worker::workers]]
+
+            runs = list(pool.map(score_run, range(workers)))
+            results = [runs[i % workers][i // workers] for i in range(len(starts))]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
+    return _redo_inexact(features, results, rows, plan)
 
 
 def _warn_if_negative(results: list[_ChunkResult]) -> None:
-    if bool(torch.stack([result.has_negative for result in results]).any()):
+    if bool(torch.cat([result.low for result in results]).lt(0).any()):
         _warn_negative_once()
 
 
