@@ -37,17 +37,6 @@ def numpy_per_row(features: np.ndarray, discriminative: np.ndarray, eps: float) 
     return out
 
 
-def best_of(repeats: int, fn, sync=lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def interleaved_best(repeats: int, functions: dict, sync=lambda: None) -> dict[str, float]:
     """The best time of each function over ``repeats`` rounds, each round running every function once."""
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -76,8 +65,8 @@ def model_overhead(device: torch.device, batch: int = 256) -> dict:
 
     for _ in range(3):
         run(True), run(False)
-    bare = best_of(10, lambda: run(False), sync)
-    scored = best_of(10, lambda: run(True), sync)
+    best = interleaved_best(10, {"bare": lambda: run(False), "scored": lambda: run(True)}, sync)
+    bare, scored = best["bare"], best["scored"]
     return {"batch": batch, "forward_s": bare, "forward_with_qscore_s": scored, "overhead": scored / bare - 1}
 
 

@@ -293,17 +293,16 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     starts = range(0, features.shape[0], rows)
     threads = torch.get_num_threads()
     workers = min(threads, len(starts))
-    if features.requires_grad and torch.is_grad_enabled():  # autograd keeps each chunk's tensors
-        results = [_score_chunk(features, start, rows, plan) for start in starts]
-    elif features.device.type != "cpu" or workers < 2:
-        workspace = threading.local()
+    # Autograd keeps each chunk's tensors, so it gets no reusable scratch buffers and no pool.
+    grad = features.requires_grad and torch.is_grad_enabled()
+    workspace = None if grad else threading.local()
+    if grad or features.device.type != "cpu" or workers < 2:
         results = [_score_chunk(features, start, rows, plan, workspace) for start in starts]
     else:
-        workspace = threading.local()
         pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
         try:
-            # One task per worker, each a contiguous run of chunks: fewer hand-offs between threads than a task
-            # per chunk.
+            # One task per worker, each every workers-th chunk: fewer hand-offs between threads than a task per
+            # chunk.
             def score_run(worker: int) -> list[_ChunkResult]:
                 return [_score_chunk(features, start, rows, plan, workspace) for start in starts[worker::workers]]
 
