@@ -1,19 +1,25 @@
 """Q-Score speed: vectorized ``qscore_hf.qscore`` vs a per-row NumPy loop, same process, same data.
 
-    python bench/qscore_speed.py [--rows 50000] [--dim 2048] [--device cpu|cuda] [--out bench/results/x.json]
+    python bench/qscore_speed.py [--rows 50000] [--dim 2048] [--device cpu|cuda] [--busy-cores K]
+                                 [--out bench/results/x.json]
 
 On a GPU it also measures what Q-Score adds to a ResNet-50 bf16 forward at batch 256 (``--model-overhead``).
 It also times one read pass over the same features (a sum) and reports the score's time in read passes
 ("passes": memory-bound work can hardly go below 1), for the paper's ``normalize="none"`` and for each other
-``normalize`` (``"l1"`` is what models trained with this package score with). The figures (and, with
---model-overhead, the overhead) are printed last.
+``normalize`` (``"l1"`` is what models trained with this package score with). On the CPU it times both paths:
+the default fused kernel (qscore_hf/fused.py) and the eager PyTorch one (``QSCORE_HF_FUSED=0``).
+``--busy-cores K`` keeps K other processes spinning while it times, as a busy machine would. The figures (and,
+with --model-overhead, the overhead) are printed last.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +27,7 @@ import torch
 
 from _record import environment, save
 from qscore_hf import ActivationStats, qscore
-from qscore_hf.score import NORMALIZE_OPTIONS
+from qscore_hf.score import FUSED_ENV, NORMALIZE_OPTIONS
 
 
 def numpy_per_row(features: np.ndarray, discriminative: np.ndarray, eps: float) -> np.ndarray:
@@ -48,6 +54,32 @@ def interleaved_best(repeats: int, functions: dict, sync=lambda: None) -> dict[s
             sync()
             times[name].append(time.perf_counter() - start)
     return {name: min(values) for name, values in times.items()}
+
+
+@contextmanager
+def busy_cores(count: int):
+    """``count`` processes spinning on the CPU for the duration (killed on exit)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if count else 0)  # let them start
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def on_path(fused: bool, function):
+    """``function`` run with the fused CPU kernel on or off (QSCORE_HF_FUSED)."""
+
+    def run():
+        os.environ[FUSED_ENV] = "1" if fused else "0"
+        try:
+            return function()
+        finally:
+            os.environ.pop(FUSED_ENV)
+
+    return run
 
 
 def model_overhead(device: torch.device, batch: int = 256) -> dict:
@@ -78,6 +110,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-overhead", action="store_true")
+    parser.add_argument("--busy-cores", type=int, default=0, help="processes kept spinning while timing (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -91,13 +124,22 @@ def main() -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tensor = torch.from_numpy(features).to(device)
     d_index = discriminative.to(device)
-    qscore(tensor, d_index, args.eps)  # warm-up
+    paths = {"": True, "eager_": False} if device.type == "cpu" else {"": True}
+    for fused in paths.values():
+        on_path(fused, lambda: qscore(tensor, d_index, args.eps))()  # warm-up (and the kernel's compilation)
     # Interleaved rounds, so that a drift in the machine's speed (other tenants of a VM) touches every figure alike.
     timed = {"read_pass": lambda: tensor.sum()}
-    timed |= {normalize: (lambda n=normalize: qscore(tensor, d_index, args.eps, n)) for normalize in NORMALIZE_OPTIONS}
-    best = interleaved_best(args.repeats, timed, sync)
+    for prefix, fused in paths.items():
+        for normalize in NORMALIZE_OPTIONS:
+            timed[prefix + normalize] = on_path(fused, lambda n=normalize: qscore(tensor, d_index, args.eps, n))
+    with busy_cores(args.busy_cores):
+        best = interleaved_best(args.repeats, timed, sync)
     read_pass = best.pop("read_pass")
-    by_normalize = {name: {"seconds": seconds, "passes": seconds / read_pass} for name, seconds in best.items()}
+    by_normalize = {
+        name: {f"{prefix}{unit}": best[prefix + name] / (read_pass if unit == "passes" else 1)
+               for prefix in paths for unit in ("seconds", "passes")}
+        for name in NORMALIZE_OPTIONS
+    }  # fmt: skip
     vectorized = by_normalize["none"]["seconds"]
     start = time.perf_counter()
     reference = numpy_per_row(features, discriminative.numpy(), args.eps)
@@ -115,6 +157,7 @@ def main() -> int:
         "read_pass_s": read_pass,
         "passes": vectorized / read_pass,
         "by_normalize": by_normalize,
+        "busy_cores": args.busy_cores,
         "rows_differing_from_numpy": mismatched_rows,
         "speedup": baseline / vectorized,
     }
@@ -126,6 +169,9 @@ def main() -> int:
     print(f"speedup vectorized vs per-row numpy: {result['speedup']:.1f}x")
     print(f"qscore time in read passes over the same features: {result['passes']:.1f}")
     print("by normalize: " + ", ".join(f"{k} {v['passes']:.1f} passes" for k, v in by_normalize.items()))
+    if device.type == "cpu":
+        print("eager path (QSCORE_HF_FUSED=0): "
+              + ", ".join(f"{k} {v['eager_passes']:.1f} passes" for k, v in by_normalize.items()))
     return 0
 
 

@@ -41,6 +41,13 @@ DiscriminativeLike = Tensor | np.ndarray | Sequence[int] | None
 _CPU_CHUNK_ELEMENTS = 2**19
 _GPU_CHUNK_ELEMENTS = 2**26
 _MAX_ROWS_NAMED = 5
+# The fused CPU kernel (qscore_hf/fused.py) reads a row at a time, so its chunks are only units of work for the
+# thread pool: about 50 of them for 50,000 x 2048 features, so that a worker slowed by a busy core takes fewer.
+# Below _FUSED_MIN_ELEMENTS the eager path takes a few milliseconds and importing numba is not worth it.
+_FUSED_CHUNK_ELEMENTS = 2**21
+_FUSED_MAX_CHUNK_ROWS = 2**24  # the kernel counts L in the features' float dtype: exact up to 2**24 rows
+_FUSED_MIN_ELEMENTS = 2**20
+FUSED_ENV = "QSCORE_HF_FUSED"
 
 
 class NegativeFeaturesWarning(UserWarning):
@@ -53,14 +60,20 @@ _SKIPPED_FRAME_DIRS = tuple(
 )
 
 
-def _warn_negative_once() -> None:
-    """Warn once per call site: the first frame outside qscore_hf and torch (e.g. a user's script line)."""
-    frame = sys._getframe(1)
+def _caller() -> tuple[int, tuple[str, int]]:
+    """The ``stacklevel`` (for ``warnings.warn`` in the function calling this) and the file and line of the first
+    frame outside qscore_hf and torch: a user's script line."""
+    frame = sys._getframe(2)
     stacklevel = 2
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SKIPPED_FRAME_DIRS):
         frame = frame.f_back
         stacklevel += 1
-    site = (frame.f_code.co_filename, frame.f_lineno)
+    return stacklevel, (frame.f_code.co_filename, frame.f_lineno)
+
+
+def _warn_negative_once() -> None:
+    """Warn once per call site (see ``_caller``)."""
+    stacklevel, site = _caller()
     if site in _warned_call_sites:
         return
     _warned_call_sites.add(site)
@@ -162,7 +175,8 @@ class _ChunkResult:
     num_selected: Tensor | None
     counts: Tensor | None
     low: Tensor
-    """``(rows, 1)`` row minima: negative entries, and (with ``moments``) the all-zero rows."""
+    """``(rows, 1)`` row minima, or their signs (the fused kernel): below 0 marks negative entries, and 0 with a
+    ``total`` of 0 an all-zero row."""
     moments: tuple[Tensor, Tensor, Tensor] | None = None
     """``(total, mu, sigma)`` of a chunk scored from raw moments, which ``_redo_inexact`` checks afterwards."""
 
@@ -284,34 +298,105 @@ def _redo_inexact(features: Tensor, results: list[_ChunkResult], rows: int, plan
 
 
 def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_ChunkResult]:
-    """Score every chunk of rows. On a multi-threaded CPU the chunks run in a thread pool whose workers each use
-    one thread: one parallel region per call instead of one per tensor operation, so a busy machine that
-    delays a thread delays its chunks, not every operation of every chunk."""
+    """Score every chunk of rows: on the CPU without autograd with the fused kernel (``qscore_hf.fused``) where
+    numba is there, else with eager tensor operations. On a multi-threaded CPU the chunks run in a thread pool whose
+    workers each use one thread: one parallel region per call instead of one per tensor operation, so a busy machine
+    that delays a thread delays its chunks, not every operation of every chunk."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive number of rows, or None for the default; got {chunk_size!r}.")
+    grad = features.requires_grad and torch.is_grad_enabled()
+    cpu_batch = not grad and features.device.type == "cpu" and plan.mask_out is None
+    fused = _fused() if cpu_batch and features.numel() >= _FUSED_MIN_ELEMENTS else None
+    if fused is not None:
+        rows = min(chunk_size or max(1, _FUSED_CHUNK_ELEMENTS // features.shape[1]), _FUSED_MAX_CHUNK_ROWS)
+        return _redo_inexact(features, _run_fused(features, plan, rows, fused), rows, plan)
     rows = chunk_size or default_chunk_rows(features.shape[1], features.device)
     starts = range(0, features.shape[0], rows)
-    threads = torch.get_num_threads()
-    workers = min(threads, len(starts))
+    workers = min(torch.get_num_threads(), len(starts))
     # Autograd keeps each chunk's tensors, so it gets no reusable scratch buffers and no pool.
-    grad = features.requires_grad and torch.is_grad_enabled()
     workspace = None if grad else threading.local()
     if grad or features.device.type != "cpu" or workers < 2:
         results = [_score_chunk(features, start, rows, plan, workspace) for start in starts]
     else:
-        pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
-        try:
-            # One task per worker, each every workers-th chunk: fewer hand-offs between threads than a task per
-            # chunk.
-            def score_run(worker: int) -> list[_ChunkResult]:
-                return [_score_chunk(features, start, rows, plan, workspace) for start in starts[worker::workers]]
+        # One task per worker, each every workers-th chunk: fewer hand-offs between threads than a task per chunk.
+        def score_run(worker: int) -> list[_ChunkResult]:
+            return [_score_chunk(features, start, rows, plan, workspace) for start in starts[worker::workers]]
 
-            runs = list(pool.map(score_run, range(workers)))
-            results = [runs[i % workers][i // workers] for i in range(len(starts))]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
+        runs = _map_on_one_thread_workers(score_run, range(workers), workers)
+        results = [runs[i % workers][i // workers] for i in range(len(starts))]
     return _redo_inexact(features, results, rows, plan)
+
+
+def _map_on_one_thread_workers(function: Any, items: Sequence[Any], workers: int) -> list[Any]:
+    """``[function(item) for item in items]`` on a pool of ``workers`` threads that each run torch on one thread."""
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        return list(pool.map(function, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)  # the workers' setting would otherwise become new threads' default
+
+
+_fused_module: Any = None  # qscore_hf.fused once imported, False where it cannot be
+
+
+def _fused() -> Any:
+    """The module ``qscore_hf.fused``, or ``None`` where numba cannot be imported (warned once) or
+    ``QSCORE_HF_FUSED=0`` asks for the eager path."""
+    global _fused_module
+    if os.environ.get(FUSED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if _fused_module is None:
+        try:
+            from . import fused
+        except ImportError as error:  # e.g. numba missing, or built for another NumPy
+            warnings.warn(
+                f"the fused CPU Q-Score kernel is unavailable ({error}); scoring uses the eager PyTorch path, about "
+                f"3x slower on large inputs (README: speed). Install numba, or set {FUSED_ENV}=0 to choose the eager "
+                "path without this warning.",
+                RuntimeWarning,
+                stacklevel=_caller()[0],
+            )
+            fused = False
+        _fused_module = fused
+    return _fused_module or None
+
+
+def _run_fused(features: Tensor, plan: _Pass, rows: int, fused: Any) -> list[_ChunkResult]:
+    """Score every chunk of rows with the fused kernel, chunks handed to the pool's workers as each gets free (a
+    worker on a busy core takes fewer of them)."""
+    num_rows, num_features = features.shape
+    dtype = _compute_dtype(features)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    # The kernel's per-row outputs, in its argument order: q, |S_i|, sign of the row minimum, total, mu, sigma.
+    names = ("q", "num_selected", "sign", "total", "mu", "sigma")
+    outputs = [np.empty(num_rows, np.int64 if name == "num_selected" else np_dtype) for name in names]
+    mask = plan.feature_mask
+    mask = np.ones(num_features, np_dtype) if mask is None else mask.numpy().astype(np_dtype, copy=False)
+    mode = fused.MODES[plan.normalize or "none"]
+    tiny = torch.finfo(dtype).tiny
+
+    def score(start: int) -> np.ndarray:
+        x = features[start : start + rows].detach().to(dtype).contiguous().numpy()  # a view for float32/64 rows
+        counts = np.zeros(num_features if plan.count else 0, np_dtype)
+        fused.score_rows(x, plan.eps, mask, mode, tiny, plan.count, counts, *(a[start : start + rows] for a in outputs))
+        return counts
+
+    starts = range(0, num_rows, rows)
+    workers = min(torch.get_num_threads(), len(starts))
+    counts = [score(start) for start in starts] if workers < 2 else _map_on_one_thread_workers(score, starts, workers)
+    q, num_selected, sign, total, mu, sigma = (torch.from_numpy(a) for a in outputs)
+    return [
+        _ChunkResult(
+            q=q[start : start + rows] if plan.normalize else None,
+            num_selected=num_selected[start : start + rows] if plan.normalize else None,
+            counts=torch.from_numpy(chunk_counts).to(torch.int64) if plan.count else None,
+            low=sign[start : start + rows, None],
+            moments=tuple(m[start : start + rows, None] for m in (total, mu, sigma)),
+        )
+        for start, chunk_counts in zip(starts, counts)
+    ]
 
 
 def _warn_if_negative(results: list[_ChunkResult]) -> None:

@@ -53,6 +53,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["fused", "eager"])
+def score_path(request, monkeypatch) -> str:
+    """Run the test once on each CPU path of ``qscore_hf.score``: the fused numba kernel (forced at every size; by
+    default it takes inputs of 2**20 elements and more) and the eager PyTorch one (``QSCORE_HF_FUSED=0``)."""
+    import qscore_hf.score as score
+
+    monkeypatch.setattr(score, "_warned_call_sites", set())  # each path warns afresh at a call site
+    if request.param == "fused":
+        monkeypatch.setenv(score.FUSED_ENV, "1")
+        monkeypatch.setattr(score, "_FUSED_MIN_ELEMENTS", 0)
+    else:
+        monkeypatch.setenv(score.FUSED_ENV, "0")
+    return request.param
+
+
 @pytest.fixture
 def offline_env():
     """Build the environment of a subprocess: the current one without any Hugging Face variable, plus ``extra``

@@ -27,6 +27,8 @@ DTYPES = {
     torch.float64: (-1074, 1016),
 }
 EPSILONS = (0.0, 0.7, 1.3, 2.0, 2.9, 4.0)
+# Every test runs on both CPU paths (tests/conftest.py): the fused kernel and the eager PyTorch operations.
+pytestmark = pytest.mark.usefixtures("score_path")
 
 
 def reference(m: np.ndarray, eps: float, d_mask: np.ndarray) -> dict[str, np.ndarray | float]:
@@ -72,7 +74,9 @@ def _build(dtype: torch.dtype, m: np.ndarray, exponents: np.ndarray) -> torch.Te
 
 
 @pytest.mark.filterwarnings("ignore::qscore_hf.score.NegativeFeaturesWarning")
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+# score_path is function-scoped but only sets the path, which every example shares.
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
 @given(batches(), st.sampled_from([None, 1, 2]))
 def test_exact_at_any_magnitude(batch, chunk_size):
     dtype, m, exponents, d_mask, eps = batch

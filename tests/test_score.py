@@ -19,6 +19,8 @@ import qscore_hf.score as score_module
 from qscore_hf.score import ActivationStats, NegativeFeaturesWarning, highly_activating, qscore
 
 NORMALIZE = ("none", "zscore", "l1")
+# Every test runs on both CPU paths (tests/conftest.py): the fused kernel and the eager PyTorch operations.
+pytestmark = pytest.mark.usefixtures("score_path")
 
 
 def qscore_with_counts(features, discriminative=None, eps=4.0, normalize="none", chunk_size=None):

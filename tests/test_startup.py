@@ -86,7 +86,8 @@ def test_import_loads_no_optional_stack_and_still_registers(tmp_path):
     code = """
 import json, sys
 import qscore_hf
-eager = sorted(m for m in ("evaluate", "datasets", "lightly", "accelerate", "timm", "sklearn") if m in sys.modules)
+heavy = ("evaluate", "datasets", "lightly", "accelerate", "timm", "sklearn", "numba")
+eager = sorted(m for m in heavy if m in sys.modules)
 import importlib.util
 importlib.util.find_spec("transformers.models.auto.modeling_auto")  # a probe, not an import: registers nothing yet
 from transformers import AutoConfig, AutoModel
