@@ -109,6 +109,19 @@ def test_env_switch_selects_the_eager_path(large, kernel_calls, monkeypatch):
     torch.testing.assert_close(eager, fused, rtol=1e-5, atol=1e-5)
 
 
+def test_transposed_and_half_inputs_are_scored_as_their_float32_contiguous_copies(large, kernel_calls):
+    x = torch.from_numpy(large[:600])
+    want = qscore(x.contiguous(), eps=2.0)
+    transposed = x.t().contiguous().t()  # same values, column-major
+    assert not transposed.is_contiguous()
+    # equal up to summation order: the chunk holding the 1e20 row is rescored on the eager scaled path, whose sums
+    # run in another order over a column-major input
+    torch.testing.assert_close(qscore(transposed, eps=2.0), want, rtol=1e-6, atol=0)
+    half = x.clamp(max=1e4).half()
+    torch.testing.assert_close(qscore(half, eps=2.0), qscore(half.float(), eps=2.0), rtol=1e-6, atol=0)
+    assert len(kernel_calls) >= 4
+
+
 def test_without_numba_scores_on_the_eager_path_and_says_so_once(large, monkeypatch):
     monkeypatch.delenv(score.FUSED_ENV, raising=False)
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
