@@ -435,7 +435,9 @@ def qscore(
 
     Exact (to the compute dtype's rounding) at any finite magnitude, subnormal to float max. Samples whose
     selected set ``S_i = L_i ∩ D`` is empty score 0. Gradients flow to ``features`` (the masks are
-    constants), which is what ``QScoreRegularizer`` relies on.
+    constants), which is what ``QScoreRegularizer`` relies on. On the CPU without autograd, inputs of 2**20 elements
+    and more are scored by a numba kernel (``qscore_hf.fused``, about two read passes over the features; the first
+    call in a process loads or compiles it); ``QSCORE_HF_FUSED=0`` selects the eager PyTorch path.
     """
     return qscore_details(features, discriminative, eps, normalize, chunk_size).q_scores
 
