@@ -32,8 +32,8 @@ VARIANTS = {
 
 
 def run_folder(method: str, name: str) -> Path:
-    """Where bench/reproduce.py keeps (or this script puts) a run: ``name`` is "baseline" or a setting's name."""
-    return ROOT / f"{method}-{name}-seed0"
+    """Where bench/reproduce.py keeps a seed-0 run at this scale: ``name`` is "baseline" or a setting's name."""
+    return reproduce.run_folder(ROOT, method, name, seed=0)
 
 
 def ranks(folder: Path) -> dict[int, float]:

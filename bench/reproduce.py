@@ -210,6 +210,11 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2); got {text!r}")
 
 
+def run_folder(root: Path, method: str, name: str, seed: int) -> Path:
+    """Where a run lives: ``name`` is "baseline", a variant's name or a regularizer setting's ``name``."""
+    return root / f"{method}-{name}-seed{seed}"
+
+
 def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | None, root: Path, seed: int,
             finetune: bool = False, run: bool = True) -> dict[str, Any] | None:  # fmt: skip
     """One pre-training (or fine-tuning of the same seed's baseline) and its evaluation on the validation and test
@@ -217,13 +222,13 @@ def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | 
     is also the exported model's."""
     # A regularized run's folder is named by its settings, so that a variant and a selection candidate with the same
     # settings (e.g. the default after it was chosen) share one run.
-    out = root / f"{method}-{regularizer.name if regularizer is not None and not finetune else variant}-seed{seed}"
+    out = run_folder(root, method, regularizer.name if regularizer is not None and not finetune else variant, seed)
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     if not run:
         return None
-    init_from = root / f"{method}-baseline-seed{seed}" / "model" if finetune else None
+    init_from = run_folder(root, method, "baseline", seed) / "model" if finetune else None
     cfg = _pretrain_config(scale, method, out, seed, regularizer, init_from)
     started = time.time()
     model_dir = pretrain(cfg)

@@ -79,6 +79,8 @@ def _score_rows(
         # holding NaN or Inf is rescored by the caller anyway.
         size = zero
         acc = zero
+        # Two copies of the loop on purpose: one loop with `if count:` inside does not vectorize and took twice as
+        # long (20,000 x 2048 float32, one thread: 50 ms against 24 ms).
         if count:
             for j in range(d):
                 t = row[j] - mu

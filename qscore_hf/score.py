@@ -372,8 +372,8 @@ def _run_fused(features: Tensor, plan: _Pass, rows: int, fused: Any) -> list[_Ch
     # The kernel's per-row outputs, in its argument order: q, |S_i|, sign of the row minimum, total, mu, sigma.
     names = ("q", "num_selected", "sign", "total", "mu", "sigma")
     outputs = [np.empty(num_rows, np.int64 if name == "num_selected" else np_dtype) for name in names]
-    mask = plan.feature_mask
-    mask = np.ones(num_features, np_dtype) if mask is None else mask.numpy().astype(np_dtype, copy=False)
+    # plan.feature_mask is D as 0/1 in the compute dtype already (qscore_details makes it so)
+    mask = np.ones(num_features, np_dtype) if plan.feature_mask is None else plan.feature_mask.numpy()
     mode = fused.MODES[plan.normalize or "none"]
     tiny = torch.finfo(dtype).tiny
 
