@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from _record import environment, save
 from qscore_hf import QScoreRegularizer
 from qscore_hf.backbones import create_backbone
-from qscore_hf.data import load_image_dataset
+from qscore_hf.data import dataset_normalization, load_image_dataset
 from qscore_hf.pretraining import (
-    DATASET_STATS, AugmentedViews, EpochSampler, PretrainConfig, _collate_views, pretrain, training_step,
+    AugmentedViews, EpochSampler, PretrainConfig, _collate_views, pretrain, training_step,
 )
 from qscore_hf.ssl import METHODS, TransformSettings, build_method
 
@@ -84,7 +84,7 @@ def regularizer_overhead(method_name: str, args: argparse.Namespace, device: tor
 
 def _views_dataset(args: argparse.Namespace, method_cls) -> AugmentedViews:
     data = load_image_dataset(args.dataset, "train", max_samples=args.max_samples)
-    mean, std = DATASET_STATS.get(args.dataset, ((0.5,) * 3, (0.25,) * 3))
+    mean, std = dataset_normalization(data) or ((0.5,) * 3, (0.25,) * 3)
     transform = method_cls.build_transform(TransformSettings(args.image_size, mean, std))
     return AugmentedViews(data, transform, seed=0)
 

@@ -1,8 +1,12 @@
 """Resolve a data set name to a ``datasets.Dataset`` of images (and labels when it has them).
 
-Accepted: the built-in offline names ``digits`` (scikit-learn's 8x8 digits) and ``fashion_mnist`` (read from
-Debian's ``dataset-fashion-mnist`` files), a local image folder (``imagefolder`` layout), a local parquet file or
-folder of parquet files, a folder written by ``Dataset.save_to_disk``, or a Hugging Face Hub data set id.
+Accepted: the built-in names ``digits`` (scikit-learn's 8x8 digits), ``fashion_mnist`` (read from Debian's
+``dataset-fashion-mnist`` files) and ``cifar10`` (the folder named by ``$QSCORE_CIFAR10_DIR`` when set, else the Hub's
+``uoft-cs/cifar10``), a local image folder (``imagefolder`` layout), a local parquet file or folder of parquet
+files, a folder written by ``Dataset.save_to_disk``, or a Hugging Face Hub data set id.
+
+``dataset_normalization`` gives the per-channel mean and std a data set is trained with (CIFAR-10's, solo-learn's,
+also for a CIFAR-10 copy given by path or Hub id); ``None`` for data sets it does not know.
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-__all__ = ["BUILTIN_DATASETS", "ImageDataset", "load_image_dataset"]
+from .normalization import DATASET_NORMALIZATION
+
+__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "dataset_normalization",
+           "load_image_dataset"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("QSCORE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]  # fmt: skip
-BUILTIN_DATASETS = ("digits", "fashion_mnist")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_HUB_ID = "uoft-cs/cifar10"
+# A local copy of CIFAR-10 laid out as the Hub's (parquet files train-*/test-*, columns img and label).
+CIFAR10_ENV = "QSCORE_CIFAR10_DIR"
+BUILTIN_DATASETS = ("digits", "fashion_mnist", "cifar10")
 _DIGITS_TEST_FRACTION = 0.2
 _SPLIT_SEED = 0
 # "train[50000:60000]": rows 50000..59999 of a split, as datasets' own split slicing (which only Hub and script
@@ -42,12 +53,41 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int | None:
+        names = self.class_names
+        return None if names is None else len(names)
+
+    @property
+    def class_names(self) -> list[str] | None:
         if self.label_column is None:
             return None
         feature = self.dataset.features[self.label_column] if self.dataset.features else None
-        if isinstance(feature, datasets.ClassLabel):
-            return feature.num_classes
-        return None
+        return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+    @property
+    def known_as(self) -> str | None:
+        """The built-in data set this is (by name, or a CIFAR-10 copy recognised by its classes), else ``None``."""
+        if self.name in BUILTIN_DATASETS:
+            return self.name
+        return "cifar10" if self.class_names == CIFAR10_CLASSES else None
+
+
+def dataset_normalization(data: ImageDataset) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) that encoders of ``data`` are trained with, or ``None`` when it is not a known data set."""
+    known = data.known_as
+    return None if known is None else DATASET_NORMALIZATION[known]
+
+
+def cifar10_source() -> str:
+    """Where ``cifar10`` is read from: ``$QSCORE_CIFAR10_DIR`` when set, else the Hub id ``uoft-cs/cifar10``."""
+    local = os.environ.get(CIFAR10_ENV)
+    if not local:
+        return CIFAR10_HUB_ID
+    if not Path(local).is_dir():
+        raise ValueError(
+            f"{CIFAR10_ENV}={local} is not a folder. Point it at a copy of CIFAR-10 laid out as the Hub's "
+            f"{CIFAR10_HUB_ID} (train-*.parquet, test-*.parquet), or unset it to download from the Hub."
+        )
+    return local
 
 
 def load_image_dataset(
@@ -68,13 +108,14 @@ def load_image_dataset(
     base_split, start, stop = _parse_split(split)
     if start is not None and max_samples is not None:
         stop = start + max_samples if stop is None else min(stop, start + max_samples)
-    if name in BUILTIN_DATASETS:
+    source = cifar10_source() if name == "cifar10" else name
+    if name in ("digits", "fashion_mnist"):
         used = max_samples if start is None else stop  # Fashion-MNIST encodes only the rows that are used
         dataset = _load_digits(base_split) if name == "digits" else _load_fashion_mnist(base_split, used)
-    elif Path(name).exists():
-        dataset = _load_external(name, base_split, streaming and start is None)
+    elif Path(source).exists():
+        dataset = _load_external(source, base_split, streaming and start is None)
     else:  # a Hub data set: datasets slices it itself
-        dataset, start = _load_external(name, split, streaming), None
+        dataset, start = _load_external(source, split, streaming), None
     if start is not None:
         dataset = _slice(dataset, name, split, start, stop)
     if streaming and not isinstance(dataset, datasets.IterableDataset):

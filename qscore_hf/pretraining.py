@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
-from .data import ImageDataset, load_image_dataset
+from .data import ImageDataset, dataset_normalization, load_image_dataset
 from .io_utils import check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -63,8 +63,6 @@ _KILLED_FEATURES = (
 )
 # An epoch's dead fraction this far above the first epoch's triggers the warning above.
 KILLED_FEATURES_MARGIN = 0.05
-# Per-dataset normalization for the built-in data sets (grayscale replicated to 3 channels).
-DATASET_STATS = {"fashion_mnist": ((0.2860,) * 3, (0.3530,) * 3), "digits": ((0.3070,) * 3, (0.3760,) * 3)}
 
 
 @dataclass
@@ -306,11 +304,13 @@ def _knn_monitor(
     return knn_accuracy(train_x, train_y, test_x, test_y, k=cfg.knn_k), len(train_y), len(test_y)
 
 
-def _base_model(cfg: PretrainConfig) -> QScoreModel:
+def _base_model(cfg: PretrainConfig, train_data: ImageDataset) -> QScoreModel:
+    """The model to train: ``init_from``'s, or a new one normalizing with ``train_data``'s statistics (ImageNet's
+    for a data set it does not know)."""
     if cfg.init_from:
         check_model_source(cfg.init_from)
         return QScoreModel.from_pretrained(cfg.init_from)
-    mean, std = DATASET_STATS.get(cfg.dataset, (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = dataset_normalization(train_data) or (IMAGENET_MEAN, IMAGENET_STD)
     return QScoreModel(
         QScoreConfig(
             backbone=cfg.backbone, stem_padding=cfg.stem_padding, image_size=cfg.image_size,
@@ -336,7 +336,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
         project_dir=str(output_dir),
     )
     set_seed(cfg.seed)
-    model = _base_model(cfg)
+    train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
+    model = _base_model(cfg, train_data)
     width = int(model.config.hidden_size)
     method = build_method(cfg.method, model.backbone, width, **cfg.method_kwargs)
     parameter_bytes = sum(p.numel() * p.element_size() for p in method.parameters())
@@ -344,7 +345,6 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
         _check_output_dir(output_dir, needed_bytes=(cfg.keep_checkpoints + 1) * 3 * parameter_bytes + 2**26)
     accelerator.wait_for_everyone()
 
-    train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
     settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
     views = AugmentedViews(train_data, method.build_transform(settings), cfg.seed)
     loader = DataLoader(

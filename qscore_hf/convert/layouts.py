@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, NamedTuple
 
 from ..configuration_qscore import IMAGENET_MEAN, IMAGENET_STD
+from ..normalization import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
     "FORMATS",
@@ -51,7 +52,7 @@ class Preprocessing:
 DatasetPreprocessing = Mapping[str, tuple[str, Preprocessing]]
 
 IMAGENET = Preprocessing()
-CIFAR10 = Preprocessing((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 1.0, "CIFAR-10 normalization, 32 px")
+CIFAR10 = Preprocessing(CIFAR10_MEAN, CIFAR10_STD, 32, 1.0, "CIFAR-10 normalization, 32 px")
 # solo-learn's pre-training/eval statistics per data set (solo/data/pretrain_dataloader.py, MEANS_N_STD).
 SOLO_LEARN_DATASETS: DatasetPreprocessing = {
     "cifar10": ("cifar10", CIFAR10),
