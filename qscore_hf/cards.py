@@ -342,5 +342,6 @@ def _evaluation_note(report: Mapping[str, Any]) -> str:
         f"discriminative features) ranks the probe's correct predictions with AUPRC "
         f"{report['auprc_correct']:.4f} (base rate {report['base_rate_correct']:.4f}) and its mistakes with AUPRC "
         f"{report['auprc_misclassified']:.4f} (base rate {report['base_rate_misclassified']:.4f}); AUROC "
-        f"{report['auroc']:.4f}." + (f" {verdict}" if verdict else "")
+        f"{report['auroc']:.4f}" + (" (95 % interval [{:.4f}, {:.4f}])".format(*report["auroc_ci"])
+                                    if report.get("auroc_ci") else "") + "." + (f" {verdict}" if verdict else "")
     )

@@ -8,14 +8,15 @@ sees whether Q-Score adds anything over a plain label-free score on their model 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .baselines import BASELINES, CEILING, baseline_scores, probe_confidence
-from .metrics import misclassification_metrics
+from .metrics import FEW_SAMPLES, misclassification_metrics
 
-__all__ = ["SCORE_DESCRIPTIONS", "ScoreComparison", "compare_scores", "report_text", "scores_with_baselines"]
+__all__ = ["SCORE_DESCRIPTIONS", "ScoreComparison", "compare_scores", "few_samples_note", "report_text",
+           "scores_with_baselines"]
 
 QSCORE = "q_score"
 SCORE_DESCRIPTIONS = {
@@ -30,10 +31,12 @@ SCORE_DESCRIPTIONS = {
 
 @dataclass
 class ScoreComparison:
-    """AUROC and AUPRC (correct / misclassified as positive) of each score, with the base rates."""
+    """AUROC (with its 95 % interval) and AUPRC (correct / misclassified as positive) of each score, with the base
+    rates."""
 
     rows: list[dict[str, Any]]
-    """One dict per score: ``score``, ``auroc``, ``auprc_correct``, ``auprc_misclassified``, in input order."""
+    """One dict per score: ``score``, ``auroc``, ``auroc_ci`` (``[low, high]``), ``auprc_correct``,
+    ``auprc_misclassified``, in input order."""
     base_rate_correct: float
     base_rate_misclassified: float
     num_samples: int
@@ -59,19 +62,22 @@ class ScoreComparison:
             standing = f"ranks the probe's mistakes better than the best label-free baseline, {best['score']}"
         else:
             standing = f"ranks the probe's mistakes worse than the best label-free baseline, {best['score']}"
-        sentence = f"Q-Score (AUROC {q['auroc']:.3f}) {standing} (AUROC {best['auroc']:.3f})"
+        sentence = f"Q-Score (AUROC {_with_interval(q)}) {standing} (AUROC {_with_interval(best)})"
         if q["auroc"] <= 0.5:
             sentence += ", and no better than chance (0.5)"
         if ceiling is not None:
             sentence += f"; the label-using ceiling, {CEILING}, reaches {ceiling['auroc']:.3f}"
+        if abs(gap) >= 0.005 and _overlap(q, best):
+            sentence += "; the two 95 % intervals overlap, so the difference may be noise"
         return sentence + "."
 
     def table(self, markdown: bool = False) -> str:
         """The table as aligned text (the CLI) or markdown (reports), with the base rates as the last row."""
-        header = ("score", "AUROC", "AUPRC correct", "AUPRC misclassified")
-        body = [(row["score"], f"{row['auroc']:.4f}", f"{row['auprc_correct']:.4f}", f"{row['auprc_misclassified']:.4f}")
-                for row in self.rows]  # fmt: skip
-        body.append(("base rate (chance)", "0.5000", f"{self.base_rate_correct:.4f}", f"{self.base_rate_misclassified:.4f}"))
+        header = ("score", "AUROC", "AUROC 95 % CI", "AUPRC correct", "AUPRC misclassified")
+        body = [(row["score"], f"{row['auroc']:.4f}", _interval_text(row.get("auroc_ci")),
+                 f"{row['auprc_correct']:.4f}", f"{row['auprc_misclassified']:.4f}") for row in self.rows]  # fmt: skip
+        body.append(("base rate (chance)", "0.5000", "", f"{self.base_rate_correct:.4f}",
+                     f"{self.base_rate_misclassified:.4f}"))  # fmt: skip
         if markdown:
             lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
@@ -94,17 +100,55 @@ class ScoreComparison:
                 "notes": self.notes}  # fmt: skip
 
 
+_ROW_KEYS = ("auroc", "auroc_ci", "auprc_correct", "auprc_misclassified")
+
+
+def _with_interval(row: Mapping[str, Any]) -> str:
+    """``0.427 [0.410, 0.445]``: a row's AUROC with its 95 % interval (when the row has one)."""
+    interval = row.get("auroc_ci")
+    return f"{row['auroc']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _interval_text(interval: Any) -> str:
+    return "n/a" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _overlap(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Whether two rows' AUROC intervals overlap (``False`` when either has none)."""
+    a, b = first.get("auroc_ci"), second.get("auroc_ci")
+    return bool(a and b) and a[0] <= b[1] and b[0] <= a[1]
+
+
+def few_samples_note(num_samples: int, num_misclassified: int, auroc_ci: Sequence[float]) -> str | None:
+    """A sentence saying that the AUROC is noise when fewer than ``FEW_SAMPLES`` samples are misclassified (or
+    correct), with the count and the interval; ``None`` otherwise."""
+    num_correct = num_samples - num_misclassified
+    count, kind = min((num_misclassified, "misclassified"), (num_correct, "correctly classified"))
+    if count >= FEW_SAMPLES:
+        return None
+    return (
+        f"only {count} of {num_samples} samples are {kind} (fewer than {FEW_SAMPLES}): too few for an AUROC to mean "
+        f"much; Q-Score's 95 % interval is [{auroc_ci[0]:.3f}, {auroc_ci[1]:.3f}]. Evaluate on more samples or on "
+        "harder data."
+    )
+
+
 def compare_scores(scores: Mapping[str, np.ndarray], correct: np.ndarray) -> ScoreComparison:
-    """AUROC / AUPRC of every score in ``scores`` (higher = more likely correct) against ``correct`` (0/1)."""
+    """AUROC (with its 95 % interval) / AUPRC of every score in ``scores`` (higher = more likely correct) against
+    ``correct`` (0/1); ``notes`` says when too few samples are misclassified (or correct) for the AUROC to mean much
+    (``few_samples_note``, for the first score: Q-Score)."""
     if not scores:
         raise ValueError("no scores to compare; pass at least Q-Score.")
     rows = []
-    metrics: dict[str, float] = {}
+    notes: list[str] = []
+    metrics: dict[str, Any] = {}
     for name, values in scores.items():
         metrics = misclassification_metrics(values, np.asarray(correct).astype(np.int64))
-        rows.append({"score": name, "auroc": metrics["auroc"], "auprc_correct": metrics["auprc_correct"],
-                     "auprc_misclassified": metrics["auprc_misclassified"]})  # fmt: skip
-    return ScoreComparison(rows, metrics["accuracy"], metrics["misclassified_rate"], int(metrics["num_samples"]))
+        rows.append({"score": name, **{key: metrics[key] for key in _ROW_KEYS}})
+        if len(rows) == 1:
+            note = few_samples_note(metrics["num_samples"], metrics["num_misclassified"], metrics["auroc_ci"])
+            notes += [note] if note else []
+    return ScoreComparison(rows, metrics["accuracy"], metrics["misclassified_rate"], int(metrics["num_samples"]), notes)
 
 
 def scores_with_baselines(q_scores: np.ndarray, features: np.ndarray, reference: np.ndarray | None,
@@ -120,10 +164,12 @@ def scores_with_baselines(q_scores: np.ndarray, features: np.ndarray, reference:
 
 
 def report_text(comparison: Mapping[str, Any], degeneracy: Mapping[str, Any] | None = None) -> str:
-    """What a command prints after a misclassification report: the table, the verdict and, when Q-Score is
-    degenerate, the warning (``comparison`` and ``degeneracy`` as stored in the report's JSON)."""
+    """What a command prints after a misclassification report: the table, the verdict, the notes (too few mistakes)
+    and, when Q-Score is degenerate, the warning (``comparison`` and ``degeneracy`` as stored in the report's JSON)."""
     table = ScoreComparison.from_dict(comparison)
     lines = [table.table(), "", table.verdict()]
+    for note in table.notes:
+        lines += ["", f"WARNING: {note}"]
     if degeneracy and degeneracy.get("warning"):
         lines += ["", f"WARNING: {degeneracy['warning']}"]
     return "\n".join(lines)

@@ -4,10 +4,11 @@ evaluation samples the probe gets right.
 ``run_linear_eval`` writes into ``out_dir`` (atomically: the folder appears complete or not at all):
 
 - ``report.json``: model, data set, splits and sizes, probe settings, top-1, the Q-Score metrics (AUPRC with correct
-  samples as positives, AUPRC with misclassified samples as positives, AUROC), the base rates, ``|D|``, the Q-Score
-  settings, ``comparison`` (the same metrics for every label-free baseline and the probe-confidence ceiling, and a
-  sentence on how Q-Score compares), ``degeneracy`` (empty-``S_i`` fraction, ``|D|``, never-active features and a
-  warning when Q-Score is degenerate) and the command line;
+  samples as positives, AUPRC with misclassified samples as positives, AUROC and its 95 % interval), the base rates,
+  ``|D|``, the Q-Score settings, ``comparison`` (the same metrics for every label-free baseline and the
+  probe-confidence ceiling, a sentence on how Q-Score compares and a note when too few samples are misclassified),
+  ``degeneracy`` (empty-``S_i`` fraction, ``|D|``, never-active features and a warning when Q-Score is degenerate)
+  and the command line;
 - ``per_sample.parquet``: ``row_id, label, prediction, correct, q_score, num_selected`` and one column per baseline
   (``l2_norm, hoyer_sparsity, max_zscore, knn_density, probe_confidence``) per evaluation sample;
 - ``qscore_hist_correct_vs_misclassified.png`` and ``pr_curve.png`` (every score's precision-recall curves);
@@ -109,6 +110,7 @@ def _headline(metrics: dict[str, float]) -> dict[str, float]:
         "auprc_correct": metrics["auprc_correct"],
         "auprc_misclassified": metrics["auprc_misclassified"],
         "auroc": metrics["auroc"],
+        "auroc_ci": metrics["auroc_ci"],
         "base_rate_correct": metrics["accuracy"],
         "base_rate_misclassified": metrics["misclassified_rate"],
     }

@@ -1,13 +1,51 @@
-"""SPEC §5: how well Q-Score predicts which samples a linear probe classifies correctly."""
+"""SPEC §5: how well Q-Score predicts which samples a linear probe classifies correctly.
+
+Every AUROC comes with its 95 % interval (DeLong's, ``auroc_interval``), so that a reader sees when a difference
+between two scores is within noise; ``FEW_SAMPLES`` is the smallest class (correct or misclassified samples) below
+which reports add a note that the AUROC is too noisy to mean much.
+"""
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["misclassification_metrics"]
+__all__ = ["CONFIDENCE", "FEW_SAMPLES", "auroc_interval", "misclassification_metrics"]
+
+CONFIDENCE = 0.95
+# Below this many correct (or misclassified) samples an AUROC's interval is wide; reports say so.
+FEW_SAMPLES = 30
+
+
+def auroc_interval(
+    scores: Sequence[float] | np.ndarray, positive: Sequence[int] | np.ndarray, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """DeLong's interval of the AUROC of ``scores`` for the 0/1 labels ``positive``, clipped to [0, 1].
+
+    The AUROC's variance is estimated from each sample's placement value (the fraction of the other class it
+    outranks, ties counting half: DeLong, DeLong and Clarke-Pearson 1988, computed from midranks as in Sun and Xu
+    2014) and the interval is the normal one around the AUROC. It is deterministic (no resampling). With fewer than
+    two samples in a class the variance cannot be estimated, and the interval is all of [0, 1].
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(positive).reshape(-1).astype(bool)
+    pos, neg = values[labels], values[~labels]
+    m, n = pos.size, neg.size
+    if min(m, n) < 2:
+        return 0.0, 1.0
+    ranks = rankdata(values)
+    # placement of a positive: the share of negatives it outranks; of a negative: the share of positives above it
+    placement_pos = (ranks[labels] - rankdata(pos)) / n
+    placement_neg = 1.0 - (ranks[~labels] - rankdata(neg)) / m
+    auroc = float(placement_pos.mean())
+    variance = placement_pos.var(ddof=1) / m + placement_neg.var(ddof=1) / n
+    half_width = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(variance)
+    return max(0.0, auroc - half_width), min(1.0, auroc + half_width)
 
 
 def misclassification_metrics(
@@ -21,8 +59,9 @@ def misclassification_metrics(
 
     Returns a dict with ``auprc_correct`` (average precision, correct samples positive, score ``Q``),
     ``auprc_misclassified`` (misclassified samples positive, score ``-Q``), ``auroc`` (correct vs
-    misclassified), ``accuracy`` (the base rate of ``auprc_correct``), ``misclassified_rate`` (the base rate
-    of ``auprc_misclassified``) and ``num_samples``.
+    misclassified), ``auroc_ci`` (its 95 % DeLong interval, ``[low, high]``), ``accuracy`` (the base rate of
+    ``auprc_correct``), ``misclassified_rate`` (the base rate of ``auprc_misclassified``), ``num_samples`` and
+    ``num_misclassified``.
     """
     scores = np.asarray(q_scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(correct)
@@ -45,7 +84,9 @@ def misclassification_metrics(
         "auprc_correct": float(average_precision_score(labels, scores)),
         "auprc_misclassified": float(average_precision_score(1 - labels, -scores)),
         "auroc": float(roc_auc_score(labels, scores)),
+        "auroc_ci": list(auroc_interval(scores, labels)),
         "accuracy": num_correct / labels.size,
         "misclassified_rate": 1.0 - num_correct / labels.size,
         "num_samples": int(labels.size),
+        "num_misclassified": int(labels.size - num_correct),
     }

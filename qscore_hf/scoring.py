@@ -311,6 +311,7 @@ def _probe_summary(columns: dict[str, np.ndarray], probe: LinearProbe, train: Fe
         "auprc_correct": None,
         "auprc_misclassified": None,
         "auroc": None,
+        "auroc_ci": None,
         "misclassified_rate": float(1.0 - correct.mean()),
         "probe": {"split": probe_dataset.split, "num_train": len(train), "skipped_train_images": len(train.skipped),
                   "settings": probe.settings.to_dict()},  # fmt: skip
@@ -319,7 +320,7 @@ def _probe_summary(columns: dict[str, np.ndarray], probe: LinearProbe, train: Fe
         summary["probe"]["note"] = "AUPRC and AUROC are undefined: the probe got every sample right or every one wrong."
         return summary
     metrics = misclassification_metrics(columns["q_score"], correct.astype(np.int64))
-    summary.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc")})
+    summary.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc", "auroc_ci")})
     comparison = compare_scores({name: columns[name] for name in COMPARED if name in columns}, correct)
     summary["comparison"] = {**comparison.to_dict(), "knn_reference": f"probe split {probe_dataset.split!r}"}
     return summary
@@ -410,6 +411,7 @@ def _report_markdown(summary: dict[str, Any]) -> str:
             ("AUPRC, correct as positive", summary["auprc_correct"]),
             ("AUPRC, misclassified as positive", summary["auprc_misclassified"]),
             ("AUROC", summary["auroc"]),
+            ("AUROC 95 % interval (DeLong)", summary["auroc_ci"] and "[{:.4f}, {:.4f}]".format(*summary["auroc_ci"])),
         ]
     lines = ["# Q-Score report", ""]
     if summary["degeneracy"]["warning"]:

@@ -19,6 +19,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from qscore_hf import ActivationStats, QScoreConfig, QScoreModel
 from qscore_hf.comparison import ScoreComparison, compare_scores, report_text
 from qscore_hf.degeneracy import degeneracy_report
+from qscore_hf.metrics import auroc_interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,18 +108,19 @@ def test_table_has_a_base_rate_row():
         base = [line for line in text.splitlines() if line.lstrip("| ").startswith("base rate")]
         assert len(base) == 1
         cells = [cell.strip() for cell in base[0].strip("| ").split("|")]
-        assert cells[1:] == ["0.5000", "0.6667", "0.3333"]
+        assert cells[1:] == ["0.5000", "", "0.6667", "0.3333"]
         # q_score ranks every correct sample above every misclassified one: AUROC 1; l2_norm the reverse: 0.
+        # DeLong: every placement value is 1 (or 0), so the variance is 0 and the interval a point.
         q_line = next(line for line in text.splitlines() if "q_score" in line)
-        assert "1.0000" in q_line
+        assert [cell.strip() for cell in q_line.strip("| ").split("|")][1:3] == ["1.0000", "[1.0000, 1.0000]"]
         l2_line = next(line for line in text.splitlines() if "l2_norm" in line)
         assert [cell.strip() for cell in l2_line.strip("| ").split("|")][1] == "0.0000"
-    assert comparison.table(markdown=True).splitlines()[0].startswith("| score | AUROC")
+    assert comparison.table(markdown=True).splitlines()[0].startswith("| score | AUROC | AUROC 95 % CI |")
 
 
 def test_round_trip_through_json():
     comparison = comparison_with(PERFECT, ceiling=HOYER)
-    comparison.notes.append("a note")
+    comparison.notes[:] = ["a note"]
     data = json.loads(json.dumps(comparison.to_dict()))
     assert data["best_label_free"] == "hoyer_sparsity"
     assert data["verdict"] == comparison.verdict()
@@ -130,9 +132,12 @@ def test_round_trip_through_json():
 
 
 def test_report_text_includes_the_warning():
-    comparison = comparison_with(PERFECT).to_dict()
+    rng = np.random.default_rng(0)
+    correct = np.repeat([1, 0], 100)  # 100 mistakes: no few-samples note
+    compared = compare_scores({"q_score": rng.normal(size=200) + correct, "l2_norm": rng.normal(size=200)}, correct)
+    comparison = compared.to_dict()
     plain = report_text(comparison)
-    assert comparison_with(PERFECT).verdict() in plain and "base rate" in plain
+    assert compared.verdict() in plain and "base rate" in plain
     assert "WARNING" not in plain
     assert "WARNING" not in report_text(comparison, {"warning": None, "degenerate": False})
     warned = report_text(comparison, {"warning": "Q-Score is degenerate here: because.", "degenerate": True})
@@ -199,9 +204,61 @@ def test_linear_eval_report_matches_its_own_per_sample_columns(tmp_path):
     for row in rows:
         values = table[row["score"]].to_numpy(dtype=np.float64)
         assert row["auroc"] == pytest.approx(roc_auc_score(correct, values), abs=1e-9), row["score"]
+        assert row["auroc_ci"] == pytest.approx(list(auroc_interval(values, correct)), abs=1e-9), row["score"]
         assert row["auprc_correct"] == pytest.approx(average_precision_score(correct, values), abs=1e-9), row["score"]
         assert row["auprc_misclassified"] == pytest.approx(average_precision_score(1 - correct, -values), abs=1e-9)
     assert on_disk["comparison"]["base_rate_correct"] == pytest.approx(correct.mean())
+    assert on_disk["auroc_ci"] == on_disk["comparison"]["scores"][0]["auroc_ci"]  # the headline is Q-Score's row
     empty = float(np.mean(table["num_selected"].to_numpy() == 0))
     assert on_disk["degeneracy"]["empty_fraction"] == pytest.approx(empty, abs=1e-12)
     assert on_disk["degeneracy"]["degenerate"] == (empty > 0.5 or on_disk["degeneracy"]["num_discriminative"] == 0)
+
+
+# --------------------------------------------------------------------------- intervals and few mistakes
+
+
+def test_rows_carry_the_delong_interval_of_their_auroc():
+    rng = np.random.default_rng(1)
+    correct = (rng.random(300) < 0.8).astype(int)
+    scores = {"q_score": rng.normal(size=300) + correct, "l2_norm": rng.normal(size=300)}
+    comparison = compare_scores(scores, correct)
+    for name, values in scores.items():
+        row = comparison.row(name)
+        low, high = row["auroc_ci"]
+        assert low < row["auroc"] < high
+        assert (low, high) == pytest.approx(auroc_interval(values, correct), abs=1e-12)
+        assert f"[{low:.4f}, {high:.4f}]" in next(line for line in comparison.table().splitlines() if name in line)
+    assert comparison.notes == []  # 300 samples, about 60 mistakes
+
+
+def test_verdict_says_when_the_difference_may_be_noise():
+    # 6 samples: Q-Score 1.0 [1, 1]; hoyer 8/9 with a wide interval that reaches 1: they overlap.
+    noisy = comparison_with(PERFECT)
+    assert noisy.row("hoyer_sparsity")["auroc_ci"][1] >= 1.0
+    assert "AUROC 1.000 [1.000, 1.000]" in noisy.verdict()
+    assert "intervals overlap, so the difference may be noise" in noisy.verdict()
+    # 2000 samples: Q-Score separates them, L2 is noise: intervals far apart.
+    rng = np.random.default_rng(0)
+    correct = np.repeat([1, 0], 1000)
+    clear = compare_scores({"q_score": correct + 0.5 * rng.normal(size=2000), "l2_norm": rng.normal(size=2000)},
+                           correct)  # fmt: skip
+    assert clear.row("q_score")["auroc_ci"][0] > clear.row("l2_norm")["auroc_ci"][1]
+    assert "better than" in clear.verdict() and "noise" not in clear.verdict()
+
+
+def test_few_mistakes_get_a_note_with_the_count_and_interval():
+    rng = np.random.default_rng(2)
+    correct = np.ones(360, dtype=int)
+    correct[:7] = 0  # 7 mistakes in 360, as the digits demo makes
+    q = rng.normal(size=360)
+    comparison = compare_scores({"q_score": q, "l2_norm": rng.normal(size=360)}, correct)
+    low, high = auroc_interval(q, correct)
+    (note,) = comparison.notes
+    assert note.startswith("only 7 of 360 samples are misclassified (fewer than 30)")
+    assert f"[{low:.3f}, {high:.3f}]" in note and high - low > 0.3
+    assert f"WARNING: {note}" in report_text(comparison.to_dict())
+    # the rule is symmetric: 7 correct samples make the AUROC as noisy
+    assert "are correctly classified" in compare_scores({"q_score": q}, 1 - correct).notes[0]
+    # 30 mistakes: no note
+    correct[:30] = 0
+    assert compare_scores({"q_score": q}, correct).notes == []

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from qscore_hf.metrics import misclassification_metrics
+from qscore_hf.metrics import auroc_interval, misclassification_metrics
 from qscore_hf.score import qscore
 
 
@@ -123,3 +123,59 @@ def test_errors():
         misclassification_metrics([0.1, 0.2, 0.3], [0, 0, 0])
     with pytest.raises(ValueError, match="NaN or Inf"):
         misclassification_metrics([0.1, float("nan"), 0.3], [1, 0, 1])
+
+
+# --------------------------------------------------------------------------- the AUROC's 95 % interval
+Z95 = 1.959963984540054  # the normal distribution's 97.5th percentile
+
+
+def naive_delong(scores, positive):
+    """DeLong's interval from the pairwise kernel psi(x, y) = 1 if x > y, 1/2 if equal (O(m n), no ranks)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive).astype(bool)
+    x, y = scores[positive], scores[~positive]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    auc = psi.mean()
+    variance = psi.mean(axis=1).var(ddof=1) / x.size + psi.mean(axis=0).var(ddof=1) / y.size
+    return max(0.0, auc - Z95 * np.sqrt(variance)), min(1.0, auc + Z95 * np.sqrt(variance))
+
+
+def test_interval_by_hand():
+    # positives 0.9, 0.7; negatives 0.8, 0.6. Placements of the positives: 1 (beats both), 1/2; of the negatives
+    # (share of positives above): 1/2, 1. AUROC 3/4; variance 0.125/2 + 0.125/2 = 0.125.
+    low, high = auroc_interval([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0])
+    assert low == pytest.approx(0.75 - Z95 * np.sqrt(0.125), abs=1e-12)
+    assert high == 1.0  # 0.75 + 0.69 clipped
+    assert misclassification_metrics([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0])["auroc_ci"] == [low, high]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_interval_equals_the_pairwise_delong(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 400))
+    positive = (rng.random(n) < rng.uniform(0.1, 0.95)).astype(int)
+    positive[:2] = [0, 1]
+    positive[2:4] = [0, 1]
+    scores = rng.normal(size=n) + positive * rng.uniform(0, 1.5)
+    if seed % 2:
+        scores = np.round(scores, 1)  # ties
+    assert auroc_interval(scores, positive) == pytest.approx(naive_delong(scores, positive), abs=1e-12)
+
+
+def test_interval_agrees_with_a_bootstrap():
+    """DeLong's standard error against the spread of 2000 stratified bootstrap AUROCs (seeded) of 1000 samples."""
+    rng = np.random.default_rng(0)
+    positive = (rng.random(1000) < 0.85).astype(int)
+    scores = rng.normal(size=1000) + 0.8 * positive
+    low, high = auroc_interval(scores, positive)
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(1 - positive)
+    boot = np.array([
+        roc_auc_score(positive[idx], scores[idx])
+        for idx in (np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(2000))
+    ])  # fmt: skip
+    assert (high - low) / (2 * Z95) == pytest.approx(boot.std(ddof=1), rel=0.1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])), abs=0.015)
+
+
+def test_interval_of_a_class_of_one_is_everything():
+    assert auroc_interval([0.3, 0.2, 0.1], [1, 1, 0]) == (0.0, 1.0)
+    assert misclassification_metrics([0.3, 0.2, 0.1], [1, 1, 0])["num_misclassified"] == 1

@@ -57,7 +57,8 @@ Returns:
     q_scores (`list` of `float`), mean, median, empty_fraction (samples whose selected set is empty, scored 0),
     num_discriminative, never_active_fraction, eps (the resolved value), degenerate and `warning` (a sentence saying
     why Q-Score is degenerate and what to do, or None); with references also auprc_correct, auprc_misclassified,
-    auroc, accuracy, and with `baselines=True` `comparison` and `verdict`.
+    auroc, auroc_ci (its 95 % DeLong interval, [low, high]), accuracy, and with `baselines=True` `comparison` and
+    `verdict`.
 Examples:
     >>> import qscore_hf, evaluate
     >>> metric = evaluate.load("qscore")
@@ -190,7 +191,8 @@ class QScore(evaluate.Metric):
             raise ValueError("references were given for some batches but not others; pass them for all or none.")
         if given.all():
             metrics = misclassification_metrics(q, references)
-            result.update({key: metrics[key] for key in ("auprc_correct", "auprc_misclassified", "auroc", "accuracy")})
+            keys = ("auprc_correct", "auprc_misclassified", "auroc", "auroc_ci", "accuracy")
+            result.update({key: metrics[key] for key in keys})
             if baselines:
                 reference = None if reference_features is None else np.asarray(reference_features, dtype=np.float32)
                 comparison = compare_scores(scores_with_baselines(q, features, reference), references)
