@@ -61,7 +61,7 @@ def _import_timm(repo: SourceRepo, folder: Any, pooling: str | None) -> tuple[nn
 # SourceRepo.library -> importer(repo, snapshot folder, pooling) -> (backbone with weights, QScoreConfig fields).
 IMPORTERS: dict[str, Callable[[SourceRepo, Any, str | None], tuple[nn.Module, dict[str, Any]]]] = {
     "timm": _import_timm,
-    "transformers": lambda repo, folder, pooling: import_transformers_backbone(folder, pooling),
+    "transformers": lambda repo, folder, pooling: import_transformers_backbone(folder, repo.config, pooling),
 }
 
 

@@ -3,11 +3,13 @@ built through timm with ``num_classes=0`` and the repo's own weights."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import timm
+from timm.models import build_model_with_cfg
 from torch import nn
 
 __all__ = ["import_timm_hub_backbone", "timm_preprocessing"]
@@ -15,6 +17,14 @@ __all__ = ["import_timm_hub_backbone", "timm_preprocessing"]
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # timm's interpolation names -> PIL resampling codes (as transformers' image processors store them).
 _RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
+# Arguments of timm's factory and builder rather than of the architecture: where weights come from
+# (pretrained_cfg_overlay, checkpoint_path, ...) or what the model returns. A repo's model_args may not set them.
+_LOADER_ARGS = frozenset(
+    {*inspect.signature(timm.create_model).parameters, *inspect.signature(build_model_with_cfg).parameters,
+     "features_only", "feature_cls", "out_indices", "flatten_sequential"}  # fmt: skip
+) - {"kwargs", "num_classes", "model_cfg"}
+# pretrained_cfg keys that say where (or how) weights are loaded: ours always come from the repo's own file.
+_WEIGHT_SOURCE_KEYS = ("hf_hub_id", "hf_hub_filename", "source", "url", "state_dict", "file", "custom_load")
 
 
 def timm_preprocessing(pretrained_cfg: Mapping[str, Any], image_size: int | None = None) -> dict[str, Any]:
@@ -61,9 +71,9 @@ def import_timm_hub_backbone(folder: Path, config_json: Mapping[str, Any]) -> tu
     weights = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise ValueError(f"{folder}: a timm repo needs {' or '.join(_WEIGHT_FILES)} beside config.json; none found.")
-    model_args = {key: value for key, value in (config_json.get("model_args") or {}).items() if key != "num_classes"}
+    model_args = _architecture_args(folder, config_json.get("model_args"))
     pretrained_cfg = dict(config_json.get("pretrained_cfg") or {})
-    for key in ("hf_hub_id", "source", "url", "state_dict"):
+    for key in _WEIGHT_SOURCE_KEYS:
         pretrained_cfg.pop(key, None)
     pretrained_cfg["file"] = str(weights)
     pretrained_cfg.setdefault("num_classes", config_json.get("num_classes", 0))
@@ -75,3 +85,23 @@ def import_timm_hub_backbone(folder: Path, config_json: Mapping[str, Any]) -> tu
         **timm_preprocessing(pretrained_cfg),
     }
     return model.eval(), fields
+
+
+def _architecture_args(folder: Path, model_args: Any) -> dict[str, Any]:
+    """config.json's ``model_args`` without ``num_classes``; ``ValueError`` in one line for anything but arguments of
+    the architecture (timm's loader arguments such as ``pretrained_cfg_overlay`` could load other weights)."""
+    if model_args is None:
+        return {}
+    if not isinstance(model_args, Mapping):
+        raise ValueError(
+            f"{folder / 'config.json'}: model_args must be an object of the architecture's arguments; got "
+            f"{type(model_args).__name__}. Fix or remove model_args."
+        )
+    refused = sorted(key for key in model_args if key in _LOADER_ARGS)
+    if refused:
+        raise ValueError(
+            f"{folder / 'config.json'}: model_args.{refused[0]} is not an argument of the architecture (it would tell "
+            "timm where to load weights from or what to build around the model); a repo's weights are its own "
+            f"model.safetensors. Remove {', '.join('model_args.' + key for key in refused)}."
+        )
+    return {key: value for key, value in model_args.items() if key != "num_classes"}

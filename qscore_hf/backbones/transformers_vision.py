@@ -72,11 +72,12 @@ def _token_types() -> tuple[str, ...]:
     return tuple(model_type for model_type, pooling in TRANSFORMERS_POOLING.items() if pooling in _TOKEN_POOLINGS)
 
 
-def _check_type(model_type: str | None, where: str) -> str:
-    if model_type not in TRANSFORMERS_POOLING:
+def _check_type(model_type: Any, where: str) -> str:
+    if not isinstance(model_type, str) or model_type not in TRANSFORMERS_POOLING:
         raise ValueError(
             f"{where}: transformers model type {model_type!r} is not supported as a backbone; supported: "
-            f"{', '.join(TRANSFORMERS_POOLING)} (add a row to TRANSFORMERS_POOLING for another vision family)."
+            f"{', '.join(TRANSFORMERS_POOLING)} (add a row to TRANSFORMERS_POOLING for another vision family; "
+            "code shipped in a repo (auto_map) is never run)."
         )
     return model_type
 
@@ -88,13 +89,14 @@ def create_transformers_backbone(
     settings = dict(backbone_config)
     model_type = _check_type(settings.get("model_type"), "backbone_config")
     config = AutoConfig.for_model(**settings)
-    return TransformersBackbone(AutoModel.from_config(config), pooling or TRANSFORMERS_POOLING[model_type])
+    model = AutoModel.from_config(config, trust_remote_code=False)
+    return TransformersBackbone(model, pooling or TRANSFORMERS_POOLING[model_type])
 
 
 def _processor_settings(folder: Path, model_config: PretrainedConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The source's image-processor settings (for QScoreImageProcessor) and a record of the processor."""
     try:
-        processor = AutoImageProcessor.from_pretrained(str(folder))
+        processor = AutoImageProcessor.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{folder} has no usable image processor (preprocessor_config.json: {error}); a transformers vision repo "
@@ -116,16 +118,22 @@ def _processor_settings(folder: Path, model_config: PretrainedConfig) -> tuple[d
 
 
 def import_transformers_backbone(
-    folder: Path, pooling: str | None = None
+    folder: Path, config_json: Mapping[str, Any], pooling: str | None = None
 ) -> tuple[TransformersBackbone, dict[str, Any]]:
-    """Load a transformers vision repo (a local snapshot folder) as a backbone with its weights, strictly.
+    """Load a transformers vision repo (a local snapshot folder and its parsed ``config.json``) as a backbone with
+    its weights, strictly.
 
+    Only the families of ``TRANSFORMERS_POOLING`` are built, by transformers' own classes: code shipped in the repo
+    (``auto_map``) is never run, and transformers never prompts for it (``trust_remote_code=False`` throughout).
     Returns the backbone and the ``QScoreConfig`` fields that rebuild it offline and prepare its images.
     """
-    config = AutoConfig.from_pretrained(str(folder))
-    model_type = _check_type(config.model_type, str(folder))
+    _check_type(config_json.get("model_type"), str(folder / "config.json"))
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    model_type = _check_type(config.model_type, str(folder / "config.json"))
     pooling = pooling or TRANSFORMERS_POOLING[model_type]
-    model, info = AutoModel.from_pretrained(str(folder), config=config, output_loading_info=True)
+    model, info = AutoModel.from_pretrained(
+        str(folder), config=config, output_loading_info=True, trust_remote_code=False
+    )
     # A classification checkpoint may lack the base model's pooler; it is unused unless pooling is "pooler".
     missing = [key for key in info["missing_keys"] if pooling == "pooler" or not key.startswith("pooler.")]
     if missing or info.get("mismatched_keys"):

@@ -1,0 +1,144 @@
+"""Hardening (issue 21) of what reads a model repo: crafted repos in a Hub cache laid out as huggingface_hub lays it
+out (``models--org--name/{blobs, refs/main, snapshots/<commit>}``) and in local folders.
+
+Expectations are independent of the code under test: a marker file that code shipped in a repo would write and that
+must not appear, the weights of the repo's own file (not those another file holds), and error lines that name the
+file and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models import save_for_hf
+from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+import huggingface_hub.constants as hub_constants
+from qscore_hf import QScoreModel
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::qscore_hf.NegativeFeaturesWarning"),
+]
+
+COMMIT = hashlib.sha1(b"qscore-hf hardening").hexdigest()
+TIMM_ARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+# Code a malicious repo ships: importing it writes the marker named by $MARKER.
+_EVIL_CODE = """import os, pathlib
+pathlib.Path(os.environ.get("MARKER", "marker")).write_text("remote code ran")
+from transformers import PretrainedConfig, PreTrainedModel
+class EvilConfig(PretrainedConfig):
+    model_type = "evilnet"
+class EvilModel(PreTrainedModel):
+    config_class = EvilConfig
+"""
+_AUTO_MAP = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
+             "AutoImageProcessor": "evil.EvilProcessor"}  # fmt: skip
+
+
+def _vit_folder(folder: Path, **config: object) -> Path:
+    torch.manual_seed(0)
+    settings = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=16,
+                    patch_size=8)  # fmt: skip
+    ViTModel(ViTConfig(**{**settings, **config})).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+def _evil_folder(folder: Path, model_type: str) -> Path:
+    """A repo whose config.json names its own code in auto_map (``model_type`` unknown to transformers, or not)."""
+    _vit_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, auto_map=_AUTO_MAP)
+    (folder / "config.json").write_text(json.dumps(config))
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    processor["auto_map"] = {"AutoImageProcessor": "evil.EvilProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    (folder / "evil.py").write_text(_EVIL_CODE)
+    return folder
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty Hub cache for this test, offline (huggingface_hub reads its constants at import: patch them too)."""
+    hub = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub))
+    return hub
+
+
+# ------------------------------------------------------------------------------------ 1: no remote code, no prompt
+_LOAD = """
+import sys
+from qscore_hf import QScoreModel
+from qscore_hf.cli import main
+for name in sys.argv[1:]:
+    try:
+        QScoreModel.from_pretrained(name)
+    except ValueError as error:
+        print("REFUSED:", error)
+    print("info exit", main(["info", name]))
+"""
+
+
+@pytest.mark.parametrize("model_type", ["evilnet", "vit"])
+def test_repo_code_never_runs_and_nothing_prompts(tmp_path, offline_env, hub_cache, model_type):
+    """By Hub id and by local folder, through the API and `qscore-hf info`, with stdin answering "y" to any prompt:
+    no marker, no prompt; an unknown model type is refused in one line, a known one loads with transformers' class."""
+    folder = _evil_folder(tmp_path / "evil", model_type)
+    hub = tmp_path / "hub"
+    hub_cache(hub, "org/evil", folder, COMMIT)
+    marker = tmp_path / "marker"
+    env = offline_env(HF_HUB_CACHE=str(hub), HF_HOME=str(tmp_path / "hf"), MARKER=str(marker))
+    run = subprocess.run([sys.executable, "-c", _LOAD, "org/evil", str(folder)], input="y\n" * 8, env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-2000:]
+    assert not marker.exists(), f"code from the repo ran:\n{output[-2000:]}"
+    assert "[y/N]" not in output and "custom code" not in output, output[-2000:]
+    if model_type == "evilnet":  # API and CLI, by id and by folder: each refused in one line
+        refusals = [line for line in output.splitlines() if "'evilnet' is not supported" in line]
+        assert len(refusals) == 4, output[-2000:]
+        assert all("config.json" in line and "never run" in line for line in refusals), refusals
+        assert output.count("info exit 1") == 2, output[-2000:]
+    else:
+        assert "REFUSED" not in output and output.count("info exit 0") == 2, output[-2000:]
+
+
+# ------------------------------------------------------------------------------------ 2: timm loads its own weights
+def _timm_repo(folder: Path, seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, **TIMM_ARGS)
+    save_for_hf(model, folder, model_args=TIMM_ARGS, safe_serialization=True)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("key", ["pretrained_cfg_overlay", "checkpoint_path", "pretrained_cfg"])
+def test_timm_model_args_cannot_redirect_the_weights(tmp_path, offline_cache, hub_cache, key):
+    own = _timm_repo(tmp_path / "repo", seed=0)
+    other = _timm_repo(tmp_path / "other", seed=1)
+    other_file = str(tmp_path / "other" / "model.safetensors")
+    config = json.loads((tmp_path / "repo" / "config.json").read_text())
+    config["model_args"][key] = other_file if key == "checkpoint_path" else {"file": other_file}
+    (tmp_path / "repo" / "config.json").write_text(json.dumps(config))
+    hub_cache(offline_cache, "org/timm-overlay", tmp_path / "repo", COMMIT)
+    with pytest.raises(ValueError, match=rf"config\.json: model_args\.{key} is not an argument of the architecture"):
+        QScoreModel.from_pretrained("org/timm-overlay")
+
+    del config["model_args"][key]  # the same repo without the redirection loads its own weights
+    config["pretrained_cfg"]["file"] = other_file  # ... even when its pretrained_cfg names another file
+    (tmp_path / "repo" / "config.json").write_text(json.dumps(config))
+    loaded = QScoreModel.from_pretrained(tmp_path / "repo").backbone.state_dict()
+    name = "patch_embed.proj.weight"
+    assert not torch.equal(own[name], other[name])
+    assert torch.equal(loaded[name], own[name])
