@@ -219,7 +219,8 @@ def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | 
             finetune: bool = False, run: bool = True) -> dict[str, Any] | None:  # fmt: skip
     """One pre-training (or fine-tuning of the same seed's baseline) and its evaluation on the validation and test
     splits; skipped when its ``result.json`` exists (``run=False``: ``None`` when it does not). ``regularizer``'s eps
-    is also the exported model's."""
+    is the regularizer's only: the exported model scores with ``PretrainConfig``'s scoring settings (the package
+    default), and the evaluation compares Q-Score settings on the features themselves."""
     # A regularized run's folder is named by its settings, so that a variant and a selection candidate with the same
     # settings (e.g. the default after it was chosen) share one run.
     out = run_folder(root, method, regularizer.name if regularizer is not None and not finetune else variant, seed)
@@ -414,6 +415,9 @@ def main() -> int:
                              f"on {', '.join(SELECTION_METHODS)} seed 0, and choose one on the validation split")
     parser.add_argument("--backbone", default=None,
                         help="override the scale's backbone (any timm name, e.g. vit_tiny_patch16_224 for a ViT)")
+    parser.add_argument("--dataset", default=None,
+                        help="override the scale's data set: a built-in name (digits, fashion_mnist, cifar10), a local "
+                             "folder or a Hub id; it needs labels and at least 2 x --max-samples training images")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None,
@@ -426,7 +430,8 @@ def main() -> int:
                      "visible here (on a CPU it would take hours); use --scale cpu")  # fmt: skip
     scale = replace(SCALES[args.scale], epochs=args.epochs or SCALES[args.scale].epochs,
                     max_samples=args.max_samples or SCALES[args.scale].max_samples,
-                    backbone=args.backbone or SCALES[args.scale].backbone)  # fmt: skip
+                    backbone=args.backbone or SCALES[args.scale].backbone,
+                    dataset=args.dataset or SCALES[args.scale].dataset)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale.replace('-', '_')}"
     root.mkdir(parents=True, exist_ok=True)
     if len(set(args.seeds)) < len(args.seeds):
@@ -449,6 +454,14 @@ def main() -> int:
                 result = run_one(scale, method, variant, regularizer, root, seed, finetune, run)
                 if result is not None:
                     by_seed[seed][f"{method}-{variant}"] = result
+    # The tables cover every finished run under --out, not only this call's --methods and --seeds: runs done in
+    # batches (--methods simclr, then --methods byol) add up to one summary instead of overwriting each other's.
+    for done_file in sorted(root.glob("*/result.json")):
+        result = json.loads(done_file.read_text())
+        if result["variant"] in VARIANTS:
+            by_seed.setdefault(result["seed"], {})[f"{result['method']}-{result['variant']}"] = result
+    seeds = sorted(by_seed)
+    methods = [m for m in METHOD_ORDER if any(f"{m}-baseline" in runs for runs in by_seed.values())]
     candidate_runs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     if args.regularizer_selection:
         for regularizer in (*CANDIDATES, LITERAL):
@@ -477,11 +490,11 @@ def main() -> int:
     def done(method: str, seed: int) -> bool:
         return all(f"{method}-{v}" in by_seed[seed] for v in variants)
 
-    common = [seed for seed in args.seeds if all(done(m, seed) for m in methods)]
+    common = [seed for seed in seeds if all(done(m, seed) for m in methods)]
     if len(variants) > 1 and common:
         summary["over_seeds"] = over_seeds({seed: by_seed[seed] for seed in common}, methods, variants)
-    full = [m for m in methods if all(done(m, seed) for seed in args.seeds)]
-    if len(variants) > 1 and full and len(common) < len(args.seeds):
+    full = [m for m in methods if all(done(m, seed) for seed in seeds)]
+    if len(variants) > 1 and full and len(common) < len(seeds):
         summary["over_all_seeds"] = over_seeds(by_seed, full, variants)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     table = _markdown(summary)

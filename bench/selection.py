@@ -57,6 +57,12 @@ def qscores(setting: ScoringSetting, reference: np.ndarray, features: np.ndarray
     return scores, eps, float(np.mean(scores == 0))
 
 
+def num_discriminative(setting: ScoringSetting, reference: np.ndarray, eps: float) -> int:
+    """|D| of ``setting`` with the statistics counted on ``reference`` at the resolved ``eps``."""
+    stats = ActivationStats(reference.shape[1], eps).update(reference)
+    return int(stats.discriminative(setting.p_lo, setting.p_hi).numel())
+
+
 def auroc(scores: np.ndarray, correct: np.ndarray) -> float:
     return misclassification_metrics(scores, np.asarray(correct).astype(np.int64))["auroc"]
 

@@ -6,6 +6,7 @@ One code path serves 1 CPU, 1 GPU, N GPUs and several nodes: accelerate's DDP, n
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -29,7 +30,7 @@ from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .data import ImageDataset, dataset_normalization, load_image_dataset
-from .io_utils import check_model_source
+from .io_utils import atomic_directory, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
@@ -44,10 +45,11 @@ from .regularizer import (
 )
 from .ssl import SSLMethod, TransformSettings, build_method
 
-__all__ = ["PretrainConfig", "StepOutput", "pretrain", "training_step"]
+__all__ = ["PretrainConfig", "StepOutput", "log_spaced_epochs", "pretrain", "snapshot_folder", "training_step"]
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
+SNAPSHOT_DIR = "snapshots"  # snapshots/epoch_0008: the backbone as a QScoreModel folder after epoch 8
 TRAIN_LOG = "train_log.jsonl"
 _INERT_Q_TERM = (
     "Q-Score regularization, epoch {epoch}: the Q term pushed no sample. Every sample below the batch's mean Q had "
@@ -106,6 +108,8 @@ class PretrainConfig:
     checkpoint_every: int = 500
     stop_after_steps: int | None = None
     keep_checkpoints: int = 2
+    # Epoch counts (1-based) after which the backbone is also kept as a QScoreModel folder (a training trajectory).
+    snapshot_epochs: tuple[int, ...] = ()
     push_to_hub: str | None = None
     private: bool = False
     seed: int = 0
@@ -456,6 +460,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
                 active_q_samples.zero_()
             if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
                 _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
+            if state.step % steps_per_epoch == 0 and state.step // steps_per_epoch in cfg.snapshot_epochs:
+                _save_snapshot(cfg, accelerator, model, unwrapped, state.step // steps_per_epoch, state.step)
             if has_labels and accelerator.is_main_process:
                 accuracy, n_train, n_eval = _knn_monitor(cfg, unwrapped.backbone, train_eval, test_eval, accelerator.device)
                 accelerator.log({f"knn_top1_k{cfg.knn_k}": accuracy}, step=state.step)
@@ -495,6 +501,34 @@ def _log_health(cfg: PretrainConfig, accelerator: Accelerator, output_dir: Path,
         progress.write(_KILLED_FEATURES.format(epoch=epoch, dead=current.dead_fraction, reference=first.dead_fraction,
                                                rank=current.effective_rank, reference_rank=first.effective_rank))
     return first
+
+
+def snapshot_folder(output_dir: str | os.PathLike, epoch: int) -> Path:
+    """Where ``pretrain`` keeps the backbone after ``epoch`` epochs (``PretrainConfig.snapshot_epochs``)."""
+    return Path(output_dir) / SNAPSHOT_DIR / f"epoch_{epoch:04d}"
+
+
+def log_spaced_epochs(epochs: int, count: int = 8) -> tuple[int, ...]:
+    """About ``count`` distinct epoch counts from 1 to ``epochs``, spaced evenly in log scale (``epochs`` included)."""
+    points = np.unique(np.round(np.geomspace(1, epochs, num=min(count, epochs))).astype(int))
+    return tuple(int(point) for point in points)
+
+
+def _save_snapshot(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod, epoch: int,
+                   step: int) -> None:
+    """The backbone after ``epoch`` epochs as a QScoreModel folder (weights and config, no activation statistics:
+    count them on the data you score), written atomically; an existing snapshot (a resumed run) is kept."""
+    folder = snapshot_folder(cfg.output_dir, epoch)
+    if accelerator.is_main_process and not folder.exists():
+        snapshot = copy.deepcopy(model).cpu()
+        snapshot.backbone.load_state_dict({k: v.detach().cpu() for k, v in method.backbone.state_dict().items()})
+        snapshot.config.ssl_method = cfg.method
+        snapshot.config.pretraining_data = cfg.dataset
+        snapshot.config.training = {"snapshot_of": str(Path(cfg.output_dir).resolve()), "epochs_completed": epoch,
+                                    "steps": step}  # fmt: skip
+        with atomic_directory(folder) as tmp:
+            snapshot.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
 
 
 def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod,

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True,
                         help="local folder or Hub id of a QScoreModel, a transformers vision model (ViT, DINOv2, "
                              "ResNet, ConvNeXt) or a timm repo (timm/..., hf-hub:timm/...)")  # fmt: skip
-    parser.add_argument("--dataset", required=True, help="digits, fashion_mnist, a local folder/file or a Hub id")
+    parser.add_argument("--dataset", required=True, help="digits, fashion_mnist, cifar10, a local folder/file or a Hub id")
     parser.add_argument("--train-split", default="train", help="split the probe is trained on (default: train)")
     parser.add_argument("--eval-split", default="test", help="split the probe is evaluated on (default: test)")
     parser.add_argument("--image-column", default=None, help="image column (default: found automatically)")

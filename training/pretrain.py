@@ -20,13 +20,26 @@ from accelerate import PartialState
 
 from qscore_hf.calibration import eps_argument
 from qscore_hf.io_utils import check_model_source
-from qscore_hf.pretraining import PretrainConfig, pretrain
+from qscore_hf.pretraining import PretrainConfig, log_spaced_epochs, pretrain
 from qscore_hf.score import NORMALIZE_OPTIONS
 from qscore_hf.ssl import METHODS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # PretrainConfig's defaults, shown in --help (a method's YAML may change some: training/configs/<method>.yaml)
 DEFAULTS = PretrainConfig(method="simclr", output_dir="")
+
+
+def _epoch_list(text: str) -> tuple[int, ...] | str:
+    """``"1,2,4"`` -> (1, 2, 4); ``"log:8"`` stays a string until --epochs is known."""
+    if text.startswith("log:") and text[4:].isdigit() and int(text[4:]) > 0:
+        return text
+    try:
+        epochs = tuple(sorted({int(part) for part in text.split(",") if part}))
+    except ValueError:
+        epochs = ()
+    if not epochs or epochs[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected epoch counts like 1,2,4,8 or log:8; got {text!r}")
+    return epochs
 
 
 def parse_args(argv: list[str] | None = None) -> PretrainConfig:
@@ -38,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--output-dir", required=True)
     add("--backbone", help="resnet18, resnet18_cifar (CIFAR stem), resnet50, or any timm name")
     add("--stem-padding", type=int)
-    add("--dataset", help="Hub id, local imagefolder/parquet/arrow, or fashion_mnist / digits")
+    add("--dataset", help="Hub id, local imagefolder/parquet/arrow, or fashion_mnist / digits / cifar10")
     add("--split"), add("--eval-split", help="labelled split for the per-epoch kNN monitor ('none' to skip)")
     add("--image-column"), add("--label-column")
     add("--max-samples", type=int, help="use only the first N training samples")
@@ -69,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
         help=f"also checkpoint every N steps, besides each epoch end; 0: only at epoch ends (default: {DEFAULTS.checkpoint_every})")
     add("--keep-checkpoints", type=int,
         help=f"keep the newest N checkpoints; 0 keeps all (default: {DEFAULTS.keep_checkpoints})")
+    add("--snapshot-epochs", type=_epoch_list,
+        help="keep the backbone as a QScoreModel folder (snapshots/epoch_NNNN) after these epochs: '1,2,4,8' or "
+             "'log:8' (8 log-spaced points up to --epochs)")
     add("--stop-after-steps", type=int, help="checkpoint and stop after N steps (e.g. a job's time limit); then --resume auto")
     add("--push-to-hub", metavar="ORG/NAME"), add("--private", action="store_true")
     add("--seed", type=int)
@@ -96,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
             check_model_source(settings["init_from"])
         except OSError as error:
             parser.exit(2, f"{parser.prog}: error: --init-from {error}\n")
+    if isinstance(settings.get("snapshot_epochs"), str):  # "log:N", resolved once --epochs is known
+        settings["snapshot_epochs"] = log_spaced_epochs(settings.get("epochs", DEFAULTS.epochs),
+                                                        int(settings["snapshot_epochs"].split(":")[1]))
     known = {f.name for f in fields(PretrainConfig)}
     unknown = set(settings) - known
     if unknown:

@@ -1,0 +1,228 @@
+"""Does Q-Score work once an SSL encoder has really learned, on natural images? (issue 18)
+
+    python bench/cifar10_study.py --method simclr --seed 0                 # a converged CPU run and its trajectory
+    python bench/cifar10_study.py --method byol --seed 0 --variant qreg    # the same from scratch with the default Q-reg
+    python bench/cifar10_study.py --method simclr --seed 0 --variant finetune-qreg   # (and finetune-plain: the control)
+    python bench/cifar10_study.py --summary                                # tables and figures of what finished
+    python bench/cifar10_study.py --smoke --out /tmp/smoke                 # the same code path in a minute
+
+The CPU setting (``SETTINGS["cpu"]``): CIFAR-10's first 10,000 training images, timm ``resnet10t`` at 32 px, the
+method's solo-learn CIFAR recipe (training/configs/<method>.yaml) with its warm-up cut to 3 epochs, 30 epochs of
+batch 256 on one thread, with the backbone kept at 8 log-spaced epochs. At each of those snapshots a linear probe is trained on the 10,000 images'
+features and ``trajectory.snapshot_report`` compares every score on the validation split (``train[45000:50000]``,
+exact pixels, never trained on) and on the test split (10,000 JPEG re-encodings).
+
+Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
+name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
+is written there as ``<run>/epoch_NNNN.json`` as soon as it exists, and the per-epoch kNN monitor as
+``<run>/knn_monitor.json``, so a run cut short loses at most the evaluation in flight. Run it again to continue.
+
+The data: ``cifar10`` as ``qscore_hf.data`` resolves it; when ``$QSCORE_CIFAR10_DIR`` is unset and the shared copy
+``../shared/data/cifar10`` exists beside the checkout, that copy is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import trajectory
+from _record import environment
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+sys.path.insert(0, str(REPO / "training"))
+VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain")
+METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One protocol: the data, the encoder, the schedule and the evaluation."""
+
+    train_split: str  # pre-training images, also the probe's training set and the reference set of D and kNN
+    validation_split: str
+    test_split: str
+    backbone: str
+    image_size: int
+    epochs: int
+    warmup_epochs: float
+    batch_size: int
+    snapshots: int  # about this many log-spaced epochs are kept and evaluated
+    probe_epochs: int
+    knn_monitor_train: int
+    knn_monitor_eval: int
+    finetune_epochs: int
+    finetune_lr: float
+    notes: str
+
+
+SETTINGS = {
+    "cpu": Setting(
+        train_split="train[0:10000]", validation_split="train[45000:50000]", test_split="test", backbone="resnet10t",
+        image_size=32, epochs=30, warmup_epochs=3, batch_size=256, snapshots=8, probe_epochs=100, knn_monitor_train=5000,
+        knn_monitor_eval=2000, finetune_epochs=10, finetune_lr=1e-5,
+        notes="2-core CPU, one thread a run (two runs side by side), about an hour of training a run",
+    ),
+    "smoke": Setting(
+        train_split="train[0:512]", validation_split="train[45000:45256]", test_split="test[0:256]",
+        backbone="resnet10t", image_size=32, epochs=3, warmup_epochs=1, batch_size=64, snapshots=3, probe_epochs=5,
+        knn_monitor_train=256, knn_monitor_eval=128, finetune_epochs=1, finetune_lr=1e-5,
+        notes="the same code path on a few hundred images (a test, not a measurement)",
+    ),
+}
+
+
+def use_shared_cifar10() -> None:
+    """Point ``cifar10`` at the shared offline copy when no local copy is configured."""
+    if not os.environ.get("QSCORE_CIFAR10_DIR") and SHARED_CIFAR10.is_dir():
+        os.environ["QSCORE_CIFAR10_DIR"] = str(SHARED_CIFAR10)
+
+
+def run_name(method: str, variant: str, seed: int) -> str:
+    return f"{method}-{variant}-seed{seed}"
+
+
+def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work: Path):
+    """The ``PretrainConfig`` of a run: the method's recipe at this setting; a ``finetune-*`` pair starts from the
+    same seed's baseline and differs only in Q-Score regularization (same steps, seed and data order)."""
+    from pretrain import parse_args  # training/pretrain.py: the recipes' YAML and their parsing
+
+    finetune = variant.startswith("finetune")
+    split, _, rows = setting.train_split.partition("[")
+    start, stop = (int(v) for v in rows.rstrip("]").split(":"))
+    if start != 0:
+        raise ValueError(f"train_split {setting.train_split}: pre-training uses the first N images (train[0:N]).")
+    argv = ["--method", method, "--output-dir", str(work / run_name(method, variant, seed)), "--dataset", "cifar10",
+            "--split", split, "--max-samples", str(stop), "--backbone", setting.backbone,
+            "--image-size", str(setting.image_size), "--batch-size", str(setting.batch_size), "--seed", str(seed),
+            "--epochs", str(setting.finetune_epochs if finetune else setting.epochs),
+            "--warmup-epochs", str(0 if finetune else setting.warmup_epochs),
+            "--eval-split", setting.validation_split, "--knn-max-train", str(setting.knn_monitor_train),
+            "--knn-max-eval", str(setting.knn_monitor_eval), "--num-workers", "0", "--log-with", "none",
+            "--resume", "auto", "--checkpoint-every", "0", "--mixed-precision", "no", "--no-progress",
+            "--snapshot-epochs", f"log:{setting.snapshots}"]  # fmt: skip
+    if variant in ("qreg", "finetune-qreg"):
+        argv += ["--qscore-reg"]
+    if finetune:
+        base = work / run_name(method, "baseline", seed) / "model"
+        if not base.is_dir():
+            raise FileNotFoundError(f"{variant} fine-tunes {base}, which does not exist yet: run the baseline first.")
+        argv += ["--init-from", str(base), "--lr", str(setting.finetune_lr)]
+    return parse_args(argv)
+
+
+def _current_step(output_dir: Path) -> int:
+    from qscore_hf.pretraining import CHECKPOINT_DIR
+
+    steps = [int(p.name.split("_")[1]) for p in (output_dir / CHECKPOINT_DIR).glob("step_*")]
+    return max(steps, default=0)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[str, Any]:
+    """Features of the three splits, a linear probe on the training split, and ``trajectory.snapshot_report``."""
+    from qscore_hf import QScoreModel
+    from qscore_hf.data import load_image_dataset
+    from qscore_hf.features import extract_features
+    from qscore_hf.probe import train_linear_probe
+
+    model = QScoreModel.from_pretrained(model_dir)
+    feats = {}
+    for name, split in (("train", setting.train_split), ("validation", setting.validation_split),
+                        ("test", setting.test_split)):  # fmt: skip
+        data = load_image_dataset("cifar10", split)
+        extracted = extract_features(model, data, batch_size=512, device="cpu", cache_dir=cache, progress=False)
+        feats[name] = (np.asarray(extracted.features, dtype=np.float32), np.asarray(extracted.labels))
+    probe = train_linear_probe(*feats["train"], epochs=setting.probe_epochs, num_classes=10, device="cpu", seed=0,
+                               progress=False)  # fmt: skip
+    report = trajectory.snapshot_report(feats["train"], feats["validation"], feats["test"],
+                                        probe.logits(feats["validation"][0]), probe.logits(feats["test"][0]))  # fmt: skip
+    report["probe"] = probe.settings.to_dict()
+    report["train_top1"] = float(np.mean(probe.predict(feats["train"][0]) == feats["train"][1]))
+    return report
+
+
+def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out: Path) -> None:
+    """Train (resuming) up to each snapshot epoch and evaluate it; skip what ``out`` already holds."""
+    from qscore_hf.pretraining import TRAIN_LOG, pretrain, snapshot_folder
+
+    cfg = pretrain_config(setting, method, variant, seed, work)
+    output_dir, results = Path(cfg.output_dir), out / run_name(method, variant, seed)
+    steps_per_epoch = int(setting.train_split.split(":")[1].rstrip("]")) // setting.batch_size
+    _write_json(results / "config.json", {"setting": asdict(setting), "pretrain": {
+        k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "resume", "progress")}})
+    for epoch in cfg.snapshot_epochs:
+        result_file = results / f"epoch_{epoch:04d}.json"
+        if result_file.exists():
+            continue
+        snapshot = snapshot_folder(output_dir, epoch)
+        if not snapshot.exists():
+            target = epoch * steps_per_epoch
+            started, step = time.time(), _current_step(output_dir)
+            if step >= target:
+                raise RuntimeError(f"{output_dir} is at step {step} but has no snapshot of epoch {epoch}: remove it "
+                                   "and run again.")  # fmt: skip
+            print(f"== {run_name(method, variant, seed)}: training to epoch {epoch} (step {step} -> {target})", flush=True)
+            pretrain(replace(cfg, stop_after_steps=target - step))
+            train_seconds = time.time() - started
+        else:
+            train_seconds = None
+        started = time.time()
+        report = evaluate_snapshot(snapshot, setting, work / "feature_cache")
+        report.update(epoch=epoch, step=epoch * steps_per_epoch, train_seconds=train_seconds,
+                      eval_seconds=round(time.time() - started, 1))  # fmt: skip
+        _write_json(result_file, report)
+        _write_json(results / "knn_monitor.json", _knn_monitor(output_dir / TRAIN_LOG))
+        test = report["test"]
+        print(f"   epoch {epoch}: linear top-1 {100 * test['top1']:.2f} %, test AUROC Q chosen "
+              f"{test['scores'][trajectory.Q_CHOSEN]['auroc']:.3f} vs {report['q_minus_rival']['rival']} "
+              f"{test['scores'][report['q_minus_rival']['rival']]['auroc']:.3f}", flush=True)
+
+
+def _knn_monitor(log: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    return [{"epoch": r["epoch"] + 1, "step": r["step"], "knn_top1": v} for r in rows
+            for k, v in r.items() if k.startswith("knn_top1")]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=METHODS, default="simclr")
+    parser.add_argument("--variant", choices=VARIANTS, default="baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="the smoke setting (a few hundred images, 3 epochs)")
+    parser.add_argument("--out", type=Path, default=None, help="results (default: bench/results/cifar10_converged)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
+    parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
+    args = parser.parse_args(argv)
+    setting = SETTINGS["smoke" if args.smoke else "cpu"]
+    out = args.out or REPO / "bench" / "results" / "cifar10_converged"
+    work = args.work or Path.home() / ".cache" / "qscore_hf" / "bench" / out.name
+    use_shared_cifar10()
+    if not args.summary:
+        run(setting, args.method, args.variant, args.seed, work, out)
+    import study_summary
+
+    study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),
+                                machine=environment("cifar10_study"))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Tables and figures of ``bench/cifar10_study.py``'s results folder, from what finished (issue 18).
+
+- ``summary.md`` / ``summary.json``: per run and snapshot, linear and kNN top-1, test AUROC of every score, Q-Score
+  minus the label-free baseline chosen on validation with its paired bootstrap interval, empty S_i, |D| and the
+  effective rank; the last snapshot of each run with both AUPRCs and their base rates; whether the run converged.
+- ``auroc_vs_epoch_<method>.png``: test AUROC against epoch, a line per score (one figure per method and variant).
+- ``knn_plateau.png``: the per-epoch kNN monitor of every run, with the plateau criterion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from trajectory import Q_CHOSEN, Q_DEFAULT, Q_PAPER
+from qscore_hf.baselines import BASELINES, CEILING
+
+SCORES = (Q_PAPER, Q_DEFAULT, Q_CHOSEN, *BASELINES, CEILING)
+# Converged: the kNN top-1 of the last quarter of the epochs varies by at most this much (points).
+PLATEAU_POINTS = 1.0
+
+
+def load_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """``{run: {"snapshots": [report, ...] by epoch, "knn": [...], "config": {...}}}`` of every run folder."""
+    runs = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists()):
+        snapshots = [json.loads(p.read_text()) for p in sorted(folder.glob("epoch_*.json"))]
+        knn_file = folder / "knn_monitor.json"
+        runs[folder.name] = {"snapshots": snapshots, "config": json.loads((folder / "config.json").read_text()),
+                             "knn": json.loads(knn_file.read_text()) if knn_file.exists() else []}  # fmt: skip
+    return runs
+
+
+def plateau(knn: list[dict[str, Any]], epochs: int) -> dict[str, Any] | None:
+    """The plateau criterion over the last quarter of ``epochs``: ``None`` until the run has reached its end."""
+    if not knn or knn[-1]["epoch"] < epochs:
+        return None
+    last = [row["knn_top1"] for row in knn if row["epoch"] > epochs - max(1, epochs // 4)]
+    spread = 100 * (max(last) - min(last))
+    return {"epochs": [epochs - len(last) + 1, epochs], "spread_points": spread, "converged": spread <= PLATEAU_POINTS}
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=figsize, dpi=120, layout="tight")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_auroc_vs_epoch(run: str, snapshots: list[dict[str, Any]], path: Path) -> None:
+    figure = _figure((7.2, 4.6))
+    axes = figure.add_subplot()
+    epochs = [s["epoch"] for s in snapshots]
+    for name in SCORES:
+        values = [s["test"]["scores"][name]["auroc"] for s in snapshots]
+        style = {"linestyle": "--", "color": "gray"} if name == CEILING else {}
+        if name.startswith("q_score"):
+            style = {"linewidth": 2.2 if name == Q_CHOSEN else 1.4, "marker": "o"}
+        axes.plot(epochs, values, label=name + (" (uses labels)" if name == CEILING else ""), **style)
+    low = [s["test"]["scores"][Q_CHOSEN]["auroc_ci"][0] for s in snapshots if "auroc_ci" in s["test"]["scores"][Q_CHOSEN]]
+    high = [s["test"]["scores"][Q_CHOSEN]["auroc_ci"][1] for s in snapshots if "auroc_ci" in s["test"]["scores"][Q_CHOSEN]]
+    if len(low) == len(epochs):
+        axes.fill_between(epochs, low, high, alpha=0.15, label=f"{Q_CHOSEN}, 95 % interval")
+    top1 = axes.twinx()
+    top1.plot(epochs, [100 * s["test"]["top1"] for s in snapshots], color="black", linewidth=0.8, linestyle=":")
+    top1.set_ylabel("linear top-1, % (dotted)")
+    axes.axhline(0.5, color="lightgray", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xticks(epochs, [str(epoch) for epoch in epochs])
+    axes.minorticks_off()
+    axes.set_xlabel("pre-training epoch")
+    axes.set_ylabel("test AUROC (correct vs misclassified)")
+    axes.set_title(f"{run}: which score predicts the linear probe's mistakes?")
+    axes.legend(fontsize=7, loc="upper left")
+    figure.savefig(path)
+
+
+def plot_knn(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    figure = _figure((6.4, 4.2))
+    axes = figure.add_subplot()
+    for name, run in runs.items():
+        if run["knn"]:
+            axes.plot([r["epoch"] for r in run["knn"]], [100 * r["knn_top1"] for r in run["knn"]], label=name)
+    axes.set_xlabel("pre-training epoch")
+    axes.set_ylabel("kNN top-1 on validation, %")
+    axes.set_title(f"Plateau: last quarter of the epochs within {PLATEAU_POINTS:g} point")
+    axes.legend(fontsize=8)
+    figure.savefig(path)
+
+
+def _run_table(name: str, run: dict[str, Any]) -> list[str]:
+    lines = [f"### {name}", "",
+             "| epoch | linear top-1 | kNN top-1 | Q paper | Q default | Q chosen (setting) | best label-free on val "
+             "| Q chosen - it [95 % CI] | probe confidence | empty S_i paper / chosen | \\|D\\| chosen | eff. rank |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in run["snapshots"]:
+        test, diff = s["test"], s["q_minus_rival"]
+        auc = {k: v["auroc"] for k, v in test["scores"].items()}
+        verdict = "" if not diff["significant"] else (" **Q better**" if diff["difference"] > 0 else " **Q worse**")
+        lines.append(
+            f"| {s['epoch']} | {100 * test['top1']:.2f} | {100 * s['knn_top1_test']:.2f} | {auc[Q_PAPER]:.3f} | "
+            f"{auc[Q_DEFAULT]:.3f} | {auc[Q_CHOSEN]:.3f} ({s['chosen_setting']}) | {diff['rival']} "
+            f"{auc[diff['rival']]:.3f} | {diff['difference']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]{verdict} | "
+            f"{auc[CEILING]:.3f} | {100 * test['qscore'][Q_PAPER]['empty_fraction']:.0f} / "
+            f"{100 * test['qscore'][Q_CHOSEN]['empty_fraction']:.0f} % | {test['qscore'][Q_CHOSEN]['num_discriminative']} "
+            f"| {test['effective_rank']:.0f} |"
+        )
+    return lines + [""]
+
+
+def _last_table(run: dict[str, Any]) -> list[str]:
+    last = run["snapshots"][-1]["test"]
+    lines = [f"Last snapshot (epoch {run['snapshots'][-1]['epoch']}), test split, {last['num_samples']} images, "
+             f"{last['num_misclassified']} misclassified:", "",
+             "| score | AUROC [95 % CI] | AUPRC correct (base rate) | AUPRC misclassified (base rate) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for name in SCORES:
+        row = last["scores"][name]
+        ci = f" [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}]" if "auroc_ci" in row else ""
+        lines.append(f"| {name} | {row['auroc']:.3f}{ci} | {row['auprc_correct']:.3f} ({last['base_rate_correct']:.3f}) "
+                     f"| {row['auprc_misclassified']:.3f} ({last['base_rate_misclassified']:.3f}) |")  # fmt: skip
+    return lines + [""]
+
+
+def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str, Any]:
+    """Write ``summary.md``, ``summary.json`` and the figures into ``out``; returns the summary."""
+    runs = {name: run for name, run in load_runs(out).items() if run["snapshots"]}
+    summary: dict[str, Any] = {"command": command, "machine": machine, "runs": {}}
+    lines = ["# Q-Score on CIFAR-10 along the training trajectory (issue 18)", "",
+             f"Command: `{command}` (per run: `python bench/cifar10_study.py --method M --seed S [--variant V]`)  ",
+             f"Machine: {machine.get('machine')}, torch {machine.get('torch')}, CPU", "",
+             "Test AUROC of each score against the linear probe's correctness (higher: the score ranks correct images "
+             "above misclassified ones). Q chosen: the Q-Score setting best on the validation split at that snapshot; "
+             "best label-free on val: the baseline best on validation; its difference to Q chosen on test with a "
+             "paired bootstrap 95 % interval (1,000 resamples), called a difference only when the interval excludes 0.",
+             ""]  # fmt: skip
+    for name, run in runs.items():
+        epochs = run["config"]["pretrain"]["epochs"]
+        converged = plateau(run["knn"], epochs)
+        summary["runs"][name] = {"plateau": converged, "snapshots": run["snapshots"], "knn_monitor": run["knn"],
+                                 "config": run["config"]}  # fmt: skip
+        lines += _run_table(name, run)
+        if converged is not None:
+            lines += [f"Plateau: kNN top-1 of epochs {converged['epochs'][0]}-{converged['epochs'][1]} varies by "
+                      f"{converged['spread_points']:.2f} points: {'converged' if converged['converged'] else 'NOT converged'} "
+                      f"(criterion: at most {PLATEAU_POINTS:g}).", ""]  # fmt: skip
+        else:
+            lines += [f"Still training: {len(run['snapshots'])} snapshots of {epochs} epochs evaluated so far.", ""]
+        lines += _last_table(run)
+        plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")
+    if runs:
+        plot_knn(runs, out / "knn_plateau.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary

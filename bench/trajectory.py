@@ -1,0 +1,113 @@
+"""One encoder snapshot's full misclassification report (issue 18, item 3): pure functions over features, so that
+``bench/cifar10_study.py`` stays a driver and the numbers can be checked against hand-made inputs.
+
+At one point of a training trajectory, with a linear probe trained on the pre-training images' features:
+- Q-Score at the paper's setting, at the package default, and at the setting chosen on the validation split (the
+  grid of ``selection.SCORING_GRID``) for this snapshot, each with its empty-S_i fraction and |D|;
+- every label-free baseline (``qscore_hf.baselines``) and the probe-confidence ceiling;
+- AUROC, both AUPRCs and their base rates on the validation and the test split;
+- a paired bootstrap interval of the test AUROC of the chosen Q-Score minus that of the label-free baseline that was
+  best on validation, so that a difference is only called one when the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+import selection
+from qscore_hf.baselines import BASELINES, CEILING
+from qscore_hf.comparison import compare_scores, scores_with_baselines
+from qscore_hf.health import feature_health
+from qscore_hf.knn import knn_accuracy
+
+BOOTSTRAP_SAMPLES = 1000
+CONFIDENCE = 0.95
+Q_PAPER, Q_DEFAULT, Q_CHOSEN = "q_score (paper)", "q_score (package default)", "q_score (chosen on validation)"
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC of ``scores`` for the 0/1 labels ``positive`` (Mann-Whitney, ties counting half)."""
+    labels = np.asarray(positive).astype(bool)
+    ranks = rankdata(scores)
+    m, n = int(labels.sum()), int((~labels).sum())
+    return float((ranks[labels].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def paired_bootstrap_difference(a: np.ndarray, b: np.ndarray, positive: np.ndarray,
+                                samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """AUROC(a) - AUROC(b) on the same samples, with its percentile interval over ``samples`` paired resamplings
+    (each resample draws rows with replacement and scores both on the same rows); ``significant`` when the
+    ``CONFIDENCE`` interval excludes 0."""
+    positive = np.asarray(positive).astype(bool)
+    rng = np.random.default_rng(seed)
+    differences = []
+    while len(differences) < samples:
+        rows = rng.integers(0, len(positive), len(positive))
+        if positive[rows].all() or not positive[rows].any():  # one class only: no AUROC
+            continue
+        differences.append(auroc(a[rows], positive[rows]) - auroc(b[rows], positive[rows]))
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return {"difference": auroc(a, positive) - auroc(b, positive), "low": float(low), "high": float(high),
+            "significant": bool(low > 0 or high < 0), "samples": samples, "confidence": CONFIDENCE}  # fmt: skip
+
+
+def _q_columns(settings: Mapping[str, selection.ScoringSetting], reference: np.ndarray,
+               features: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:  # fmt: skip
+    columns, details = {}, {}
+    for name, setting in settings.items():
+        scores, eps, empty = selection.qscores(setting, reference, features)
+        columns[name] = scores
+        details[name] = {"setting": setting.name, "eps": eps, "empty_fraction": empty,
+                         "num_discriminative": selection.num_discriminative(setting, reference, eps)}  # fmt: skip
+    return columns, details
+
+
+def split_report(q_settings: Mapping[str, selection.ScoringSetting], train: tuple[np.ndarray, np.ndarray],
+                 evaluation: tuple[np.ndarray, np.ndarray], logits: np.ndarray, knn_k: int = 10) -> dict[str, Any]:  # fmt: skip
+    """Every score's AUROC and AUPRCs against the probe's correctness on one split; ``columns`` holds the scores."""
+    features, labels = evaluation
+    correct = (logits.argmax(axis=1) == labels).astype(np.int64)
+    columns, details = _q_columns(q_settings, train[0], features)
+    baselines = scores_with_baselines(np.zeros(len(features)), features, train[0], logits, k=knn_k)
+    baselines.pop("q_score")
+    columns.update(baselines)
+    comparison = compare_scores(columns, correct)
+    health = feature_health(features)
+    return {"top1": float(correct.mean()), "num_samples": len(correct), "num_misclassified": int((1 - correct).sum()),
+            "base_rate_correct": comparison.base_rate_correct,
+            "base_rate_misclassified": comparison.base_rate_misclassified,
+            "scores": {row["score"]: {k: v for k, v in row.items() if k != "score"} for row in comparison.rows},
+            "qscore": details, "effective_rank": health.effective_rank, "dead_fraction": health.dead_fraction,
+            "correct": correct, "columns": columns}  # fmt: skip
+
+
+def snapshot_report(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+                    test: tuple[np.ndarray, np.ndarray], validation_logits: np.ndarray, test_logits: np.ndarray,
+                    knn_k: int = 10) -> dict[str, Any]:  # fmt: skip
+    """The report of one snapshot (module docstring) from its features ``(features, labels)`` and the probe's
+    logits; JSON-ready."""
+    val_correct = (validation_logits.argmax(axis=1) == validation[1]).astype(np.int64)
+    grid = selection.scoring_grid(train[0], validation[0], val_correct)
+    chosen = selection.SCORING_GRID[max(range(len(grid)), key=lambda i: (grid[i]["auroc"], -i))]
+    settings = {Q_PAPER: selection.PAPER_SCORING, Q_DEFAULT: selection.PACKAGE_SCORING, Q_CHOSEN: chosen}
+    reports = {"validation": split_report(settings, train, validation, validation_logits, knn_k),
+               "test": split_report(settings, train, test, test_logits, knn_k)}
+    # The label-free baseline to beat is the one that was best on validation (chosen like Q-Score's setting).
+    val_scores = reports["validation"]["scores"]
+    rival = max(BASELINES, key=lambda name: val_scores[name]["auroc"])
+    on_test = reports["test"]
+    paired = paired_bootstrap_difference(on_test["columns"][Q_CHOSEN], on_test["columns"][rival], on_test["correct"])
+    best_test = max(BASELINES, key=lambda name: on_test["scores"][name]["auroc"])
+    paired_best = paired_bootstrap_difference(on_test["columns"][Q_CHOSEN], on_test["columns"][best_test],
+                                              on_test["correct"])
+    for report in reports.values():
+        report.pop("columns"), report.pop("correct")
+    knn = knn_accuracy(*(torch.from_numpy(np.asarray(a)) for a in (train[0], train[1], test[0], test[1])), k=20)
+    return {**reports, "chosen_setting": chosen.name, "validation_grid": grid, "knn_top1_test": knn,
+            "q_minus_rival": {"rival": rival, **paired}, "q_minus_best_on_test": {"rival": best_test, **paired_best},
+            "ceiling": CEILING}  # fmt: skip

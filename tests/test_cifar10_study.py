@@ -1,0 +1,228 @@
+"""CIFAR-10 as a named data set and the converged-encoder study (issue 18): resolution of ``cifar10``, its
+normalization, pre-training snapshots, the study's resume (a run killed in training and in an evaluation gives the
+same results as an uninterrupted one), the fair fine-tuning pair, the report's statistics and the figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from qscore_hf import QScoreModel
+from qscore_hf import data as data_module
+from qscore_hf.data import CIFAR10_ENV, CIFAR10_HUB_ID, dataset_normalization, load_image_dataset
+from qscore_hf.normalization import CIFAR10_MEAN, CIFAR10_STD
+from qscore_hf.pretraining import PretrainConfig, log_spaced_epochs, pretrain, snapshot_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+needs_cifar10 = pytest.mark.skipif(not (SHARED / "train-00000-of-00001.parquet").exists(),
+                                   reason=f"the offline CIFAR-10 copy is not at {SHARED}")  # fmt: skip
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_cifar_like(folder: Path, rows: int = 40) -> Path:
+    """A data set folder in the Hub's CIFAR-10 layout (parquet per split, ``img`` and ``label``), random pixels."""
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(rows)]
+        table = datasets.Dataset.from_dict({"img": images, "label": [k % 10 for k in range(rows)]}, features=features)
+        table.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+@needs_cifar10
+def test_cifar10_reads_the_local_copy_named_by_the_environment(monkeypatch):
+    monkeypatch.setenv(CIFAR10_ENV, str(SHARED))
+    train = load_image_dataset("cifar10", "train[0:5]")
+    # CIFAR-10's data_batch_1 starts with a frog, two trucks, a deer and an automobile.
+    assert train.dataset["label"] == [6, 9, 9, 4, 1]
+    assert train.image_column == "img" and train.class_names == CLASSES
+    assert train.dataset[0]["img"].size == (32, 32)
+    assert len(load_image_dataset("cifar10", "test").dataset) == 10_000
+
+
+def test_cifar10_asks_the_hub_when_no_local_copy_is_set(monkeypatch):
+    monkeypatch.delenv(CIFAR10_ENV, raising=False)
+    asked = []
+
+    def load_dataset(path, *args, split=None, **kwargs):
+        asked.append((path, split))
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(data_module.datasets, "load_dataset", load_dataset)
+    with pytest.raises(ValueError, match="reachable on the Hugging Face Hub"):
+        load_image_dataset("cifar10", "train[:100]")
+    assert asked == [(CIFAR10_HUB_ID, "train[:100]")]
+
+
+def test_a_cifar10_setting_that_is_no_folder_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv(CIFAR10_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=f"{CIFAR10_ENV}=.*missing is not a folder"):
+        load_image_dataset("cifar10")
+
+
+def test_cifar10_by_name_or_by_path_gets_cifar_normalization(monkeypatch, tmp_path):
+    folder = make_cifar_like(tmp_path / "my-cifar")
+    monkeypatch.setenv(CIFAR10_ENV, str(folder))
+    assert dataset_normalization(load_image_dataset("cifar10", "test")) == (CIFAR10_MEAN, CIFAR10_STD)
+    by_path = load_image_dataset(str(folder), "train")
+    assert by_path.known_as == "cifar10"
+    assert dataset_normalization(by_path) == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))  # solo-learn's
+    assert dataset_normalization(load_image_dataset("digits", "test")) == ((0.3070,) * 3, (0.3760,) * 3)
+
+
+def test_pretraining_on_a_cifar10_path_normalizes_with_cifar_statistics_and_keeps_snapshots(monkeypatch, tmp_path):
+    folder = make_cifar_like(tmp_path / "data", rows=32)
+    cfg = PretrainConfig(method="simclr", output_dir=str(tmp_path / "run"), dataset=str(folder), backbone="resnet10t",
+                         image_size=16, batch_size=16, epochs=2, warmup_epochs=0, num_workers=0, log_with="none",
+                         progress=False, eval_split=None, snapshot_epochs=(1, 2), checkpoint_every=0)  # fmt: skip
+    model_dir = pretrain(cfg)
+    exported = QScoreModel.from_pretrained(model_dir)
+    assert tuple(exported.config.image_mean) == pytest.approx(CIFAR10_MEAN)
+    assert tuple(exported.config.image_std) == pytest.approx(CIFAR10_STD)
+    # The epoch-2 snapshot is the exported backbone (the run ends there); epoch 1's differs from it.
+    first, last = (QScoreModel.from_pretrained(snapshot_folder(cfg.output_dir, e)) for e in (1, 2))
+    for name, weight in exported.backbone.state_dict().items():
+        assert np.array_equal(last.backbone.state_dict()[name].numpy(), weight.numpy()), name
+    assert not np.array_equal(first.backbone.conv1[0].weight.detach().numpy(), last.backbone.conv1[0].weight.detach().numpy())
+
+
+def test_log_spaced_epochs():
+    # 50 ** (k / 7) for k = 0..7 is 1, 1.75, 3.06, 5.34, 9.34, 16.3, 28.6, 50.
+    assert log_spaced_epochs(50) == (1, 2, 3, 5, 9, 16, 29, 50)
+    assert log_spaced_epochs(3) == (1, 2, 3)
+    assert log_spaced_epochs(30, 4) == (1, 3, 10, 30)  # 30 ** (k / 3): 1, 3.1, 9.7, 30
+
+
+# ---- the report's statistics ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trajectory(import_bench):
+    return import_bench("trajectory")
+
+
+def test_auroc_matches_scikit_learn_with_ties(trajectory):
+    rng = np.random.default_rng(1)
+    scores, labels = rng.integers(0, 5, 300).astype(float), rng.integers(0, 2, 300)
+    assert trajectory.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_paired_bootstrap_calls_a_difference_only_when_there_is_one(trajectory):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 400)
+    noise = rng.normal(size=400)
+    same = trajectory.paired_bootstrap_difference(noise, noise.copy(), labels, samples=200)
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0 and not same["significant"]
+    # A perfect score against noise: AUROC 1 against about 0.5, a difference of about 0.5 that no resample hides.
+    perfect = trajectory.paired_bootstrap_difference(labels + 0.0, noise, labels, samples=200)
+    assert perfect["difference"] == pytest.approx(1 - roc_auc_score(labels, noise))
+    assert perfect["significant"] and 0.35 < perfect["low"] < perfect["difference"] < perfect["high"] < 0.65
+    # Two independent noise scores: no difference is called (their intervals straddle 0).
+    other = trajectory.paired_bootstrap_difference(noise, rng.normal(size=400), labels, samples=200)
+    assert other["low"] < 0 < other["high"] and not other["significant"]
+
+
+# ---- the study driver on real CIFAR-10 ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(import_bench):
+    module = import_bench("cifar10_study")
+    module.use_shared_cifar10()
+    return module
+
+
+def tiny(study):
+    return replace(study.SETTINGS["smoke"], train_split="train[0:128]", validation_split="train[45000:45096]",
+                   test_split="test[0:96]", epochs=2, batch_size=32, snapshots=2, probe_epochs=3,
+                   knn_monitor_train=64, knn_monitor_eval=32)  # fmt: skip
+
+
+def results(out: Path) -> dict[str, dict]:
+    run = out / "simclr-baseline-seed0"
+    return {p.name: json.loads(p.read_text()) for p in sorted(run.glob("epoch_*.json"))}
+
+
+def numbers(report: dict) -> list[float]:
+    test = report["test"]
+    return [test["top1"], report["knn_top1_test"], test["effective_rank"],
+            *(row["auroc"] for row in test["scores"].values()), report["q_minus_rival"]["difference"]]  # fmt: skip
+
+
+@needs_cifar10
+def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, import_bench, tmp_path, monkeypatch):
+    import qscore_hf.pretraining as pretraining
+
+    setting = tiny(study)
+    study.run(setting, "simclr", "baseline", 0, tmp_path / "work-a", tmp_path / "out-a")
+    uninterrupted = results(tmp_path / "out-a")
+    assert list(uninterrupted) == ["epoch_0001.json", "epoch_0002.json"]
+
+    # Killed in the middle of epoch 2 (after epoch 1 was evaluated and written) ...
+    real_step, calls = pretraining.training_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 steps an epoch: step 6 is in epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(pretraining, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        study.run(setting, "simclr", "baseline", 0, tmp_path / "work-b", tmp_path / "out-b")
+    assert list(results(tmp_path / "out-b")) == ["epoch_0001.json"]
+    monkeypatch.setattr(pretraining, "training_step", real_step)
+    # ... then killed during the evaluation of epoch 2 (its snapshot exists, its result does not) ...
+    real_report = study.trajectory.snapshot_report
+    monkeypatch.setattr(study.trajectory, "snapshot_report", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        study.run(setting, "simclr", "baseline", 0, tmp_path / "work-b", tmp_path / "out-b")
+    assert snapshot_folder(tmp_path / "work-b" / "simclr-baseline-seed0", 2).is_dir()
+    assert list(results(tmp_path / "out-b")) == ["epoch_0001.json"]
+    monkeypatch.setattr(study.trajectory, "snapshot_report", real_report)
+    # ... and run again: the same evaluations as the uninterrupted run.
+    study.run(setting, "simclr", "baseline", 0, tmp_path / "work-b", tmp_path / "out-b")
+    resumed = results(tmp_path / "out-b")
+    assert list(resumed) == list(uninterrupted)
+    for name in uninterrupted:
+        assert numbers(resumed[name]) == pytest.approx(numbers(uninterrupted[name]), abs=1e-6), name
+    knn = json.loads((tmp_path / "out-b" / "simclr-baseline-seed0" / "knn_monitor.json").read_text())
+    assert [row["epoch"] for row in knn] == [1, 2]
+
+    # The fine-tuning pair starts from this baseline and differs only in the Q-Score regularization.
+    plain, regularized = (study.pretrain_config(setting, "simclr", v, 0, tmp_path / "work-a")
+                          for v in ("finetune-plain", "finetune-qreg"))  # fmt: skip
+    a, b = asdict(plain), asdict(regularized)
+    assert {key for key in a if a[key] != b[key]} == {"output_dir", "qscore_reg"}
+    assert a["init_from"] == str(tmp_path / "work-a" / "simclr-baseline-seed0" / "model")
+    assert a["lr"] == setting.finetune_lr and a["epochs"] == setting.finetune_epochs and a["seed"] == 0
+
+    # The summary: tables, the plateau verdict and the figures.
+    summary = import_bench("study_summary").write_summary(tmp_path / "out-a", command="test", machine={})
+    run = summary["runs"]["simclr-baseline-seed0"]
+    assert run["plateau"]["epochs"] == [2, 2]
+    for png in ("auroc_vs_epoch_simclr-baseline-seed0.png", "knn_plateau.png"):
+        with Image.open(tmp_path / "out-a" / png) as image:
+            assert image.size[0] > 400
+    assert "| 2 |" in (tmp_path / "out-a" / "summary.md").read_text()
+
+
+def test_plateau_criterion_by_hand(import_bench):
+    summary = import_bench("study_summary")
+    knn = [{"epoch": e, "knn_top1": v} for e, v in enumerate([0.2, 0.4, 0.5, 0.55, 0.60, 0.605, 0.61, 0.612], 1)]
+    # 8 epochs: the last quarter is epochs 7-8 (0.61, 0.612): 0.2 points apart.
+    assert summary.plateau(knn, 8) == {"epochs": [7, 8], "spread_points": pytest.approx(0.2), "converged": True}
+    assert summary.plateau(knn[:6], 8) is None  # not finished
+    rising = [dict(row, knn_top1=row["knn_top1"] + 0.02 * row["epoch"]) for row in knn]
+    assert summary.plateau(rising, 8)["converged"] is False  # 0.61 + 0.14 vs 0.612 + 0.16: 2.2 points
