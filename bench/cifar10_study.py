@@ -1,8 +1,8 @@
 """Does Q-Score work once an SSL encoder has really learned, on natural images? (issue 18)
 
     python bench/cifar10_study.py --method simclr --seed 0                 # a converged CPU run and its trajectory
-    python bench/cifar10_study.py --method byol --seed 0 --variant qreg    # the same from scratch with the default Q-reg
-    python bench/cifar10_study.py --method simclr --seed 0 --variant finetune-qreg   # (and finetune-plain: the control)
+    python bench/cifar10_study.py --method byol --seed 0 --variants qreg   # the same from scratch with the default Q-reg
+    python bench/cifar10_study.py --method simclr --variants baseline,finetune-plain,finetune-qreg,qreg  # all, in order
     python bench/cifar10_study.py --summary                                # tables and figures of what finished
     python bench/cifar10_study.py --smoke --out /tmp/smoke                 # the same code path in a minute
 
@@ -10,7 +10,10 @@ The CPU setting (``SETTINGS["cpu"]``): CIFAR-10's first 10,000 training images, 
 method's solo-learn CIFAR recipe (training/configs/<method>.yaml) with its warm-up cut to 3 epochs, 30 epochs of
 batch 256 on one thread, with the backbone kept at 8 log-spaced epochs. At each of those snapshots a linear probe is trained on the 10,000 images'
 features and ``trajectory.snapshot_report`` compares every score on the validation split (``train[45000:50000]``,
-exact pixels, never trained on) and on the test split (10,000 JPEG re-encodings).
+exact pixels, never trained on) and on the test split (10,000 JPEG re-encodings). The Q-reg comparisons: ``qreg``
+pre-trains from scratch with the package's default Q-Score regularization, same recipe and length as the baseline;
+``finetune-qreg`` fine-tunes the converged baseline with it for 5 epochs at lr 1e-5 (the published recipe's learning
+rate; it runs 50 epochs), against ``finetune-plain``, the same continuation without it (same steps, seed, data order).
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
 name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
@@ -61,6 +64,7 @@ class Setting:
     knn_monitor_train: int
     knn_monitor_eval: int
     finetune_epochs: int
+    finetune_snapshots: int
     finetune_lr: float
     notes: str
 
@@ -69,13 +73,13 @@ SETTINGS = {
     "cpu": Setting(
         train_split="train[0:10000]", validation_split="train[45000:50000]", test_split="test", backbone="resnet10t",
         image_size=32, epochs=30, warmup_epochs=3, batch_size=256, snapshots=8, probe_epochs=100, knn_monitor_train=5000,
-        knn_monitor_eval=2000, finetune_epochs=10, finetune_lr=1e-5,
+        knn_monitor_eval=2000, finetune_epochs=5, finetune_snapshots=2, finetune_lr=1e-5,
         notes="2-core CPU, one thread a run (two runs side by side), about an hour of training a run",
     ),
     "smoke": Setting(
         train_split="train[0:512]", validation_split="train[45000:45256]", test_split="test[0:256]",
         backbone="resnet10t", image_size=32, epochs=3, warmup_epochs=1, batch_size=64, snapshots=3, probe_epochs=5,
-        knn_monitor_train=256, knn_monitor_eval=128, finetune_epochs=1, finetune_lr=1e-5,
+        knn_monitor_train=256, knn_monitor_eval=128, finetune_epochs=1, finetune_snapshots=1, finetune_lr=1e-5,
         notes="the same code path on a few hundred images (a test, not a measurement)",
     ),
 }
@@ -109,7 +113,7 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--eval-split", setting.validation_split, "--knn-max-train", str(setting.knn_monitor_train),
             "--knn-max-eval", str(setting.knn_monitor_eval), "--num-workers", "0", "--log-with", "none",
             "--resume", "auto", "--checkpoint-every", "0", "--mixed-precision", "no", "--no-progress",
-            "--snapshot-epochs", f"log:{setting.snapshots}"]  # fmt: skip
+            "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
     if variant in ("qreg", "finetune-qreg"):
         argv += ["--qscore-reg"]
     if finetune:
@@ -168,9 +172,11 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
         k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "resume", "progress")}})
     for epoch in cfg.snapshot_epochs:
         result_file = results / f"epoch_{epoch:04d}.json"
-        if result_file.exists():
+        if result_file.exists() and _report_version(result_file) == trajectory.REPORT_VERSION:
             continue
         snapshot = snapshot_folder(output_dir, epoch)
+        # A report of an older version is evaluated again; the training time it recorded stays.
+        train_seconds = json.loads(result_file.read_text()).get("train_seconds") if result_file.exists() else None
         if not snapshot.exists():
             target = epoch * steps_per_epoch
             started, step = time.time(), _current_step(output_dir)
@@ -180,8 +186,6 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
             print(f"== {run_name(method, variant, seed)}: training to epoch {epoch} (step {step} -> {target})", flush=True)
             pretrain(replace(cfg, stop_after_steps=target - step))
             train_seconds = time.time() - started
-        else:
-            train_seconds = None
         started = time.time()
         report = evaluate_snapshot(snapshot, setting, work / "feature_cache")
         report.update(epoch=epoch, step=epoch * steps_per_epoch, train_seconds=train_seconds,
@@ -194,6 +198,10 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
               f"{test['scores'][report['q_minus_rival']['rival']]['auroc']:.3f}", flush=True)
 
 
+def _report_version(path: Path) -> int:
+    return int(json.loads(path.read_text()).get("report_version", 1))
+
+
 def _knn_monitor(log: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     return [{"epoch": r["epoch"] + 1, "step": r["step"], "knn_top1": v} for r in rows
@@ -203,7 +211,9 @@ def _knn_monitor(log: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", choices=METHODS, default="simclr")
-    parser.add_argument("--variant", choices=VARIANTS, default="baseline")
+    parser.add_argument("--variants", default="baseline",
+                        help=f"comma-separated, run in this order, from {', '.join(VARIANTS)} (default: baseline); the "
+                             "finetune-* variants start from the same seed's finished baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="the smoke setting (a few hundred images, 3 epochs)")
     parser.add_argument("--out", type=Path, default=None, help="results (default: bench/results/cifar10_converged)")
@@ -215,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "bench" / "results" / "cifar10_converged"
     work = args.work or Path.home() / ".cache" / "qscore_hf" / "bench" / out.name
     use_shared_cifar10()
-    if not args.summary:
-        run(setting, args.method, args.variant, args.seed, work, out)
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
+    for variant in [] if args.summary else variants:
+        run(setting, args.method, variant, args.seed, work, out)
     import study_summary
 
     study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),

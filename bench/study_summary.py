@@ -17,10 +17,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from trajectory import Q_CHOSEN, Q_DEFAULT, Q_PAPER
+from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER
 from qscore_hf.baselines import BASELINES, CEILING
 
-SCORES = (Q_PAPER, Q_DEFAULT, Q_CHOSEN, *BASELINES, CEILING)
+SCORES = (Q_PAPER, Q_DEFAULT, Q_CHOSEN, *EXTENSION_SCORES, *BASELINES, CEILING)
 # Converged: the kNN top-1 of the last quarter of the epochs varies by at most this much (points).
 PLATEAU_POINTS = 1.0
 
@@ -56,10 +56,14 @@ def plot_auroc_vs_epoch(run: str, snapshots: list[dict[str, Any]], path: Path) -
     axes = figure.add_subplot()
     epochs = [s["epoch"] for s in snapshots]
     for name in SCORES:
+        if any(name not in s["test"]["scores"] for s in snapshots):  # a report from before the extensions
+            continue
         values = [s["test"]["scores"][name]["auroc"] for s in snapshots]
         style = {"linestyle": "--", "color": "gray"} if name == CEILING else {}
         if name.startswith("q_score"):
             style = {"linewidth": 2.2 if name == Q_CHOSEN else 1.4, "marker": "o"}
+        elif name in EXTENSION_SCORES:
+            style = {"linestyle": "-.", "marker": "x", "linewidth": 1.0}
         axes.plot(epochs, values, label=name + (" (uses labels)" if name == CEILING else ""), **style)
     low = [s["test"]["scores"][Q_CHOSEN]["auroc_ci"][0] for s in snapshots if "auroc_ci" in s["test"]["scores"][Q_CHOSEN]]
     high = [s["test"]["scores"][Q_CHOSEN]["auroc_ci"][1] for s in snapshots if "auroc_ci" in s["test"]["scores"][Q_CHOSEN]]
@@ -118,11 +122,32 @@ def _last_table(run: dict[str, Any]) -> list[str]:
              f"{last['num_misclassified']} misclassified:", "",
              "| score | AUROC [95 % CI] | AUPRC correct (base rate) | AUPRC misclassified (base rate) |",
              "|---|---|---|---|"]  # fmt: skip
-    for name in SCORES:
+    for name in (name for name in SCORES if name in last["scores"]):
         row = last["scores"][name]
         ci = f" [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}]" if "auroc_ci" in row else ""
         lines.append(f"| {name} | {row['auroc']:.3f}{ci} | {row['auprc_correct']:.3f} ({last['base_rate_correct']:.3f}) "
                      f"| {row['auprc_misclassified']:.3f} ({last['base_rate_misclassified']:.3f}) |")  # fmt: skip
+    return lines + [""]
+
+
+def ships(snapshot: dict[str, Any], name: str) -> bool:
+    """An extension ships only if it beats every label-free baseline on validation and on test."""
+    return all(snapshot[split]["scores"][name]["auroc"] > snapshot[split]["scores"][b]["auroc"]
+               for split in ("validation", "test") for b in BASELINES)  # fmt: skip
+
+
+def _extension_lines(snapshot: dict[str, Any]) -> list[str]:
+    if "extensions" not in snapshot:
+        return []
+    lines = [f"Label-free extensions of Q-Score at the last snapshot (settings chosen on validation; shipped only if "
+             f"better than every baseline on validation and on test):", "",
+             "| extension | setting | AUROC validation | AUROC test | minus the val-best baseline on test [95 % CI] "
+             "| beats every baseline on both |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, info in snapshot["extensions"].items():
+        diff = info["minus_rival"]
+        lines.append(f"| {name} | {info['setting']} | {snapshot['validation']['scores'][name]['auroc']:.3f} | "
+                     f"{snapshot['test']['scores'][name]['auroc']:.3f} | {diff['rival']}: {diff['difference']:+.3f} "
+                     f"[{diff['low']:+.3f}, {diff['high']:+.3f}] | {'yes' if ships(snapshot, name) else 'no'} |")  # fmt: skip
     return lines + [""]
 
 
@@ -131,7 +156,7 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
     runs = {name: run for name, run in load_runs(out).items() if run["snapshots"]}
     summary: dict[str, Any] = {"command": command, "machine": machine, "runs": {}}
     lines = ["# Q-Score on CIFAR-10 along the training trajectory (issue 18)", "",
-             f"Command: `{command}` (per run: `python bench/cifar10_study.py --method M --seed S [--variant V]`)  ",
+             f"Command: `{command}` (per run: `python bench/cifar10_study.py --method M --seed S [--variants V]`)  ",
              f"Machine: {machine.get('machine')}, torch {machine.get('torch')}, CPU", "",
              "Test AUROC of each score against the linear probe's correctness (higher: the score ranks correct images "
              "above misclassified ones). Q chosen: the Q-Score setting best on the validation split at that snapshot; "
@@ -150,7 +175,7 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
                       f"(criterion: at most {PLATEAU_POINTS:g}).", ""]  # fmt: skip
         else:
             lines += [f"Still training: {len(run['snapshots'])} snapshots of {epochs} epochs evaluated so far.", ""]
-        lines += _last_table(run)
+        lines += _last_table(run) + _extension_lines(run["snapshots"][-1])
         plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")
     if runs:
         plot_knn(runs, out / "knn_plateau.png")

@@ -18,15 +18,19 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+import extensions
 import selection
 from qscore_hf.baselines import BASELINES, CEILING
 from qscore_hf.comparison import compare_scores, scores_with_baselines
 from qscore_hf.health import feature_health
 from qscore_hf.knn import knn_accuracy
 
+# Bumped when the report gains content: bench/cifar10_study.py re-evaluates the snapshots of older reports.
+REPORT_VERSION = 2
 BOOTSTRAP_SAMPLES = 1000
 CONFIDENCE = 0.95
 Q_PAPER, Q_DEFAULT, Q_CHOSEN = "q_score (paper)", "q_score (package default)", "q_score (chosen on validation)"
+EXTENSION_SCORES = tuple(f"extension: {name}" for name in extensions.EXTENSIONS)
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -68,11 +72,14 @@ def _q_columns(settings: Mapping[str, selection.ScoringSetting], reference: np.n
 
 
 def split_report(q_settings: Mapping[str, selection.ScoringSetting], train: tuple[np.ndarray, np.ndarray],
-                 evaluation: tuple[np.ndarray, np.ndarray], logits: np.ndarray, knn_k: int = 10) -> dict[str, Any]:  # fmt: skip
-    """Every score's AUROC and AUPRCs against the probe's correctness on one split; ``columns`` holds the scores."""
+                 evaluation: tuple[np.ndarray, np.ndarray], logits: np.ndarray, knn_k: int = 10,
+                 extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every score's AUROC and AUPRCs against the probe's correctness on one split (``extra``: more score columns
+    of the same rows); ``columns`` holds the scores."""
     features, labels = evaluation
     correct = (logits.argmax(axis=1) == labels).astype(np.int64)
     columns, details = _q_columns(q_settings, train[0], features)
+    columns.update(extra or {})
     baselines = scores_with_baselines(np.zeros(len(features)), features, train[0], logits, k=knn_k)
     baselines.pop("q_score")
     columns.update(baselines)
@@ -95,8 +102,10 @@ def snapshot_report(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.n
     grid = selection.scoring_grid(train[0], validation[0], val_correct)
     chosen = selection.SCORING_GRID[max(range(len(grid)), key=lambda i: (grid[i]["auroc"], -i))]
     settings = {Q_PAPER: selection.PAPER_SCORING, Q_DEFAULT: selection.PACKAGE_SCORING, Q_CHOSEN: chosen}
-    reports = {"validation": split_report(settings, train, validation, validation_logits, knn_k),
-               "test": split_report(settings, train, test, test_logits, knn_k)}
+    chosen_extensions, extension_columns = extension_scores(train[0], validation[0], test[0], val_correct)
+    reports = {"validation": split_report(settings, train, validation, validation_logits, knn_k,
+                                          extension_columns["validation"]),
+               "test": split_report(settings, train, test, test_logits, knn_k, extension_columns["test"])}  # fmt: skip
     # The label-free baseline to beat is the one that was best on validation (chosen like Q-Score's setting).
     val_scores = reports["validation"]["scores"]
     rival = max(BASELINES, key=lambda name: val_scores[name]["auroc"])
@@ -105,9 +114,33 @@ def snapshot_report(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.n
     best_test = max(BASELINES, key=lambda name: on_test["scores"][name]["auroc"])
     paired_best = paired_bootstrap_difference(on_test["columns"][Q_CHOSEN], on_test["columns"][best_test],
                                               on_test["correct"])
+    extension_differences = {
+        name: paired_bootstrap_difference(on_test["columns"][name], on_test["columns"][rival], on_test["correct"])
+        for name in EXTENSION_SCORES
+    }
     for report in reports.values():
         report.pop("columns"), report.pop("correct")
     knn = knn_accuracy(*(torch.from_numpy(np.asarray(a)) for a in (train[0], train[1], test[0], test[1])), k=20)
     return {**reports, "chosen_setting": chosen.name, "validation_grid": grid, "knn_top1_test": knn,
             "q_minus_rival": {"rival": rival, **paired}, "q_minus_best_on_test": {"rival": best_test, **paired_best},
-            "ceiling": CEILING}  # fmt: skip
+            "extensions": {name: {"setting": chosen_extensions[name], "minus_rival": {"rival": rival, **difference}}
+                           for name, difference in extension_differences.items()},
+            "ceiling": CEILING, "report_version": REPORT_VERSION}  # fmt: skip
+
+
+def extension_scores(reference: np.ndarray, validation: np.ndarray, test: np.ndarray,
+                     validation_correct: np.ndarray) -> tuple[dict[str, str], dict[str, dict[str, np.ndarray]]]:  # fmt: skip
+    """Each extension of ``extensions`` at its setting chosen on validation (best AUROC, ties: the earlier one);
+    returns the chosen settings' names and the score columns of both splits."""
+    neighbours = {"validation": extensions.nearest_reference(reference, validation),
+                  "test": extensions.nearest_reference(reference, test)}  # fmt: skip
+    chosen, columns = {}, {"validation": {}, "test": {}}
+    for name, column in zip(extensions.EXTENSIONS, EXTENSION_SCORES):
+        score = extensions.scorer(name, reference)
+        candidates = [(setting, score(validation, setting, neighbours["validation"]))
+                      for setting in extensions.settings_of(name)]  # fmt: skip
+        best, best_scores = max(candidates, key=lambda c: auroc(c[1], validation_correct))
+        chosen[column] = best.name
+        columns["validation"][column] = best_scores
+        columns["test"][column] = score(test, best, neighbours["test"])
+    return chosen, columns

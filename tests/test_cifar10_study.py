@@ -226,3 +226,52 @@ def test_plateau_criterion_by_hand(import_bench):
     assert summary.plateau(knn[:6], 8) is None  # not finished
     rising = [dict(row, knn_top1=row["knn_top1"] + 0.02 * row["epoch"]) for row in knn]
     assert summary.plateau(rising, 8)["converged"] is False  # 0.61 + 0.14 vs 0.612 + 0.16: 2.2 points
+
+
+# ---- the label-free extensions (item 6) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def extensions(import_bench):
+    return import_bench("extensions")
+
+
+@pytest.fixture(scope="module")
+def relu_features():
+    rng = np.random.default_rng(3)
+    return np.maximum(rng.normal(size=(300, 64)), 0) ** 2, np.maximum(rng.normal(size=(120, 64)), 0) ** 2
+
+
+def test_q_unit_is_the_package_q_over_the_l2_norm(extensions, import_bench, relu_features):
+    selection = import_bench("selection")
+    reference, features = relu_features
+    setting = extensions.ExtensionSetting(2.0, 50.0, 95.0)
+    package_q, _, _ = selection.qscores(selection.ScoringSetting(2.0, "none", 50.0, 95.0), reference, features)
+    expected = package_q / np.linalg.norm(features, axis=1)
+    np.testing.assert_allclose(extensions.q_unit(reference, features, setting), expected, rtol=1e-5, atol=1e-12)
+
+
+def test_knn_consensus_with_identical_neighbours_is_the_package_q(extensions, import_bench, relu_features):
+    # Each sample's 10 nearest reference rows are its own 10 copies: the neighbourhood fires exactly where the
+    # sample does, so the consensus restricts nothing and the score is plain Q (zscore: the mean z of S_i).
+    selection = import_bench("selection")
+    _, features = relu_features
+    reference = np.repeat(features, 10, axis=0)
+    neighbours = extensions.nearest_reference(reference, features)
+    assert all(set(reference_rows // 10) == {row} for row, reference_rows in enumerate(neighbours))
+    setting = extensions.ExtensionSetting(1.0, 0.0, 100.0, "zscore")
+    package_q, _, _ = selection.qscores(selection.ScoringSetting(1.0, "zscore", 0.0, 100.0), reference, features)
+    np.testing.assert_allclose(extensions.q_knn_consensus(reference, features, setting, neighbours), package_q, rtol=1e-5)
+
+
+def test_feature_rank_by_hand(extensions):
+    # Feature 0 of the reference holds 0..9, feature 1 holds 0, 10, ..., 90, feature 2 is 1 everywhere. At eps 1
+    # feature 1 fires in 9 reference rows and feature 2 in one (the row that is 0 elsewhere): D (band 0-100) = {1, 2}.
+    # The query row (7, 35, 0, 0, 0, 0) has mu 7 and sigma 12.8: only 35 stands above 19.8, so S = {1}.
+    reference = np.zeros((10, 6))
+    reference[:, 0], reference[:, 1], reference[:, 2] = np.arange(10), 10 * np.arange(10), 1.0
+    query = np.array([[7.0, 35.0, 0, 0, 0, 0]])
+    setting = extensions.ExtensionSetting(1.0, 0.0, 100.0)
+    assert extensions.highly_activating(query, 1.0).tolist() == [[False, True, False, False, False, False]]
+    # 35 is above 4 of feature 1's 10 reference values (0, 10, 20, 30): percentile 0.4.
+    assert extensions.q_feature_rank(reference, query, setting) == pytest.approx([0.4])
