@@ -11,6 +11,7 @@ also for a CIFAR-10 copy given by path or Hub id); ``None`` for data sets it doe
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import os
 import re
@@ -22,8 +23,8 @@ import numpy as np
 
 from .normalization import DATASET_NORMALIZATION
 
-__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "dataset_normalization",
-           "load_image_dataset"]
+__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "check_dataset_name",
+           "dataset_normalization", "load_image_dataset"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("QSCORE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
@@ -105,6 +106,7 @@ def load_image_dataset(
     ``split`` may select rows, as in ``datasets``: ``"train[50000:60000]"`` (e.g. a validation split carved out of
     the training data); ``max_samples`` then counts from the slice's start.
     """
+    check_dataset_name(name)
     base_split, start, stop = _parse_split(split)
     if start is not None and max_samples is not None:
         stop = start + max_samples if stop is None else min(stop, start + max_samples)
@@ -137,6 +139,22 @@ def load_image_dataset(
         )
     label_column = label_column or _find_column(features, datasets.ClassLabel, ("label", "labels"))
     return ImageDataset(dataset, image_column, label_column, name, split)
+
+
+def check_dataset_name(name: str) -> None:
+    """Fail at once, before any Hub request, on a likely typo of a built-in name: a name without ``/`` that is no
+    local path and is close to a built-in name (``digts``, ``fashion-mnist``), but does not extend one (``cifar100``
+    is a Hub data set)."""
+    if name in BUILTIN_DATASETS or "/" in name or Path(name).exists():
+        return
+    if any(name.startswith(builtin) for builtin in BUILTIN_DATASETS):
+        return
+    close = difflib.get_close_matches(name.lower(), BUILTIN_DATASETS, n=1)
+    if close:
+        raise ValueError(
+            f"unknown data set {name!r}: did you mean {close[0]}? The built-in names are "
+            f"{', '.join(BUILTIN_DATASETS)}; a Hub data set is named org/name, a local one by its path."
+        )
 
 
 def _parse_split(split: str) -> tuple[str, int | None, int | None]:

@@ -6,6 +6,9 @@ Everything runs offline on the CPU in about two minutes on 2 cores, through the 
 
 The output folder holds ``model/`` (the encoder, with its model card), ``report/`` (``report.json``,
 ``per_sample.parquet`` and the plots), ``feature_cache/`` and ``train_log.jsonl``.
+
+Importing this module is light (no torch, no lightly): ``qscore-hf demo --help`` and its argument errors work on the
+base install; ``run_demo`` imports the training stack once its arguments are checked.
 """
 
 from __future__ import annotations
@@ -16,18 +19,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import data
-from .comparison import report_text
-from .linear_eval import PER_SAMPLE_FILE, PLOT_FILES, REPORT_FILE, run_linear_eval
-from .pretraining import CHECKPOINT_DIR, MODEL_DIR, PretrainConfig, pretrain
-from .ssl import METHODS
 
 __all__ = [
     "DATASET_CHOICES",
     "DEFAULT_METHOD",
+    "METHOD_NAMES",
     "DemoSetting",
+    "dataset_notice",
     "demo_setting",
     "format_summary",
     "resolve_dataset",
@@ -36,12 +37,14 @@ __all__ = [
 
 DATASET_CHOICES = ("auto", *data.BUILTIN_DATASETS)
 DEFAULT_METHOD = "simclr"
+# qscore_hf.ssl.METHODS' names (that module needs lightly; tests/test_newcomer_cli.py checks that they agree)
+METHOD_NAMES = ("byol", "dino", "moco", "simclr", "simsiam", "swav")
+INSTALL_FASHION_MNIST = "sudo apt-get install dataset-fashion-mnist"
 BACKBONE = "resnet10t"  # a small timm ResNet: about 150 images/s through the pre-training loop at 32 px on 2 cores
 REPORT_DIR = "report"
 FEATURE_CACHE_DIR = "feature_cache"
 TRAIN_LOG = "train_log.jsonl"
-# What a demo writes into its folder: a folder holding anything else is not overwritten.
-_OWNED = {MODEL_DIR, REPORT_DIR, FEATURE_CACHE_DIR, TRAIN_LOG, CHECKPOINT_DIR}
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class DemoSetting:
 # Defaults sized for ~2 minutes on 2 CPU cores (measured: see the README), and the few-second --quick setting.
 _SETTINGS = {
     "fashion_mnist": DemoSetting(max_samples=5000, epochs=3, batch_size=128, image_size=32, probe_epochs=100),
+    "cifar10": DemoSetting(max_samples=5000, epochs=3, batch_size=128, image_size=32, probe_epochs=100),
     "digits": DemoSetting(max_samples=None, epochs=10, batch_size=128, image_size=32, probe_epochs=100),
 }
 # A barely trained encoder has few features 4 sigma above its mean: eps=2 keeps the quick run's D non-empty.
@@ -87,6 +91,31 @@ def resolve_dataset(dataset: str = "auto") -> str:
     files = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")  # fmt: skip
     return "fashion_mnist" if all((data.FASHION_MNIST_DIR / name).is_file() for name in files) else "digits"
+
+
+def dataset_notice(requested: str, name: str) -> str:
+    """What the demo says before it starts: the data set it uses, why, and (on digits) how to get a harder one.
+
+    Args:
+        requested: the ``--dataset`` given (``auto`` or a built-in name).
+        name: the data set ``resolve_dataset(requested)`` chose.
+    """
+    if name == "fashion_mnist":
+        return f"Data set: Fashion-MNIST, read from {data.FASHION_MNIST_DIR}."
+    if name == "cifar10":
+        return (f"Data set: CIFAR-10, read from {data.cifar10_source()} (set ${data.CIFAR10_ENV} to a local copy to "
+                "run offline).")  # fmt: skip
+    why = (
+        f"Fashion-MNIST is not installed (no IDX files in {data.FASHION_MNIST_DIR})" if requested == "auto"
+        else "as asked (--dataset digits)"
+    )  # fmt: skip
+    return (
+        f"Data set: scikit-learn's digits (1,797 bundled 8x8 images), {why}. A linear probe gets nearly every digit "
+        "right, so the few mistakes it makes are too few for the AUROCs below to mean much: this run shows what the "
+        f"demo does, not how well Q-Score works. For a meaningful run install Fashion-MNIST ({INSTALL_FASHION_MNIST}, "
+        "or set QSCORE_FASHION_MNIST_DIR to a folder of its IDX .gz files) and run `qscore-hf demo` again; "
+        "`--dataset cifar10` reads CIFAR-10 from the Hub (uoft-cs/cifar10) when online."
+    )
 
 
 def demo_setting(dataset: str, quick: bool = False, epochs: int | None = None) -> DemoSetting:
@@ -117,7 +146,10 @@ def _prepare_output(out: Path) -> None:
 
 def _is_demo_file(name: str) -> bool:
     """A file the demo writes, or a temporary folder of an interrupted atomic write (``.report.tmp-...``)."""
-    return name in _OWNED or (name.startswith(".") and name[1:].split(".")[0] in _OWNED)
+    from .pretraining import CHECKPOINT_DIR, MODEL_DIR
+
+    owned = {MODEL_DIR, REPORT_DIR, FEATURE_CACHE_DIR, TRAIN_LOG, CHECKPOINT_DIR}
+    return name in owned or (name.startswith(".") and name[1:].split(".")[0] in owned)
 
 
 def run_demo(
@@ -128,24 +160,32 @@ def run_demo(
     quick: bool = False,
     seed: int = 0,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Pre-train, linear-probe and Q-Score a small encoder; returns the run's settings, paths and linear-eval report.
 
     Args:
-        dataset: ``auto`` (Fashion-MNIST when installed, else digits), ``digits`` or ``fashion_mnist``.
+        dataset: ``auto`` (Fashion-MNIST when installed, else digits), ``digits``, ``fashion_mnist`` or ``cifar10``.
         out: output folder (see the module docstring); an earlier demo's folder is replaced.
         method: SSL method (``qscore_hf.ssl.METHODS``).
         epochs: pre-training epochs (default: the data set's setting).
         quick: a few-second run on a few images (for tests), not a meaningful result.
         seed: seeds the pre-training and the probe.
         progress: show progress bars.
+        log: called with what a person should read before the run starts (the data set notice); ``print`` on the
+            command line.
     """
     started = time.time()
-    if method not in METHODS:
-        raise ValueError(f"unknown SSL method {method!r}; choose one of {sorted(METHODS)}.")
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown SSL method {method!r}; choose one of {list(METHOD_NAMES)}.")
     name = resolve_dataset(dataset)
     setting = demo_setting(name, quick, epochs)
     out = Path(out)
+    from .linear_eval import run_linear_eval  # the training stack: after the arguments are checked
+    from .pretraining import CHECKPOINT_DIR, PretrainConfig, pretrain
+
+    if log is not None:
+        log(dataset_notice(dataset, name))
     _prepare_output(out)
     model_dir = pretrain(
         PretrainConfig(
@@ -165,6 +205,7 @@ def run_demo(
     )  # fmt: skip
     return {
         "dataset": name,
+        "dataset_notice": dataset_notice(dataset, name),
         "method": method,
         "backbone": BACKBONE,
         "setting": asdict(setting),
@@ -180,6 +221,9 @@ def run_demo(
 
 def format_summary(result: dict[str, Any]) -> str:
     """The demo's results table and where its files are."""
+    from .comparison import report_text
+    from .linear_eval import PER_SAMPLE_FILE, PLOT_FILES, REPORT_FILE
+
     report, setting = result["report"], result["setting"]
     rows = [
         ("linear-probe top-1 accuracy", f"{report['top1']:.4f}", f"{1 / report['num_classes']:.4f} (chance)"),
@@ -210,7 +254,8 @@ def format_summary(result: dict[str, Any]) -> str:
         "AUPRC above its base rate and AUROC above 0.5 mean that low scores flag the probe's mistakes without labels; "
         "a label-free baseline that does as well makes Q-Score redundant on this model. The paper's encoders trained "
         "for hundreds of epochs, this one for minutes."
-    )
+    ) + (f" On digits the probe makes few mistakes; for a harder data set: {INSTALL_FASHION_MNIST}, then run "
+         "`qscore-hf demo` again." if result["dataset"] == "digits" else "")  # fmt: skip
     files = ", ".join([REPORT_FILE, PER_SAMPLE_FILE, *PLOT_FILES.values()])
     return "\n".join([title, "", *lines, "", reading, "", f"model (with its model card): {result['model_dir']}",
                       f"report and plots: {report_dir}/ ({files})"])  # fmt: skip

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
-from .metrics import misclassification_metrics
+from .metrics import FEW_SAMPLES, misclassification_metrics
 
 __all__ = ["plot_image_grid", "plot_pr_curves", "plot_qscore_histogram", "plot_qscore_histograms"]
 
@@ -65,15 +65,18 @@ def plot_qscore_histograms(
     path: str | os.PathLike,
     title: str = "Q-Score of correctly classified vs misclassified samples",
 ) -> None:
-    """Density histograms of the Q-Scores of correct and of misclassified samples on the same bins, as a PNG."""
+    """Density histograms of the Q-Scores of correct and of misclassified samples on the same bins, as a PNG; counts
+    instead when either group has fewer than ``FEW_SAMPLES`` samples (a density of a handful looks like a signal)."""
     q, ok = _as_arrays(q_scores, correct)
+    density = min(int(ok.sum()), int((~ok).sum())) >= FEW_SAMPLES
     bins = np.histogram_bin_edges(q, bins=_BINS)
     figure = _figure()
     axes = figure.add_subplot()
     for mask, name, color in ((ok, "correct", _CORRECT_COLOR), (~ok, "misclassified", _MISCLASSIFIED_COLOR)):
         if mask.any():
-            axes.hist(q[mask], bins=bins, density=True, alpha=0.5, color=color, label=f"{name} (n = {int(mask.sum())})")
-    axes.set(xlabel="Q-Score", ylabel="density", title=title)
+            axes.hist(q[mask], bins=bins, density=density, alpha=0.5, color=color,
+                      label=f"{name} (n = {int(mask.sum())})")  # fmt: skip
+    axes.set(xlabel="Q-Score", ylabel="density" if density else "samples", title=title)
     axes.legend()
     figure.savefig(path)
 

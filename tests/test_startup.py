@@ -48,22 +48,28 @@ def test_help_starts_without_lightly_and_without_torch():
 
 
 def test_every_command_explains_itself_without_lightly():
-    commands = ("info", "convert", "explain", "score", "card")
+    commands = ("demo", "info", "convert", "explain", "score", "card")
     run = python(WITHOUT_LIGHTLY, *(f"{command} --help" for command in commands))
     assert run.returncode == 0, run.stderr
     for command in commands:
         assert f"usage: qscore-hf {command}" in run.stdout
+    # the demo's help shows its options, then what to install
+    assert "--method {byol,dino,moco,simclr,simsiam,swav}" in run.stdout
+    demo_help = run.stdout.split("usage: qscore-hf info")[0]
+    assert demo_help.rstrip().splitlines()[-1] == (
+        'This command needs the `train` extra (lightly is not installed): pip install "qscore-hf[train]"'
+    )
+    assert "IMPORTED []" in run.stderr  # no torch for any help screen
 
 
 def test_a_command_of_the_train_extra_names_it_in_one_line():
-    for args in ("demo --quick", "demo --help"):
-        run = python(WITHOUT_LIGHTLY, args)
-        assert run.returncode == 1
-        error = run.stderr.split("IMPORTED")[0]
-        assert error == (
-            'qscore-hf demo: error: this command needs the `train` extra (lightly is not installed): '
-            'pip install "qscore-hf[train]"\n'
-        )
+    run = python(WITHOUT_LIGHTLY, "demo --quick --out /tmp/qscore-hf-startup-demo")
+    assert run.returncode == 1
+    error = run.stderr.split("IMPORTED")[0]
+    assert error == (
+        'qscore-hf demo: error: this command needs the `train` extra (lightly is not installed): '
+        'pip install "qscore-hf[train]"\n'
+    )
 
 
 def test_unwritable_out_fails_first_in_one_line():
