@@ -339,6 +339,12 @@ def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
     explain.set_defaults(handler=_explain)
 
 
+def _add_zoo_parser(commands: argparse._SubParsersAction) -> None:
+    from .zoo.cli import add_zoo_parser
+
+    add_zoo_parser(commands)
+
+
 # name -> (adds the command's arguments, one-line help). Only the command being run has its arguments built, so that
 # `qscore-hf --help` imports nothing heavy and a command's optional dependencies are imported only when it runs.
 _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], str]] = {
@@ -349,6 +355,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], str]] =
     "score": (_add_score_parser, "per-sample Q-Scores of a data set, with summary, plots and report"),
     "card": (_add_card_parser, "render a model card from a linear-evaluation report.json"),
     "publish-metric": (_add_publish_metric_parser, "publish the evaluate metric as a Hub Space <org>/qscore"),
+    "zoo": (_add_zoo_parser, "pretrained SSL backbones: list, build (download, verify, convert) and publish releases"),
 }
 # Modules of the `train` extra (pyproject.toml): a command that imports one says how to install it.
 _TRAIN_EXTRA_MODULES = ("lightly", "tensorboard", "yaml")

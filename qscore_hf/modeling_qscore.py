@@ -216,8 +216,13 @@ class QScoreModel(PreTrainedModel):
         timm repo (``timm/...`` or ``hf-hub:timm/...``); see :meth:`from_backbone_repo`.
 
         Missing ``classifier.*`` tensors are allowed (a probe head added to a backbone-only checkpoint), and
-        ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers.
+        ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers. A zoo release's name
+        (``qscore-hf zoo list``, e.g. ``"dino-vits16"``) is downloaded and converted once into the zoo's cache.
         """
+        from .zoo.loading import resolve_zoo_name
+
+        # a zoo release's name (neither a folder nor a Hub id): built once into the zoo's cache, loaded from there
+        pretrained_model_name_or_path = resolve_zoo_name(pretrained_model_name_or_path) or pretrained_model_name_or_path
         pooling = kwargs.pop("pooling", None)
         source = None if "config" in kwargs else _find_source(pretrained_model_name_or_path, kwargs)
         if source is not None and source.library != "qscore":

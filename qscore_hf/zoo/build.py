@@ -1,0 +1,124 @@
+"""Build a zoo release into a model folder: download (cached, resumable), verify, convert with
+``qscore_hf.convert``, optionally count activation statistics, and write the folder atomically with its card and a
+``zoo.json`` record of the release and of what was measured."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .card import release_card
+from .download import DEFAULT_MAX_BYTES, cache_root, fetch_release_file
+from .registry import Release
+
+__all__ = ["ZOO_RECORD", "BuildError", "build_release", "built_folder", "parse_stats", "read_zoo_record"]
+
+ZOO_RECORD = "zoo.json"
+
+
+class BuildError(ValueError):
+    """A downloaded release that is not what the registry says (another layout or architecture)."""
+
+
+def built_folder(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """Where ``from_pretrained(name)`` and ``zoo build`` without ``--out`` keep the built release."""
+    return Path(cache or cache_root()) / "models" / name
+
+
+def read_zoo_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``zoo.json`` of a built release folder, or ``None`` when there is none (not built, or not a zoo build)."""
+    path = Path(folder) / ZOO_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def parse_stats(spec: str) -> tuple[str, str]:
+    """``DATASET[:SPLIT]`` -> ``(dataset, split)``; the split defaults to ``validation``. A Windows drive letter or a
+    URL scheme is not taken for a split."""
+    dataset, sep, split = spec.rpartition(":")
+    if not sep or not dataset or "/" in split or "\\" in split or len(dataset) == 1:
+        return spec, "validation"
+    return dataset, split
+
+
+def build_release(
+    release: Release,
+    out: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    mirror: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    stats: str | None = None,
+    stats_max_samples: int | None = None,
+    repo_id: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Download, verify, convert and save ``release`` as a ``QScoreModel`` folder (``out``, default the cache's
+    ``models/<name>``); returns the folder. The folder appears complete or not at all.
+
+    Args:
+        stats: ``DATASET[:SPLIT]`` (anything ``qscore_hf.data.load_image_dataset`` resolves) to count activation
+            statistics on; without it Q-Scores use all features.
+        repo_id: the Hub id named in the card's usage code (default: the release's name).
+        log: receives one line per step (the computed SHA-256 where no checksum is published).
+
+    Raises:
+        DownloadError, ChecksumMismatchError: see ``fetch_release_file``.
+        ConversionError, BuildError: the file is not the release the registry describes.
+    """
+    from ..convert import ConversionReport, compute_stats, convert_checkpoint
+    from ..io_utils import atomic_directory
+
+    out = Path(out) if out is not None else built_folder(release.name, cache)
+    path, digests = fetch_release_file(release, cache, mirror, max_bytes, progress)
+    if release.checksum:
+        log(f"{release.name}: verified {release.checksum} ({release.file_name}, {digests.size} bytes)")
+    else:
+        log(f"{release.name}: no published checksum; computed SHA-256 {digests.sha256} ({digests.size} bytes)")
+    model = convert_checkpoint(path, method=release.method, pretraining_data=release.data, license=release.license)
+    report = ConversionReport.from_config(model.config)
+    if report.format != release.layout or model.config.backbone != release.arch:
+        raise BuildError(
+            f"{release.name}: {release.file_name} is a {model.config.backbone} in layout '{report.format}', but the "
+            f"registry describes a {release.arch} in layout '{release.layout}'; the source serves another file."
+        )
+    _apply_registry(model.config, release)
+    measured: dict[str, Any] = {"sha256": digests.sha256, "md5": digests.md5, "size": digests.size}
+    if stats:
+        dataset, split = parse_stats(stats)
+        counted = compute_stats(model, dataset, split=split, max_samples=stats_max_samples, progress=progress)
+        discriminative = model.discriminative_features()
+        measured["stats"] = {
+            "dataset": dataset,
+            "split": split,
+            "samples": int(counted.num_samples),
+            "num_discriminative": model.config.hidden_size if discriminative is None else int(discriminative.numel()),
+        }
+        log(f"{release.name}: activation statistics from {measured['stats']['samples']} images of {dataset} ({split})")
+    card = release_card(release, model.config, measured, repo_id=repo_id)
+    with atomic_directory(out, keep_other_files=False) as tmp:
+        model.save_pretrained(tmp)
+        card.save(tmp / "README.md")
+        record = {"release": release.to_dict(), "measured": measured}
+        (tmp / ZOO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    log(f"{release.name}: wrote {out}")
+    return out
+
+
+def _apply_registry(config: Any, release: Release) -> None:
+    """The registry's evaluation preprocessing and provenance over what the converter inferred from the layout."""
+    config.image_mean, config.image_std = list(release.image_mean), list(release.image_std)
+    config.image_size, config.crop_pct = release.crop, release.crop_pct
+    conversion: dict[str, Any] = dict(config.conversion)
+    registry = f"the qscore-hf zoo registry ({release.name})"
+    conversion["method_source"] = conversion["pretraining_data_source"] = registry
+    conversion["license"] = {
+        "id": release.license,
+        "source": release.license_source,
+        "confirmed": not any(item.startswith("license") for item in release.unverified),
+        "note": next((item for item in release.unverified if item.startswith("license")), ""),
+    }
+    conversion["preprocessing"] = f"resize {release.resize}, centre-crop {release.crop} ({release.preprocessing_source})"
+    config.conversion = conversion
+
