@@ -43,7 +43,7 @@ from _record import environment
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 sys.path.insert(0, str(REPO / "training"))
-VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain")
+VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised")
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
 
@@ -161,13 +161,43 @@ def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[st
     return report
 
 
+def supervised_config(setting: Setting, seed: int, work: Path):
+    """The supervised control: the same backbone, images and snapshot epochs, trained with labels."""
+    from supervised import SupervisedConfig
+    from qscore_hf.pretraining import log_spaced_epochs
+
+    return SupervisedConfig(output_dir=str(work / f"supervised-seed{seed}"), dataset="cifar10",
+                            split=setting.train_split, backbone=setting.backbone, image_size=setting.image_size,
+                            epochs=setting.epochs, batch_size=setting.batch_size, seed=seed,
+                            snapshot_epochs=log_spaced_epochs(setting.epochs, setting.snapshots))  # fmt: skip
+
+
 def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out: Path) -> None:
-    """Train (resuming) up to each snapshot epoch and evaluate it; skip what ``out`` already holds."""
+    """Train (resuming) up to each snapshot epoch and evaluate it; skip what ``out`` already holds. The
+    ``supervised`` variant trains the control (``bench/supervised.py``) whatever ``method`` is."""
     from qscore_hf.pretraining import TRAIN_LOG, pretrain, snapshot_folder
 
-    cfg = pretrain_config(setting, method, variant, seed, work)
-    output_dir, results = Path(cfg.output_dir), out / run_name(method, variant, seed)
     steps_per_epoch = int(setting.train_split.split(":")[1].rstrip("]")) // setting.batch_size
+    if variant == "supervised":
+        from supervised import train_supervised
+
+        cfg = supervised_config(setting, seed, work)
+        name = f"supervised-seed{seed}"
+
+        def train_to(epoch: int) -> None:
+            train_supervised(cfg, stop_after_epoch=epoch)
+    else:
+        cfg = pretrain_config(setting, method, variant, seed, work)
+        name = run_name(method, variant, seed)
+
+        def train_to(epoch: int) -> None:
+            step, target = _current_step(Path(cfg.output_dir)), epoch * steps_per_epoch
+            if step >= target:
+                raise RuntimeError(f"{cfg.output_dir} is at step {step} but has no snapshot of epoch {epoch}: remove "
+                                   "it and run again.")  # fmt: skip
+            pretrain(replace(cfg, stop_after_steps=target - step))
+
+    output_dir, results = Path(cfg.output_dir), out / name
     _write_json(results / "config.json", {"setting": asdict(setting), "pretrain": {
         k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "resume", "progress")}})
     for epoch in cfg.snapshot_epochs:
@@ -178,13 +208,9 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
         # A report of an older version is evaluated again; the training time it recorded stays.
         train_seconds = json.loads(result_file.read_text()).get("train_seconds") if result_file.exists() else None
         if not snapshot.exists():
-            target = epoch * steps_per_epoch
-            started, step = time.time(), _current_step(output_dir)
-            if step >= target:
-                raise RuntimeError(f"{output_dir} is at step {step} but has no snapshot of epoch {epoch}: remove it "
-                                   "and run again.")  # fmt: skip
-            print(f"== {run_name(method, variant, seed)}: training to epoch {epoch} (step {step} -> {target})", flush=True)
-            pretrain(replace(cfg, stop_after_steps=target - step))
+            print(f"== {name}: training to epoch {epoch}", flush=True)
+            started = time.time()
+            train_to(epoch)
             train_seconds = time.time() - started
         started = time.time()
         report = evaluate_snapshot(snapshot, setting, work / "feature_cache")

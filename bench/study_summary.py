@@ -173,7 +173,7 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
             lines += [f"Plateau: kNN top-1 of epochs {converged['epochs'][0]}-{converged['epochs'][1]} varies by "
                       f"{converged['spread_points']:.2f} points: {'converged' if converged['converged'] else 'NOT converged'} "
                       f"(criterion: at most {PLATEAU_POINTS:g}).", ""]  # fmt: skip
-        else:
+        elif run["knn"]:
             lines += [f"Still training: {len(run['snapshots'])} snapshots of {epochs} epochs evaluated so far.", ""]
         lines += _last_table(run) + _extension_lines(run["snapshots"][-1])
         plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")

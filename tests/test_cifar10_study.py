@@ -275,3 +275,21 @@ def test_feature_rank_by_hand(extensions):
     assert extensions.highly_activating(query, 1.0).tolist() == [[False, True, False, False, False, False]]
     # 35 is above 4 of feature 1's 10 reference values (0, 10, 20, 30): percentile 0.4.
     assert extensions.q_feature_rank(reference, query, setting) == pytest.approx([0.4])
+
+
+@needs_cifar10
+def test_the_supervised_control_resumes_exactly(study, import_bench, tmp_path):
+    supervised = import_bench("supervised")
+    make = lambda name: supervised.SupervisedConfig(  # noqa: E731
+        output_dir=str(tmp_path / name), dataset="cifar10", split="train[0:64]", backbone="resnet10t", image_size=16,
+        epochs=2, batch_size=32, snapshot_epochs=(1, 2))
+    supervised.train_supervised(make("whole"))
+    supervised.train_supervised(make("cut"), stop_after_epoch=1)
+    assert snapshot_folder(tmp_path / "cut", 1).is_dir() and not snapshot_folder(tmp_path / "cut", 2).exists()
+    supervised.train_supervised(make("cut"))
+    whole, cut = (QScoreModel.from_pretrained(snapshot_folder(tmp_path / name, 2)) for name in ("whole", "cut"))
+    for key, weight in whole.backbone.state_dict().items():
+        assert np.allclose(cut.backbone.state_dict()[key].numpy(), weight.numpy(), atol=1e-6), key
+    first = QScoreModel.from_pretrained(snapshot_folder(tmp_path / "whole", 1))
+    assert whole.config.training["epochs_completed"] == 2 and first.config.training["epochs_completed"] == 1
+    assert tuple(whole.config.image_mean) == pytest.approx(CIFAR10_MEAN)  # CIFAR-10's statistics, as for SSL runs
