@@ -159,7 +159,7 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
                        help="--model is a timm name: timm's weights if in the local cache, else random")  # fmt: skip
     score.add_argument("--image-size", type=int, default=None,
                        help="input size with --backbone-only (a ViT is built for it where timm allows)")  # fmt: skip
-    score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist or Hub id")
+    score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist, cifar10 or Hub id")
     score.add_argument("--split", default="train", help="split to score (default: train)")
     score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     score.add_argument("--label-column", default=None, help="label column (default: the first ClassLabel, if any)")
@@ -316,7 +316,7 @@ def _add_convert_parser(commands: argparse._SubParsersAction) -> None:
 def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
     explain = commands.add_parser("explain", help=_COMMANDS["explain"][1])
     explain.add_argument("--model", required=True, help="Hub id (org/name) or local folder of a QScoreModel")
-    explain.add_argument("--dataset", required=True, help="data set: local folder/parquet, digits, or Hub id")
+    explain.add_argument("--dataset", required=True, help="data set: local folder/parquet, digits, fashion_mnist, cifar10, or Hub id")
     explain.add_argument("--split", default="train", help="split (default: train)")
     explain.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     explain.add_argument("--label-column", default=None, help="label column, copied to per_sample (default: detected)")
