@@ -1,8 +1,12 @@
 """The Q-Score math of SPEC §2-4: highly activating features, discriminative features, per-sample Q-Score.
 
-Torch only (no transformers, no I/O). Every function works on CPU and GPU tensors, accepts NumPy arrays,
-computes half-precision input in float32 (float64 input stays float64), and processes rows in chunks so
-that scoring ``N x d`` features needs only a chunk's worth of extra memory.
+Torch only (no transformers, no I/O). Every function works on CPU and GPU tensors, accepts NumPy arrays, computes
+each row's moments and selection in float64 (returning scores in float32, or float64 for float64 input), and
+processes rows in chunks so that scoring ``N x d`` features needs only a chunk's worth of extra memory.
+
+The selection is exact: an entry within the rounding bound of its threshold (``rounding_band``) is decided again in
+integer arithmetic, so an exact tie (z exactly eps, e.g. a one-hot row of 10 at eps 3) is never selected, on any
+path and at any batch size (except under autograd, where the float64 decision stands).
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ Normalize = Literal["none", "zscore", "l1"]
 NORMALIZE_OPTIONS = ("none", "zscore", "l1")
 DiscriminativeLike = Tensor | np.ndarray | Sequence[int] | None
 
-# Elements per chunk. On the CPU a chunk that stays in cache is fastest (bench/qscore_speed.py measured
-# 2**19 elements, i.e. 256 rows of 2048, as the best size); a GPU wants large launches.
-_CPU_CHUNK_ELEMENTS = 2**19
-_GPU_CHUNK_ELEMENTS = 2**26
+# Elements per chunk. On the CPU a chunk that stays in cache is fastest (bench/qscore_speed.py measured 2**19
+# float32 elements, i.e. 256 rows of 2048, as the best size; rows are computed in float64, so half as many); a GPU
+# wants large launches.
+_CPU_CHUNK_ELEMENTS = 2**18
+_GPU_CHUNK_ELEMENTS = 2**25
 _MAX_ROWS_NAMED = 5
 # The fused CPU kernel (qscore_hf/fused.py) reads a row at a time, so its chunks are only units of work for the
 # thread pool: about 50 of them for 50,000 x 2048 features, so that a worker slowed by a busy core takes fewer.
@@ -164,7 +169,7 @@ class _Pass:
 
     eps: float
     normalize: str | None  # None: no Q-Scores
-    feature_mask: Tensor | None  # D as 0/1 in the compute dtype, or None for all features
+    feature_mask: Tensor | None  # D as 0/1 in float64, or None for all features
     count: bool  # column sums of L (for ActivationStats)
     mask_out: Tensor | None  # an N x d bool tensor to fill with L (for highly_activating)
 
@@ -174,11 +179,14 @@ class _ChunkResult:
     q: Tensor | None
     num_selected: Tensor | None
     counts: Tensor | None
+    """Column sums of ``L`` over the chunk's rows that are not ``uncertain`` (``_decide_uncertain`` adds those)."""
     low: Tensor
     """``(rows, 1)`` row minima, or their signs (the fused kernel): below 0 marks negative entries, and 0 with a
     ``total`` of 0 an all-zero row."""
-    moments: tuple[Tensor, Tensor, Tensor] | None = None
-    """``(total, mu, sigma)`` of a chunk scored from raw moments, which ``_redo_inexact`` checks afterwards."""
+    uncertain: Tensor
+    """``(rows,)`` bool: rows with an entry within ``rounding_band`` of its threshold, decided exactly afterwards."""
+    moments: tuple[Tensor, Tensor] | None = None
+    """``(total, sigma)`` of a chunk scored from raw moments, which ``_redo_inexact`` checks afterwards."""
 
 
 def _power_of_two(exponent: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -200,13 +208,20 @@ def _scratch(workspace: threading.local | None, name: str, like: Tensor) -> Tens
     return buffer
 
 
-def _exact_rows(low: Tensor, total: Tensor, mu: Tensor, sigma: Tensor, num_features: int) -> Tensor:
-    """Which rows' raw moments are exact to rounding: no overflow, no underflow that matters (sigma far above the
-    smallest normal number) and no constant row (its float mean may differ from its entries by an ulp, which would
-    fake a tiny sigma; a row whose sigma is that small relative to its mean is left to the scaled path, which
-    detects it exactly). All-zero rows are exact: sum 0 and minimum 0 mean every entry is 0. NaN or Inf fails."""
-    info = torch.finfo(sigma.dtype)
-    exact = (sigma >= info.tiny**0.25) & (sigma < math.inf) & (sigma > mu.abs() * (num_features * info.eps))
+def rounding_band(num_features: int, eps: float, sigma: Tensor, mu: Tensor) -> Tensor:
+    """A bound on the float64 rounding error of ``(h_ij - mu_i) - eps * sigma_i`` as both paths compute it (row sums
+    of ``d`` terms in any order: relative error below ``(d + 4) * 2**-53`` of ``sum |h_ij| <= d * (sigma_i + |mu_i|)``;
+    the deviations, sigma and the threshold each add at most that, times ``1 + eps``), with a factor 2 to spare.
+    An entry closer than this to its threshold is decided exactly. ``qscore_hf.fused`` computes the same bound."""
+    return 8.0 * (1.0 + eps) * ((num_features + 4) * 2.0**-53) * (sigma + mu.abs())
+
+
+def _exact_rows(low: Tensor, total: Tensor, sigma: Tensor) -> Tensor:
+    """Which rows' float64 moments are exact to rounding: no overflow and no underflow that matters (sigma far above
+    the smallest normal number; a constant row, sigma 0, is left to the scaled path, which detects it exactly).
+    All-zero rows are exact: sum 0 and minimum 0 mean every entry is 0. NaN or Inf fails. A constant float64 row
+    whose rounded mean fakes a tiny sigma is caught by ``rounding_band``: all its entries sit within it."""
+    exact = (sigma >= torch.finfo(torch.float64).tiny ** 0.25) & (sigma < math.inf)
     return exact | ((total == 0) & (low == 0))
 
 
@@ -216,7 +231,7 @@ def _score_chunk(
     """SPEC §2-4 on rows ``start:start+rows`` from the raw moments (no checks in the hot loop: the result keeps
     the moments, and ``_redo_inexact`` rescores with ``_score_chunk_scaled`` every chunk where they over- or
     underflowed)."""
-    x = features[start : start + rows].to(_compute_dtype(features))
+    x = features[start : start + rows].to(torch.float64)
     low = x.detach().amin(dim=1, keepdim=True)
     total = x.sum(dim=1, keepdim=True)
     mu = total / x.shape[1]
@@ -224,16 +239,17 @@ def _score_chunk(
     sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
     # The L1 norm of a row without negative entries is its sum (not under autograd: |h|'s gradient is 0 at 0).
     nonnegative = not x.requires_grad and plan.normalize == "l1" and not bool((low < 0).any())
-    q, num_selected, counts = _select(x, deviation, sigma, plan.eps * sigma.detach(), plan, start, workspace,
-                                      l1=total.squeeze(1) if nonnegative else None)  # fmt: skip
-    return _ChunkResult(q, num_selected, counts, low, (total.detach(), mu.detach(), sigma.detach()))
+    band = rounding_band(x.shape[1], plan.eps, sigma.detach(), mu.detach())
+    q, num_selected, counts, uncertain = _select(x, deviation, sigma, plan.eps * sigma.detach(), band, plan, start,
+                                                 workspace, l1=total.squeeze(1) if nonnegative else None)  # fmt: skip
+    return _ChunkResult(q, num_selected, counts, low, uncertain, (total.detach(), sigma.detach()))
 
 
 def _score_chunk_scaled(features: Tensor, start: int, rows: int, plan: _Pass) -> _ChunkResult:
     """``_score_chunk`` exact at any finite magnitude: each row is divided by a power of two near its max |h_ij|
     (exact, and every rule of SPEC §2-4 is invariant to it) before its moments are taken; ``ValueError`` naming
     the rows that hold NaN or Inf."""
-    x = features[start : start + rows].to(_compute_dtype(features))
+    x = features[start : start + rows].to(torch.float64)
     low, high = x.detach().amin(dim=1, keepdim=True), x.detach().amax(dim=1, keepdim=True)
     # A NaN or Inf anywhere in a row makes its min or max non-finite: one check covers both.
     finite = torch.isfinite(low) & torch.isfinite(high)
@@ -246,27 +262,41 @@ def _score_chunk_scaled(features: Tensor, start: int, rows: int, plan: _Pass) ->
     exponent = torch.frexp(torch.maximum(-low, high))[1].to(torch.int64)
     first, second = _power_of_two(-exponent, x.dtype)
     values = x * first * second
-    deviation = values - values.mean(dim=1, keepdim=True)
+    mu = values.mean(dim=1, keepdim=True)
+    deviation = values - mu
     sigma = torch.linalg.vector_norm(deviation, dim=1, keepdim=True) / math.sqrt(x.shape[1])
     # A constant row has sigma = 0 and no highly activating feature (SPEC §2); min == max detects it exactly.
     threshold = torch.where(low == high, math.inf, plan.eps * sigma.detach())
-    q, num_selected, counts = _select(values, deviation, sigma, threshold, plan, start, None,
-                                      exponent=None if plan.normalize != "none" else exponent.squeeze(1))  # fmt: skip
-    return _ChunkResult(q, num_selected, counts, low)
+    band = rounding_band(x.shape[1], plan.eps, sigma.detach(), mu.detach())
+    q, num_selected, counts, uncertain = _select(values, deviation, sigma, threshold, band, plan, start, None,
+                                                 exponent=None if plan.normalize != "none" else exponent.squeeze(1))  # fmt: skip
+    return _ChunkResult(q, num_selected, counts, low, uncertain)
 
 
-def _select(values: Tensor, deviation: Tensor, sigma: Tensor, threshold: Tensor, plan: _Pass, start: int,
-            workspace: threading.local | None, l1: Tensor | None = None,
-            exponent: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
-    """L (``deviation > threshold``), its column sums and the Q-Scores of one chunk; ``exponent``: the powers of
-    two the rows were divided by, restored for ``normalize="none"``; ``l1``: the rows' L1 norms when known."""
+def _select(values: Tensor, deviation: Tensor, sigma: Tensor, threshold: Tensor, band: Tensor, plan: _Pass,
+            start: int, workspace: threading.local | None, l1: Tensor | None = None,
+            exponent: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor]:  # fmt: skip
+    """L (``deviation > threshold``), its column sums over the rows that are not uncertain, the Q-Scores of one chunk
+    and which rows are uncertain (an entry within ``band`` of its threshold; none under autograd, whose decisions
+    stand); ``exponent``: the powers of two the rows were divided by, restored for ``normalize="none"``; ``l1``: the
+    rows' L1 norms when known."""
     selected = _scratch(workspace, "selected", deviation)
     torch.gt(deviation.detach(), threshold, out=selected)  # L as 0/1: float masks reduce faster than bool
+    if deviation.requires_grad:
+        uncertain = torch.zeros(selected.shape[0], dtype=torch.bool, device=selected.device)
+    else:
+        near = torch.sub(deviation, threshold, out=_scratch(workspace, "near", deviation)).abs_()
+        uncertain = near.amin(dim=1) < band.squeeze(1)
     if plan.mask_out is not None:
         plan.mask_out[start : start + selected.shape[0]].copy_(selected)
-    counts = selected.sum(dim=0).to(torch.int64) if plan.count else None
+    counts = None
+    if plan.count:
+        counts = selected.sum(dim=0)
+        if bool(uncertain.any()):
+            counts -= selected[uncertain].sum(dim=0)
+        counts = counts.to(torch.int64)
     if plan.normalize is None:
-        return None, None, counts
+        return None, None, counts, uncertain
     # Row sums restricted to D as matrix-vector products with D's 0/1 mask: one read of the chunk each, where
     # masking first and summing after would read it twice and write it once (bench/qscore_speed.py).
     mask = plan.feature_mask
@@ -284,17 +314,80 @@ def _select(values: Tensor, deviation: Tensor, sigma: Tensor, threshold: Tensor,
     elif exponent is not None:
         first, second = _power_of_two(exponent, q.dtype)
         q = q * first * second
-    return torch.where(num_selected > 0, q, 0.0), num_selected.to(torch.int64), counts
+    return torch.where(num_selected > 0, q, 0.0), num_selected.to(torch.int64), counts, uncertain
 
 
 def _redo_inexact(features: Tensor, results: list[_ChunkResult], rows: int, plan: _Pass) -> list[_ChunkResult]:
     """Rescore with ``_score_chunk_scaled`` every chunk holding a row whose raw moments were not exact (checked
     for all rows at once, after the pass: a few vector operations instead of a dozen per chunk)."""
-    low, total, mu, sigma = (torch.cat(parts) for parts in zip(*((r.low, *r.moments) for r in results)))
-    inexact = (~_exact_rows(low, total, mu, sigma, features.shape[1])).squeeze(1).nonzero().squeeze(1)
+    low, total, sigma = (torch.cat(parts) for parts in zip(*((r.low, *r.moments) for r in results)))
+    inexact = (~_exact_rows(low, total, sigma)).squeeze(1).nonzero().squeeze(1)
     for index in torch.unique(torch.div(inexact, rows, rounding_mode="floor")).tolist():
         results[index] = _score_chunk_scaled(features, index * rows, rows, plan)
     return results
+
+
+def _decide_uncertain(features: Tensor, results: list[_ChunkResult], rows: int, plan: _Pass) -> list[_ChunkResult]:
+    """Decide the uncertain rows exactly (``_exact_selection``) and put their ``L``, counts, ``|S_i|`` and Q-Scores
+    (float64, ``_score_selection``) into ``results``."""
+    index = torch.cat([r.uncertain.to("cpu") for r in results]).nonzero().squeeze(1)
+    if index.numel() == 0:
+        return results
+    values = features.detach()[index.to(features.device)].to("cpu", torch.float64).numpy()
+    selected = _exact_selection(values, plan.eps)
+    if plan.mask_out is not None:
+        plan.mask_out[index.to(plan.mask_out.device)] = torch.from_numpy(selected).to(plan.mask_out.device)
+    if plan.normalize is not None:
+        mask = None if plan.feature_mask is None else plan.feature_mask.to("cpu").numpy() > 0
+        q, num_selected = (torch.from_numpy(a) for a in _score_selection(values, selected, mask, plan.normalize))
+    chunk_of = torch.div(index, rows, rounding_mode="floor")
+    for chunk in torch.unique(chunk_of).tolist():
+        where = (chunk_of == chunk).nonzero().squeeze(1)
+        result, local = results[chunk], index[where] - chunk * rows
+        if plan.count:
+            result.counts += torch.from_numpy(selected[where.numpy()].sum(axis=0)).to(result.counts)
+        if plan.normalize is not None:
+            result.q[local.to(result.q.device)] = q[where].to(result.q)
+            result.num_selected[local.to(result.num_selected.device)] = num_selected[where].to(result.num_selected)
+    return results
+
+
+def _exact_selection(values: np.ndarray, eps: float) -> np.ndarray:
+    """``L`` of the rows of ``values`` (float64, ``n x d``) decided in integer arithmetic: each row is ``n_j * c``
+    with integers ``n_j`` and one power of two ``c``, and ``h_j > mu + eps * sigma`` is
+    ``d*n_j - sum(n) > 0 and (d*n_j - sum(n))**2 > eps**2 * (d*sum(n**2) - sum(n)**2)``, with ``eps`` as the exact
+    ratio of integers it is. Python integers (an object array): no rounding, no overflow."""
+    mantissa, exponent = np.frexp(values)
+    integers = np.ldexp(mantissa, 53).astype(np.int64)
+    nonzero = integers != 0
+    lowest = np.where(nonzero, exponent, np.iinfo(np.int32).max).min(axis=1, keepdims=True)
+    n = integers.astype(object) << np.where(nonzero, exponent - lowest, 0).astype(object)
+    d = values.shape[1]
+    total = n.sum(axis=1, keepdims=True)
+    spread = d * (n * n).sum(axis=1, keepdims=True) - total * total
+    above = d * n - total
+    numerator, denominator = float(eps).as_integer_ratio()
+    return ((above > 0) & (denominator**2 * above * above > numerator**2 * spread)).astype(bool)
+
+
+def _score_selection(
+    values: np.ndarray, selected: np.ndarray, mask: np.ndarray | None, normalize: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Q-Scores (float64) and ``|S_i|`` of the rows of ``values`` given their ``L`` (``selected``) and ``D``
+    (``mask``, None for all features); each row is divided by a power of two near its max |h_ij| first."""
+    exponent = np.frexp(np.abs(values).max(axis=1, keepdims=True))[1]
+    scaled = np.ldexp(values, -exponent)
+    deviation = scaled - scaled.mean(axis=1, keepdims=True)
+    chosen = selected if mask is None else selected & mask
+    num_selected = chosen.sum(axis=1)
+    q = np.where(chosen, deviation, 0.0).sum(axis=1) / np.maximum(num_selected, 1)
+    if normalize == "zscore":
+        q = q / np.maximum(np.sqrt((deviation * deviation).mean(axis=1)), np.finfo(np.float64).tiny)
+    elif normalize == "l1":
+        q = q / np.maximum(np.abs(scaled).sum(axis=1), np.finfo(np.float64).tiny)
+    else:
+        q = np.ldexp(q, exponent.squeeze(1))
+    return np.where(num_selected > 0, q, 0.0), num_selected.astype(np.int64)
 
 
 def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_ChunkResult]:
@@ -309,7 +402,8 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     fused = _fused() if cpu_batch and features.numel() >= _FUSED_MIN_ELEMENTS else None
     if fused is not None:
         rows = min(chunk_size or max(1, _FUSED_CHUNK_ELEMENTS // features.shape[1]), _FUSED_MAX_CHUNK_ROWS)
-        return _redo_inexact(features, _run_fused(features, plan, rows, fused), rows, plan)
+        results = _redo_inexact(features, _run_fused(features, plan, rows, fused), rows, plan)
+        return _decide_uncertain(features, results, rows, plan)
     rows = chunk_size or default_chunk_rows(features.shape[1], features.device)
     starts = range(0, features.shape[0], rows)
     workers = min(torch.get_num_threads(), len(starts))
@@ -324,7 +418,7 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
 
         runs = _map_on_one_thread_workers(score_run, range(workers), workers)
         results = [runs[i % workers][i // workers] for i in range(len(starts))]
-    return _redo_inexact(features, results, rows, plan)
+    return _decide_uncertain(features, _redo_inexact(features, results, rows, plan), rows, plan)
 
 
 def _map_on_one_thread_workers(function: Any, items: Sequence[Any], workers: int) -> list[Any]:
@@ -368,32 +462,32 @@ def _run_fused(features: Tensor, plan: _Pass, rows: int, fused: Any) -> list[_Ch
     worker on a busy core takes fewer of them)."""
     num_rows, num_features = features.shape
     dtype = _compute_dtype(features)
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    # The kernel's per-row outputs, in its argument order: q, |S_i|, sign of the row minimum, total, mu, sigma.
-    names = ("q", "num_selected", "sign", "total", "mu", "sigma")
-    outputs = [np.empty(num_rows, np.int64 if name == "num_selected" else np_dtype) for name in names]
-    # plan.feature_mask is D as 0/1 in the compute dtype already (qscore_details makes it so)
-    mask = np.ones(num_features, np_dtype) if plan.feature_mask is None else plan.feature_mask.numpy()
+    # The kernel's per-row outputs, in its argument order: q, |S_i|, sign of the row minimum, total, sigma, uncertain.
+    types = {"q": np.float64, "num_selected": np.int64, "sign": np.float64, "total": np.float64,
+             "sigma": np.float64, "uncertain": np.bool_}  # fmt: skip
+    outputs = [np.empty(num_rows, kind) for kind in types.values()]
+    # plan.feature_mask is D as 0/1 in float64 already (qscore_details makes it so)
+    mask = np.ones(num_features, np.float64) if plan.feature_mask is None else plan.feature_mask.numpy()
     mode = fused.MODES[plan.normalize or "none"]
-    tiny = torch.finfo(dtype).tiny
 
     def score(start: int) -> np.ndarray:
         x = features[start : start + rows].detach().to(dtype).contiguous().numpy()  # a view for float32/64 rows
-        counts = np.zeros(num_features if plan.count else 0, np_dtype)
-        fused.score_rows(x, plan.eps, mask, mode, tiny, plan.count, counts, *(a[start : start + rows] for a in outputs))
+        counts = np.zeros(num_features if plan.count else 0, np.float64)
+        fused.score_rows(x, plan.eps, mask, mode, plan.count, counts, *(a[start : start + rows] for a in outputs))
         return counts
 
     starts = range(0, num_rows, rows)
     workers = min(torch.get_num_threads(), len(starts))
     counts = [score(start) for start in starts] if workers < 2 else _map_on_one_thread_workers(score, starts, workers)
-    q, num_selected, sign, total, mu, sigma = (torch.from_numpy(a) for a in outputs)
+    q, num_selected, sign, total, sigma, uncertain = (torch.from_numpy(a) for a in outputs)
     return [
         _ChunkResult(
             q=q[start : start + rows] if plan.normalize else None,
             num_selected=num_selected[start : start + rows] if plan.normalize else None,
             counts=torch.from_numpy(chunk_counts).to(torch.int64) if plan.count else None,
             low=sign[start : start + rows, None],
-            moments=tuple(m[start : start + rows, None] for m in (total, mu, sigma)),
+            uncertain=uncertain[start : start + rows],
+            moments=(total[start : start + rows, None], sigma[start : start + rows, None]),
         )
         for start, chunk_counts in zip(starts, counts)
     ]
@@ -469,12 +563,13 @@ def qscore_details(
     features = as_feature_matrix(features)
     feature_mask = as_feature_mask(discriminative, features.shape[1], features.device)
     if feature_mask is not None:
-        feature_mask = feature_mask.to(_compute_dtype(features))
+        feature_mask = feature_mask.to(torch.float64)
     results = _run_pass(features, _Pass(eps, normalize, feature_mask, count_highly_activating, None), chunk_size)
     _warn_if_negative(results)
     counts = torch.stack([r.counts for r in results]).sum(dim=0) if count_highly_activating else None
     q = [r.q for r in results]
-    return QScoreDetails(torch.cat(q) if len(q) > 1 else q[0], torch.cat([r.num_selected for r in results]), counts)
+    q_scores = (torch.cat(q) if len(q) > 1 else q[0]).to(_compute_dtype(features))
+    return QScoreDetails(q_scores, torch.cat([r.num_selected for r in results]), counts)
 
 
 def _float_bits(value: float) -> Tensor:
