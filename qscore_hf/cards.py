@@ -1,6 +1,12 @@
 """Model cards for ``QScoreModel`` folders: Hub metadata (license, tags, data sets, eval results) and a body with
 provenance, preprocessing, usage, Q-Score statistics, results, limitations and citations.
 
+A card is meant to be publishable as written: a real name (a descriptive one for pre-training's generic ``model``
+folder), a license (the release's, the one given, else qscore-hf's own, said so in the body), Hub ids of the data
+sets that have one, and with a linear evaluation the comparison with baselines, the base rates and the verdict, so
+that what the card says about Q-Score agrees with its own numbers. ``check_card`` runs huggingface_hub's parsing and
+model-index checks offline (``ModelCard.validate`` needs the Hub).
+
 The template ships inside the package (``qscore_hf/templates/model_card.md``) so that installed copies can render
 cards; ``model_cards/template.md`` at the repository root links to it, beside the cards of published models.
 ``card_from_report`` renders the card of a linearly evaluated model (``qscore-hf card``).
@@ -14,12 +20,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
+from .comparison import ScoreComparison
 from .configuration_qscore import QScoreConfig
 
 __all__ = [
+    "DEFAULT_LICENSE",
+    "HUB_DATASET_IDS",
     "TEMPLATE_PATH",
     "card_from_report",
+    "card_name",
+    "card_title",
+    "check_card",
     "load_report",
     "render_model_card",
     "report_eval_results",
@@ -101,6 +114,37 @@ _METHOD_PAPERS = {
     "mocov3": ("mocov3",),
 }
 _NONCOMMERCIAL = "cc-by-nc"
+# The Hub copies of the built-in data sets (digits has none).
+HUB_DATASET_IDS = {"fashion_mnist": "zalando-datasets/fashion_mnist", "cifar10": "uoft-cs/cifar10"}
+# The license of weights trained with qscore-hf when their owner states none: the project's own (pyproject.toml).
+DEFAULT_LICENSE = "apache-2.0"
+_DEFAULT_LICENSE_NOTE = (
+    f"{DEFAULT_LICENSE}, qscore-hf's own license, set because none was given for these weights; state yours with "
+    "`qscore-hf card --license ID`"
+)
+# Pre-training writes its model into this generic folder name (qscore_hf.pretraining.MODEL_DIR).
+_GENERIC_NAMES = ("", ".", "model")
+
+
+def card_name(name: str, config: QScoreConfig) -> str:
+    """The name a card shows (title and model-index): the last part of a Hub id or folder, or, for pre-training's
+    generic ``model`` folder, ``qscore-<method>-<backbone>-<data set>``."""
+    base = Path(name).name
+    if base not in _GENERIC_NAMES:
+        return base
+    data = Path(config.pretraining_data).name if config.pretraining_data else None
+    return "-".join(part for part in ("qscore", config.ssl_method, config.backbone, data) if part)
+
+
+def _hub_datasets(names: Sequence[str | None]) -> list[str] | None:
+    """The ``datasets`` metadata: Hub ids of the built-in names, other names that look like Hub ids (``org/name``,
+    or a canonical name), never a local path or a data set without a Hub copy (``digits``)."""
+    ids = []
+    for name in names:
+        if not name or name == "digits" or Path(name).exists() or name.startswith((".", "/", "~")):
+            continue
+        ids.append(HUB_DATASET_IDS.get(name, name))
+    return ids or None
 
 
 def render_model_card(
@@ -110,6 +154,7 @@ def render_model_card(
     repo_id: str | None = None,
     stats_samples: int = 0,
     evaluation: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the model card of a ``QScoreModel`` from its config.
 
@@ -123,28 +168,37 @@ def render_model_card(
         repo_id: Hub id or folder used in the usage example (default: the config's ``_name_or_path``).
         stats_samples: how many reference images the model's stored activation statistics count (0: none).
         evaluation: how the results were obtained, shown below the results table.
+        comparison: a linear evaluation's ``comparison`` (``ScoreComparison.to_dict``): Q-Score beside its baselines,
+            with the base rates, and the verdict that replaces the paper's claim in the card's introduction.
     """
     conversion = getattr(config, "conversion", None) or None
     provenance = dict(provenance or {})
     method = (conversion or {}).get("method") or config.ssl_method
     license_id = conversion["license"]["id"] if conversion else provenance.pop("license", None)
+    license_note = None if license_id else _DEFAULT_LICENSE_NOTE
     inferred = (conversion or {}).get("inferred", [])
     # a data set only the key layout suggests is no claim for the metadata (see ConversionReport.inferred)
-    data_sets = [config.pretraining_data] if config.pretraining_data and "pretraining data" not in inferred else None
+    claimed = config.pretraining_data if "pretraining data" not in inferred else None
     name = repo_id or config.name_or_path or f"qscore-{method or 'ssl'}-{config.backbone}"
+    title = card_name(name, config)
+    comparison = None if comparison is None else ScoreComparison.from_dict(comparison)
     card_data = ModelCardData(
-        license=license_id,
+        license=license_id or DEFAULT_LICENSE,
         library_name="qscore-hf",
         pipeline_tag="image-feature-extraction",
         tags=_tags(method, config),
-        datasets=data_sets,
+        datasets=_hub_datasets([claimed]),
         eval_results=list(results) if results else None,
-        model_name=Path(name).name if results else None,
+        model_name=title if results else None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_name=Path(name).name,
+        model_name=title,
+        license_note=license_note,
+        comparison_table=None if comparison is None else comparison.table(markdown=True),
+        verdict=None if comparison is None else comparison.verdict(),
+        comparison_notes=[] if comparison is None else comparison.notes,
         summary=_summary(config, conversion, method),
         conversion=conversion,
         provenance=provenance,
@@ -255,21 +309,28 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def report_eval_results(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``huggingface_hub.EvalResult`` arguments for a card's ``model-index``: the linear-probe top-1 and the Q-Score
-    AUPRC (correctly classified samples as positives) of a linear-evaluation report."""
+    """``huggingface_hub.EvalResult`` arguments for a card's ``model-index``: the linear-probe top-1, the Q-Score
+    AUPRC (correctly classified samples as positives) with its base rate in its name, and the Q-Score AUROC with its
+    95 % interval, of a linear-evaluation report. The data set's type is its Hub id where it has one."""
     dataset = report["dataset"]
     common = {
         "task_type": "image-classification",
         "task_name": "Image classification (linear probe on frozen features)",
-        "dataset_type": Path(dataset).name if Path(dataset).exists() else dataset,
+        "dataset_type": HUB_DATASET_IDS.get(dataset, Path(dataset).name if Path(dataset).exists() else dataset),
         "dataset_name": dataset,
         "dataset_split": report["eval_split"],
     }
-    return [
+    results = [
         dict(common, metric_type="accuracy", metric_value=report["top1"], metric_name="Linear-probe top-1 accuracy"),
         dict(common, metric_type="auprc", metric_value=report["auprc_correct"],
-             metric_name="Q-Score AUPRC (correctly classified as positive)"),  # fmt: skip
+             metric_name=f"Q-Score AUPRC, correctly classified as positive (chance: the accuracy, "
+                         f"{report['base_rate_correct']:.4f})"),  # fmt: skip
     ]
+    if report.get("auroc_ci"):
+        low, high = report["auroc_ci"]
+        results.append(dict(common, metric_type="roc_auc", metric_value=report["auroc"],
+                            metric_name=f"Q-Score AUROC (chance 0.5; 95 % interval {low:.4f}-{high:.4f})"))  # fmt: skip
+    return results
 
 
 def training_provenance(training: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,12 +389,12 @@ def card_from_report(
         repo_id=repo_id or str(source),
         stats_samples=qscore["activation_stats_samples"] if qscore.get("activation_stats_source") == "model" else 0,
         evaluation=_evaluation_note(report),
+        comparison=report.get("comparison"),
     )
 
 
 def _evaluation_note(report: Mapping[str, Any]) -> str:
     probe, qscore = report["probe"], report["qscore"]
-    verdict = (report.get("comparison") or {}).get("verdict")
     return (
         f"A linear probe ({probe['optimizer']}, {probe['epochs']} epochs) was trained on the frozen features of "
         f"{report['num_train']} images of `{report['dataset']}` ({report['train_split']}) and evaluated on "
@@ -343,5 +404,39 @@ def _evaluation_note(report: Mapping[str, Any]) -> str:
         f"{report['auprc_correct']:.4f} (base rate {report['base_rate_correct']:.4f}) and its mistakes with AUPRC "
         f"{report['auprc_misclassified']:.4f} (base rate {report['base_rate_misclassified']:.4f}); AUROC "
         f"{report['auroc']:.4f}" + (" (95 % interval [{:.4f}, {:.4f}])".format(*report["auroc_ci"])
-                                    if report.get("auroc_ci") else "") + "." + (f" {verdict}" if verdict else "")
+                                    if report.get("auroc_ci") else "") + "."
     )
+
+
+def card_title(card: ModelCard) -> str:
+    """The card's title: its first level-1 heading ("" when it has none)."""
+    return next((line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")), "")
+
+
+def check_card(card: ModelCard | str) -> ModelCard:
+    """Check a card offline with huggingface_hub's own parsers; returns it parsed, or raises ``ValueError`` naming
+    the first problem.
+
+    Checked: the YAML metadata parses (``ModelCard``) with a license and a library; the ``model-index`` converts to
+    ``EvalResult`` objects and back unchanged (``model_index_to_eval_results``, ``eval_results_to_model_index``)
+    under the card's title; the title is no generic folder name; ``datasets`` holds no local path or ``digits``.
+    """
+    card = ModelCard(str(card))
+    data = card.data
+    if not data.license:
+        raise ValueError("the card has no license; pass one (e.g. --license apache-2.0).")
+    if data.library_name != "qscore-hf":
+        raise ValueError(f"the card's library_name is {data.library_name!r}, not 'qscore-hf'.")
+    title = card_title(card)
+    if title in _GENERIC_NAMES:
+        raise ValueError(f"the card's title is {title!r}; give the model a real name (repo_id).")
+    if _hub_datasets(data.datasets or []) != (data.datasets or None):
+        raise ValueError(f"the card's datasets {data.datasets} are not all Hub ids.")
+    model_index = data.to_dict().get("model-index")
+    if model_index is not None:
+        name, results = model_index_to_eval_results(model_index)
+        if name != title:
+            raise ValueError(f"the model-index names {name!r} but the card's title is {title!r}.")
+        if eval_results_to_model_index(name, results) != model_index:
+            raise ValueError("the model-index does not round-trip through huggingface_hub's EvalResult.")
+    return card

@@ -238,9 +238,10 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
 def _card(args: argparse.Namespace) -> int:
     """Render a model card (README.md) from a linear-evaluation report and the model's config."""
     check_writable(Path(args.out).parent)
-    from .cards import card_from_report, load_report
+    from .cards import card_from_report, check_card, load_report
 
     card = card_from_report(load_report(args.results), model=args.model, repo_id=args.repo_id, license=args.license)
+    check_card(card)  # huggingface_hub's parsing and model-index checks, offline
     card.save(args.out)
     print(f"wrote {args.out}")
     return 0

@@ -203,6 +203,10 @@ def run_demo(
         command=shlex.join(["qscore-hf", "demo", "--dataset", name, "--method", method, "--epochs", str(setting.epochs),
                             "--seed", str(seed), "--out", str(out)] + (["--quick"] if quick else [])),
     )  # fmt: skip
+    from .cards import card_from_report, check_card
+
+    # the card with the measurement: baselines, base rates and the verdict (pre-training wrote it without them)
+    check_card(card_from_report(report, model=model_dir)).save(Path(model_dir) / "README.md")
     return {
         "dataset": name,
         "dataset_notice": dataset_notice(dataset, name),

@@ -32,7 +32,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard
 
 from .calibration import DEFAULT_COVERAGE, calibrate_eps, is_auto
-from .cards import report_eval_results
+from .cards import card_title, report_eval_results
 from .comparison import compare_scores, scores_with_baselines
 from .degeneracy import degeneracy_report
 from .data import ImageDataset, load_image_dataset
@@ -97,7 +97,7 @@ def _update_model_card(readme: Path, results: list[dict[str, Any]]) -> None:
         if (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) not in replaced
     ]  # fmt: skip
     card.data.eval_results = kept + new
-    card.data.model_name = card.data.model_name or readme.parent.name
+    card.data.model_name = card.data.model_name or card_title(card) or readme.parent.name
     with tempfile.NamedTemporaryFile("w", dir=readme.parent, prefix=".README.", suffix=".tmp", delete=False) as tmp:
         tmp.write(str(card))
     os.chmod(tmp.name, readme.stat().st_mode)

@@ -16,7 +16,8 @@ import torch
 from huggingface_hub import EvalResult, ModelCard
 
 from qscore_hf import QScoreConfig, QScoreModel
-from qscore_hf.cards import TEMPLATE_PATH, render_model_card
+from qscore_hf.cards import DEFAULT_LICENSE, TEMPLATE_PATH, check_card, render_model_card
+from qscore_hf.comparison import ScoreComparison
 from qscore_hf.cli import main
 from qscore_hf.convert import ConversionReport
 from qscore_hf.linear_eval import run_linear_eval
@@ -134,15 +135,20 @@ def test_card_from_a_linear_eval_report(evaluated_model, tmp_path, capsys):
     assert main(["card", "--results", str(report_path), "--out", str(out), "--license", "apache-2.0"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    card = ModelCard.load(out)
+    card = check_card(out.read_text())
     data = card.data
     assert {r.metric_type: r.metric_value for r in data.eval_results} == {
-        "accuracy": report["top1"], "auprc": report["auprc_correct"]}
+        "accuracy": report["top1"], "auprc": report["auprc_correct"], "roc_auc": report["auroc"]}
+    names = {r.metric_type: r.metric_name for r in data.eval_results}
+    assert names["auprc"].endswith(f"(chance: the accuracy, {report['top1']:.4f})")  # the AUPRC's base rate
+    assert names["roc_auc"] == "Q-Score AUROC (chance 0.5; 95 % interval {:.4f}-{:.4f})".format(*report["auroc_ci"])
     assert {(r.dataset_type, r.dataset_split, r.task_type) for r in data.eval_results} == {
         ("digits", "test", "image-classification")}
-    assert data.model_name == "model"
+    # the pre-training folder is called `model`: the card gets a descriptive name instead
+    assert data.model_name == "qscore-simclr-resnet10t-digits" and "\n# qscore-simclr-resnet10t-digits\n" in str(card)
     assert data.tags == ["self-supervised", "q-score", "simclr", "resnet10t"]
-    assert (data.license, data.library_name, data.datasets) == ("apache-2.0", "qscore-hf", ["digits"])
+    # digits has no Hub copy: no `datasets` metadata (a Hub id or nothing)
+    assert (data.license, data.library_name, data.datasets) == ("apache-2.0", "qscore-hf", None)
     body = card.text
     assert "- **method**: simclr" in body and "- **data**: digits (train), first 32 images" in body
     assert "- **steps**: 2" in body and "- **Q-Score regularization**: none" in body
@@ -153,7 +159,13 @@ def test_card_from_a_linear_eval_report(evaluated_model, tmp_path, capsys):
     # the scoring setting the card's numbers were made with (the exported model's: eps 2 here, normalize l1 and
     # band 0-100 by default), and the sentence comparing Q-Score with its label-free baselines
     assert "Q-Score (eps 2, normalize l1, band 0-100," in body
-    assert "label-free baseline" in report["comparison"]["verdict"] and report["comparison"]["verdict"] in body
+    assert "label-free baseline" in report["comparison"]["verdict"]
+    assert f"**Verdict.** {report['comparison']['verdict']}" in body
+    # the results table with every baseline, its interval and the base rates
+    table = ScoreComparison.from_dict(report["comparison"]).table(markdown=True)
+    assert table in body and "| base rate (chance) | 0.5000 |" in body and "| knn_density |" in body
+    # the paper's claim is the paper's; the card's own claim is the measured verdict
+    assert "low scores flag likely" not in body and "In the paper, low Q-Scores flag" in body
     assert "## Limitations" in body
     assert re.findall(r"```bibtex\n@\w+\{(\w+),", body) == ["kalibhat2024measuring", "chen2020simple"]
 
@@ -166,8 +178,9 @@ def test_card_model_and_repo_id_options(evaluated_model, tmp_path):
     out = tmp_path / "README.md"
     assert main(["card", "--results", str(report_path), "--out", str(out), "--model", str(other),
                  "--repo-id", "org/byol-r18"]) == 0  # fmt: skip
-    card = ModelCard.load(out)
-    assert "byol" in card.data.tags and card.data.license is None
+    card = check_card(out.read_text())
+    assert "byol" in card.data.tags and card.data.license == DEFAULT_LICENSE
+    assert "qscore-hf's own license, set because none was given" in card.text
     assert 'QScoreModel.from_pretrained("org/byol-r18")' in card.text and "## Training" not in card.text
 
 
@@ -191,3 +204,43 @@ def test_model_cards_folder_links_the_packaged_template():
     link = ROOT / "model_cards" / "template.md"
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     assert link.resolve() == TEMPLATE_PATH.resolve()
+
+
+# ------------------------------------------------------------------------------------ every card writer, validated
+def test_every_card_writer_passes_huggingface_hubs_checks(evaluated_model, tmp_path):
+    """The cards of conversion, of pre-training's export, of a linear evaluation's update of it and of `qscore-hf card`
+    parse as Hub cards with a license, a real title, Hub data set ids and a model-index that round-trips."""
+    from qscore_hf.linear_eval import _update_model_card
+    from qscore_hf.cards import report_eval_results
+
+    model_dir, report_path = evaluated_model
+    converted = check_card(str(render_model_card(converted_config(), repo_id="org/moco-v2-r50")))
+    assert (converted.data.license, converted.data.datasets) == ("cc-by-nc-4.0", ["imagenet-1k"])
+    exported = check_card((model_dir / "README.md").read_text())  # written by pretrain: no results yet
+    assert "# qscore-simclr-resnet10t-digits" in exported.text and "has not been measured" in exported.text
+    updated = tmp_path / "README.md"
+    updated.write_text((model_dir / "README.md").read_text())
+    _update_model_card(updated, report_eval_results(json.loads(report_path.read_text())))
+    assert check_card(updated.read_text()).data.model_name == "qscore-simclr-resnet10t-digits"
+    for data_set, hub_id in (("fashion_mnist", "zalando-datasets/fashion_mnist"), ("cifar10", "uoft-cs/cifar10")):
+        config = QScoreConfig(backbone="resnet18_cifar", ssl_method="simclr", pretraining_data=data_set)
+        assert check_card(str(render_model_card(config, repo_id="org/m"))).data.datasets == [hub_id]
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda text: text.replace("license: apache-2.0\n", ""), "no license"),
+        (lambda text: text.replace("# qscore-simclr-resnet10t-digits", "# model"), "give the model a real name"),
+        (lambda text: text.replace("tags:", "datasets:\n- digits\ntags:"), "not all Hub ids"),
+        (lambda text: text.replace("- name: qscore-simclr-resnet10t-digits", "- name: other"), "model-index names"),
+    ],
+)
+def test_check_card_names_the_problem(evaluated_model, change, problem):
+    from qscore_hf.cards import card_from_report, load_report
+
+    _, report_path = evaluated_model
+    text = str(card_from_report(load_report(report_path)))
+    check_card(text)
+    with pytest.raises(ValueError, match=problem):
+        check_card(change(text))
