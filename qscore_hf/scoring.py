@@ -126,6 +126,8 @@ def load_model(
 
 
 def _check_model_folder(path: Path) -> None:
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        raise ValueError(f"{path} is a training run's folder; its model is {path / 'model'}: pass that as --model.")
     if not (path / "config.json").is_file():
         raise ValueError(
             f"{path} has no config.json, so it is not a QScoreModel folder. Save one with QScoreModel.save_pretrained, "
@@ -358,7 +360,8 @@ def _images_at(image_dataset: ImageDataset, row_ids: np.ndarray) -> list[Any]:
 
 
 def _plot_lowest(image_dataset: ImageDataset, columns: dict[str, np.ndarray], count: int, path: Path) -> None:
-    """Grid of the ``count`` lowest-Q images, titled with Q, row id and label."""
+    """Grid of the ``count`` lowest-Q images, titled with Q, row id, label and, with a probe, its prediction and
+    whether it was a mistake."""
     order = np.argsort(columns["q_score"], kind="stable")[:count]
     names = _label_names(image_dataset)
     titles = []
@@ -367,6 +370,10 @@ def _plot_lowest(image_dataset: ImageDataset, columns: dict[str, np.ndarray], co
         if "label" in columns:
             label = int(columns["label"][index])
             title += f" · label {names.int2str(label) if names is not None else label}"
+        if "prediction" in columns:
+            prediction = int(columns["prediction"][index])
+            verdict = "right" if columns["correct"][index] else "MISTAKE"
+            title += f"\npredicted {names.int2str(prediction) if names is not None else prediction}: {verdict}"
         titles.append(title)
     images = _images_at(image_dataset, columns["row_id"][order])
     plot_image_grid(images, titles, path, title=f"{len(order)} lowest Q-Scores of {image_dataset.name}")

@@ -35,3 +35,28 @@ def test_histogram_draws_counts_when_a_group_is_small(tmp_path, monkeypatch, mis
     assert drawn == [(360 - mistakes, density), (mistakes, density)]
     assert labels == ["density" if density else "samples"]
     assert (tmp_path / "hist.png").stat().st_size > 0
+
+
+def test_lowest_grid_marks_each_prediction_and_mistake(tmp_path, monkeypatch):
+    from qscore_hf import scoring
+    from qscore_hf.data import load_image_dataset
+
+    digits = load_image_dataset("digits", "test", max_samples=5)
+    drawn = {}
+    monkeypatch.setattr(scoring, "plot_image_grid", lambda images, titles, path, **kwargs: drawn.update(titles=titles))
+    columns = {"q_score": np.array([0.5, 0.1, 0.3, 0.9, 0.2]), "row_id": np.arange(5),
+               "label": np.array([0, 1, 2, 3, 4]), "prediction": np.array([0, 7, 2, 3, 4])}  # fmt: skip
+    columns["correct"] = columns["prediction"] == columns["label"]
+    scoring._plot_lowest(digits, columns, 2, tmp_path / "lowest.png")
+    # the two lowest: row 1 (Q 0.1, label 1, predicted 7) and row 4 (Q 0.2, label 4, predicted 4)
+    assert [title.splitlines()[-1] for title in drawn["titles"]] == ["predicted 7: MISTAKE", "predicted 4: right"]
+    assert "row 1 · label 1" in drawn["titles"][0]
+
+
+def test_a_run_folder_given_as_model_points_to_its_model_subfolder(tmp_path):
+    from qscore_hf.scoring import load_model
+
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"its model is {tmp_path / 'run' / 'model'}: pass that as --model"):
+        load_model(tmp_path / "run")
