@@ -142,3 +142,53 @@ def test_timm_model_args_cannot_redirect_the_weights(tmp_path, offline_cache, hu
     name = "patch_embed.proj.weight"
     assert not torch.equal(own[name], other[name])
     assert torch.equal(loaded[name], own[name])
+
+
+# ------------------------------------------------------------------------------- 3: strict transformers imports
+def _edit_config(folder: Path, **changes: object) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_config_with_fewer_layers_than_the_weights_is_refused(tmp_path, offline_cache, hub_cache):
+    folder = _vit_folder(tmp_path / "vit")
+    _edit_config(folder, num_hidden_layers=0)
+    hub_cache(offline_cache, "org/fewer-layers", folder, COMMIT)
+    for name in ("org/fewer-layers", folder):
+        with pytest.raises(ValueError, match=r"^[^\n]*config.json's ViTModel \(unexpected tensors: layers\.0\.[^\n]*$"):
+            QScoreModel.from_pretrained(name)
+
+
+def test_a_stray_tensor_is_refused(tmp_path):
+    folder = _vit_folder(tmp_path / "vit")
+    weights = load_file(folder / "model.safetensors")
+    save_file({**weights, "stray.weight": torch.ones(3)}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected tensors: stray\.weight\)"):
+        QScoreModel.from_pretrained(folder)
+
+
+def test_shape_disagreement_is_named_in_one_line(tmp_path):
+    folder = _vit_folder(tmp_path / "vit")
+    _edit_config(folder, intermediate_size=32)
+    with pytest.raises(ValueError) as caught:
+        QScoreModel.from_pretrained(folder)
+    message = str(caught.value)
+    assert "\n" not in message and "look at the above report" not in message
+    assert "tensors of another shape: " in message and "saved (16, 16), config needs (32, 16)" in message
+
+
+def test_a_classification_checkpoint_drops_its_head_only(tmp_path):
+    """classifier.* is dropped by rule; the features are the checkpoint's own ViT's CLS token."""
+    from transformers import ViTForImageClassification
+
+    torch.manual_seed(0)
+    source = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=16, image_size=16, patch_size=8, num_labels=3))  # fmt: skip
+    source.save_pretrained(tmp_path / "cls")
+    ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "cls")
+    model = QScoreModel.from_pretrained(tmp_path / "cls").eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = source.eval().vit(pixel_values=x).last_hidden_state[:, 0]
+        torch.testing.assert_close(model(x).features, expected)

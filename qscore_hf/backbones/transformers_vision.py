@@ -34,6 +34,8 @@ TRANSFORMERS_POOLING = {
     "convnextv2": "pooler",
 }
 _TOKEN_POOLINGS = ("cls", "cls_mean")
+# Weights of a task head that a classification checkpoint holds beside the backbone: dropped on import.
+_TASK_HEADS = ("classifier.",)
 # Image-processor settings copied from the source's processor into QScoreImageProcessor's.
 _PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
                    "do_normalize", "image_mean", "image_std")  # fmt: skip
@@ -117,6 +119,26 @@ def _processor_settings(folder: Path, model_config: PretrainedConfig) -> tuple[d
     return kept, {"image_processor_type": type(processor).__name__, **kept}
 
 
+def _loading_problems(info: Mapping[str, Any], pooling: str) -> list[str]:
+    """What transformers' loading report says is wrong, as short phrases; empty when the weights fill the model.
+
+    By rule, a task head (``classifier.*``) is not part of the backbone and is dropped, and the pooler may be
+    missing or extra unless the features are its output (``pooling="pooler"``). Every other missing, unexpected or
+    mis-shaped tensor is a problem: features computed without it would come from another model."""
+    def unused(key: str) -> bool:
+        return key.startswith(_TASK_HEADS) or (pooling != "pooler" and key.startswith("pooler."))
+
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+    missing = sorted(key for key in info.get("missing_keys", ()) if not unused(key))
+    unexpected = sorted(key for key in info.get("unexpected_keys", ()) if not unused(key))
+    mismatched = sorted(f"{key} saved {tuple(saved)}, config needs {tuple(needed)}"
+                        for key, saved, needed in info.get("mismatched_keys", ()))  # fmt: skip
+    named = (("missing tensors", missing), ("unexpected tensors", unexpected), ("tensors of another shape", mismatched))
+    return [f"{what}: {first(keys)}" for what, keys in named if keys]
+
+
 def import_transformers_backbone(
     folder: Path, config_json: Mapping[str, Any], pooling: str | None = None
 ) -> tuple[TransformersBackbone, dict[str, Any]]:
@@ -131,16 +153,15 @@ def import_transformers_backbone(
     config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     model_type = _check_type(config.model_type, str(folder / "config.json"))
     pooling = pooling or TRANSFORMERS_POOLING[model_type]
+    # Shapes that disagree are reported below, in one line, rather than by transformers' own RuntimeError.
     model, info = AutoModel.from_pretrained(
-        str(folder), config=config, output_loading_info=True, trust_remote_code=False
+        str(folder), config=config, output_loading_info=True, ignore_mismatched_sizes=True, trust_remote_code=False
     )
-    # A classification checkpoint may lack the base model's pooler; it is unused unless pooling is "pooler".
-    missing = [key for key in info["missing_keys"] if pooling == "pooler" or not key.startswith("pooler.")]
-    if missing or info.get("mismatched_keys"):
-        shown = ", ".join(missing[:6]) or ", ".join(str(item[0]) for item in info["mismatched_keys"][:6])
+    problems = _loading_problems(info, pooling)
+    if problems:
         raise ValueError(
-            f"{folder}: the weights do not fill the {type(model).__name__} (missing or mis-shaped: {shown}); "
-            "the repo is incomplete or its config.json does not describe its weights."
+            f"{folder}: the weights do not fit config.json's {type(model).__name__} ({'; '.join(problems)}); the repo "
+            "is incomplete or its config.json does not describe its weights: fix config.json or download the repo again."
         )
     backbone = TransformersBackbone(model.eval(), pooling)
     processor, record = _processor_settings(folder, config)
