@@ -1,6 +1,7 @@
 """``qscore-hf demo``: pre-train a small SSL encoder on bundled data, linear-probe it and score it with Q-Score.
 
-Everything runs offline on the CPU in about two minutes on 2 cores, through the library's own calls:
+Everything runs offline on the CPU in about 10 minutes on 2 cores (8 on digits, 11-12 on Fashion-MNIST,
+measured on a busy 2-core VM), through the library's own calls:
 ``qscore_hf.pretraining.pretrain`` trains the encoder and exports it as a ``QScoreModel`` folder,
 ``qscore_hf.linear_eval.run_linear_eval`` trains the probe, scores the evaluation images and writes the report.
 
@@ -71,7 +72,7 @@ class DemoSetting:
     qscore_eps: float | str = 1.0
 
 
-# Defaults sized for ~2 minutes on 2 CPU cores (measured: see the README), and the few-second --quick setting.
+# Defaults sized for about 10 minutes on 2 CPU cores (measured: see the README), and the few-second --quick one.
 _SETTINGS = {
     "fashion_mnist": DemoSetting(max_samples=5000, epochs=3, batch_size=128, image_size=32, probe_epochs=100),
     "cifar10": DemoSetting(max_samples=5000, epochs=3, batch_size=128, image_size=32, probe_epochs=100),

@@ -111,3 +111,22 @@ def test_demo_notice_on_digits_says_why_and_how_to_get_fashion_mnist(tmp_path, m
 def test_every_demo_data_set_has_a_setting():
     for name in DATASET_CHOICES[1:]:
         assert demo_setting(name).epochs >= 1
+
+
+def test_readme_try_it_gives_the_fashion_mnist_command():
+    from qscore_hf.demo import INSTALL_FASHION_MNIST
+
+    readme = (ROOT / "README.md").read_text()
+    try_it = readme.split("## Try it", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert INSTALL_FASHION_MNIST in try_it and "qscore-hf demo" in try_it
+    assert "python training/pretrain.py --help" in readme
+
+
+def test_pretrain_without_arguments_ends_with_the_useful_line():
+    """What the README promises for `python training/pretrain.py`: the last line says what is missing."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "training/pretrain.py"], cwd=ROOT, env=environment, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 2
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain.py: error: the following arguments are required: --method")
