@@ -67,6 +67,10 @@ class Setting:
     finetune_snapshots: int
     finetune_lr: float
     notes: str
+    backbone_args: tuple[str, ...] = ()  # more training/pretrain.py flags for the backbone (e.g. its stem padding)
+    mixed_precision: str = "no"
+    num_workers: int = 0
+    device: str = "cpu"  # where snapshots are evaluated
 
 
 SETTINGS = {
@@ -110,9 +114,10 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--image-size", str(setting.image_size), "--batch-size", str(setting.batch_size), "--seed", str(seed),
             "--epochs", str(setting.finetune_epochs if finetune else setting.epochs),
             "--warmup-epochs", str(0 if finetune else setting.warmup_epochs),
-            "--eval-split", setting.validation_split, "--knn-max-train", str(setting.knn_monitor_train),
-            "--knn-max-eval", str(setting.knn_monitor_eval), "--num-workers", "0", "--log-with", "none",
-            "--resume", "auto", "--checkpoint-every", "0", "--mixed-precision", "no", "--no-progress",
+            "--eval-split", setting.validation_split if setting.knn_monitor_eval else "none",
+            "--knn-max-train", str(setting.knn_monitor_train), "--knn-max-eval", str(setting.knn_monitor_eval),
+            "--num-workers", str(setting.num_workers), "--log-with", "none", "--resume", "auto",
+            "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress", *setting.backbone_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
     if variant in ("qreg", "finetune-qreg"):
         argv += ["--qscore-reg"]
@@ -150,9 +155,10 @@ def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[st
     for name, split in (("train", setting.train_split), ("validation", setting.validation_split),
                         ("test", setting.test_split)):  # fmt: skip
         data = load_image_dataset("cifar10", split)
-        extracted = extract_features(model, data, batch_size=512, device="cpu", cache_dir=cache, progress=False)
+        extracted = extract_features(model, data, batch_size=512, device=setting.device, cache_dir=cache,
+                                     num_workers=setting.num_workers, progress=False)  # fmt: skip
         feats[name] = (np.asarray(extracted.features, dtype=np.float32), np.asarray(extracted.labels))
-    probe = train_linear_probe(*feats["train"], epochs=setting.probe_epochs, num_classes=10, device="cpu", seed=0,
+    probe = train_linear_probe(*feats["train"], epochs=setting.probe_epochs, num_classes=10, device=setting.device, seed=0,
                                progress=False)  # fmt: skip
     report = trajectory.snapshot_report(feats["train"], feats["validation"], feats["test"],
                                         probe.logits(feats["validation"][0]), probe.logits(feats["test"][0]))  # fmt: skip

@@ -293,3 +293,36 @@ def test_the_supervised_control_resumes_exactly(study, import_bench, tmp_path):
     first = QScoreModel.from_pretrained(snapshot_folder(tmp_path / "whole", 1))
     assert whole.config.training["epochs_completed"] == 2 and first.config.training["epochs_completed"] == 1
     assert tuple(whole.config.image_mean) == pytest.approx(CIFAR10_MEAN)  # CIFAR-10's statistics, as for SSL runs
+
+
+# ---- the GPU path, on the CPU (--smoke) --------------------------------------------------------------------------
+
+
+def test_budget_epochs_by_hand(import_bench):
+    gpu = import_bench("cifar10_gpu")
+    assert gpu.budget_epochs(images_per_s=5000, seconds=70, num_images=18_000) == 19  # 350,000 images: 19.4 epochs
+    assert gpu.budget_epochs(images_per_s=100, seconds=10, num_images=18_000) == 2  # never fewer than 2
+
+
+@needs_cifar10
+def test_gpu_smoke_runs_the_same_path_on_the_cpu(study, import_bench, tmp_path, monkeypatch):
+    gpu = import_bench("cifar10_gpu")
+    monkeypatch.setenv(CIFAR10_ENV, str(SHARED))
+    out = tmp_path / "out"
+    assert gpu.main(["--smoke", "--out", str(out), "--budget-s", "4", "--calibration-steps", "6"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["auroc.png", "summary.json", "summary.md", "timings.json"]
+    timings = json.loads((out / "timings.json").read_text())["runs"]
+    assert list(timings) == ["simclr-baseline-seed0", "simclr-qreg-seed0", "byol-baseline-seed0", "byol-qreg-seed0"]
+    assert all(run["epochs"] >= 2 and run["calibrated_images_per_s"] > 0 for run in timings.values())
+    summary = json.loads((out / "summary.json").read_text())["runs"]
+    for name, run in timings.items():  # each run evaluated at epoch 1 and at its budgeted last epoch
+        assert [s["epoch"] for s in summary[name]["snapshots"]] == [1, run["epochs"]]
+    # The packed data: the first training images, then the held-out ones, and a refusal over the size limit.
+    packed = load_image_dataset(str(tmp_path / "out-work" / "data"), "train").dataset
+    original = load_image_dataset(str(SHARED), "train[45000:45001]").dataset
+    assert len(packed) == 128 + 64 and packed[128]["label"] == original[0]["label"]
+    monkeypatch.setenv(CIFAR10_ENV, str(SHARED))  # main() pointed it at the packed folder
+    monkeypatch.setattr(gpu, "PACK_LIMIT_BYTES", 1000)
+    with pytest.raises(SystemExit, match="over 0 MiB: pack fewer images"):
+        gpu.pack(tmp_path / "too-big", train=32, validation=8, test=8)
+    assert not (tmp_path / "too-big").exists() and not (tmp_path / ".too-big.tmp").exists()
