@@ -162,9 +162,12 @@ def test_model_card_gets_model_index_entries(cli_run, model_dir):
     _, report, _, _ = cli_run
     card = ModelCard.load(model_dir / "README.md")
     results = {r.metric_type: r for r in card.data.eval_results}
-    assert set(results) == {"accuracy", "auprc"}
+    assert set(results) == {"accuracy", "auprc", "roc_auc"}
     assert results["accuracy"].metric_value == pytest.approx(report["top1"])
     assert results["auprc"].metric_value == pytest.approx(report["auprc_correct"])
+    assert f"chance: the accuracy, {report['top1']:.4f}" in results["auprc"].metric_name  # the AUPRC's base rate
+    assert results["roc_auc"].metric_value == pytest.approx(report["auroc"])
+    assert "95 % interval {:.4f}-{:.4f}".format(*report["auroc_ci"]) in results["roc_auc"].metric_name
     for result in results.values():
         assert result.task_type == "image-classification"
         assert (result.dataset_type, result.dataset_split) == ("digits", "test")
@@ -203,9 +206,9 @@ def test_rerun_uses_the_cache_and_replaces_model_index_entries(cli_run, workdir,
     assert report["feature_cache"] == first["feature_cache"]
     assert report["probe"]["optimizer"] == "lbfgs" and report["top1"] > 0.5
     results = ModelCard.load(folder / "README.md").data.eval_results
-    assert len(results) == 2, "a second evaluation replaces, not duplicates, its model-index entries"
+    assert len(results) == 3, "a second evaluation replaces, not duplicates, its model-index entries"
     assert {r.metric_type: r.metric_value for r in results} == pytest.approx(
-        {"accuracy": report["top1"], "auprc": report["auprc_correct"]}
+        {"accuracy": report["top1"], "auprc": report["auprc_correct"], "roc_auc": report["auroc"]}
     )
 
 
@@ -219,7 +222,7 @@ def test_without_model_card_results_go_to_a_json_file(workdir, model_dir, tmp_pa
     saved = json.loads((out / "model_card_results.json").read_text())
     results = [EvalResult(**result) for result in saved["eval_results"]]
     values = {r.metric_type: r.metric_value for r in results}
-    assert values == {"accuracy": report["top1"], "auprc": report["auprc_correct"]}
+    assert values == {"accuracy": report["top1"], "auprc": report["auprc_correct"], "roc_auc": report["auroc"]}
 
 
 def test_saved_activation_statistics_define_d(workdir, model_dir, tmp_path):
