@@ -21,6 +21,7 @@ from huggingface_hub import HfApi, ModelCard
 from test_convert import byol_converted, dino_backbone, moco, mocov3, simsiam, state, swav, tv_features, tv_resnet
 
 from qscore_hf import QScoreModel, cli
+from qscore_hf.cards import check_card
 from qscore_hf.convert import ConversionReport
 from qscore_hf.zoo import DownloadError, load_registry
 from qscore_hf.zoo.build import parse_stats
@@ -36,12 +37,14 @@ HOST = "dl.example.org"  # the fixture registry's "official" host; files are fet
 # ---------------------------------------------------------------------------------------------- loopback server
 class Server:
     """Serves ``files`` ({url path: bytes}) with HTTP range requests; ``cut`` paths send half their body and close
-    once; ``slow`` paths trickle; every request is logged as (path, Range header)."""
+    once; ``slow`` paths trickle; ``html`` paths come as text/html (a login or confirmation page); every request is
+    logged as (path, Range header)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut: set[str] = set()
         self.slow: set[str] = set()
+        self.html: set[str] = set()
         self.log: list[tuple[str, str | None]] = []
         server = self
 
@@ -62,7 +65,7 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Type", "text/html" if path in server.html else "application/octet-stream")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 if path in server.cut:
@@ -78,6 +81,7 @@ class Server:
                         time.sleep(0.05)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda request, address: None  # a client that hangs up early is no test failure
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -218,11 +222,11 @@ def test_shipped_records_name_their_sources_and_what_is_unverified():
     assert registry["byol-r50"].url_path == "drive.google.com/uc/pretrain_res50x1.pth.tar"
 
 
-def test_model_cards_folder_is_up_to_date_and_cards_pass_metadata_parsing():
+def test_model_cards_folder_is_up_to_date_and_cards_pass_huggingface_hub_parsing():
     registry = load_registry()
     assert check_cards(registry, CARDS_DIR) == [], "run `qscore-hf zoo cards` to re-render model_cards/"
     for release in registry.values():
-        card = ModelCard.load(CARDS_DIR / release.name / "README.md")  # huggingface_hub parses and checks the YAML
+        card = check_card((CARDS_DIR / release.name / "README.md").read_text())  # huggingface_hub's parsers, offline
         data = card.data
         assert data.license == release.license and data.datasets == ["imagenet-1k"]
         assert data.library_name == "qscore-hf" and data.pipeline_tag == "image-feature-extraction"
@@ -257,7 +261,7 @@ def test_build_all_end_to_end(zoo, fixtures, server, tmp_path, capsys):
         sha256 = hashlib.sha256(data).hexdigest()
         measured = json.loads((folder / "zoo.json").read_text())["measured"]
         assert measured["sha256"] == sha256 and measured["size"] == len(data)
-        card = ModelCard.load(folder / "README.md")
+        card = check_card((folder / "README.md").read_text())
         assert card.data.eval_results[0].metric_value == 50.0 and "published" in card.data.eval_results[0].metric_name
         assert f"SHA-256 of the downloaded file: `{sha256}`" in card.text and "(measured;" in card.text
         if entry["checksum"] is None:
@@ -439,3 +443,40 @@ def test_zoo_help_and_list_import_neither_torch_nor_transformers(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "[]" and run.stdout.startswith(GOLDEN_SHIPPED)
+
+
+def test_another_file_than_the_registry_describes_is_refused(zoo, fixtures, tmp_path, capsys):
+    wrong_layout = dict(fixtures["t-moco"][0], name="t-moco-as-swav", layout="swav", checksum=None)
+    wrong_arch = dict(fixtures["t-dino"][0], name="t-dino-as-r50", arch="resnet50", checksum=None)
+    zoo([wrong_layout, wrong_arch])
+    out = tmp_path / "out"
+    assert cli.main(["zoo", "build", "t-moco-as-swav", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t-moco-as-swav: moco_v2_200ep_pretrain.pth.tar is a resnet18 in layout 'moco', " \
+        "but the registry describes a resnet18 in layout 'swav'" in err
+    assert cli.main(["zoo", "build", "t-dino-as-r50", "--out", str(out), "--no-progress"]) == 1
+    assert "registry describes a resnet50 in layout 'dino_backbone'" in capsys.readouterr().err
+    assert leftovers(out) == []
+
+
+def test_an_html_page_instead_of_the_file_is_a_one_line_error(zoo, fixtures, server, capsys):
+    entry = fixtures["t-byol"][0]
+    path = f"{HOST}/t-byol/{entry['file_name']}"
+    server.html.add(path)
+    try:
+        assert cli.main(["zoo", "build", "t-byol", "--no-progress"]) == 1
+    finally:
+        server.html.discard(path)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t-byol: " in err and "answered with an HTML page, not the file" in err
+
+
+def test_build_all_goes_on_past_a_failing_release_and_says_which(zoo, fixtures, tmp_path, capsys):
+    broken = dict(fixtures["t-dino"][0], name="t-broken", url=f"https://{HOST}/nowhere/y.pth", file_name="y.pth")
+    zoo([broken, fixtures["t-dino"][0]])
+    out = tmp_path / "out"
+    assert cli.main(["zoo", "build", "--all", "--out", str(out), "--no-progress"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not transformers' bars
+    assert len(lines) == 2 and "t-broken: " in lines[0] and "HTTP 404" in lines[0]
+    assert lines[1] == "qscore-hf zoo: error: 1 of 2 releases failed (t-broken); the others were built."
+    assert (out / "t-dino" / "config.json").is_file() and not (out / "t-broken").exists()

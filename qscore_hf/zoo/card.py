@@ -60,8 +60,9 @@ def release_card(
     release: Release, config: Any = None, measured: Mapping[str, Any] | None = None, repo_id: str | None = None
 ) -> ModelCard:
     """The card of ``release``: with ``config`` (the built model's) and ``measured`` (see ``build.build_release``)
-    for a built model, else from the registry alone."""
-    from ..cards import render_model_card
+    for a built model, else from the registry alone. Checked offline with ``qscore_hf.cards.check_card``
+    (huggingface_hub's metadata and model-index parsing); a card that fails it raises ``ValueError``."""
+    from ..cards import check_card, render_model_card
 
     measured = dict(measured or {})
     stats = measured.get("stats") or {}
@@ -72,7 +73,7 @@ def release_card(
         repo_id=repo_id or release.name,
         stats_samples=int(stats.get("samples", 0)),
     )
-    return ModelCard(base.content.rstrip("\n") + "\n\n" + _release_section(release, measured))
+    return check_card(base.content.rstrip("\n") + "\n\n" + _release_section(release, measured))
 
 
 def _release_section(release: Release, measured: Mapping[str, Any]) -> str:

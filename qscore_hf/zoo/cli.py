@@ -48,14 +48,23 @@ def _build(args: argparse.Namespace) -> int:
     releases = list(registry.values()) if args.all else [get_release(name, registry) for name in args.names]
     if args.out:
         check_writable(args.out)
-    folders = {}
+    folders, failed = {}, []
     for release in releases:
         out = Path(args.out) / release.name if args.out else None
-        folders[release.name] = build_release(
-            release, out, mirror=args.mirror, max_bytes=int(args.max_size * 2**20), stats=args.stats,
-            stats_max_samples=args.stats_max_samples, progress=not args.no_progress,
-            repo_id=f"{args.push_to_hub}/{release.name}" if args.push_to_hub else None,
-        )  # fmt: skip
+        try:
+            folders[release.name] = build_release(
+                release, out, mirror=args.mirror, max_bytes=int(args.max_size * 2**20), stats=args.stats,
+                stats_max_samples=args.stats_max_samples, progress=not args.no_progress,
+                repo_id=f"{args.push_to_hub}/{release.name}" if args.push_to_hub else None,
+            )  # fmt: skip
+        except (ValueError, OSError) as error:
+            if len(releases) == 1:
+                raise
+            print(f"qscore-hf zoo: error: {error}", file=sys.stderr)  # one line per release; the others go on
+            failed.append(release.name)
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(releases)} releases failed ({', '.join(failed)}); the others were "
+                         f"built{' and nothing was pushed' if args.push_to_hub else ''}.")  # fmt: skip
     if args.push_to_hub:
         slug = push_releases(folders, args.push_to_hub, private=args.private or None)
         print(f"pushed {', '.join(f'{args.push_to_hub}/{name}' for name in folders)}; collection {slug}")
