@@ -480,3 +480,27 @@ def test_build_all_goes_on_past_a_failing_release_and_says_which(zoo, fixtures, 
     assert len(lines) == 2 and "t-broken: " in lines[0] and "HTTP 404" in lines[0]
     assert lines[1] == "qscore-hf zoo: error: 1 of 2 releases failed (t-broken); the others were built."
     assert (out / "t-dino" / "config.json").is_file() and not (out / "t-broken").exists()
+
+
+def test_a_vit_release_builds_with_its_cls_token_features(zoo, server, tmp_path, one_thread):
+    """DINO's ViT-S/16 backbone file (timm names): the build checks it is a vit_small_patch16_224 in the
+    dino_vit_backbone layout; the features are the CLS token after the final LayerNorm."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", num_classes=0).eval()
+    source = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(vit.state_dict(), source)
+    data = source.read_bytes()
+    entry = record("t-dino-vits16", source, "dino_vit_backbone", "dino", checksum=f"md5:{hashlib.md5(data).hexdigest()[:6]}")
+    entry["arch"] = "vit_small_patch16_224"
+    server.files[f"{HOST}/t-dino-vits16/{source.name}"] = data
+    zoo([entry])
+    out = tmp_path / "out"
+    assert cli.main(["zoo", "build", "t-dino-vits16", "--out", str(out), "--no-progress"]) == 0
+    model = QScoreModel.from_pretrained(out / "t-dino-vits16")
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = vit.forward_features(images)[:, 0]
+        assert (model(images, return_qscore=False).features - expected).abs().max() < 1e-5
+    assert model.config.backbone == "vit_small_patch16_224"
