@@ -119,6 +119,8 @@ def _apply_registry(config: Any, release: Release) -> None:
         "confirmed": not any(item.startswith("license") for item in release.unverified),
         "note": next((item for item in release.unverified if item.startswith("license")), ""),
     }
-    conversion["preprocessing"] = f"resize {release.resize}, centre-crop {release.crop} ({release.preprocessing_source})"
+    conversion["preprocessing"] = (
+        f"resize {release.resize}, centre-crop {release.crop} ({release.preprocessing_source})"
+    )
     config.conversion = conversion
 

@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard
 
 from .registry import Release
 
-__all__ = ["CARDS_DIR", "check_cards", "config_from_release", "release_card", "write_cards"]
+__all__ = ["CARDS_DIR", "check_cards", "config_from_release", "published_results", "release_card", "write_cards"]
 
 # model_cards/ of a source checkout (absent from an installed package: pass the folder explicitly there)
 CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
@@ -114,7 +114,7 @@ def _release_section(release: Release, measured: Mapping[str, Any]) -> str:
         lines.append(f"- SHA-256 of the downloaded file: `{measured['sha256']}`, {measured['size']} bytes "
                      f"(measured; {verified}).")  # fmt: skip
         if measured.get("stats"):
-            lines.append(f"- Activation statistics from {stats_line(measured['stats'])} (measured).")
+            lines.append(f"- Activation statistics from {_stats_line(measured['stats'])} (measured).")
         else:
             lines.append("- No activation statistics: Q-Scores use all features as D (`qscore-hf zoo build "
                          f"{release.name} --stats DATASET[:SPLIT]` adds them).")  # fmt: skip
@@ -129,7 +129,7 @@ def _release_section(release: Release, measured: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stats_line(stats: Mapping[str, Any]) -> str:
+def _stats_line(stats: Mapping[str, Any]) -> str:
     return (f"{stats['samples']} images of `{stats['dataset']}` ({stats['split']}): {stats['num_discriminative']} "
             "discriminative features")  # fmt: skip
 

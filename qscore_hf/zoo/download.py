@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .registry import Release
 
@@ -119,9 +118,9 @@ def fetch_release_file(
     if problem:
         path.unlink()
         raise ChecksumMismatchError(
-            f"{release.name}: {release.file_name} failed verification ({problem}, from {release.checksum_source or 'the registry'}); "
-            "the file was deleted. Run again to download it anew; if it fails again, the source or the mirror "
-            "serves another file."
+            f"{release.name}: {release.file_name} failed verification ({problem}, from "
+            f"{release.checksum_source or 'the registry'}); the file was deleted. Run again to download it anew; if it "
+            "fails again, the source or the mirror serves another file."
         )
     return path, digests
 
@@ -133,7 +132,6 @@ def download(
     label: str | None = None,
     progress: bool = True,
     retries: int = 2,
-    opener: Callable[..., object] = urllib.request.urlopen,
 ) -> Path:
     """Download ``url`` to ``path`` through ``<path>.part``, resuming that partial file with an HTTP range request
     where one is left (from a cut connection or a killed process); ``path`` appears only when complete."""
@@ -143,7 +141,7 @@ def download(
     path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         try:
-            _download_once(url, part, max_bytes, label, progress, opener)
+            _download_once(url, part, max_bytes, label, progress)
             break
         except _Cut as cut:
             if attempt == retries:
@@ -161,26 +159,28 @@ class _Cut(Exception):
         self.have, self.total, self.reason = have, total, reason
 
 
-def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: bool, opener: Callable) -> None:
+def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: bool) -> None:
     """One request, appending to ``part`` from its current size; raises ``_Cut`` when the body ends early."""
     from tqdm.auto import tqdm
 
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        response = opener(request, timeout=_TIMEOUT_S)
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # the partial file is not a prefix of this file: start over
             part.unlink()
             raise _Cut(0, 0, "the partial file does not fit the server's file; starting over") from None
-        raise DownloadError(f"{label}: {url} answered HTTP {error.code} {error.reason}; check the URL or the mirror.") from None
+        raise DownloadError(
+            f"{label}: {url} answered HTTP {error.code} {error.reason}; check the URL or the mirror."
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise DownloadError(f"{label}: cannot reach {url} ({reason}); check the network, or use --mirror.") from None
     with response:
         if "text/html" in (response.headers.get("Content-Type") or ""):
-            raise DownloadError(f"{label}: {url} answered with an HTML page, not the file; fetch it by hand into a mirror "
-                                "and use --mirror.")  # fmt: skip
+            raise DownloadError(f"{label}: {url} answered with an HTML page, not the file; fetch it by hand into a "
+                                "mirror and use --mirror.")  # fmt: skip
         resumed = response.status == 206
         if not resumed:
             have = 0
@@ -190,8 +190,8 @@ def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: b
         total = int(match.group(1)) if match else total
         if total is not None and total > max_bytes:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{label}: {url} is {total / _MiB:.1f} MiB, over the size cap of {max_bytes / _MiB:.1f} MiB "
-                                "(--max-size); nothing was kept.")  # fmt: skip
+            raise DownloadError(f"{label}: {url} is {total / _MiB:.1f} MiB, over the size cap of "
+                                f"{max_bytes / _MiB:.1f} MiB (--max-size); nothing was kept.")  # fmt: skip
         with open(part, "ab" if resumed else "wb") as file, tqdm(
             total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
             leave=False,

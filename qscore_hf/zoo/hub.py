@@ -9,7 +9,9 @@ from typing import Mapping
 __all__ = ["COLLECTION_TITLE", "push_releases"]
 
 COLLECTION_TITLE = "Q-Score zoo: self-supervised backbones"
-_DESCRIPTION = "Released SSL backbones converted to qscore-hf QScoreModels, with their published numbers (qscore-hf zoo)."
+_DESCRIPTION = (
+    "Released SSL backbones converted to qscore-hf QScoreModels, with their published numbers (qscore-hf zoo)."
+)
 
 
 def push_releases(
