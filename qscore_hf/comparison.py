@@ -65,10 +65,10 @@ class ScoreComparison:
         sentence = f"Q-Score (AUROC {_with_interval(q)}) {standing} (AUROC {_with_interval(best)})"
         if q["auroc"] <= 0.5:
             sentence += ", and no better than chance (0.5)"
+        if abs(gap) >= 0.005 and _overlap(q, best):
+            sentence += "; their 95 % intervals overlap, so the difference may be noise"
         if ceiling is not None:
             sentence += f"; the label-using ceiling, {CEILING}, reaches {ceiling['auroc']:.3f}"
-        if abs(gap) >= 0.005 and _overlap(q, best):
-            sentence += "; the two 95 % intervals overlap, so the difference may be noise"
         return sentence + "."
 
     def table(self, markdown: bool = False) -> str:

@@ -29,8 +29,10 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHOD_NAMES",
     "DemoSetting",
+    "TimeEstimate",
     "dataset_notice",
     "demo_setting",
+    "estimate_time",
     "format_summary",
     "resolve_dataset",
     "run_demo",
@@ -129,6 +131,81 @@ def demo_setting(dataset: str, quick: bool = False, epochs: int | None = None) -
     return setting
 
 
+@dataclass(frozen=True)
+class TimeEstimate:
+    """How long a demo run should take on this machine, from timing a few of its pre-training steps.
+
+    Attributes:
+        seconds_per_step: mean time of a pre-training step (augmentation, forward and backward) in the probe.
+        probe_steps: steps timed (after one untimed warm-up step).
+        pretraining_steps: the run's pre-training steps (``epochs`` times the full batches of its training images).
+        evaluation_images: images encoded after pre-training (activation statistics and probe features of the
+            training images, features of the test images).
+    """
+
+    seconds_per_step: float
+    probe_steps: int
+    pretraining_steps: int
+    evaluation_images: int
+    views: int
+    batch_size: int
+
+    @property
+    def pretraining_seconds(self) -> float:
+        return self.pretraining_steps * self.seconds_per_step
+
+    @property
+    def evaluation_seconds(self) -> float:
+        """Forward passes only: about a third of a training step's cost per view and image."""
+        return self.evaluation_images * self.seconds_per_step / (3 * self.views * self.batch_size)
+
+    def text(self) -> str:
+        total = self.pretraining_seconds + self.evaluation_seconds
+        return (
+            f"Estimated time: about {_minutes(total)} ({self.seconds_per_step:.2f} s per pre-training step here, timed "
+            f"over {self.probe_steps} steps: {self.pretraining_steps} steps of pre-training, "
+            f"{_minutes(self.pretraining_seconds)}; "
+            f"features, probe and report for {self.evaluation_images} images, {_minutes(self.evaluation_seconds)}; "
+            "plus start-up). Each stage's progress bar shows its own remaining time."
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def estimate_time(name: str, setting: DemoSetting, method: str = DEFAULT_METHOD, probe_steps: int = 2) -> TimeEstimate:
+    """Time ``probe_steps`` pre-training steps of ``method`` on a batch of the data set's images (augmented as the run
+    augments them), after one warm-up step, and scale to the run's ``setting``."""
+    import torch
+
+    from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, QScoreConfig
+    from .data import dataset_normalization, load_image_dataset
+    from .modeling_qscore import QScoreModel
+    from .ssl import TransformSettings, build_method
+
+    train = load_image_dataset(name, "train", max_samples=setting.max_samples)
+    num_test = len(load_image_dataset(name, "test", max_samples=setting.max_samples).dataset)
+    batch = train.dataset.select(range(min(setting.batch_size, len(train.dataset))))
+    mean, std = dataset_normalization(train) or (IMAGENET_MEAN, IMAGENET_STD)
+    model = QScoreModel(QScoreConfig(backbone=BACKBONE, image_size=setting.image_size, crop_pct=1.0))
+    ssl = build_method(method, model.backbone, int(model.config.hidden_size))
+    transform = ssl.build_transform(TransformSettings(setting.image_size, tuple(mean), tuple(std)))
+    timings = []
+    for step in range(probe_steps + 1):
+        started = time.perf_counter()
+        samples = [transform(image.convert("RGB")) for image in batch[train.image_column]]
+        views = [torch.stack(view) for view in zip(*samples)]
+        ssl(views, step, probe_steps + 1, 0).loss.backward()
+        timings.append(time.perf_counter() - started)
+    num_train = len(train.dataset)
+    return TimeEstimate(
+        seconds_per_step=sum(timings[1:]) / probe_steps, probe_steps=probe_steps,
+        pretraining_steps=setting.epochs * (num_train // setting.batch_size),
+        evaluation_images=2 * num_train + num_test, views=len(views), batch_size=len(batch),
+    )  # fmt: skip
+
+
 def _prepare_output(out: Path) -> None:
     """Clear what an earlier demo left in ``out``; refuse a folder holding anything else."""
     if out.exists() and not out.is_dir():
@@ -187,6 +264,8 @@ def run_demo(
 
     if log is not None:
         log(dataset_notice(dataset, name))
+        if not quick:
+            log(estimate_time(name, setting, method).text())
     _prepare_output(out)
     model_dir = pretrain(
         PretrainConfig(
@@ -198,6 +277,8 @@ def run_demo(
     )
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # only a resumable run needs them
     pretraining_seconds = time.time() - started
+    if log is not None:
+        log(f"Pre-trained in {_minutes(pretraining_seconds)}; next: features, linear probe and report.")
     report = run_linear_eval(
         model_dir, name, out / REPORT_DIR, max_samples=setting.max_samples, epochs=setting.probe_epochs,
         cache_dir=out / FEATURE_CACHE_DIR, seed=seed, progress=progress,

@@ -16,7 +16,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from qscore_hf import data
 from qscore_hf.cli import main
-from qscore_hf.demo import resolve_dataset
+from qscore_hf.cards import check_card
+from qscore_hf.demo import demo_setting, estimate_time, resolve_dataset
 
 QUICK_EPS = 2.0  # the --quick setting's eps (a barely trained encoder)
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
@@ -116,3 +117,29 @@ def test_a_folder_that_is_not_a_demo_is_left_alone(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "chapter1.tex" in error and "another --out" in error
     assert (out / "chapter1.tex").read_text() == "keep me" and [p.name for p in out.iterdir()] == ["chapter1.tex"]
+
+
+def test_it_says_first_which_data_set_it_uses(quick_demo):
+    _, _, _, stdout = quick_demo
+    assert stdout.splitlines()[0].startswith("Data set: scikit-learn's digits (1,797 bundled 8x8 images), as asked")
+    assert "sudo apt-get install dataset-fashion-mnist" in stdout.splitlines()[0]
+
+
+def test_its_model_card_is_publishable_and_holds_its_own_numbers(quick_demo):
+    out, report, _, _ = quick_demo
+    card = check_card((out / "model" / "README.md").read_text())
+    assert card.data.model_name == "qscore-simclr-resnet10t-digits" and card.data.license == "apache-2.0"
+    assert card.data.datasets is None  # digits has no Hub copy
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "accuracy": report["top1"], "auprc": report["auprc_correct"], "roc_auc": report["auroc"]}
+    assert f"**Verdict.** {report['comparison']['verdict']}" in card.text
+
+
+def test_time_estimate_counts_the_steps_the_run_took(quick_demo):
+    """The estimate's step count against the pre-training log of the same setting; its per-step time is positive."""
+    out, _, _, _ = quick_demo
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    estimate = estimate_time("digits", demo_setting("digits", quick=True), probe_steps=1)
+    assert estimate.pretraining_steps == max(entry["step"] for entry in logged) == 4  # 128 images // 32, 1 epoch
+    assert estimate.evaluation_images == 2 * 128 + 128 and estimate.seconds_per_step > 0
+    assert "Estimated time: about" in estimate.text() and "4 steps of pre-training" in estimate.text()
