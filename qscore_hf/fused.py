@@ -18,8 +18,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import numba
 import numpy as np
+
+try:  # transformers' remote-code loader skips imports in a try block: a saved model folder loads without numba
+    import numba
+except ImportError as error:  # qscore_hf.score then scores on the eager path and says so
+    raise ImportError(f"the fused Q-Score kernel needs numba ({error})") from error
 
 # No "nnan"/"ninf": a NaN or Inf must reach the moments, where qscore_hf.score detects it and names the rows.
 # "reassoc" lets the row sums use SIMD lanes (a different summation order, within the rounding band).

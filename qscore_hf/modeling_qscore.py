@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,10 +220,9 @@ class QScoreModel(PreTrainedModel):
         ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers. A zoo release's name
         (``qscore-hf zoo list``, e.g. ``"dino-vits16"``) is downloaded and converted once into the zoo's cache.
         """
-        from .zoo.loading import resolve_zoo_name
-
-        # a zoo release's name (neither a folder nor a Hub id): built once into the zoo's cache, loaded from there
-        pretrained_model_name_or_path = resolve_zoo_name(pretrained_model_name_or_path) or pretrained_model_name_or_path
+        zoo = _zoo_loading()
+        if zoo is not None:  # a zoo release's name (neither a folder nor a Hub id): built once into the zoo's cache
+            pretrained_model_name_or_path = zoo.resolve_zoo_name(pretrained_model_name_or_path) or pretrained_model_name_or_path
         pooling = kwargs.pop("pooling", None)
         source = None if "config" in kwargs else _find_source(pretrained_model_name_or_path, kwargs)
         if source is not None and source.library != "qscore":
@@ -281,6 +281,18 @@ class QScoreModel(PreTrainedModel):
 
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
 _LOAD_ONLY = ("trust_remote_code", "output_loading_info", "force_download", "proxies")
+
+
+def _zoo_loading() -> Any:
+    """The module ``qscore_hf.zoo.loading``, or ``None`` in the remote code a saved folder carries (it has no zoo).
+    Imported by name: transformers' remote-code loader would try to copy ``from .zoo.loading import`` as a flat file
+    ``zoo.loading.py`` and fail to load the folder."""
+    try:
+        return importlib.import_module(f"{__package__}.zoo.loading")
+    except ModuleNotFoundError as error:
+        if error.name not in (f"{__package__}.zoo", f"{__package__}.zoo.loading"):
+            raise
+        return None
 
 
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:

@@ -20,6 +20,9 @@ PROCESSOR_AUTO_MAP = {"AutoImageProcessor": "image_processing_qscore.QScoreImage
 _PACKAGE = Path(__file__).parent
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import", flags=re.MULTILINE)
 _PARENT_IMPORT = re.compile(r"^\s*from\s+\.\.", flags=re.MULTILINE)
+# `from . import name` and `from .package.module import`: Python resolves them, transformers' loader does not (it
+# copies no `name`, and looks for a flat file `package.module.py`).
+_UNFOLLOWED_IMPORT = re.compile(r"^\s*(from\s+\.(?:\s+import\s+\w+|\w+\.[\w.]+\s+import))", flags=re.MULTILINE)
 
 
 def _module_file(folder: Path, name: str) -> Path:
@@ -43,6 +46,13 @@ def _code_files() -> dict[str, Path]:
         text = source.read_text(encoding="utf-8")
         if _PARENT_IMPORT.search(text):
             raise ValueError(f"remote code: {source} imports from a parent package (from ..); flat files cannot")
+        unfollowed = _UNFOLLOWED_IMPORT.search(text)
+        if unfollowed:
+            raise ValueError(
+                f"remote code: {source} has `{unfollowed.group(1)}`, which transformers' remote-code loader does not "
+                "follow (the folder would not load where qscore_hf is not installed); write `from .name import ...` "
+                "of a sibling module, or import an optional sub-package by name (importlib.import_module)"
+            )
         files[f"{name}.py"] = source
         todo.extend((child, source.parent) for child in _RELATIVE_IMPORT.findall(text))
     return files

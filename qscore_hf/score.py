@@ -443,7 +443,11 @@ def _fused() -> Any:
         return None
     if _fused_module is None:
         try:
-            from . import fused
+            # `from .fused import`, the form transformers' remote-code loader follows: a saved model folder then
+            # carries fused.py (qscore_hf.remote_code refuses the `from . import fused` form, which it would not)
+            from .fused import score_rows  # noqa: F401
+
+            fused = sys.modules[f"{__package__}.fused"]
         except ImportError as error:  # e.g. numba missing, or built for another NumPy
             warnings.warn(
                 f"the fused CPU Q-Score kernel is unavailable ({error}); scoring uses the eager PyTorch path, about "

@@ -111,3 +111,68 @@ def test_remote_code_without_qscore_hf(tmp_path, offline_env):
         np.testing.assert_array_equal(got["features"], expected[folder].features.numpy())
         np.testing.assert_array_equal(got["q_scores"], expected[folder].q_scores.numpy())
         np.testing.assert_allclose(got["piped"], got["direct"], atol=1e-6)
+
+
+_FUSED_SCRIPT = r"""
+import sys, warnings
+
+class Block:
+    def __init__(self, names):
+        self.names = names
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            raise ImportError(f"{name} is blocked in this test")
+
+blocked = sys.argv[3].split(",")
+sys.meta_path.insert(0, Block(blocked))
+import numpy as np
+import torch
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+score = sys.modules[type(model).__module__.rpartition(".")[0] + ".score"]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    q = score.qscore(torch.from_numpy(np.load(sys.argv[2])), eps=2.0)
+np.save(sys.argv[2] + ".q.npy", q.numpy())
+kernel = score._fused_module
+print("PATH", "fused" if kernel and kernel.__name__.endswith(".fused") else "eager")
+print("WARNED", any("kernel is unavailable" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("blocked", [("qscore_hf",), ("qscore_hf", "numba")])
+def test_saved_folder_scores_on_the_fused_path_without_qscore_hf(tmp_path, offline_env, blocked):
+    """save_pretrained ships fused.py: with numba the remote code scores on the kernel, without it on the eager path
+    (and says so); the scores are those of a float64 reference either way."""
+    folder = tmp_path / "model"
+    _cifar_resnet(tmp_path).save_pretrained(folder)
+    assert (folder / "fused.py").is_file()
+    features = np.random.default_rng(0).exponential(size=(600, 2048)).astype(np.float32)  # 2**20 elements and more
+    np.save(tmp_path / "x.npy", features)
+    env = offline_env(HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.pop("PYTHONPATH", None)
+    run = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT, str(folder), str(tmp_path / "x.npy"), ",".join(blocked)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    with_numba = "numba" not in blocked
+    assert f"PATH {'fused' if with_numba else 'eager'}" in run.stdout, run.stdout + run.stderr[-2000:]
+    assert f"WARNED {not with_numba}" in run.stdout, run.stdout
+    values = features.astype(np.float64)
+    mu, sigma = values.mean(axis=1, keepdims=True), values.std(axis=1, keepdims=True)
+    selected = values > mu + 2.0 * sigma
+    expected = np.where(selected, values - mu, 0).sum(axis=1) / np.maximum(selected.sum(axis=1), 1)
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy.q.npy"), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("statement", ["from . import helper", "    from .zoo.loading import resolve"])
+def test_imports_transformers_does_not_follow_are_refused(tmp_path, monkeypatch, statement):
+    """Python resolves both forms, transformers' remote-code loader does not: saving must fail, not the loading."""
+    import qscore_hf.remote_code as remote_code
+
+    for module in {value.split(".")[0] for value in (*AUTO_MAP.values(), *PROCESSOR_AUTO_MAP.values())}:
+        (tmp_path / f"{module}.py").write_text("x = 1\n")
+    (tmp_path / "modeling_qscore.py").write_text(f"def load():\n{statement}\n" if statement[0] == " " else statement)
+    monkeypatch.setattr(remote_code, "_PACKAGE", tmp_path)
+    with pytest.raises(ValueError, match=r"modeling_qscore\.py has `from \..*`, which transformers' remote-code loader"):
+        remote_code.write_remote_code(tmp_path / "out")
