@@ -250,8 +250,8 @@ def run_demo(
         quick: a few-second run on a few images (for tests), not a meaningful result.
         seed: seeds the pre-training and the probe.
         progress: show progress bars.
-        log: called with what a person should read before the run starts (the data set notice); ``print`` on the
-            command line.
+        log: called with what a person should read as the run goes (the data set notice and, unless ``quick``, the
+            time estimate before it starts; a line when pre-training ends); ``print`` on the command line.
     """
     started = time.time()
     if method not in METHOD_NAMES:
@@ -262,11 +262,14 @@ def run_demo(
     from .linear_eval import run_linear_eval  # the training stack: after the arguments are checked
     from .pretraining import CHECKPOINT_DIR, PretrainConfig, pretrain
 
+    _prepare_output(out)
+    estimate = None
     if log is not None:
         log(dataset_notice(dataset, name))
         if not quick:
-            log(estimate_time(name, setting, method).text())
-    _prepare_output(out)
+            estimate = estimate_time(name, setting, method)
+            log(estimate.text())
+    pretraining_started = time.time()
     model_dir = pretrain(
         PretrainConfig(
             method=method, output_dir=str(out), backbone=BACKBONE, dataset=name, eval_split=None,
@@ -276,9 +279,10 @@ def run_demo(
         )  # fmt: skip
     )
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # only a resumable run needs them
-    pretraining_seconds = time.time() - started
+    pretraining_seconds = time.time() - pretraining_started
     if log is not None:
-        log(f"Pre-trained in {_minutes(pretraining_seconds)}; next: features, linear probe and report.")
+        left = f" (about {_minutes(estimate.evaluation_seconds)})" if estimate is not None else ""
+        log(f"Pre-trained in {_minutes(pretraining_seconds)}; next: features, linear probe and report{left}.")
     report = run_linear_eval(
         model_dir, name, out / REPORT_DIR, max_samples=setting.max_samples, epochs=setting.probe_epochs,
         cache_dir=out / FEATURE_CACHE_DIR, seed=seed, progress=progress,
