@@ -504,3 +504,22 @@ def test_a_vit_release_builds_with_its_cls_token_features(zoo, server, tmp_path,
         expected = vit.forward_features(images)[:, 0]
         assert (model(images, return_qscore=False).features - expected).abs().max() < 1e-5
     assert model.config.backbone == "vit_small_patch16_224"
+
+
+def test_qreg_finetune_writes_name_qreg_with_both_measured_numbers(zoo, tmp_path, capsys):
+    """The recipe's path at toy scale (1 epoch, 64 digits at 32 px): base and fine-tuned probed alike."""
+    out = tmp_path / "out"
+    code = cli.main(["zoo", "build", "t-byol", "--out", str(out), "--qreg-finetune", "digits", "--finetune-epochs", "1",
+                     "--finetune-batch-size", "16", "--finetune-image-size", "32", "--finetune-max-samples", "64",
+                     "--probe-epochs", "5", "--no-progress"])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    tuned = QScoreModel.from_pretrained(out / "t-byol-qreg")
+    base = QScoreModel.from_pretrained(out / "t-byol")
+    assert tuned.config.qscore_regularized and tuned.config.training["lr"] == 1e-5
+    assert not torch.equal(features(tuned, 32), features(base, 32))  # the weights moved
+    finetune = json.loads((out / "t-byol-qreg" / "zoo.json").read_text())["measured"]["finetune"]
+    assert set(finetune["top1"]) == {"base", "qreg"} and all(0 <= v <= 1 for v in finetune["top1"].values())
+    card = check_card((out / "t-byol-qreg" / "README.md").read_text())
+    assert "## Q-reg fine-tuning (measured here)" in card.text and f"| base | {finetune['top1']['base']:.4f} |" in card.text
+    assert f"linear-probe top-1 on digits (test), qreg: {finetune['top1']['qreg']:.4f}" in printed.out

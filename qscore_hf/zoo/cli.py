@@ -39,7 +39,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from ..io_utils import check_writable
-    from .build import build_release
+    from .build import build_release, built_folder
+    from .download import cache_root
+    from .finetune import FinetuneSettings, qreg_finetune
     from .hub import push_releases
 
     registry = load_registry()
@@ -57,6 +59,18 @@ def _build(args: argparse.Namespace) -> int:
                 stats_max_samples=args.stats_max_samples, progress=not args.no_progress,
                 repo_id=f"{args.push_to_hub}/{release.name}" if args.push_to_hub else None,
             )  # fmt: skip
+            if args.qreg_finetune:
+                name = f"{release.name}-qreg"
+                settings = FinetuneSettings(
+                    args.qreg_finetune, epochs=args.finetune_epochs, batch_size=args.finetune_batch_size,
+                    image_size=args.finetune_image_size, max_samples=args.finetune_max_samples,
+                    probe_epochs=args.probe_epochs,
+                )  # fmt: skip
+                folders[name] = qreg_finetune(
+                    release, folders[release.name], settings, Path(args.out) / name if args.out else built_folder(name),
+                    cache_root() / "finetune" / name, progress=not args.no_progress,
+                    repo_id=f"{args.push_to_hub}/{name}" if args.push_to_hub else None,
+                )  # fmt: skip
         except (ValueError, OSError) as error:
             if len(releases) == 1:
                 raise
@@ -112,6 +126,16 @@ def add_zoo_parser(commands: argparse._SubParsersAction) -> None:
                        help="count activation statistics on this data set (image folder, Hub id, ...; split default "
                             "validation)")  # fmt: skip
     build.add_argument("--stats-max-samples", type=int, default=None, help="use at most this many images")
+    build.add_argument("--qreg-finetune", default=None, metavar="DATASET",
+                       help="also fine-tune with the default Q-reg by the published recipe (lr 1e-5, 50 epochs) on "
+                            "DATASET, linear-probe base and fine-tuned alike, and write NAME-qreg")  # fmt: skip
+    build.add_argument("--finetune-epochs", type=int, default=50, help="fine-tuning epochs (default: 50, the recipe)")
+    build.add_argument("--finetune-batch-size", type=int, default=256, help="fine-tuning batch size (default: 256)")
+    build.add_argument("--finetune-image-size", type=int, default=None,
+                       help="fine-tuning input size (default: the release's evaluation crop)")  # fmt: skip
+    build.add_argument("--finetune-max-samples", type=int, default=None,
+                       help="use at most this many images of each split to fine-tune and probe")  # fmt: skip
+    build.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs (default: 100)")
     build.add_argument("--push-to-hub", default=None, metavar="ORG",
                        help="upload each release as ORG/NAME and gather them in a Hub collection")  # fmt: skip
     build.add_argument("--private", action="store_true", help="create the Hub repositories private")
