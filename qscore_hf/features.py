@@ -9,7 +9,8 @@ Two entry points:
   (``mmap_mode="r"``) without running the model.
 
 A cache folder appears under its final name only once complete (it is written under a temporary name and renamed),
-so an interrupted extraction leaves nothing that a later call would trust.
+so an interrupted extraction leaves nothing that a later call would trust; the temporary folder of a killed one is
+removed by the next extraction into the same cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .devices import resolve_device
+from .io_utils import sweep_stale_temporaries, temporary_directory_beside
 from .modeling_qscore import QScoreModel
 from .score import ActivationStats
 
@@ -406,9 +407,11 @@ def _load_cached(folder: Path, identity: dict[str, Any]) -> FeatureSet | None:
 def _write_cache(
     folder: Path, identity: dict[str, Any], batches: Iterator[FeatureBatch], num_rows: int | None, has_labels: bool
 ) -> None:
-    """Run the extraction into a temporary folder beside ``folder`` and rename it into place when complete."""
+    """Run the extraction into a temporary folder beside ``folder`` and rename it into place when complete; first
+    remove the temporary folders that killed extractions left in the cache (each as large as its features)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    sweep_stale_temporaries(folder.parent)
+    tmp = temporary_directory_beside(folder)
     writer = _FeatureWriter(tmp, num_rows)
     try:
         labels, skipped = [], []

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_directory", "check_model_source", "check_writable", "recover_directory"]
+__all__ = [
+    "atomic_directory",
+    "check_model_source",
+    "check_writable",
+    "recover_directory",
+    "sweep_stale_temporaries",
+    "temporary_directory_beside",
+]
 
 # Files a fresh save replaces as a set: stale ones from an earlier save are not carried over.
 _SAVE_OWNED_PREFIXES = ("model", "pytorch_model", "config.json", "preprocessor_config.json")
@@ -53,6 +60,26 @@ def _running(pid: str | None) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def temporary_directory_beside(target: Path) -> Path:
+    """A new empty folder ``.<target>.tmp-<pid>-<random>`` beside ``target``, to be renamed into place when complete;
+    ``sweep_stale_temporaries`` removes it if this process dies first."""
+    return Path(tempfile.mkdtemp(prefix=_debris_name(target, "tmp"), dir=target.parent))
+
+
+def sweep_stale_temporaries(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders ``.<name>.tmp-<pid>-<random>`` in ``parent`` (of any ``name``) whose process is
+    gone, e.g. killed during a write, and those of earlier versions, without a pid; returns what was removed."""
+    pattern = re.compile(r"^\..+\.tmp-(?:(\d+)-)?\w+$")
+    parent = Path(parent)
+    removed = []
+    for entry in parent.iterdir() if parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _running(match.group(1)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def recover_directory(target: str | os.PathLike) -> None:

@@ -228,3 +228,27 @@ def test_cache_written_meanwhile_by_another_process_is_kept(model, digits_test, 
     assert (folder / "written-by-the-other-process").exists()
     assert [p.name for p in tmp_path.iterdir()] == [folder.name], "the losing temporary folder is removed"
     np.testing.assert_allclose(result.features, reference_features(model, digits_test), rtol=1e-4, atol=1e-5)
+
+
+def test_temporary_folders_of_killed_extractions_are_swept(model, digits_test, tmp_path):
+    """A SIGKILLed extraction leaves ``.<key>.tmp-<pid>-<random>``: the next extraction into the cache removes those
+    of processes that are gone (and unnamed ones of earlier versions), never one of a running process."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [tmp_path / f".{'a' * 16}.tmp-{gone.pid}-x1y2z3", tmp_path / f".{'b' * 16}.tmp-k9_old"]
+        live = tmp_path / f".{'c' * 16}.tmp-{running.pid}-q8w7e6"
+        for folder in (*stale, live):
+            folder.mkdir()
+            (folder / "features.raw").write_bytes(b"\0" * 1024)
+        (tmp_path / "notes.tmp-1").mkdir()  # not a temporary folder of ours
+        extract(model, digits_test, tmp_path)
+        assert not any(folder.exists() for folder in stale)
+        assert live.is_dir() and (tmp_path / "notes.tmp-1").is_dir()
+    finally:
+        running.kill()
+        running.wait()
