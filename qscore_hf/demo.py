@@ -49,7 +49,6 @@ FEATURE_CACHE_DIR = "feature_cache"
 TRAIN_LOG = "train_log.jsonl"
 
 
-
 @dataclass(frozen=True)
 class DemoSetting:
     """The sizes of a demo run.
@@ -141,6 +140,8 @@ class TimeEstimate:
         pretraining_steps: the run's pre-training steps (``epochs`` times the full batches of its training images).
         evaluation_images: images encoded after pre-training (activation statistics and probe features of the
             training images, features of the test images).
+        views: augmented views per image in a pre-training step.
+        batch_size: images per pre-training step.
     """
 
     seconds_per_step: float
@@ -160,6 +161,7 @@ class TimeEstimate:
         return self.evaluation_images * self.seconds_per_step / (3 * self.views * self.batch_size)
 
     def text(self) -> str:
+        """The sentence the demo prints before it starts."""
         total = self.pretraining_seconds + self.evaluation_seconds
         return (
             f"Estimated time: about {_minutes(total)} ({self.seconds_per_step:.2f} s per pre-training step here, timed "
