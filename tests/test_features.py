@@ -252,3 +252,28 @@ def test_temporary_folders_of_killed_extractions_are_swept(model, digits_test, t
     finally:
         running.kill()
         running.wait()
+
+
+def test_high_bit_depth_grey_images_are_read_on_their_scale(model, tmp_path):
+    """16-bit PNG and TIFF, 32-bit integer and float TIFF give the features of the 8-bit image of the same picture
+    (``round(v / 257)``, ``round(v * 255)``); pixels outside their scale are skipped, named, not clipped."""
+    import datasets
+    from PIL import Image
+
+    grey16 = (np.arange(16 * 16, dtype=np.float64).reshape(16, 16) * 256 + 7).astype(np.uint16)
+    files = {"png16.png": grey16, "tif16.tif": grey16, "int32.tif": grey16.astype(np.int32),
+             "float.tif": (grey16 / 65535.0).astype(np.float32),
+             "reference.png": np.round(grey16 / 257.0).astype(np.uint8)}  # fmt: skip
+    out_of_scale = {"int32-wide.tif": np.full((16, 16), 70000, np.int32), "float-wide.tif": np.full((16, 16), 2.0,
+                                                                                                   np.float32)}  # fmt: skip
+    for name, pixels in {**files, **out_of_scale}.items():
+        Image.fromarray(pixels).save(tmp_path / name)
+    assert Image.open(tmp_path / "png16.png").mode == "I;16"  # PIL's 16-bit mode, which its RGB conversion clips
+    paths = [str(tmp_path / name) for name in (*files, *out_of_scale)]
+    dataset = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
+    result = extract(model, ImageDataset(dataset, "image", None, "grey", "test"), skip_unreadable=True)
+    assert [image.row_id for image in result.skipped] == [5, 6]
+    assert all("no 8-bit reading" in image.error for image in result.skipped)
+    np.testing.assert_array_equal(result.row_ids, [0, 1, 2, 3, 4])
+    for row in range(4):
+        np.testing.assert_allclose(result.features[row], result.features[4], rtol=1e-5, atol=1e-6)

@@ -387,3 +387,27 @@ def test_backbone_only_uses_cached_timm_weights_else_random(cached, workdir, fol
     summary, table = read_outputs(out)
     assert summary["model"]["name"] == "resnet10t" and summary["model"]["weights"] == identity["weights"]
     assert summary["activation_stats"]["source"] == "data" and len(table["q_score"]) == 16
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` 8-bit grey pixels (48 bytes: PIL judges its size before any pixel)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_skipped_and_listed(workdir, folder, stats_model_dir):
+    """A 20000 x 20000 PNG (over PIL's pixel limit) is listed with the unreadable images, not a crash."""
+    copy = shutil.copytree(folder / "test", workdir / "bomb-folder" / "test")
+    (copy / "5" / "0000-bomb.png").write_bytes(_png_header(20000, 20000))
+    out = score(workdir, "bomb", stats_model_dir, copy.parent, "--split", "test", "--stats", "saved")
+    summary, table = read_outputs(out)
+    skipped = summary["skipped_images"]
+    assert skipped["count"] == 1 and skipped["images"][0]["path"].endswith("0000-bomb.png")
+    assert "DecompressionBombError" in skipped["images"][0]["error"]
+    assert summary["num_samples"] == 10 * TEST_PER_CLASS == len(table["row_id"])
