@@ -256,7 +256,8 @@ def _add_card_parser(commands: argparse._SubParsersAction) -> None:
                       help="local folder or Hub id whose config describes the model (default: the report's model)")
     card.add_argument("--repo-id", default=None, help="name in the card's usage code (default: the model)")
     card.add_argument("--license", default=None,
-                      help="license id for the metadata, e.g. apache-2.0 (a converted model keeps its release's)")
+                      help="license id of the weights, e.g. mit (default: a converted model's release's, else "
+                           "qscore-hf's apache-2.0, said so in the card)")  # fmt: skip
     card.set_defaults(handler=_card)
 
 
