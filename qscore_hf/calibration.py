@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .baselines import max_zscore
 from .distributed import all_reduce_sum
+from .score import validate_eps
 
 __all__ = ["AUTO", "DEFAULT_COVERAGE", "EpsCalibrator", "calibrate_eps", "eps_argument", "is_auto", "parse_eps"]
 
@@ -38,16 +39,18 @@ def is_auto(eps: object) -> bool:
 
 
 def parse_eps(value: float | str) -> float | str:
-    """``"auto"`` or a positive finite number (a string from a command line or config is converted)."""
+    """``"auto"`` or a finite number >= 0 (a string from a command line or config is converted): the rule of
+    ``score.validate_eps``, which ``qscore`` applies, so that ``--eps 0`` and ``qscore(eps=0)`` agree."""
     if is_auto(value):
         return AUTO
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"eps must be a positive number or 'auto'; got {value!r}.") from None
-    if not 0 < number < math.inf:
-        raise ValueError(f"eps must be a positive finite number or 'auto'; got {value!r}.")
-    return number
+        raise ValueError(f"eps must be a finite number >= 0 or 'auto'; got {value!r}.") from None
+    try:
+        return validate_eps(number)
+    except ValueError:
+        raise ValueError(f"eps must be a finite number >= 0 or 'auto'; got {value!r}.") from None
 
 
 def eps_argument(text: str) -> float | str:
@@ -76,12 +79,24 @@ class EpsCalibrator:
         return torch.zeros(math.ceil(_STEP * math.sqrt(max(1, num_features - 1))) + 2, dtype=torch.int64, device=device)
 
     def update(self, features: Tensor | np.ndarray) -> "EpsCalibrator":
-        if len(features.shape) != 2 or features.shape[1] != self.num_features:
+        """Count the maximum z-scores of a batch of ``N x d`` reference features (a tensor, an array or a list)."""
+        features = _as_matrix(features)
+        if features.shape[1] != self.num_features:
             raise ValueError(
                 f"features have shape {tuple(features.shape)} but this calibrator counts rows of {self.num_features} "
                 "features; calibrate each model's features separately."
             )
-        z = torch.from_numpy(max_zscore(features))
+        try:
+            z = torch.from_numpy(max_zscore(features))
+        except ValueError:  # NaN or Inf somewhere: name the rows
+            finite = torch.isfinite(torch.as_tensor(features)).all(dim=1)
+            if bool(finite.all()):
+                raise
+            rows = (~finite).nonzero().squeeze(1)[:5].tolist()
+            raise ValueError(
+                f"reference features contain NaN or Inf in row(s) {rows} (first offending rows shown); eps='auto' "
+                "cannot calibrate on them. Check the encoder's numerics (e.g. fp16 overflow) or drop those samples."
+            ) from None
         index = (torch.ceil(z * _STEP).long() - 1).clamp(min=-1, max=self.bins.numel() - 2) + 1
         self.bins += torch.bincount(index, minlength=self.bins.numel()).to(self.bins.device)
         return self
@@ -119,6 +134,18 @@ class EpsCalibrator:
 
 
 def calibrate_eps(reference: Tensor | np.ndarray, coverage: float = DEFAULT_COVERAGE) -> float:
-    """``eps="auto"`` of an ``N x d`` reference matrix (a tensor, an array or a memory map)."""
-    width = reference.shape[1] if len(reference.shape) == 2 else 0
-    return EpsCalibrator(width).update(reference).resolve(coverage)
+    """``eps="auto"`` of an ``N x d`` reference matrix (a tensor, an array, a memory map or a list of rows)."""
+    reference = _as_matrix(reference)
+    return EpsCalibrator(reference.shape[1]).update(reference).resolve(coverage)
+
+
+def _as_matrix(features: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """``features`` (a list becomes a float32 array) if it is a non-empty 2-D matrix, else ``ValueError`` in one line."""
+    if not isinstance(features, (Tensor, np.ndarray)):
+        features = np.asarray(features, dtype=np.float32)
+    if len(features.shape) != 2 or 0 in features.shape:
+        raise ValueError(
+            "eps='auto' calibrates on a (num_samples, num_features) matrix of reference features, one row per "
+            f"sample; got shape {tuple(features.shape)}."
+        )
+    return features

@@ -158,7 +158,8 @@ def test_calibrator_rejects_features_of_another_width():
 def test_parse_eps():
     assert parse_eps("auto") == "auto" and parse_eps("AUTO") == "auto" and parse_eps(" Auto ") == "auto"
     assert parse_eps("2.5") == 2.5 and parse_eps(4) == 4.0
-    for bad in ("abc", "-1", "0", "nan", "inf", "-inf", "", None):
+    assert parse_eps("0") == 0.0  # eps >= 0, the rule qscore(eps=0) follows (score.validate_eps)
+    for bad in ("abc", "-1", "-0.5", "nan", "inf", "-inf", "", None):
         with pytest.raises(ValueError):
             parse_eps(bad)
     assert is_auto("Auto") and not is_auto(4.0) and not is_auto("4")
