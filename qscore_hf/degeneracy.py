@@ -32,10 +32,10 @@ def degeneracy_report(num_selected: np.ndarray, num_discriminative: int, stats: 
                               "never_active_fraction": never_active, "degenerate": False, "warning": None}  # fmt: skip
     reasons = []
     if num_discriminative == 0:
-        inactive = "" if never_active is None else f" ({100 * never_active:.0f} % of features were never highly active)"
+        inactive = "" if never_active is None else f" ({_percent(never_active)} of features were never highly active)"
         reasons.append(f"no feature is discriminative (|D| = 0){inactive}, so every Q-Score is 0")
     if empty > DEGENERATE_EMPTY_FRACTION:
-        reasons.append(f"{100 * empty:.0f} % of the samples have an empty S_i (no discriminative feature above "
+        reasons.append(f"{_percent(empty)} of the samples have an empty S_i (no discriminative feature above "
                        f"mu + {eps:g} sigma) and score 0, so the ranking is mostly ties")  # fmt: skip
     if reasons:
         report["degenerate"] = True
@@ -55,3 +55,11 @@ def degeneracy_report(num_selected: np.ndarray, num_discriminative: int, stats: 
             )
         report["warning"] = "Q-Score is degenerate here: " + "; ".join(reasons) + ". " + advice
     return report
+
+
+def _percent(fraction: float) -> str:
+    """``fraction`` as a percentage that reads 0 % or 100 % only when it is exactly that (511 of 512: 99.8 %)."""
+    digits = 0
+    while 0 < fraction < 1 and round(100 * fraction, digits) in (0, 100):
+        digits += 1
+    return f"{100 * fraction:.{digits}f} %"

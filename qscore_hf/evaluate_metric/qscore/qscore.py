@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Mapping
 
@@ -14,7 +15,7 @@ from qscore_hf.calibration import calibrate_eps, is_auto
 from qscore_hf.comparison import compare_scores, scores_with_baselines
 from qscore_hf.degeneracy import degeneracy_report
 from qscore_hf.metrics import misclassification_metrics
-from qscore_hf.score import ActivationStats, qscore_details
+from qscore_hf.score import ActivationStats, qscore_details, validate_eps
 
 _NO_REFERENCE = -1
 
@@ -39,10 +40,12 @@ predicts them (AUPRC, AUROC).
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of `list` of `float`): one representation (pooled encoder features) per sample.
-    references (`list` of `int`, *optional*): 1 if a linear probe classified the sample correctly, else 0.
+    references (`list` of `int`, *optional*): 1 if a linear probe classified the sample correctly, else 0 (any
+        other value is an error).
     eps (`float` or "auto", defaults to 4.0): highly activating means > mean + eps * std of the sample. "auto"
         calibrates it on `reference_features` (or on the predictions without them): the largest eps for which 90% of
-        those samples keep a highly activating feature. With saved `activation_stats`, their own eps is used.
+        those samples keep a highly activating feature. Saved `activation_stats` were counted with an eps of their own:
+        unset or "auto", that one is used; another explicit eps is an error.
     normalize (`str`, defaults to "none"): "none", "zscore" or "l1".
     p_lo, p_hi (`float`, defaults to 50 and 95): percentile band of activation frequencies that makes a feature
         discriminative.
@@ -68,42 +71,85 @@ Examples:
 """
 
 
-def _statistics(activation_stats: Any, reference_features: Any, eps: float | str, width: int) -> ActivationStats | None:
-    if activation_stats is not None and reference_features is not None:
+def _reference_matrix(reference_features: Any, width: int) -> np.ndarray:
+    """``reference_features`` as a float32 ``N x width`` array, or ``ValueError`` naming it."""
+    reference = np.asarray(reference_features, dtype=np.float32)
+    if reference.ndim != 2 or reference.shape[0] == 0 or reference.shape[1] != width:
+        raise ValueError(
+            f"reference_features must be a (num_samples, {width}) matrix (one row per reference sample, as wide as "
+            f"the predictions); got shape {reference.shape}."
+        )
+    return reference
+
+
+def _statistics(activation_stats: Any, reference: np.ndarray | None, eps: float | str | None,
+                width: int) -> ActivationStats | None:  # fmt: skip
+    """The activation statistics to score with: counted on ``reference`` at ``eps``, or the saved ones (whose own eps
+    must agree with an explicit ``eps``)."""
+    if activation_stats is not None and reference is not None:
         raise ValueError("pass activation_stats or reference_features, not both.")
-    if reference_features is not None:
-        return ActivationStats(width, eps).update(np.asarray(reference_features, dtype=np.float32))
+    if reference is not None:
+        return ActivationStats(width, 4.0 if eps is None else eps).update(reference)
     if activation_stats is None:
         return None
     if isinstance(activation_stats, ActivationStats):
-        _check_width(activation_stats.num_features, width)
-        return activation_stats
-    if isinstance(activation_stats, Mapping):
+        stats = activation_stats
+    elif isinstance(activation_stats, Mapping):
+        missing = [key for key in ("counts", "num_samples") if key not in activation_stats]
+        if missing:
+            raise ValueError(
+                f"activation_stats (a state_dict) lacks {' and '.join(missing)}; pass ActivationStats.state_dict() "
+                "whole (keys counts, num_samples, counted_eps)."
+            )
         state = {key: torch.as_tensor(value) for key, value in activation_stats.items()}
-        counts = state.get("counts")
-        if counts is not None and counts.dim() == 1:
-            _check_width(counts.numel(), width)
-        if is_auto(eps):  # saved statistics keep the eps they were counted with
-            counted = ActivationStats.counted_eps_in(state)
-            eps = 4.0 if counted is None else counted
-        stats = ActivationStats(width, eps)
+        if state["counts"].dim() != 1:
+            raise ValueError(f"activation_stats: counts must be 1-D; got shape {tuple(state['counts'].shape)}.")
+        _check_width(state["counts"].numel(), width)
+        counted = ActivationStats.counted_eps_in(state)
+        # statistics saved before the eps was recorded: assume the one asked for
+        stats = ActivationStats(width, counted if counted is not None else _explicit(eps, 4.0))
         stats.load_state_dict(state)
-        return stats
-    if isinstance(activation_stats, str):
+    elif isinstance(activation_stats, (str, os.PathLike)):
+        from qscore_hf.io_utils import check_model_source
         from qscore_hf.modeling_qscore import QScoreModel
 
+        check_model_source(activation_stats)
         stats = QScoreModel.from_pretrained(activation_stats).activation_stats
         if int(stats.num_samples) == 0:
             raise ValueError(
                 f"{activation_stats} has no activation statistics (e.g. a transformers or timm repo): pass "
                 "reference_features, or save the model after QScoreModel.compute_activation_stats and pass that folder."
             )
-        _check_width(stats.num_features, width)
-        return stats
-    raise ValueError(
-        "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
-        f"got {type(activation_stats).__name__}."
-    )
+    else:
+        raise ValueError(
+            "activation_stats must be an ActivationStats, its state_dict(), or a QScoreModel folder / Hub id; "
+            f"got {type(activation_stats).__name__}."
+        )
+    _check_width(stats.num_features, width)
+    if _explicit(eps, stats.eps) != stats.eps:
+        raise ValueError(
+            f"eps={eps:g} but the activation_stats were counted with eps={stats.eps:g}: leave eps unset (or pass "
+            f"eps={stats.eps:g}), or count statistics at eps={eps:g} (reference_features)."
+        )
+    return stats
+
+
+def _explicit(eps: float | str | None, default: float) -> float:
+    """``eps`` as a number, ``default`` when unset or "auto"."""
+    return default if eps is None or is_auto(eps) else float(eps)
+
+
+def _check_references(references: Any) -> None:
+    """``ValueError`` in one line unless every reference is 1 (correct) or 0 (misclassified): evaluate's int
+    feature would otherwise truncate 1.5 or 0.7 silently."""
+    for index, value in enumerate(references):
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, float, np.integer, np.floating))
+                                                   and value in (0, 1)):  # fmt: skip
+            continue
+        raise ValueError(
+            f"references must be 1 (the probe classified the sample correctly) or 0 (misclassified); got {value!r} "
+            f"at position {index}."
+        )
 
 
 def _check_width(stats_width: int, width: int) -> None:
@@ -131,22 +177,26 @@ class QScore(evaluate.Metric):
         )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
-        """Add a batch of representations (and, optionally, correctness references)."""
+        """Add a batch of representations (and, optionally, correctness references: 1 or 0)."""
         if references is None and predictions is not None:
             references = [_NO_REFERENCE] * len(predictions)
+        else:
+            _check_references(references)
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs) -> None:
-        """Add one representation (and, optionally, its correctness reference)."""
+        """Add one representation (and, optionally, its correctness reference: 1 or 0)."""
         if reference is None and prediction is not None:
             reference = _NO_REFERENCE
+        else:
+            _check_references([reference])
         super().add(prediction=prediction, reference=reference, **kwargs)
 
     def _compute(
         self,
         predictions,
         references=None,
-        eps: float | str = 4.0,
+        eps: float | str | None = None,
         normalize: str = "none",
         p_lo: float = 50.0,
         p_hi: float = 95.0,
@@ -160,13 +210,14 @@ class QScore(evaluate.Metric):
                 "predictions must be representations of equal length (one list of floats per sample); "
                 f"got an array of shape {features.shape}."
             )
+        if eps is not None and not is_auto(eps):
+            eps = validate_eps(eps)
+        reference = None if reference_features is None else _reference_matrix(reference_features, features.shape[1])
         calibrated = is_auto(eps) and activation_stats is None
         if calibrated:
-            eps = calibrate_eps(np.asarray(reference_features, dtype=np.float32) if reference_features is not None
-                                else features)  # fmt: skip
-        stats = _statistics(activation_stats, reference_features, eps, features.shape[1])
-        if stats is not None and activation_stats is not None:
-            eps = stats.eps  # saved statistics were counted with their own eps
+            eps = calibrate_eps(reference if reference is not None else features)
+        stats = _statistics(activation_stats, reference, eps, features.shape[1])
+        eps = stats.eps if stats is not None else _explicit(eps, 4.0)
         discriminative = stats.discriminative(p_lo, p_hi) if stats is not None else None
         details = qscore_details(features, discriminative, eps, normalize)
         q = details.q_scores.numpy()
@@ -194,7 +245,6 @@ class QScore(evaluate.Metric):
             keys = ("auprc_correct", "auprc_misclassified", "auroc", "auroc_ci", "accuracy")
             result.update({key: metrics[key] for key in keys})
             if baselines:
-                reference = None if reference_features is None else np.asarray(reference_features, dtype=np.float32)
                 comparison = compare_scores(scores_with_baselines(q, features, reference), references)
                 result["comparison"] = comparison.rows
                 result["verdict"] = comparison.verdict()
