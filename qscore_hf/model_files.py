@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-__all__ = ["ModelFolderError", "check_model_folder"]
+__all__ = ["ModelFolderError", "check_model_folder", "check_weight_files"]
 
 _REDOWNLOAD = "copy or download the model folder again, or re-save it with save_pretrained"
 
@@ -30,6 +30,17 @@ def check_model_folder(folder: str | os.PathLike) -> None:
             f"{folder / 'config.json'} is missing, so {folder} is not a saved QScoreModel folder; point to the folder "
             "save_pretrained wrote, or import a released checkpoint with `qscore-hf convert`."
         )
+    if not check_weight_files(folder):
+        raise ModelFolderError(
+            f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin); {_REDOWNLOAD}."
+        )
+
+
+def check_weight_files(folder: str | os.PathLike) -> bool:
+    """Raise ``ModelFolderError`` for weights in ``folder`` that cannot be read safely (a truncated or damaged
+    safetensors file or shard, a ``pytorch_model.bin`` that does not load with ``weights_only=True``), the ones a
+    loader would use; returns whether there were weights (a Hub snapshot may hold only config.json so far)."""
+    folder = Path(folder)
     if (folder / "model.safetensors").is_file():
         _check_safetensors(folder / "model.safetensors")
     elif (folder / "model.safetensors.index.json").is_file():
@@ -38,9 +49,8 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     elif (folder / "pytorch_model.bin").is_file():
         _check_pickle(folder / "pytorch_model.bin")
     else:
-        raise ModelFolderError(
-            f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin); {_REDOWNLOAD}."
-        )
+        return False
+    return True
 
 
 def _check_safetensors(path: Path) -> None:

@@ -19,7 +19,7 @@ from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
-from .model_files import check_model_folder
+from .model_files import check_model_folder, check_weight_files
 from .remote_code import write_remote_code
 from .score import ActivationStats, highly_activating, qscore
 
@@ -230,6 +230,8 @@ class QScoreModel(PreTrainedModel):
         if pooling is not None:
             raise ValueError(f"pooling={pooling!r}: a QScoreModel folder keeps the pooling it was saved with.")
         check_model_folder(pretrained_model_name_or_path)
+        if source is not None:  # a Hub id: the weights already in its cached snapshot
+            check_weight_files(source.folder)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         # Load with transformers' own check off so that we can name every offending tensor ourselves.
@@ -269,6 +271,7 @@ class QScoreModel(PreTrainedModel):
             if source is None:
                 raise ValueError(f"{name}: no config.json found (not a model folder, or not in the Hub cache).")
         hub_kwargs.pop("revision", None)
+        check_weight_files(source.snapshot(**hub_kwargs))
         backbone, fields = import_backbone(source, pooling, **hub_kwargs)
         config = cls.config_class(**fields, **kwargs)
         config._name_or_path = source.repo_id or str(source.folder)

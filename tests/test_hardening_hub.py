@@ -192,3 +192,81 @@ def test_a_classification_checkpoint_drops_its_head_only(tmp_path):
     with torch.no_grad():
         expected = source.eval().vit(pixel_values=x).last_hidden_state[:, 0]
         torch.testing.assert_close(model(x).features, expected)
+
+
+# ------------------------------------------------------------------ 10: crafted repos end in one line naming the file
+class _RunsCode:
+    """Unpickling this calls os.system (a weights file that would run code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _crafted(case: str, folder: Path, marker: Path) -> str:
+    """Write the repo of ``case`` into ``folder``; returns what its one-line error must say."""
+    if case.startswith("timm"):
+        _timm_repo(folder, seed=0)
+    elif case.startswith("own"):
+        from qscore_hf import QScoreConfig
+
+        QScoreModel(QScoreConfig(backbone="resnet18_cifar", image_size=16, crop_pct=1.0)).save_pretrained(folder)
+    else:
+        _vit_folder(folder)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    weights = folder / "model.safetensors"
+    if case == "config-list":
+        config_file.write_text("[1, 2]")
+        return "config.json holds a JSON list, not an object"
+    if case == "config-not-json":
+        config_file.write_text("{'architecture': ")
+        return "config.json is not valid JSON"
+    if case == "timm-architecture-list":
+        config["architecture"] = ["vit_tiny_patch16_224"]
+        config_file.write_text(json.dumps(config))
+        return "config.json: architecture must be a timm model name"
+    if case == "timm-unknown-model-arg":
+        config["model_args"]["wings"] = 2
+        config_file.write_text(json.dumps(config))
+        return "config.json: model_args do not build timm's vit_tiny_patch16_224"
+    if case == "timm-model-args-list":
+        config["model_args"] = [32, 8]
+        config_file.write_text(json.dumps(config))
+        return "config.json: model_args must be an object"
+    if case == "timm-other-architecture":
+        config["model_args"]["embed_dim"] = 64
+        config_file.write_text(json.dumps(config))
+        return "model.safetensors: the weights do not fit timm's vit_tiny_patch16_224"
+    if case == "timm-mean-abc":
+        config["pretrained_cfg"]["mean"] = "abc"
+        config_file.write_text(json.dumps(config))
+        return "config.json: pretrained_cfg.mean must be a number or a list of numbers"
+    if case in ("transformers-truncated", "timm-truncated", "own-truncated"):
+        weights.write_bytes(weights.read_bytes()[:200])
+        return "model.safetensors is not a readable safetensors file"
+    if case == "transformers-pickle":
+        weights.unlink()
+        torch.save({"weight": _RunsCode(marker)}, folder / "pytorch_model.bin")
+        return "pytorch_model.bin was refused as unsafe"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["config-list", "config-not-json", "timm-architecture-list", "timm-unknown-model-arg",
+                                  "timm-model-args-list", "timm-other-architecture", "timm-mean-abc",
+                                  "transformers-truncated", "timm-truncated", "own-truncated",
+                                  "transformers-pickle"])  # fmt: skip
+def test_crafted_hub_repos_end_in_one_line_naming_the_file(tmp_path, offline_cache, hub_cache, case):
+    marker = tmp_path / "marker"
+    expected = _crafted(case, tmp_path / "repo", marker)
+    hub_cache(offline_cache, f"org/{case}", tmp_path / "repo", COMMIT)
+    with pytest.raises(ValueError) as error:
+        QScoreModel.from_pretrained(f"org/{case}")
+    message = str(error.value)
+    assert "\n" not in message and expected in message, message
+    assert str(offline_cache) in message  # the file is named by its place in the cache
+    assert not marker.exists()

@@ -10,7 +10,7 @@ from typing import Any
 from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import HFValidationError
 
-__all__ = ["SourceRepo", "find_source"]
+__all__ = ["SourceRepo", "find_source", "read_config"]
 
 TIMM_HUB_PREFIX = "hf-hub:"
 
@@ -66,11 +66,28 @@ def find_source(name_or_path: str | Path, revision: str | None = None, **hub_kwa
         config_file = path / "config.json"
         if not config_file.is_file():
             return None
-        return SourceRepo(path, json.loads(config_file.read_text(encoding="utf-8")))
+        return SourceRepo(path, read_config(config_file))
     try:
         config_file = Path(hf_hub_download(name, "config.json", revision=revision, **hub_kwargs))
     except (OSError, ValueError, HFValidationError):
         return None
     snapshot = config_file.parent
     commit = snapshot.name if snapshot.parent.name == "snapshots" else None
-    return SourceRepo(snapshot, json.loads(config_file.read_text(encoding="utf-8")), name, revision, commit)
+    return SourceRepo(snapshot, read_config(config_file), name, revision, commit)
+
+
+def read_config(config_file: Path) -> dict[str, Any]:
+    """The parsed ``config.json``, or ``ValueError`` in one line when it is not a JSON object."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(
+            f"{config_file} is not valid JSON ({error}): a damaged download or a hand edit; download the repo again "
+            "or fix config.json."
+        ) from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object of settings; download the repo again "
+            "or fix config.json."
+        )
+    return config

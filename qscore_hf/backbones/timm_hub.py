@@ -27,20 +27,25 @@ _LOADER_ARGS = frozenset(
 _WEIGHT_SOURCE_KEYS = ("hf_hub_id", "hf_hub_filename", "source", "url", "state_dict", "file", "custom_load")
 
 
-def timm_preprocessing(pretrained_cfg: Mapping[str, Any], image_size: int | None = None) -> dict[str, Any]:
+def timm_preprocessing(
+    pretrained_cfg: Mapping[str, Any], image_size: int | None = None, source: str = "pretrained_cfg"
+) -> dict[str, Any]:
     """``QScoreConfig`` preprocessing fields from timm's ``pretrained_cfg`` (input size, crop, mean, std,
     interpolation), as timm's eval transform applies them: resize the short side to ``floor(size / crop_pct)``,
-    centre-crop ``size``."""
-    size = int(image_size or pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-    crop_pct = float(pretrained_cfg.get("crop_pct") or 0.875)
+    centre-crop ``size``. A value of the wrong kind is a ``ValueError`` naming ``source`` and the field."""
+    input_size = _numbers(pretrained_cfg, "input_size", (3, 224, 224), source)
+    size = int(image_size or input_size[-1])
+    crop_pct = _numbers(pretrained_cfg, "crop_pct", (0.875,), source)[0] if pretrained_cfg.get("crop_pct") else 0.875
+    if not size > 0 or not 0 < crop_pct <= 1:
+        raise ValueError(f"{source}: input_size {input_size} or crop_pct {crop_pct} out of range; fix them.")
     resize = math.floor(size / crop_pct)
     processor = {
         "size": {"shortest_edge": resize},
         "crop_size": {"height": size, "width": size},
         "do_center_crop": True,
-        "resample": _RESAMPLE.get(pretrained_cfg.get("interpolation", "bicubic"), 3),
-        "image_mean": [float(v) for v in pretrained_cfg.get("mean", (0.485, 0.456, 0.406))],
-        "image_std": [float(v) for v in pretrained_cfg.get("std", (0.229, 0.224, 0.225))],
+        "resample": _RESAMPLE.get(str(pretrained_cfg.get("interpolation", "bicubic")), 3),
+        "image_mean": _numbers(pretrained_cfg, "mean", (0.485, 0.456, 0.406), source),
+        "image_std": _numbers(pretrained_cfg, "std", (0.229, 0.224, 0.225), source),
     }
     return {
         "image_size": size,
@@ -56,33 +61,58 @@ def timm_preprocessing(pretrained_cfg: Mapping[str, Any], image_size: int | None
     }
 
 
+def _numbers(settings: Mapping[str, Any], key: str, default: tuple[float, ...], source: str) -> list[float]:
+    """``settings[key]`` (``default`` when absent) as a list of finite numbers, or ``ValueError`` naming the field."""
+    value = settings.get(key, default)
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+        raise ValueError(f"{source}.{key} must be a number or a list of numbers (e.g. {list(default)}); got {value!r}.")
+    return [float(v) for v in items]
+
+
 def import_timm_hub_backbone(folder: Path, config_json: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """Build a timm Hub repo (a local snapshot folder and its parsed ``config.json``) without classifier and load its
     weights through timm (its checkpoint filters; strict except the dropped classifier).
 
     Returns the backbone and the ``QScoreConfig`` fields that rebuild it offline and prepare its images.
     """
+    config_file = folder / "config.json"
     architecture = config_json["architecture"]
+    if not isinstance(architecture, str):
+        raise ValueError(f"{config_file}: architecture must be a timm model name (a string); got {architecture!r}.")
     if not timm.is_model(architecture):
         raise ValueError(
-            f"{folder}: config.json names timm architecture {architecture!r}, which this timm ({timm.__version__}) "
+            f"{config_file} names timm architecture {architecture!r}, which this timm ({timm.__version__}) "
             "does not know; upgrade timm."
         )
     weights = next((folder / name for name in _WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise ValueError(f"{folder}: a timm repo needs {' or '.join(_WEIGHT_FILES)} beside config.json; none found.")
     model_args = _architecture_args(folder, config_json.get("model_args"))
-    pretrained_cfg = dict(config_json.get("pretrained_cfg") or {})
-    for key in _WEIGHT_SOURCE_KEYS:
-        pretrained_cfg.pop(key, None)
+    pretrained_cfg = config_json.get("pretrained_cfg") or {}
+    if not isinstance(pretrained_cfg, Mapping):
+        raise ValueError(f"{config_file}: pretrained_cfg must be an object of settings; got {pretrained_cfg!r}.")
+    pretrained_cfg = {key: value for key, value in pretrained_cfg.items() if key not in _WEIGHT_SOURCE_KEYS}
+    preprocessing = timm_preprocessing(pretrained_cfg, source=f"{config_file}: pretrained_cfg")
     pretrained_cfg["file"] = str(weights)
     pretrained_cfg.setdefault("num_classes", config_json.get("num_classes", 0))
-    model = timm.create_model(architecture, pretrained=True, pretrained_cfg=pretrained_cfg, num_classes=0, **model_args)
+    try:
+        model = timm.create_model(architecture, pretrained=True, pretrained_cfg=pretrained_cfg, num_classes=0,
+                                  **model_args)  # fmt: skip
+    except TypeError as error:  # an argument the architecture does not take
+        raise ValueError(f"{config_file}: model_args do not build timm's {architecture} ({error}); fix model_args.") from None
+    except (RuntimeError, KeyError) as error:  # strict loading: tensors of another architecture or size
+        detail = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(
+            f"{weights}: the weights do not fit timm's {architecture} as config.json builds it "
+            f"({detail[:400]}{'...' if len(detail) > 400 else ''}); fix config.json's architecture or model_args, "
+            "or download the repo again."
+        ) from None
     fields = {
         "backbone": architecture,
         "backbone_library": "timm",
         "backbone_config": model_args or None,
-        **timm_preprocessing(pretrained_cfg),
+        **preprocessing,
     }
     return model.eval(), fields
 
