@@ -230,7 +230,7 @@ class QScoreModel(PreTrainedModel):
         if pooling is not None:
             raise ValueError(f"pooling={pooling!r}: a QScoreModel folder keeps the pooling it was saved with.")
         check_model_folder(pretrained_model_name_or_path)
-        if source is not None:  # a Hub id: the weights already in its cached snapshot
+        if source is not None and source.repo_id is not None:  # a Hub id: the weights already in its cached snapshot
             check_weight_files(source.folder)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
