@@ -206,7 +206,10 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
     output_dir, results = Path(cfg.output_dir), out / name
     _write_json(results / "config.json", {"setting": asdict(setting), "pretrain": {
         k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "resume", "progress")}})
-    for epoch in cfg.snapshot_epochs:
+    # Snapshots that exist already (a report to redo) come first, the latest first: the converged encoder's report
+    # is the one a cut-short sitting should not lose; then training continues in order.
+    kept = sorted((e for e in cfg.snapshot_epochs if snapshot_folder(output_dir, e).exists()), reverse=True)
+    for epoch in kept + [e for e in cfg.snapshot_epochs if e not in kept]:
         result_file = results / f"epoch_{epoch:04d}.json"
         if result_file.exists() and _report_version(result_file) == trajectory.REPORT_VERSION:
             continue
