@@ -50,7 +50,6 @@ _MAX_ROWS_NAMED = 5
 # thread pool: about 50 of them for 50,000 x 2048 features, so that a worker slowed by a busy core takes fewer.
 # Below _FUSED_MIN_ELEMENTS the eager path takes a few milliseconds and importing numba is not worth it.
 _FUSED_CHUNK_ELEMENTS = 2**21
-_FUSED_MAX_CHUNK_ROWS = 2**24  # the kernel counts L in the features' float dtype: exact up to 2**24 rows
 _FUSED_MIN_ELEMENTS = 2**20
 FUSED_ENV = "QSCORE_HF_FUSED"
 
@@ -401,7 +400,7 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     cpu_batch = not grad and features.device.type == "cpu" and plan.mask_out is None
     fused = _fused() if cpu_batch and features.numel() >= _FUSED_MIN_ELEMENTS else None
     if fused is not None:
-        rows = min(chunk_size or max(1, _FUSED_CHUNK_ELEMENTS // features.shape[1]), _FUSED_MAX_CHUNK_ROWS)
+        rows = chunk_size or max(1, _FUSED_CHUNK_ELEMENTS // features.shape[1])  # counts in float64: exact to 2**53
         results = _redo_inexact(features, _run_fused(features, plan, rows, fused), rows, plan)
         return _decide_uncertain(features, results, rows, plan)
     rows = chunk_size or default_chunk_rows(features.shape[1], features.device)
