@@ -66,6 +66,12 @@ def _finite_row_scale(x: Tensor) -> Tensor:
     return scale
 
 
+def _as_matrix(features: ArrayLike) -> ArrayLike:
+    """Tensors, arrays and memory maps as they are (read chunk by chunk later); anything else (nested lists) as a
+    float32 array."""
+    return features if hasattr(features, "shape") else np.asarray(features, dtype=np.float32)
+
+
 def _num_rows(features: ArrayLike) -> int:
     if len(features.shape) != 2:
         raise ValueError(f"features must be a 2-D (num_samples, num_features) matrix; got shape {tuple(features.shape)}.")
@@ -74,6 +80,7 @@ def _num_rows(features: ArrayLike) -> int:
 
 def _per_row(features: ArrayLike, function: Callable[[Tensor, Tensor], Tensor]) -> np.ndarray:
     """``function(scaled rows, row scales)`` over row chunks (a memory map is read one chunk at a time)."""
+    features = _as_matrix(features)
     num_rows = _num_rows(features)
     if num_rows == 0:
         raise ValueError("features is an empty batch (0 rows); pass at least one sample.")
@@ -148,9 +155,11 @@ def knn_density(
 
     A running top-``k`` is merged block by block (exact; the result does not depend on the chunk sizes).
     """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be a whole number of neighbours (e.g. 10); got {k!r}.")
     exclude_self = reference is None
-    queries = features
-    reference = features if reference is None else reference
+    queries = _as_matrix(features)
+    reference = queries if reference is None else _as_matrix(reference)
     num_queries, num_reference = _num_rows(queries), _num_rows(reference)
     if queries.shape[1] != reference.shape[1]:
         raise ValueError(

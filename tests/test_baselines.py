@@ -181,6 +181,17 @@ def test_knn_density_hand_computed():
     np.testing.assert_allclose(knn_density(data, k=2, device="cpu"), [r / 2, r / 2, r], atol=1e-6)
 
 
+def test_nested_lists_score_as_arrays_and_a_fractional_k_is_named():
+    data = [[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]  # the hand-computed case above, as plain lists
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(knn_density(data, k=1, device="cpu"), [r, r, r], atol=1e-6)
+    np.testing.assert_allclose(knn_density(data, data, k=1, device="cpu"), [1, 1, 1], atol=1e-6)  # itself, cos 1
+    np.testing.assert_allclose(l2_norm(data), [1.0, 2.0, 3 * math.sqrt(2)], rtol=1e-6)
+    for bad in (2.5, 2.0, True):
+        with pytest.raises(ValueError, match="k must be a whole number of neighbours"):
+            knn_density(data, k=bad, device="cpu")
+
+
 def test_knn_density_width_mismatch_names_both_widths():
     with pytest.raises(ValueError) as error:
         knn_density(np.ones((3, 7)), np.ones((4, 5)), device="cpu")
