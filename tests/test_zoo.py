@@ -523,3 +523,19 @@ def test_qreg_finetune_writes_name_qreg_with_both_measured_numbers(zoo, tmp_path
     card = check_card((out / "t-byol-qreg" / "README.md").read_text())
     assert "## Q-reg fine-tuning (measured here)" in card.text and f"| base | {finetune['top1']['base']:.4f} |" in card.text
     assert f"linear-probe top-1 on digits (test), qreg: {finetune['top1']['qreg']:.4f}" in printed.out
+
+
+def test_linear_eval_is_measured_into_the_card_and_the_record(zoo, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["zoo", "build", "t-dino", "--out", str(out), "--linear-eval", "digits:test",
+                     "--linear-eval-max-samples", "64", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "t-dino-linear-eval" / "report.json").read_text())
+    assert (report["dataset"], report["train_split"], report["eval_split"], report["num_eval"]) == ("digits", "train", "test", 64)
+    measured = json.loads((out / "t-dino" / "zoo.json").read_text())["measured"]["linear_eval"]
+    assert measured["top1"] == report["top1"] and measured["eval_split"] == "test"
+    card = ModelCard.load(out / "t-dino" / "README.md")
+    results = card.data.eval_results or []
+    top1 = [r for r in results if r.metric_type == "accuracy" and r.dataset_split == "test"]
+    assert top1 and top1[0].metric_value == pytest.approx(report["top1"], abs=1e-4)
+    assert f"linear-probe top-1 {report['top1']:.4f} on digits (test), measured" in capsys.readouterr().out

@@ -53,6 +53,8 @@ def build_release(
     repo_id: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    linear_eval: str | None = None,
+    linear_eval_max_samples: int | None = None,
 ) -> Path:
     """Download, verify, convert and save ``release`` as a ``QScoreModel`` folder (``out``, default the cache's
     ``models/<name>``); returns the folder. The folder appears complete or not at all.
@@ -62,6 +64,10 @@ def build_release(
             statistics on; without it Q-Scores use all features.
         repo_id: the Hub id named in the card's usage code (default: the release's name).
         log: receives one line per step (the computed SHA-256 where no checksum is published).
+        linear_eval: ``DATASET[:SPLIT]``: after the folder is written, a linear probe trained on ``DATASET``'s
+            ``train`` split is evaluated on ``SPLIT`` (default ``validation``) with ``qscore_hf.linear_eval``; its
+            results go into the card's model-index (measured, beside the published top-1) and ``zoo.json``, the
+            full report into ``<out>-linear-eval/``. ``linear_eval_max_samples`` caps each split.
 
     Raises:
         DownloadError, ChecksumMismatchError: see ``fetch_release_file``.
@@ -103,7 +109,28 @@ def build_release(
         record = {"release": release.to_dict(), "measured": measured}
         (tmp / ZOO_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     log(f"{release.name}: wrote {out}")
+    if linear_eval:
+        _linear_eval(release, out, linear_eval, linear_eval_max_samples, record, progress, log)
     return out
+
+
+def _linear_eval(release: Release, folder: Path, spec: str, max_samples: int | None, record: dict[str, Any],
+                 progress: bool, log: Callable[[str], None]) -> None:  # fmt: skip
+    """Linear-probe the built ``folder`` (see ``build_release``) and record the measured figures."""
+    from ..linear_eval import run_linear_eval
+
+    dataset, split = parse_stats(spec)
+    report = run_linear_eval(folder, dataset, folder.with_name(f"{folder.name}-linear-eval"), eval_split=split,
+                             max_samples=max_samples, update_model_card=True, progress=progress)  # fmt: skip
+    record["measured"]["linear_eval"] = {
+        "dataset": dataset, "train_split": "train", "eval_split": split, "max_samples": max_samples,
+        "top1": report["top1"], "auroc": report.get("auroc"), "published_top1": release.top1,
+    }  # fmt: skip
+    tmp = folder / f".{ZOO_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, folder / ZOO_RECORD)
+    log(f"{release.name}: linear-probe top-1 {report['top1']:.4f} on {dataset} ({split}), measured"
+        + (f"; published {release.top1} %" if release.top1 is not None else ""))
 
 
 def _apply_registry(config: Any, release: Release) -> None:

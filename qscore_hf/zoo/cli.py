@@ -58,6 +58,7 @@ def _build(args: argparse.Namespace) -> int:
                 release, out, mirror=args.mirror, max_bytes=int(args.max_size * 2**20), stats=args.stats,
                 stats_max_samples=args.stats_max_samples, progress=not args.no_progress,
                 repo_id=f"{args.push_to_hub}/{release.name}" if args.push_to_hub else None,
+                linear_eval=args.linear_eval, linear_eval_max_samples=args.linear_eval_max_samples,
             )  # fmt: skip
             if args.qreg_finetune:
                 name = f"{release.name}-qreg"
@@ -126,6 +127,10 @@ def add_zoo_parser(commands: argparse._SubParsersAction) -> None:
                        help="count activation statistics on this data set (image folder, Hub id, ...; split default "
                             "validation)")  # fmt: skip
     build.add_argument("--stats-max-samples", type=int, default=None, help="use at most this many images")
+    build.add_argument("--linear-eval", default=None, metavar="DATASET[:SPLIT]",
+                       help="then linear-probe the built model: trained on DATASET's train split, evaluated on SPLIT "
+                            "(default validation); measured results go into the card")
+    build.add_argument("--linear-eval-max-samples", type=int, default=None, help="use at most this many images a split")
     build.add_argument("--qreg-finetune", default=None, metavar="DATASET",
                        help="also fine-tune with the default Q-reg by the published recipe (lr 1e-5, 50 epochs) on "
                             "DATASET, linear-probe base and fine-tuned alike, and write NAME-qreg")  # fmt: skip
