@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -168,8 +169,66 @@ class TimeEstimate:
             f"over {self.probe_steps} steps: {self.pretraining_steps} steps of pre-training, "
             f"{_minutes(self.pretraining_seconds)}; "
             f"features, probe and report for {self.evaluation_images} images, {_minutes(self.evaluation_seconds)}; "
-            "plus start-up). Each stage's progress bar shows its own remaining time."
+            "plus start-up). The progress bar below counts down from this estimate and corrects it when pre-training "
+            "ends."
         )
+
+
+class WholeRunBar:
+    """One progress bar over the whole demo, counted in seconds of the time estimate, so that its ETA is the time
+    left: a thread moves it with the clock, it never passes the end of a stage before the stage is over, and when
+    pre-training ends the evaluation's share is rescaled by how far the pre-training estimate was off.
+
+    Args:
+        estimate: the run's ``TimeEstimate``.
+        enabled: draw the bar (tqdm's ``disable`` otherwise).
+        clock: seconds, monotonic (tests pass a fake one).
+        tick: seconds between the thread's updates; ``None`` starts no thread (call ``update``).
+    """
+
+    def __init__(self, estimate: TimeEstimate, enabled: bool = True, clock: Callable[[], float] = time.monotonic,
+                 tick: float | None = 1.0) -> None:  # fmt: skip
+        from tqdm.auto import tqdm
+
+        self.clock, self.started = clock, clock()
+        self.evaluation = estimate.evaluation_seconds
+        self.stage_end = estimate.pretraining_seconds  # on the bar's scale: where the current stage ends
+        self.bar = tqdm(total=round(estimate.pretraining_seconds + estimate.evaluation_seconds, 1), unit="s",
+                        desc="qscore-hf demo: pre-training", disable=not enabled,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, about {remaining} left")  # fmt: skip
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = None
+        if tick is not None and enabled:
+            self._thread = threading.Thread(target=self._run, args=(tick,), daemon=True)
+            self._thread.start()
+
+    def _run(self, tick: float) -> None:
+        while not self._stop.wait(tick):
+            self.update()
+
+    def update(self) -> None:
+        """Move the bar to the time spent, held just short of the current stage's end."""
+        with self._lock:
+            self.bar.n = round(min(self.clock() - self.started, 0.99 * self.stage_end), 1)
+            self.bar.refresh()
+
+    def pretraining_done(self) -> None:
+        """Pre-training is over: the rest is the evaluation's estimate times the pre-training's actual/estimated."""
+        with self._lock:
+            spent = self.clock() - self.started
+            ratio = spent / self.stage_end if self.stage_end > 0 else 1.0
+            self.stage_end = spent + ratio * self.evaluation
+            self.bar.total, self.bar.n = round(self.stage_end, 1), round(spent, 1)
+            self.bar.set_description_str("qscore-hf demo: features, probe and report", refresh=True)
+
+    def close(self) -> None:
+        """Stop the thread and fill the bar."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            self.bar.total = self.bar.n = round(self.clock() - self.started, 1)
+            self.bar.close()
 
 
 def _minutes(seconds: float) -> str:
@@ -261,16 +320,29 @@ def run_demo(
     name = resolve_dataset(dataset)
     setting = demo_setting(name, quick, epochs)
     out = Path(out)
-    from .linear_eval import run_linear_eval  # the training stack: after the arguments are checked
-    from .pretraining import CHECKPOINT_DIR, PretrainConfig, pretrain
-
     _prepare_output(out)
-    estimate = None
+    estimate = whole = None
     if log is not None:
         log(dataset_notice(dataset, name))
         if not quick:
             estimate = estimate_time(name, setting, method)
             log(estimate.text())
+            whole = WholeRunBar(estimate, enabled=progress)
+    try:
+        return _run(name, dataset, setting, out, method, quick, seed, progress and whole is None, log, estimate, whole,
+                    started)  # fmt: skip
+    finally:
+        if whole is not None:
+            whole.close()
+
+
+def _run(name: str, dataset: str, setting: DemoSetting, out: Path, method: str, quick: bool, seed: int,
+         progress: bool, log: Callable[[str], None] | None, estimate: TimeEstimate | None, whole: WholeRunBar | None,
+         started: float) -> dict[str, Any]:  # fmt: skip
+    """``run_demo`` after its checks: pre-training, linear evaluation, card (``progress``: the stages' own bars)."""
+    from .linear_eval import run_linear_eval  # the training stack: after the arguments are checked
+    from .pretraining import CHECKPOINT_DIR, PretrainConfig, pretrain
+
     pretraining_started = time.time()
     model_dir = pretrain(
         PretrainConfig(
@@ -282,6 +354,8 @@ def run_demo(
     )
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)  # only a resumable run needs them
     pretraining_seconds = time.time() - pretraining_started
+    if whole is not None:
+        whole.pretraining_done()
     if log is not None:
         left = f" (about {_minutes(estimate.evaluation_seconds)})" if estimate is not None else ""
         log(f"Pre-trained in {_minutes(pretraining_seconds)}; next: features, linear probe and report{left}.")

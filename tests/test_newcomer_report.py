@@ -60,3 +60,29 @@ def test_a_run_folder_given_as_model_points_to_its_model_subfolder(tmp_path):
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match=f"its model is {tmp_path / 'run' / 'model'}: pass that as --model"):
         load_model(tmp_path / "run")
+
+
+def test_whole_run_bar_counts_down_the_estimate_and_corrects_it_after_pretraining():
+    from qscore_hf.demo import TimeEstimate, WholeRunBar
+
+    # 10 steps of 1 s of pre-training; evaluation of 600 images at a third of a step per view-image: 600 / (3*2*100)
+    # = 1 step's time, 1 s. Estimated total 11 s.
+    estimate = TimeEstimate(seconds_per_step=1.0, probe_steps=2, pretraining_steps=10, evaluation_images=600, views=2,
+                            batch_size=100)  # fmt: skip
+    now = [100.0]
+    bar = WholeRunBar(estimate, enabled=False, clock=lambda: now[0], tick=None)
+    assert bar.bar.total == 11.0
+    now[0] = 104.0
+    bar.update()
+    assert bar.bar.n == 4.0  # 4 s spent: 7 s left on the estimate
+    now[0] = 125.0  # pre-training runs late: the bar waits just short of its stage's end
+    bar.update()
+    assert bar.bar.n == 9.9
+    bar.pretraining_done()  # 25 s instead of 10: the evaluation's 1 s becomes 2.5 s
+    assert (bar.bar.n, bar.bar.total) == (25.0, 27.5)
+    now[0] = 126.0
+    bar.update()
+    assert bar.bar.n == 26.0
+    now[0] = 130.0
+    bar.close()
+    assert bar.bar.n == bar.bar.total == 30.0
