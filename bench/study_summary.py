@@ -87,7 +87,7 @@ def plot_knn(runs: dict[str, dict[str, Any]], path: Path) -> None:
     figure = _figure((6.4, 4.2))
     axes = figure.add_subplot()
     for name, run in runs.items():
-        if run["knn"]:
+        if run["knn"] and not run["config"]["pretrain"].get("init_from"):  # from scratch only: fine-tunes continue
             axes.plot([r["epoch"] for r in run["knn"]], [100 * r["knn_top1"] for r in run["knn"]], label=name)
     axes.set_xlabel("pre-training epoch")
     axes.set_ylabel("kNN top-1 on validation, %")
@@ -165,7 +165,8 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
              ""]  # fmt: skip
     for name, run in runs.items():
         epochs = run["config"]["pretrain"]["epochs"]
-        converged = plateau(run["knn"], epochs)
+        # a fine-tuning continues a converged run: its few epochs say nothing about convergence
+        converged = None if run["config"]["pretrain"].get("init_from") else plateau(run["knn"], epochs)
         summary["runs"][name] = {"plateau": converged, "snapshots": run["snapshots"], "knn_monitor": run["knn"],
                                  "config": run["config"]}  # fmt: skip
         lines += _run_table(name, run)
@@ -173,8 +174,9 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
             lines += [f"Plateau: kNN top-1 of epochs {converged['epochs'][0]}-{converged['epochs'][1]} varies by "
                       f"{converged['spread_points']:.2f} points: {'converged' if converged['converged'] else 'NOT converged'} "
                       f"(criterion: at most {PLATEAU_POINTS:g}).", ""]  # fmt: skip
-        elif run["knn"]:
-            lines += [f"Still training: {len(run['snapshots'])} snapshots of {epochs} epochs evaluated so far.", ""]
+        elif len(run["snapshots"]) < len(run["config"]["pretrain"]["snapshot_epochs"]):
+            lines += [f"Still training: {len(run['snapshots'])} of {len(run['config']['pretrain']['snapshot_epochs'])} "
+                      f"snapshots ({epochs} epochs) evaluated so far.", ""]
         lines += _last_table(run) + _extension_lines(run["snapshots"][-1])
         plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")
     if runs:
