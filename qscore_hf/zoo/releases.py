@@ -21,6 +21,11 @@ _DINO_SOURCES = (
 _DINO_PAGE = "https://github.com/facebookresearch/dino#pretrained-models"
 _DINO_PAPER = "https://arxiv.org/abs/2104.14294"
 _DINO_LICENSE = "Apache-2.0: LICENSE and README of facebookresearch/dino (weights covered per facebookresearch/dino#108)"
+# What every DINO release shares: license, data and evaluation preprocessing (eval_linear.py).
+_DINO_RELEASE = {
+    "license": "apache-2.0", "license_source": _DINO_LICENSE, "data": "imagenet-1k", "image_mean": _IMAGENET_MEAN,
+    "image_std": _IMAGENET_STD, "resize": 256, "crop": 224, "preprocessing_source": f"{_DINO}:eval_linear.py",
+}
 _DINO_EPOCHS = "epochs: stated only in each release's args.txt on dl.fbaipublicfiles.com, which could not be read here"
 _DINO_VIT_NOTE = (
     "DINO's linear evaluation reads the last 4 blocks' CLS tokens (ViT-S) or CLS + mean patch token (ViT-B); "
@@ -136,14 +141,7 @@ RELEASES: list[dict] = [
         "url": "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
         "file_name": "dino_resnet50_pretrain.pth",
         "layout": "dino_backbone",
-        "license": "apache-2.0",
-        "license_source": _DINO_LICENSE,
-        "data": "imagenet-1k",
-        "image_mean": _IMAGENET_MEAN,
-        "image_std": _IMAGENET_STD,
-        "resize": 256,
-        "crop": 224,
-        "preprocessing_source": f"{_DINO}:eval_linear.py",
+        **_DINO_RELEASE,
         "top1": 75.3,
         "top1_source": _DINO_PAGE,
         "top1_note": "ImageNet linear evaluation (README table, ResNet-50)",
@@ -239,14 +237,7 @@ RELEASES: list[dict] = [
             "checksum": f"md5:{md5}",
             "checksum_source": _OML_VIT,
             "layout": "dino_vit_backbone",
-            "license": "apache-2.0",
-            "license_source": _DINO_LICENSE,
-            "data": "imagenet-1k",
-            "image_mean": _IMAGENET_MEAN,
-            "image_std": _IMAGENET_STD,
-            "resize": 256,
-            "crop": 224,
-            "preprocessing_source": f"{_DINO}:eval_linear.py",
+            **_DINO_RELEASE,
             "top1": top1,
             "top1_source": _DINO_PAGE,
             "top1_note": f"ImageNet linear evaluation (README table, ViT-{size.upper()}/{patch}); {_DINO_VIT_NOTE}",
