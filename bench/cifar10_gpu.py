@@ -96,9 +96,8 @@ def images_per_second(setting: cifar10_study.Setting, method: str, variant: str,
     steps in ``scratch``; the first of three logging windows (start-up, cuDNN's autotuning) is left out."""
     from qscore_hf.pretraining import TRAIN_LOG, pretrain
 
-    train_images = int(setting.train_split.split(":")[1].rstrip("]"))
     cfg = cifar10_study.pretrain_config(setting, method, variant, 0, scratch)
-    cfg = replace(cfg, epochs=-(-steps * setting.batch_size // train_images) + 1, stop_after_steps=steps,
+    cfg = replace(cfg, epochs=-(-steps * setting.batch_size // setting.train_images) + 1, stop_after_steps=steps,
                   log_every=max(1, steps // 3), snapshot_epochs=(), resume=None)  # fmt: skip
     pretrain(cfg)
     log = [json.loads(line) for line in (Path(cfg.output_dir) / TRAIN_LOG).read_text().splitlines()]

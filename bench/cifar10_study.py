@@ -72,6 +72,15 @@ class Setting:
     num_workers: int = 0
     device: str = "cpu"  # where snapshots are evaluated
 
+    @property
+    def train_images(self) -> int:
+        """N of ``train_split``, which is ``train[0:N]``: pre-training uses the first N training images."""
+        split, _, rows = self.train_split.partition("[")
+        start, stop = (int(v) for v in rows.rstrip("]").split(":"))
+        if split != "train" or start != 0:
+            raise ValueError(f"train_split {self.train_split}: pre-training uses the first N images (train[0:N]).")
+        return stop
+
 
 SETTINGS = {
     "cpu": Setting(
@@ -105,12 +114,8 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
     from pretrain import parse_args  # training/pretrain.py: the recipes' YAML and their parsing
 
     finetune = variant.startswith("finetune")
-    split, _, rows = setting.train_split.partition("[")
-    start, stop = (int(v) for v in rows.rstrip("]").split(":"))
-    if start != 0:
-        raise ValueError(f"train_split {setting.train_split}: pre-training uses the first N images (train[0:N]).")
     argv = ["--method", method, "--output-dir", str(work / run_name(method, variant, seed)), "--dataset", "cifar10",
-            "--split", split, "--max-samples", str(stop), "--backbone", setting.backbone,
+            "--split", "train", "--max-samples", str(setting.train_images), "--backbone", setting.backbone,
             "--image-size", str(setting.image_size), "--batch-size", str(setting.batch_size), "--seed", str(seed),
             "--epochs", str(setting.finetune_epochs if finetune else setting.epochs),
             "--warmup-epochs", str(0 if finetune else setting.warmup_epochs),
@@ -183,7 +188,7 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
     ``supervised`` variant trains the control (``bench/supervised.py``) whatever ``method`` is."""
     from qscore_hf.pretraining import TRAIN_LOG, pretrain, snapshot_folder
 
-    steps_per_epoch = int(setting.train_split.split(":")[1].rstrip("]")) // setting.batch_size
+    steps_per_epoch = setting.train_images // setting.batch_size
     if variant == "supervised":
         from supervised import train_supervised
 
