@@ -38,6 +38,7 @@ import numpy as np
 import cifar10_study
 import study_summary
 from _record import environment
+from qscore_hf.plots import _figure
 
 PACK_TRAIN, PACK_VALIDATION = 18_000, 2_500
 PACK_LIMIT_BYTES = 60 * 2**20
@@ -114,7 +115,7 @@ def budget_epochs(images_per_s: float, seconds: float, num_images: int) -> int:
 
 def plot_runs(reports: dict[str, dict[str, Any]], path: Path) -> None:
     """Test AUROC of every score, a group of bars per run."""
-    figure = study_summary._figure((9.0, 4.6))
+    figure = _figure((9.0, 4.6))
     axes = figure.add_subplot()
     scores = [s for s in study_summary.SCORES if all(s in r["test"]["scores"] for r in reports.values())]
     width = 0.8 / len(reports)

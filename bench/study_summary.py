@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER
 from qscore_hf.baselines import BASELINES, CEILING
+from qscore_hf.plots import _figure  # the package's Agg figure, no pyplot state
 
 SCORES = (Q_PAPER, Q_DEFAULT, Q_CHOSEN, *EXTENSION_SCORES, *BASELINES, CEILING)
 # Converged: the kNN top-1 of the last quarter of the epochs varies by at most this much (points).
@@ -43,12 +42,6 @@ def plateau(knn: list[dict[str, Any]], epochs: int) -> dict[str, Any] | None:
     last = [row["knn_top1"] for row in knn if row["epoch"] > epochs - max(1, epochs // 4)]
     spread = 100 * (max(last) - min(last))
     return {"epochs": [epochs - len(last) + 1, epochs], "spread_points": spread, "converged": spread <= PLATEAU_POINTS}
-
-
-def _figure(figsize: tuple[float, float]) -> Figure:
-    figure = Figure(figsize=figsize, dpi=120, layout="tight")
-    FigureCanvasAgg(figure)
-    return figure
 
 
 def plot_auroc_vs_epoch(run: str, snapshots: list[dict[str, Any]], path: Path) -> None:

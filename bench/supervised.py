@@ -25,7 +25,7 @@ from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.configuration_qscore import SMALL_SCALE_SCORING
 from qscore_hf.data import ImageDataset, dataset_normalization, load_image_dataset
 from qscore_hf.io_utils import atomic_directory
-from qscore_hf.pretraining import EpochSampler, snapshot_folder
+from qscore_hf.pretraining import EpochSampler, augmentation_seed, snapshot_folder
 
 CHECKPOINT = "supervised_checkpoint.pt"
 
@@ -56,7 +56,7 @@ class _Augmented(Dataset):
     def __getitem__(self, global_index: int) -> tuple[torch.Tensor, int]:
         epoch, index = divmod(int(global_index), len(self))
         row = self.data.dataset[index]
-        seed = (self.seed * 1_000_003 + epoch) * 1_000_000_007 + index
+        seed = augmentation_seed(self.seed, epoch, index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # torchvision's random transforms draw from torch's generator
             image = self.transform(row[self.data.image_column].convert("RGB"))

@@ -188,6 +188,11 @@ def _collate_eval(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
     return batch
 
 
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s augmentations in ``epoch`` of a run seeded ``seed`` (see ``EpochSampler``)."""
+    return (seed * 1_000_003 + epoch) * 1_000_000_007 + index
+
+
 class EpochSampler(Sampler[int]):
     """A seeded shuffle per epoch that yields ``epoch * N + index``, so that each sample's augmentation can be
     seeded by (seed, epoch, index): the views do not depend on the RNG stream, the number of workers or
@@ -220,7 +225,7 @@ class AugmentedViews(Dataset):
     def __getitem__(self, global_index: int) -> dict[str, list[Tensor]]:
         epoch, index = divmod(int(global_index), len(self))
         image = self.data.dataset[index][self.data.image_column].convert("RGB")
-        sample_seed = (self.seed * 1_000_003 + epoch) * 1_000_000_007 + index
+        sample_seed = augmentation_seed(self.seed, epoch, index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed)
             python_state, numpy_state = random.getstate(), np.random.get_state()
