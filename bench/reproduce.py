@@ -333,14 +333,14 @@ def _markdown(summary: dict[str, Any]) -> str:
              "| method | run | seed | linear top-1 | kNN top-1 | best label-free baseline (AUROC) "
              "| probe confidence AUROC | dead features | effective rank |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in summary["runs"]:
-        rows = {row["score"]: row["auroc"] for row in r["comparison"]}
-        best = max(BASELINES, key=lambda name: rows.get(name, -1.0))
+        rows = {row["score"]: row for row in r["comparison"]}
+        best = max(BASELINES, key=lambda name: rows[name]["auroc"] if name in rows else -1.0)
         lines.append(
             f"| {r['method']} | {r['variant']} | {r['seed']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
-            f"{best} ({rows[best]:.3f}) | "
-            f"{rows[CEILING]:.3f} | {100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
+            f"{best} ({_auroc_text(rows[best])}) | {_auroc_text(rows[CEILING])} | "
+            f"{100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
         )
-    lines += ["", "Dead features: the fraction of the encoder's features that never fire on the test split; effective "
+    lines += ["", "AUROCs of one run carry DeLong's 95 % interval in brackets. Dead features: the fraction of the encoder's features that never fire on the test split; effective "
               "rank: RankMe (exp of the entropy of the normalized singular values of the centred test features).", ""]
     if summary.get("scoring_selection"):
         lines += _scoring_lines(summary["scoring_selection"])
@@ -351,6 +351,13 @@ def _markdown(summary: dict[str, Any]) -> str:
             lines += _over_seeds_lines(summary[key])
     lines += [f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _auroc_text(row: dict[str, Any]) -> str:
+    """``0.612 [0.598, 0.626]``: a comparison row's AUROC with its DeLong interval (rows written before the interval
+    existed have none)."""
+    interval = row.get("auroc_ci")
+    return f"{row['auroc']:.3f}" + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
 
 
 def _scoring_lines(table: dict[str, Any]) -> list[str]:

@@ -15,6 +15,8 @@ import difflib
 import gzip
 import os
 import re
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +206,7 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
         return loaded[split]
     if name.count("/") > 1 or name.startswith((".", "/")):
         raise ValueError(f"{name}: no such file or folder.")
+    _check_hub_resolves(name)
     try:
         return datasets.load_dataset(name, split=split, streaming=streaming)
     except (FileNotFoundError, ConnectionError) as error:  # offline, an unknown id raises ConnectionError
@@ -211,6 +214,25 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
             f"data set {name!r} is neither a local path, a built-in name {BUILTIN_DATASETS}, nor reachable on the "
             f"Hugging Face Hub ({error})."
         ) from error
+
+
+def _check_hub_resolves(name: str) -> None:
+    """Fail in one line, at once, when the Hub's host name does not resolve (no network): huggingface_hub would retry
+    a DNS failure five times with back-off (about 30 s) before datasets reports it. Skipped in offline mode
+    (``HF_HUB_OFFLINE=1``), where datasets reads its cache without asking the Hub."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:  # socket.gaierror: the name does not resolve
+        raise ValueError(
+            f"data set {name!r} is no local path or built-in name {BUILTIN_DATASETS}, and the Hugging Face Hub is "
+            f"unreachable ({host} does not resolve: {error}). Check the network, give a local copy's path, or set "
+            "HF_HUB_OFFLINE=1 to read a copy already in the Hugging Face cache."
+        ) from None
 
 
 def _check_split(name: str, split: str, available: list[str]) -> None:

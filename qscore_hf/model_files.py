@@ -26,14 +26,25 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     if not folder.is_dir():
         return
     if not (folder / "config.json").is_file():
+        inside = _model_folders_inside(folder)
+        hint = (
+            f"did you mean {inside[0]}? (a training run keeps its model in the `model/` subfolder)"
+            if inside
+            else "point to the folder save_pretrained wrote, or import a released checkpoint with `qscore-hf convert`"
+        )
         raise ModelFolderError(
-            f"{folder / 'config.json'} is missing, so {folder} is not a saved QScoreModel folder; point to the folder "
-            "save_pretrained wrote, or import a released checkpoint with `qscore-hf convert`."
+            f"{folder / 'config.json'} is missing, so {folder} is not a saved QScoreModel folder; {hint}."
         )
     if not check_weight_files(folder):
         raise ModelFolderError(
             f"{folder} has a config.json but no weights (model.safetensors or pytorch_model.bin); {_REDOWNLOAD}."
         )
+
+
+def _model_folders_inside(folder: Path) -> list[Path]:
+    """Direct subfolders holding a ``config.json``, ``model/`` (where training runs export) first."""
+    children = sorted(child for child in folder.iterdir() if (child / "config.json").is_file())
+    return sorted(children, key=lambda child: child.name != "model")
 
 
 def check_weight_files(folder: str | os.PathLike) -> bool:

@@ -52,3 +52,21 @@ def test_over_seeds_statistics(reproduce):
     assert mean["per_seed"] == pytest.approx([10.0, -2.5])
     assert mean["mean"] == pytest.approx(3.75) and mean["std"] == pytest.approx(np.sqrt(78.125))
     assert a["qreg"]["dead_fraction"] == 0.5 and a["baseline"]["dead_fraction"] == 0.0
+
+
+def test_run_table_shows_auroc_intervals(reproduce):
+    # One run whose best label-free baseline is kNN density; the ceiling's row was written without an interval.
+    comparison = [{"score": name, "auroc": 0.55, "auroc_ci": [0.53, 0.57]} for name in reproduce.BASELINES]
+    comparison = [row for row in comparison if row["score"] != "knn_density"]
+    comparison += [{"score": "knn_density", "auroc": 0.6123, "auroc_ci": [0.6004, 0.6242]},
+                   {"score": reproduce.CEILING, "auroc": 0.7441}]
+    summary = {
+        "settings": {"max_samples": 100, "dataset": "cifar10", "image_size": 32, "backbone": "resnet10t", "epochs": 3,
+                     "batch_size": 64},
+        "validation_split": "train[100:200]", "notes": "test", "scale": "cpu", "command": "x", "machine": "m",
+        "cpu_threads": 2, "device": "cpu",
+        "runs": [{"method": "simclr", "variant": "baseline", "seed": 0, "top1": 0.5567, "knn_top1": 0.5434,
+                  "comparison": comparison, "health": {"dead_fraction": 0.0, "effective_rank": 200.0}}],
+    }
+    row = next(line for line in reproduce._markdown(summary).splitlines() if line.startswith("| simclr"))
+    assert "| knn_density (0.612 [0.600, 0.624]) | 0.744 |" in row

@@ -60,6 +60,7 @@ def test_cifar10_asks_the_hub_when_no_local_copy_is_set(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(data_module.datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(data_module.socket, "getaddrinfo", lambda *args: [])  # as if online
     with pytest.raises(ValueError, match="reachable on the Hugging Face Hub"):
         load_image_dataset("cifar10", "train[:100]")
     assert asked == [(CIFAR10_HUB_ID, "train[:100]")]

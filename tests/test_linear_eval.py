@@ -181,6 +181,9 @@ def test_summary_table_is_printed(cli_run):
     header, row = stdout.strip().splitlines()[:2]
     assert header.split(" | ")[0].strip() == "model" and "auprc_correct" in header
     assert f"{report['top1']:.4f}" in row and f"{report['auprc_correct']:.4f}" in row
+    low, high = report["auroc_ci"]
+    assert "auroc [95 % CI]" in header and f"{report['auroc']:.4f} [{low:.4f}, {high:.4f}]" in row
+    assert low < report["auroc"] < high
 
 
 def test_command_line_is_recorded(cli_run):

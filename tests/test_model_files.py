@@ -90,6 +90,20 @@ def test_damaged_folder_is_one_named_line(name, folder, capsys):
     assert "this should never run" not in capsys.readouterr().out
 
 
+def test_run_folder_suggests_its_model_subfolder(good_folder, tmp_path, capsys):
+    # training/pretrain.py's output folder: checkpoints/ and train_log.jsonl beside the exported model/
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (run / "train_log.jsonl").write_text("{}\n")
+    shutil.copytree(good_folder, run / "model")
+    with pytest.raises(ModelFolderError, match=f"did you mean {run / 'model'}\\?"):
+        QScoreModel.from_pretrained(run)
+    assert main(["info", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"did you mean {run / 'model'}?" in err
+    assert QScoreModel.from_pretrained(run / "model").config.backbone == "resnet18_cifar"  # the suggestion loads
+
+
 def test_good_folder_still_loads_and_info_prints(good_folder, capsys):
     model = QScoreModel.from_pretrained(good_folder)
     assert int(model.activation_stats.num_samples) == 40

@@ -97,6 +97,43 @@ def test_typo_of_a_built_in_name_is_caught_before_the_hub(monkeypatch):
         check_dataset_name(name)
 
 
+def test_hub_id_without_network_fails_at_once_without_retries(monkeypatch):
+    # A machine without network: the Hub's host name does not resolve. huggingface_hub would retry five times.
+    import socket
+
+    from huggingface_hub import constants
+
+    resolved = []
+
+    def no_dns(host, *args, **kwargs):
+        resolved.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(data.datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(data.datasets, "load_dataset", no_hub)
+    with pytest.raises(ValueError, match="Hub is unreachable.*does not resolve.*HF_HUB_OFFLINE=1") as info:
+        load_image_dataset("someorg/pets", "train")
+    assert "\n" not in str(info.value) and resolved == ["huggingface.co"]
+
+    # offline mode: no resolution; datasets is asked (and reads its cache)
+    asked = []
+
+    def not_cached(path, *args, **kwargs):
+        asked.append(path)
+        raise FileNotFoundError("not in the cache")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(data.datasets, "load_dataset", not_cached)
+    with pytest.raises(ValueError, match="reachable on the Hugging Face Hub"):
+        load_image_dataset("someorg/pets", "train")
+    assert asked == ["someorg/pets"] and resolved == ["huggingface.co"]
+
+
 def test_demo_notice_on_digits_says_why_and_how_to_get_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
     notice = dataset_notice("auto", "digits")
