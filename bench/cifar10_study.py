@@ -186,7 +186,7 @@ def supervised_config(setting: Setting, seed: int, work: Path):
 def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out: Path) -> None:
     """Train (resuming) up to each snapshot epoch and evaluate it; skip what ``out`` already holds. The
     ``supervised`` variant trains the control (``bench/supervised.py``) whatever ``method`` is."""
-    from qscore_hf.pretraining import TRAIN_LOG, pretrain, snapshot_folder
+    from qscore_hf.pretraining import pretrain, snapshot_folder
 
     steps_per_epoch = setting.train_images // setting.batch_size
     if variant == "supervised":
@@ -231,7 +231,7 @@ def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out:
         report.update(epoch=epoch, step=epoch * steps_per_epoch, train_seconds=train_seconds,
                       eval_seconds=round(time.time() - started, 1))  # fmt: skip
         _write_json(result_file, report)
-        _write_json(results / "knn_monitor.json", _knn_monitor(output_dir / TRAIN_LOG))
+        write_monitors(output_dir, results)
         test = report["test"]
         print(f"   epoch {epoch}: linear top-1 {100 * test['top1']:.2f} %, test AUROC Q chosen "
               f"{test['scores'][trajectory.Q_CHOSEN]['auroc']:.3f} vs {report['q_minus_rival']['rival']} "
@@ -242,10 +242,38 @@ def _report_version(path: Path) -> int:
     return int(json.loads(path.read_text()).get("report_version", 1))
 
 
-def _knn_monitor(log: Path) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+def write_monitors(output_dir: Path, results: Path) -> None:
+    """The per-epoch kNN monitor and, for a Q-regularized run, the regularizer's activity, from the run's log."""
+    from qscore_hf.pretraining import TRAIN_LOG
+
+    rows = _log_rows(output_dir / TRAIN_LOG)
+    _write_json(results / "knn_monitor.json", _knn_monitor(rows))
+    activity = qreg_activity(rows)
+    if activity:
+        _write_json(results / "qreg_activity.json", activity)
+
+
+def _log_rows(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+def _knn_monitor(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"epoch": r["epoch"] + 1, "step": r["step"], "knn_top1": v} for r in rows
             for k, v in r.items() if k.startswith("knn_top1")]  # fmt: skip
+
+
+def qreg_activity(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch (1-based), the means over its logged steps and views of what the Q-Score regularizer did: the
+    fraction of samples its Q term pushed, ``|D|``, the Q term and the L1 term. Empty for a run without it."""
+    per_epoch: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        views = sorted({key.split("/")[1] for key in row if key.startswith("qscore/view")})
+        for view in views:
+            figures = per_epoch.setdefault(row["epoch"] + 1, {})
+            for name in ("q_term_active_fraction", "num_discriminative", "q_term", "l1_term"):
+                figures.setdefault(name, []).append(row[f"qscore/{view}/{name}"])
+    return [{"epoch": epoch, **{name: sum(values) / len(values) for name, values in figures.items()}}
+            for epoch, figures in sorted(per_epoch.items())]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
     for variant in [] if args.summary else variants:
         run(setting, args.method, variant, args.seed, work, out)
+    for results in (folder for folder in out.iterdir() if (work / folder.name).is_dir()) if out.exists() else ():
+        write_monitors(work / results.name, results)  # also for runs in flight elsewhere or from older versions
     import study_summary
 
     study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),

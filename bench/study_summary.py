@@ -29,9 +29,10 @@ def load_runs(out: Path) -> dict[str, dict[str, Any]]:
     runs = {}
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists()):
         snapshots = [json.loads(p.read_text()) for p in sorted(folder.glob("epoch_*.json"))]
-        knn_file = folder / "knn_monitor.json"
+        knn_file, activity_file = folder / "knn_monitor.json", folder / "qreg_activity.json"
         runs[folder.name] = {"snapshots": snapshots, "config": json.loads((folder / "config.json").read_text()),
-                             "knn": json.loads(knn_file.read_text()) if knn_file.exists() else []}  # fmt: skip
+                             "knn": json.loads(knn_file.read_text()) if knn_file.exists() else [],
+                             "qreg_activity": json.loads(activity_file.read_text()) if activity_file.exists() else []}  # fmt: skip
     return runs
 
 
@@ -123,6 +124,17 @@ def _last_table(run: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _activity_lines(activity: list[dict[str, Any]]) -> list[str]:
+    """What the Q-Score regularizer did, epoch by epoch (means over the logged steps and both views)."""
+    lines = ["What the Q-Score regularizer did, per epoch (training log; means over logged steps and views): the "
+             "fraction of samples its Q term pushed (Q_i below the batch mean with a non-empty S_i), |D|, and its two "
+             "terms.", "", "| epoch | Q term pushed | \\|D\\| | Q term | L1 term |", "|---|---|---|---|---|"]  # fmt: skip
+    for row in activity:
+        lines.append(f"| {row['epoch']} | {100 * row['q_term_active_fraction']:.1f} % | {row['num_discriminative']:.0f} "
+                     f"| {row['q_term']:+.3f} | {row['l1_term']:.4f} |")  # fmt: skip
+    return lines + [""]
+
+
 def ships(snapshot: dict[str, Any], name: str) -> bool:
     """An extension ships only if it beats every label-free baseline on validation and on test."""
     return all(snapshot[split]["scores"][name]["auroc"] > snapshot[split]["scores"][b]["auroc"]
@@ -171,6 +183,9 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
             lines += [f"Still training: {len(run['snapshots'])} of {len(run['config']['pretrain']['snapshot_epochs'])} "
                       f"snapshots ({epochs} epochs) evaluated so far.", ""]
         lines += _last_table(run) + _extension_lines(run["snapshots"][-1])
+        if run["qreg_activity"]:
+            summary["runs"][name]["qreg_activity"] = run["qreg_activity"]
+            lines += _activity_lines(run["qreg_activity"])
         plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")
     if runs:
         plot_knn(runs, out / "knn_plateau.png")

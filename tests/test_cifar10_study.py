@@ -229,6 +229,28 @@ def test_plateau_criterion_by_hand(import_bench):
     assert summary.plateau(rising, 8)["converged"] is False  # 0.61 + 0.14 vs 0.612 + 0.16: 2.2 points
 
 
+def test_qreg_activity_by_hand(import_bench):
+    study = import_bench("cifar10_study")
+
+    def step(epoch: int, active: tuple[float, float], size: float, q: float) -> dict:
+        row = {"step": 1, "epoch": epoch, "loss": 1.0}
+        for view, fraction in enumerate(active):
+            row.update({f"qscore/view{view}/q_term_active_fraction": fraction, f"qscore/view{view}/num_discriminative":
+                        size, f"qscore/view{view}/q_term": q, f"qscore/view{view}/l1_term": 0.04})  # fmt: skip
+        return row
+
+    rows = [step(0, (0.5, 0.3), 512, -2.0), step(0, (0.5, 0.5), 200, -4.0), {"step": 2, "epoch": 0, "knn_top1_k20": 0.3},
+            step(1, (0.0, 0.0), 0, 0.0)]  # fmt: skip
+    activity = study.qreg_activity(rows)
+    # epoch 1: the mean of 0.5, 0.3, 0.5, 0.5 = 0.45; |D| (512 + 512 + 200 + 200) / 4 = 356; Q term -3
+    assert activity == [
+        {"epoch": 1, "q_term_active_fraction": pytest.approx(0.45), "num_discriminative": 356.0, "q_term": -3.0,
+         "l1_term": pytest.approx(0.04)},
+        {"epoch": 2, "q_term_active_fraction": 0.0, "num_discriminative": 0.0, "q_term": 0.0, "l1_term": pytest.approx(0.04)},
+    ]  # fmt: skip
+    assert study.qreg_activity([{"step": 1, "epoch": 0, "loss": 1.0, "ssl_loss": 1.0}]) == []  # no regularizer
+
+
 # ---- the label-free extensions (item 6) -------------------------------------------------------------------------
 
 
