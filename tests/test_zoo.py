@@ -374,6 +374,9 @@ def test_from_pretrained_by_zoo_name_downloads_once(zoo, fixtures, server):
     assert torch.equal(features(first), features(second))
     assert (features(first) - reference_features(reference)).abs().max() < 1e-5
     assert (Path(os.environ["QSCORE_HF_ZOO_CACHE"]) / "models" / "t-byol" / "zoo.json").is_file()
+    # the cards' usage code: the model's own processor does the release's evaluation preprocessing (resize 256, crop 224)
+    processor = first.image_processor()
+    assert processor.size == {"shortest_edge": 256} and processor.crop_size == {"height": 224, "width": 224}
 
 
 def test_stats_are_measured_and_marked_so(zoo, tmp_path, capsys):
