@@ -16,9 +16,9 @@ import gzip
 import os
 import re
 import socket
-from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import datasets
 import numpy as np
