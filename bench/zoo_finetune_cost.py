@@ -44,11 +44,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _record import environment, save
 from qscore_hf.modeling_qscore import QScoreModel
-from qscore_hf.pretraining import PretrainConfig, _collate_views, _param_groups, training_step
+from qscore_hf.pretraining import _collate_views, _param_groups, training_step
 from qscore_hf.regularizer import QScoreRegularizer
 from qscore_hf.ssl import TransformSettings, build_method
 from qscore_hf.zoo.card import config_from_release
-from qscore_hf.zoo.finetune import _SSL_METHODS, RECIPE, FinetuneSettings
+from qscore_hf.zoo.finetune import RECIPE, FinetuneSettings, finetune_config
 from qscore_hf.zoo.registry import Release, load_registry
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -90,12 +90,7 @@ class FinetuneStep:
     """One training step of ``qreg_finetune``'s run, built with pre-training's builders (random backbone weights)."""
 
     def __init__(self, release: Release, output_dir: str) -> None:
-        self.cfg = PretrainConfig(
-            method=_SSL_METHODS[release.method], output_dir=output_dir, image_size=release.crop,
-            qscore_reg=RECIPE["qscore_reg"], lr=RECIPE["lr"], epochs=RECIPE["epochs"],
-            batch_size=FinetuneSettings.batch_size,
-        )  # fmt: skip
-        cfg = self.cfg
+        self.cfg = cfg = finetune_config(release, FinetuneSettings(dataset="imagenet-1k"), output_dir)
         torch.manual_seed(0)
         model = QScoreModel(config_from_release(release))  # what `zoo build` writes, without the weights
         width = int(model.config.hidden_size)

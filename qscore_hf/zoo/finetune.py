@@ -10,12 +10,15 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .card import release_card
 from .registry import Release
 
-__all__ = ["RECIPE", "FinetuneSettings", "qreg_finetune"]
+if TYPE_CHECKING:  # pretraining imports torch: only when a fine-tuning runs
+    from ..pretraining import PretrainConfig
+
+__all__ = ["RECIPE", "FinetuneSettings", "finetune_config", "qreg_finetune"]
 
 # training/pretrain.py's --init-from help and the README's fine-tuning example: the published recipe.
 RECIPE = {"lr": 1e-5, "epochs": 50, "qscore_reg": True}
@@ -39,6 +42,24 @@ class FinetuneSettings:
     probe_epochs: int = 100
 
 
+def finetune_config(release: Release, settings: FinetuneSettings, output_dir: str | os.PathLike,
+                    base: str | os.PathLike | None = None, progress: bool = True) -> PretrainConfig:
+    """The ``training/pretrain.py`` configuration of the recipe for ``release``: its SSL method's heads, its crop,
+    Q-reg on, starting from the built release in ``base`` (``None``: the backbone's fresh weights, e.g. to cost a
+    step in ``bench/zoo_finetune_cost.py``)."""
+    from ..pretraining import PretrainConfig
+
+    if release.method not in _SSL_METHODS:
+        raise ValueError(f"{release.name}: no fine-tuning recipe for method {release.method!r}.")
+    return PretrainConfig(
+        method=_SSL_METHODS[release.method], output_dir=str(output_dir), dataset=settings.dataset,
+        split=settings.train_split, eval_split=settings.eval_split, init_from=None if base is None else str(base),
+        lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
+        image_size=settings.image_size or release.crop, max_samples=settings.max_samples,
+        qscore_reg=RECIPE["qscore_reg"], log_with="none", num_workers=0, progress=progress,
+    )  # fmt: skip
+
+
 def qreg_finetune(
     release: Release,
     base: str | os.PathLike,
@@ -55,19 +76,11 @@ def qreg_finetune(
     from ..io_utils import atomic_directory
     from ..linear_eval import run_linear_eval
     from ..modeling_qscore import QScoreModel
-    from ..pretraining import PretrainConfig, pretrain
+    from ..pretraining import pretrain
     from .build import read_zoo_record
 
-    if release.method not in _SSL_METHODS:
-        raise ValueError(f"{release.name}: no fine-tuning recipe for method {release.method!r}.")
     work = Path(work)
-    cfg = PretrainConfig(
-        method=_SSL_METHODS[release.method], output_dir=str(work / "run"), dataset=settings.dataset,
-        split=settings.train_split, eval_split=settings.eval_split, init_from=str(base), lr=settings.lr,
-        epochs=settings.epochs, batch_size=settings.batch_size, image_size=settings.image_size or release.crop,
-        max_samples=settings.max_samples, qscore_reg=RECIPE["qscore_reg"], log_with="none", num_workers=0,
-        progress=progress,
-    )  # fmt: skip
+    cfg = finetune_config(release, settings, work / "run", base=base, progress=progress)
     start = time.perf_counter()
     tuned = pretrain(cfg)
     seconds = time.perf_counter() - start
