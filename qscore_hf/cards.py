@@ -337,7 +337,7 @@ def training_provenance(training: Mapping[str, Any]) -> dict[str, Any]:
     """The training recipe that ``qscore_hf.pretraining`` saves as ``config.training``, as a card's provenance list."""
     regularization = (
         f"{training.get('qscore_l1_form', 'sum')} L1 form, lambda1={training['lambda1']}, lambda2={training['lambda2']}, "
-        f"eps={training['qscore_eps']}, "
+        f"eps={training['qscore_eps']}, Q normalize {training.get('qscore_normalize', 'none')}, "
         f"warmup {training['qscore_warmup_samples']} samples"
     )
     recipe = {

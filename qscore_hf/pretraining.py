@@ -97,6 +97,7 @@ class PretrainConfig:
     lambda2: float = DEFAULT_LAMBDA2
     qscore_l1_form: str = DEFAULT_L1_FORM
     qscore_eps: float | str = DEFAULT_EPS  # the regularizer's eps ("auto" or a number)
+    qscore_normalize: str = "none"  # the regularizer's Q_i: "none" (SPEC §4, in feature units), "zscore" or "l1"
     # The exported model's Q-Score settings (its Q-Scores and saved statistics): chosen on a validation split.
     scoring_eps: float | str = SMALL_SCALE_SCORING["qscore_eps"]
     scoring_normalize: str = SMALL_SCALE_SCORING["qscore_normalize"]
@@ -367,8 +368,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             "lower --batch-size."
         )
     regularizer = (
-        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, l1_form=cfg.qscore_l1_form,
-                          warmup_samples=cfg.qscore_warmup_samples)
+        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, normalize=cfg.qscore_normalize,
+                          l1_form=cfg.qscore_l1_form, warmup_samples=cfg.qscore_warmup_samples)
         if cfg.qscore_reg else None
     )
     total_batch = cfg.batch_size * accelerator.num_processes
@@ -557,6 +558,7 @@ def _export(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, m
     if cfg.qscore_reg:
         model.config.qscore_regularization = {
             "lambda1": cfg.lambda1, "lambda2": cfg.lambda2, "l1_form": cfg.qscore_l1_form, "eps": cfg.qscore_eps,
+            "normalize": cfg.qscore_normalize,
             "warmup_samples": cfg.qscore_warmup_samples, "mode": "fine-tuning" if cfg.init_from else "pre-training",
         }
     model.config.training = {

@@ -202,3 +202,34 @@ def test_vit_backbone_is_built_for_the_training_image_size(tmp_path):
     assert model.config.backbone_config == {"img_size": 32} and model.config.hidden_size == 192
     assert model.backbone.patch_embed.grid_size == (2, 2)  # 32 px in 16 px patches
     assert model(torch.zeros(2, 3, 32, 32)).features.shape == (2, 192)
+
+
+def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path, monkeypatch):
+    import importlib.util
+
+    import qscore_hf.pretraining as pretraining
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = script.parse_args([*TINY, "--method", "simclr", "--output-dir", str(tmp_path / "run"), "--max-samples", "48",
+                             "--epochs", "1", "--eval-split", "none", "--qscore-reg", "--qscore-normalize", "zscore",
+                             "--qscore-warmup-samples", "16"])  # fmt: skip
+    assert cfg.qscore_normalize == "zscore"
+    plain = script.parse_args([*TINY, "--method", "simclr", "--output-dir", str(tmp_path / "other")])
+    assert plain.qscore_normalize == "none"  # SPEC §4's Q by default
+
+    built = []
+
+    class Recording(QScoreRegularizer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.normalize)
+
+    monkeypatch.setattr(pretraining, "QScoreRegularizer", Recording)
+    model_dir = pretrain(cfg)
+    assert built == ["zscore"]
+    assert QScoreModel.from_pretrained(model_dir).config.qscore_regularization["normalize"] == "zscore"
+    # zscore: Q_i is the mean z-score of the selected features, each above eps, so a non-zero Q_i exceeds eps
+    logged = [row for row in read_log(tmp_path / "run") if "qscore/view0/alpha_mean_q" in row]
+    assert logged and all(row["qscore/view0/alpha_mean_q"] >= 0 for row in logged)

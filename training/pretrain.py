@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
     add("--lambda1", type=float), add("--lambda2", type=float)
     add("--qscore-eps", type=eps_argument, help="eps of the regularizer, or 'auto' (the default: calibrated each epoch)")
+    add("--qscore-normalize", choices=list(NORMALIZE_OPTIONS),
+        help="the regularizer's Q_i: none (SPEC §4, the default; in the features' units, so the Q term can inflate "
+             "them), zscore or l1 (scale-free)")
     add("--scoring-eps", type=eps_argument,
         help=f"eps of the exported model's Q-Scores, or 'auto' (default: {DEFAULTS.scoring_eps:g}, chosen on a "
              "validation split with the normalize and band below; README 'Results')")
