@@ -298,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
     for variant in [] if args.summary else variants:
         run(setting, args.method, variant, args.seed, work, out)
-    for results in (folder for folder in out.iterdir() if (work / folder.name).is_dir()) if out.exists() else ():
-        write_monitors(work / results.name, results)  # also for runs in flight elsewhere or from older versions
+    # the monitors of every run whose training log is here: also runs in flight elsewhere or of older versions
+    for results in [folder for folder in out.iterdir() if (work / folder.name).is_dir()] if out.exists() else []:
+        write_monitors(work / results.name, results)
     import study_summary
 
     study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),
