@@ -70,7 +70,7 @@ def plot_auroc_vs_epoch(run: str, snapshots: list[dict[str, Any]], path: Path) -
     axes.set_xscale("log")
     axes.set_xticks(epochs, [str(epoch) for epoch in epochs])
     axes.minorticks_off()
-    axes.set_xlabel("pre-training epoch")
+    axes.set_xlabel("training epoch (supervised or self-supervised)")
     axes.set_ylabel("test AUROC (correct vs misclassified)")
     axes.set_title(f"{run}: which score predicts the linear probe's mistakes?")
     axes.legend(fontsize=7, loc="upper left")
