@@ -14,6 +14,8 @@ exact pixels, never trained on) and on the test split (10,000 JPEG re-encodings)
 pre-trains from scratch with the package's default Q-Score regularization, same recipe and length as the baseline;
 ``finetune-qreg`` fine-tunes the converged baseline with it for 5 epochs at lr 1e-5 (the published recipe's learning
 rate; it runs 50 epochs), against ``finetune-plain``, the same continuation without it (same steps, seed, data order).
+``qreg-zscore`` is ``qreg`` with a scale-free Q term (``--qscore-normalize zscore``): the default's unnormalized Q term
+inflated a few features and collapsed the representation here (README "Results").
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
 name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
@@ -43,7 +45,7 @@ from _record import environment
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 sys.path.insert(0, str(REPO / "training"))
-VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised")
+VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised", "qreg-zscore")
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
 
@@ -124,8 +126,10 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--num-workers", str(setting.num_workers), "--log-with", "none", "--resume", "auto",
             "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress", *setting.backbone_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
-    if variant in ("qreg", "finetune-qreg"):
+    if variant in ("qreg", "finetune-qreg", "qreg-zscore"):
         argv += ["--qscore-reg"]
+    if variant == "qreg-zscore":  # the candidate after the unnormalized Q term's blow-up: Q_i in z-scores, scale-free
+        argv += ["--qscore-normalize", "zscore"]
     if finetune:
         base = work / run_name(method, "baseline", seed) / "model"
         if not base.is_dir():

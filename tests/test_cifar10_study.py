@@ -219,6 +219,17 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
     assert "| 2 |" in (tmp_path / "out-a" / "summary.md").read_text()
 
 
+def test_qreg_variants_differ_from_the_baseline_only_in_the_regularizer(import_bench, tmp_path):
+    study = import_bench("cifar10_study")
+    setting = study.SETTINGS["cpu"]
+    baseline, qreg, zscore = (asdict(study.pretrain_config(setting, "simclr", variant, 1, tmp_path))
+                              for variant in ("baseline", "qreg", "qreg-zscore"))  # fmt: skip
+    assert {key for key in qreg if qreg[key] != baseline[key]} == {"output_dir", "qscore_reg"}
+    assert {key for key in zscore if zscore[key] != qreg[key]} == {"output_dir", "qscore_normalize"}
+    assert (qreg["qscore_normalize"], zscore["qscore_normalize"]) == ("none", "zscore")
+    assert zscore["output_dir"] == str(tmp_path / "simclr-qreg-zscore-seed1") and zscore["seed"] == 1
+
+
 def test_plateau_criterion_by_hand(import_bench):
     summary = import_bench("study_summary")
     knn = [{"epoch": e, "knn_top1": v} for e, v in enumerate([0.2, 0.4, 0.5, 0.55, 0.60, 0.605, 0.61, 0.612], 1)]
