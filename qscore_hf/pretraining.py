@@ -57,12 +57,26 @@ _INERT_Q_TERM = (
     "acted. A young encoder rarely has features that far above its mean: try --qscore-eps auto or a lower eps (see the "
     "README's Results)."
 )
+_SILENCED_Q_TERM = (
+    "Q-Score regularization, epoch {epoch}: the Q term pushed no sample, after it did in earlier epochs. eps='auto' "
+    "has risen to {eps:g}: few features now stand that far above their sample's mean, so S_i is empty below the "
+    "batch's mean Q. The Q term rewards such spiky features, and pushing them can collapse the representation (on "
+    "CIFAR-10 it did: README 'Results'): compare health/effective_rank with a run without --qscore-reg, and try a "
+    "lower --lambda1."
+)
 _KILLED_FEATURES = (
     "Q-Score regularization, epoch {epoch}: {dead:.0%} of the backbone's features never fired this epoch, against "
     "{reference:.0%} in the first epoch (effective rank {rank:.1f}, first epoch {reference_rank:.1f}). The L1 term "
     "may be killing features that an unregularized run keeps: lower --lambda2, or use --qscore-l1-form normalized "
     "(scale-free; the default), and compare with a run without --qscore-reg."
 )
+def inert_q_term_message(epoch: int, eps: float, auto_eps: bool, was_active: bool) -> str:
+    """What to tell a user when an epoch's Q term pushed no sample: a young encoder's features that never reach eps,
+    or (eps calibrated, the term active before) features the term itself made spiky enough to raise eps."""
+    template = _SILENCED_Q_TERM if auto_eps and was_active else _INERT_Q_TERM
+    return template.format(epoch=epoch, eps=eps)
+
+
 # An epoch's dead fraction this far above the first epoch's triggers the warning above.
 KILLED_FEATURES_MARGIN = 0.05
 
@@ -419,6 +433,7 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
                     desc=f"{cfg.method} pre-training", unit="step")
     window_start, window_images = time.perf_counter(), 0
     active_q_samples = torch.zeros((), device=accelerator.device)  # this epoch's samples the Q term pushed
+    q_term_was_active = False  # in an earlier epoch of this process
     health = RunningFeatureHealth(width, accelerator.device)  # this epoch's dead features and effective rank
     while state.step < max_steps:
         epoch = state.step // steps_per_epoch
@@ -462,7 +477,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             if regularizer is not None:
                 regularizer.refresh()
                 if float(active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
-                    progress.write(_INERT_Q_TERM.format(epoch=epoch, eps=regularizer.eps))
+                    progress.write(inert_q_term_message(epoch, regularizer.eps, regularizer.auto_eps, q_term_was_active))
+                q_term_was_active = q_term_was_active or float(active_q_samples) > 0
                 active_q_samples.zero_()
             if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
                 _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)

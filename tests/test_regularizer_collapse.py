@@ -50,3 +50,17 @@ def test_literal_form_kills_features(dead):
 
 def test_default_form_keeps_the_baselines_live_features(dead):
     assert dead["default"] <= dead["baseline"] + 0.02, dead
+
+
+def test_a_silenced_q_term_is_told_apart_from_a_young_encoders():
+    from qscore_hf.pretraining import inert_q_term_message
+
+    young = inert_q_term_message(3, 4.0, auto_eps=False, was_active=False)
+    assert "epoch 3: the Q term pushed no sample" in young and "mu + 4 sigma" in young and "--qscore-eps auto" in young
+    # eps="auto" that rose after the term had pushed samples: the term's own spiky features, not a young encoder
+    silenced = inert_q_term_message(5, 8.98, auto_eps=True, was_active=True)
+    assert "after it did in earlier epochs" in silenced and "risen to 8.98" in silenced and "--lambda1" in silenced
+    assert "young encoder" not in silenced
+    # auto eps that never let the term act, or a fixed eps: the young-encoder advice
+    assert inert_q_term_message(1, 6.0, auto_eps=True, was_active=False).count("young encoder") == 1
+    assert "young encoder" in inert_q_term_message(1, 4.0, auto_eps=False, was_active=True)
