@@ -146,10 +146,10 @@ def _current_step(output_dir: Path) -> int:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    from qscore_hf.io_utils import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[str, Any]:

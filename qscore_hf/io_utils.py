@@ -1,4 +1,5 @@
-"""Atomic folder writes: a model folder is either the old one or the complete new one, never half-written.
+"""Atomic writes: a model folder is either the old one or the complete new one, never half-written; so is a file
+written with :func:`atomic_write_text`.
 
 Beside ``target`` a write uses hidden folders named ``.<target>.<kind>-<pid>-<random>``: ``tmp`` while it is written,
 ``new`` once it is complete, ``old`` for the replaced folder until the new one is in place. A process killed at any
@@ -18,6 +19,7 @@ from typing import Iterator
 
 __all__ = [
     "atomic_directory",
+    "atomic_write_text",
     "check_model_source",
     "check_writable",
     "recover_directory",
@@ -195,3 +197,14 @@ def atomic_directory(target: str | os.PathLike, keep_other_files: bool = True) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path``'s contents with ``text`` in one step (a hidden temporary file beside it, then a rename), so
+    that a reader or a killed process sees the old file or the new one, never a partial one. A replaced file keeps its
+    permissions."""
+    path = Path(path)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, path.stat().st_mode if path.exists() else 0o666 & ~_umask())
+    os.replace(tmp.name, path)

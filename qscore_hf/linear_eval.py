@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from .comparison import compare_scores, scores_with_baselines
 from .degeneracy import degeneracy_report
 from .data import ImageDataset, load_image_dataset
 from .features import FeatureSet, count_activation_stats, default_cache_dir, extract_features, feature_chunks
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, atomic_write_text
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel
 from .plots import plot_pr_curves, plot_qscore_histograms
@@ -98,10 +97,7 @@ def _update_model_card(readme: Path, results: list[dict[str, Any]]) -> None:
     ]  # fmt: skip
     card.data.eval_results = kept + new
     card.data.model_name = card.data.model_name or card_title(card) or readme.parent.name
-    with tempfile.NamedTemporaryFile("w", dir=readme.parent, prefix=".README.", suffix=".tmp", delete=False) as tmp:
-        tmp.write(str(card))
-    os.chmod(tmp.name, readme.stat().st_mode)
-    os.replace(tmp.name, readme)
+    atomic_write_text(readme, str(card))
 
 
 def _headline(metrics: dict[str, float]) -> dict[str, float]:

@@ -30,7 +30,7 @@ from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .data import ImageDataset, dataset_normalization, load_image_dataset
-from .io_utils import atomic_directory, check_model_source
+from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
 from .publish import push_folder, save_model_folder
@@ -606,9 +606,7 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 def _logged_step(line: str) -> float:

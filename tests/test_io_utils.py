@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qscore_hf.io_utils import atomic_directory, check_model_source, check_writable, recover_directory
+from qscore_hf.io_utils import atomic_directory, atomic_write_text, check_model_source, check_writable, recover_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,21 @@ def test_output_gets_the_modes_of_the_users_umask(tmp_path):
     assert stat.S_IMODE((out / "sub").stat().st_mode) == 0o750
     assert stat.S_IMODE((out / "sub" / os.path.basename(private)).stat().st_mode) == 0o640
     assert stat.S_IMODE((out / "weights.safetensors").stat().st_mode) == 0o640
+
+
+def test_atomic_write_text_replaces_a_file_keeping_its_mode_and_leaves_no_temporary(tmp_path):
+    card = tmp_path / "README.md"
+    card.write_text("old card")
+    card.chmod(0o604)
+    atomic_write_text(card, "new card")
+    assert card.read_text() == "new card" and stat.S_IMODE(card.stat().st_mode) == 0o604
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "zoo.json", "{}\n")  # a new file: the umask's mode, not a temporary's 0600
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "zoo.json").stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "zoo.json"]
 
 
 def test_check_writable_fails_in_one_line(tmp_path):

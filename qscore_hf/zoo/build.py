@@ -117,6 +117,7 @@ def build_release(
 def _linear_eval(release: Release, folder: Path, spec: str, max_samples: int | None, record: dict[str, Any],
                  progress: bool, log: Callable[[str], None]) -> None:  # fmt: skip
     """Linear-probe the built ``folder`` (see ``build_release``) and record the measured figures."""
+    from ..io_utils import atomic_write_text
     from ..linear_eval import run_linear_eval
 
     dataset, split = parse_stats(spec)
@@ -126,9 +127,7 @@ def _linear_eval(release: Release, folder: Path, spec: str, max_samples: int | N
         "dataset": dataset, "train_split": "train", "eval_split": split, "max_samples": max_samples,
         "top1": report["top1"], "auroc": report.get("auroc"), "published_top1": release.top1,
     }  # fmt: skip
-    tmp = folder / f".{ZOO_RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, folder / ZOO_RECORD)
+    atomic_write_text(folder / ZOO_RECORD, json.dumps(record, indent=2) + "\n")
     log(f"{release.name}: linear-probe top-1 {report['top1']:.4f} on {dataset} ({split}), measured"
         + (f"; published {release.top1} %" if release.top1 is not None else ""))
 
