@@ -36,7 +36,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from lightly.utils.lars import LARS
 from PIL import Image
 from torch import Tensor
 from torch.utils import flop_counter
@@ -44,8 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _record import environment, save
 from qscore_hf.modeling_qscore import QScoreModel
-from qscore_hf.pretraining import _collate_views, _param_groups, training_step
-from qscore_hf.regularizer import QScoreRegularizer
+from qscore_hf.pretraining import _collate_views, build_optimizer, build_regularizer, training_step
 from qscore_hf.ssl import TransformSettings, build_method
 from qscore_hf.zoo.card import config_from_release
 from qscore_hf.zoo.finetune import RECIPE, FinetuneSettings, finetune_config
@@ -98,10 +96,8 @@ class FinetuneStep:
         settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std),
                                      cfg.local_views)  # fmt: skip
         self.transform = self.method.build_transform(settings)
-        self.regularizer = QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps,
-                                             l1_form=cfg.qscore_l1_form, warmup_samples=cfg.qscore_warmup_samples)
-        self.optimizer = LARS(_param_groups(self.method, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                              trust_coefficient=0.02)  # fmt: skip
+        self.regularizer = build_regularizer(cfg, width)
+        self.optimizer = build_optimizer(cfg, self.method, lr=cfg.lr)  # the rate does not change the FLOPs
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.backbone = model.backbone

@@ -268,6 +268,23 @@ def _eval_dataset(data: ImageDataset, model: QScoreModel):
     return data.dataset.with_transform(apply)
 
 
+def build_regularizer(cfg: PretrainConfig, width: int) -> QScoreRegularizer | None:
+    """The run's Q-Score regularizer for ``width`` backbone features (``None`` without ``qscore_reg``)."""
+    if not cfg.qscore_reg:
+        return None
+    return QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, normalize=cfg.qscore_normalize,
+                             l1_form=cfg.qscore_l1_form, warmup_samples=cfg.qscore_warmup_samples)  # fmt: skip
+
+
+def build_optimizer(cfg: PretrainConfig, method: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The run's optimizer over ``method``'s trainable parameters at learning rate ``lr`` (already scaled to the
+    batch): LARS or SGD with momentum, no weight decay on biases and norm layers."""
+    groups = _param_groups(method, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=0.02)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
 def _param_groups(method: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay (hence no LARS adaptation in lightly's LARS) on biases and norm layers."""
     decay, no_decay = [], []
@@ -381,18 +398,9 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
             f"{cfg.dataset} ({len(train_data.dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
             "lower --batch-size."
         )
-    regularizer = (
-        QScoreRegularizer(width, cfg.lambda1, cfg.lambda2, cfg.qscore_eps, normalize=cfg.qscore_normalize,
-                          l1_form=cfg.qscore_l1_form, warmup_samples=cfg.qscore_warmup_samples)
-        if cfg.qscore_reg else None
-    )
+    regularizer = build_regularizer(cfg, width)
     total_batch = cfg.batch_size * accelerator.num_processes
-    lr = cfg.lr * total_batch / 256  # solo-learn's linear scaling rule
-    groups = _param_groups(method, cfg.weight_decay)
-    optimizer = (
-        LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=0.02)
-        if cfg.optimizer == "lars" else torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    )
+    optimizer = build_optimizer(cfg, method, lr=cfg.lr * total_batch / 256)  # solo-learn's linear scaling rule
     if cfg.channels_last:
         method = method.to(memory_format=torch.channels_last)
     method, optimizer, loader = accelerator.prepare(method, optimizer, loader)
