@@ -340,8 +340,9 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{best} ({_auroc_text(rows[best])}) | {_auroc_text(rows[CEILING])} | "
             f"{100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
         )
-    lines += ["", "AUROCs of one run carry DeLong's 95 % interval in brackets. Dead features: the fraction of the encoder's features that never fire on the test split; effective "
-              "rank: RankMe (exp of the entropy of the normalized singular values of the centred test features).", ""]
+    lines += ["", "AUROCs of one run carry DeLong's 95 % interval in brackets. Dead features: the fraction of the "
+              "encoder's features that never fire on the test split; effective rank: RankMe (exp of the entropy of the "
+              "normalized singular values of the centred test features).", ""]
     if summary.get("scoring_selection"):
         lines += _scoring_lines(summary["scoring_selection"])
     if summary.get("regularizer_selection"):
