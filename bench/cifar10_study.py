@@ -77,9 +77,10 @@ class Setting:
     @property
     def train_images(self) -> int:
         """N of ``train_split``, which is ``train[0:N]``: pre-training uses the first N training images."""
-        split, _, rows = self.train_split.partition("[")
-        start, stop = (int(v) for v in rows.rstrip("]").split(":"))
-        if split != "train" or start != 0:
+        from qscore_hf.data import _parse_split  # the data loader's own reading of NAME[START:STOP]
+
+        split, start, stop = _parse_split(self.train_split)
+        if split != "train" or start != 0 or stop is None:
             raise ValueError(f"train_split {self.train_split}: pre-training uses the first N images (train[0:N]).")
         return stop
 
