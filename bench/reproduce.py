@@ -46,6 +46,7 @@ from qscore_hf.baselines import BASELINES, CEILING
 from qscore_hf.health import feature_health
 from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
+from qscore_hf.metrics import auroc_text
 from qscore_hf.plots import plot_pr_curves
 from qscore_hf.pretraining import PretrainConfig, pretrain
 from qscore_hf.regularizer import DEFAULT_EPS, DEFAULT_L1_FORM, DEFAULT_LAMBDA1, DEFAULT_LAMBDA2
@@ -337,7 +338,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         best = max(BASELINES, key=lambda name: rows[name]["auroc"] if name in rows else -1.0)
         lines.append(
             f"| {r['method']} | {r['variant']} | {r['seed']} | {100 * r['top1']:.2f} | {100 * r['knn_top1']:.2f} | "
-            f"{best} ({_auroc_text(rows[best])}) | {_auroc_text(rows[CEILING])} | "
+            f"{best} ({auroc_text(rows[best])}) | {auroc_text(rows[CEILING])} | "
             f"{100 * r['health']['dead_fraction']:.0f} % | {r['health']['effective_rank']:.1f} |"
         )
     lines += ["", "AUROCs of one run carry DeLong's 95 % interval in brackets. Dead features: the fraction of the "
@@ -352,13 +353,6 @@ def _markdown(summary: dict[str, Any]) -> str:
             lines += _over_seeds_lines(summary[key])
     lines += [f"Anchors (paper): {'; '.join(ANCHORS.values())}.", ""]
     return "\n".join(lines) + "\n"
-
-
-def _auroc_text(row: dict[str, Any]) -> str:
-    """``0.612 [0.598, 0.626]``: a comparison row's AUROC with its DeLong interval (rows written before the interval
-    existed have none)."""
-    interval = row.get("auroc_ci")
-    return f"{row['auroc']:.3f}" + (" [{:.3f}, {:.3f}]".format(*interval) if interval else "")
 
 
 def _scoring_lines(table: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER
 from qscore_hf.baselines import BASELINES, CEILING
+from qscore_hf.metrics import auroc_text
 from qscore_hf.plots import _figure  # the package's Agg figure, no pyplot state
 
 SCORES = (Q_PAPER, Q_DEFAULT, Q_CHOSEN, *EXTENSION_SCORES, *BASELINES, CEILING)
@@ -118,8 +119,7 @@ def _last_table(run: dict[str, Any]) -> list[str]:
              "|---|---|---|---|"]  # fmt: skip
     for name in (name for name in SCORES if name in last["scores"]):
         row = last["scores"][name]
-        ci = f" [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}]" if "auroc_ci" in row else ""
-        lines.append(f"| {name} | {row['auroc']:.3f}{ci} | {row['auprc_correct']:.3f} ({last['base_rate_correct']:.3f}) "
+        lines.append(f"| {name} | {auroc_text(row)} | {row['auprc_correct']:.3f} ({last['base_rate_correct']:.3f}) "
                      f"| {row['auprc_misclassified']:.3f} ({last['base_rate_misclassified']:.3f}) |")  # fmt: skip
     return lines + [""]
 

@@ -24,6 +24,7 @@ from huggingface_hub.repocard_data import eval_results_to_model_index, model_ind
 
 from .comparison import ScoreComparison
 from .configuration_qscore import QScoreConfig
+from .metrics import interval_text
 
 __all__ = [
     "DEFAULT_LICENSE",
@@ -403,7 +404,7 @@ def _evaluation_note(report: Mapping[str, Any]) -> str:
         f"discriminative features) ranks the probe's correct predictions with AUPRC "
         f"{report['auprc_correct']:.4f} (base rate {report['base_rate_correct']:.4f}) and its mistakes with AUPRC "
         f"{report['auprc_misclassified']:.4f} (base rate {report['base_rate_misclassified']:.4f}); AUROC "
-        f"{report['auroc']:.4f}" + (" (95 % interval [{:.4f}, {:.4f}])".format(*report["auroc_ci"])
+        f"{report['auroc']:.4f}" + (f" (95 % interval {interval_text(report['auroc_ci'])})"
                                     if report.get("auroc_ci") else "") + "."
     )
 

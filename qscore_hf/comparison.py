@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .baselines import BASELINES, CEILING, baseline_scores, probe_confidence
-from .metrics import FEW_SAMPLES, misclassification_metrics
+from .metrics import FEW_SAMPLES, auroc_text, interval_text, misclassification_metrics
 
 __all__ = ["SCORE_DESCRIPTIONS", "ScoreComparison", "compare_scores", "few_samples_note", "report_text",
            "scores_with_baselines"]
@@ -62,7 +62,7 @@ class ScoreComparison:
             standing = f"ranks the probe's mistakes better than the best label-free baseline, {best['score']}"
         else:
             standing = f"ranks the probe's mistakes worse than the best label-free baseline, {best['score']}"
-        sentence = f"Q-Score (AUROC {_with_interval(q)}) {standing} (AUROC {_with_interval(best)})"
+        sentence = f"Q-Score (AUROC {auroc_text(q)}) {standing} (AUROC {auroc_text(best)})"
         if q["auroc"] <= 0.5:
             sentence += ", and no better than chance (0.5)"
         if abs(gap) >= 0.005 and _overlap(q, best):
@@ -74,7 +74,7 @@ class ScoreComparison:
     def table(self, markdown: bool = False) -> str:
         """The table as aligned text (the CLI) or markdown (reports), with the base rates as the last row."""
         header = ("score", "AUROC", "AUROC 95 % CI", "AUPRC correct", "AUPRC misclassified")
-        body = [(row["score"], f"{row['auroc']:.4f}", _interval_text(row.get("auroc_ci")),
+        body = [(row["score"], f"{row['auroc']:.4f}", interval_text(row.get("auroc_ci")) or "n/a",
                  f"{row['auprc_correct']:.4f}", f"{row['auprc_misclassified']:.4f}") for row in self.rows]  # fmt: skip
         body.append(("base rate (chance)", "0.5000", "", f"{self.base_rate_correct:.4f}",
                      f"{self.base_rate_misclassified:.4f}"))  # fmt: skip
@@ -103,16 +103,6 @@ class ScoreComparison:
 _ROW_KEYS = ("auroc", "auroc_ci", "auprc_correct", "auprc_misclassified")
 
 
-def _with_interval(row: Mapping[str, Any]) -> str:
-    """``0.427 [0.410, 0.445]``: a row's AUROC with its 95 % interval (when the row has one)."""
-    interval = row.get("auroc_ci")
-    return f"{row['auroc']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
-def _interval_text(interval: Any) -> str:
-    return "n/a" if not interval else f"[{interval[0]:.4f}, {interval[1]:.4f}]"
-
-
 def _overlap(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
     """Whether two rows' AUROC intervals overlap (``False`` when either has none)."""
     a, b = first.get("auroc_ci"), second.get("auroc_ci")
@@ -128,7 +118,7 @@ def few_samples_note(num_samples: int, num_misclassified: int, auroc_ci: Sequenc
         return None
     return (
         f"only {count} of {num_samples} samples are {kind} (fewer than {FEW_SAMPLES}): too few for an AUROC to mean "
-        f"much; Q-Score's 95 % interval is [{auroc_ci[0]:.3f}, {auroc_ci[1]:.3f}]. Evaluate on more samples or on "
+        f"much; Q-Score's 95 % interval is {interval_text(auroc_ci, 3)}. Evaluate on more samples or on "
         "harder data."
     )
 

@@ -389,6 +389,7 @@ def format_summary(result: dict[str, Any]) -> str:
     """The demo's results table and where its files are."""
     from .comparison import report_text
     from .linear_eval import PER_SAMPLE_FILE, PLOT_FILES, REPORT_FILE
+    from .metrics import interval_text
 
     report, setting = result["report"], result["setting"]
     rows = [
@@ -398,7 +399,7 @@ def format_summary(result: dict[str, Any]) -> str:
         ("AUPRC, misclassified as positive", f"{report['auprc_misclassified']:.4f}",
          f"{report['base_rate_misclassified']:.4f} (base rate: error rate)"),
         ("AUROC", f"{report['auroc']:.4f}", "0.5000 (chance)"),
-        ("95 % interval of the AUROC", "[{:.4f}, {:.4f}]".format(*report["auroc_ci"]), "DeLong"),
+        ("95 % interval of the AUROC", interval_text(report["auroc_ci"]), "DeLong"),
         ("|D| discriminative features", str(report["qscore"]["num_discriminative"]),
          f"of {report['num_features']}"),
     ]  # fmt: skip

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["CONFIDENCE", "FEW_SAMPLES", "auroc_interval", "misclassification_metrics"]
+__all__ = ["CONFIDENCE", "FEW_SAMPLES", "auroc_interval", "auroc_text", "interval_text", "misclassification_metrics"]
 
 CONFIDENCE = 0.95
 # Below this many correct (or misclassified) samples an AUROC's interval is wide; reports say so.
@@ -90,3 +90,15 @@ def misclassification_metrics(
         "num_samples": int(labels.size),
         "num_misclassified": int(labels.size - num_correct),
     }
+
+
+def interval_text(interval: Sequence[float] | None, digits: int = 4) -> str:
+    """``[0.5980, 0.6260]``: an interval (e.g. ``auroc_ci``) as every report prints it; empty when there is none."""
+    return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else ""
+
+
+def auroc_text(row: Mapping[str, Any], digits: int = 3) -> str:
+    """``0.612 [0.598, 0.626]``: a report row's ``auroc`` followed by its ``auroc_ci`` when it has one (rows written
+    before intervals existed have none)."""
+    interval = interval_text(row.get("auroc_ci"), digits)
+    return f"{row['auroc']:.{digits}f}" + (f" {interval}" if interval else "")

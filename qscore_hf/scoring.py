@@ -62,7 +62,7 @@ from .features import (
 )
 from .io_utils import atomic_directory
 from .linear_eval import PLOT_FILES as PROBE_PLOT_FILES
-from .metrics import misclassification_metrics
+from .metrics import interval_text, misclassification_metrics
 from .modeling_qscore import QScoreModel
 from .plots import plot_image_grid, plot_pr_curves, plot_qscore_histogram, plot_qscore_histograms
 from .explain import select_top_features
@@ -418,7 +418,7 @@ def _report_markdown(summary: dict[str, Any]) -> str:
             ("AUPRC, correct as positive", summary["auprc_correct"]),
             ("AUPRC, misclassified as positive", summary["auprc_misclassified"]),
             ("AUROC", summary["auroc"]),
-            ("AUROC 95 % interval (DeLong)", summary["auroc_ci"] and "[{:.4f}, {:.4f}]".format(*summary["auroc_ci"])),
+            ("AUROC 95 % interval (DeLong)", interval_text(summary["auroc_ci"]) or None),
         ]
     lines = ["# Q-Score report", ""]
     if summary["degeneracy"]["warning"]:

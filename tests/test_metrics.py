@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from qscore_hf.metrics import auroc_interval, misclassification_metrics
+from qscore_hf.metrics import auroc_interval, auroc_text, interval_text, misclassification_metrics
 from qscore_hf.score import qscore
 
 
@@ -179,3 +179,12 @@ def test_interval_agrees_with_a_bootstrap():
 def test_interval_of_a_class_of_one_is_everything():
     assert auroc_interval([0.3, 0.2, 0.1], [1, 1, 0]) == (0.0, 1.0)
     assert misclassification_metrics([0.3, 0.2, 0.1], [1, 1, 0])["num_misclassified"] == 1
+
+
+def test_interval_and_auroc_text_are_the_reports_shared_format():
+    assert interval_text([0.59804, 0.62596]) == "[0.5980, 0.6260]"
+    assert interval_text((0.1, 0.25), digits=2) == "[0.10, 0.25]"
+    assert interval_text(None) == "" and interval_text([]) == ""
+    assert auroc_text({"auroc": 0.6123, "auroc_ci": [0.598, 0.626]}) == "0.612 [0.598, 0.626]"
+    assert auroc_text({"auroc": 0.6123}) == "0.612"  # a row written before intervals existed
+    assert auroc_text({"auroc": 0.5, "auroc_ci": None}, digits=4) == "0.5000"

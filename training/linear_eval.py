@@ -69,15 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interval(report: dict[str, Any], key: str) -> str:
-    """`` [low, high]`` after the AUROC (DeLong's 95 % interval: a reader sees when it is noise); else empty."""
-    interval = report.get(f"{key}_ci")
-    return " [{:.4f}, {:.4f}]".format(*interval) if interval else ""
-
-
 def summary_table(report: dict[str, Any]) -> str:
-    """A header line and one row of the report's headline numbers."""
-    cells = [(name, fmt.format(report[key]) + _interval(report, key)) for name, key, fmt in SUMMARY_COLUMNS]
+    """A header line and one row of the report's headline numbers, each AUROC followed by DeLong's 95 % interval (a
+    reader sees when it is noise)."""
+    from qscore_hf.metrics import interval_text
+
+    cells = [(name, " ".join(filter(None, [fmt.format(report[key]), interval_text(report.get(f"{key}_ci"))])))
+             for name, key, fmt in SUMMARY_COLUMNS]  # fmt: skip
     widths = [max(len(name), len(value)) for name, value in cells]
     header = " | ".join(name.ljust(width) for (name, _), width in zip(cells, widths))
     row = " | ".join(value.ljust(width) for (_, value), width in zip(cells, widths))
