@@ -15,7 +15,8 @@ pre-trains from scratch with the package's default Q-Score regularization, same 
 ``finetune-qreg`` fine-tunes the converged baseline with it for 5 epochs at lr 1e-5 (the published recipe's learning
 rate; it runs 50 epochs), against ``finetune-plain``, the same continuation without it (same steps, seed, data order).
 ``qreg-zscore`` is ``qreg`` with a scale-free Q term (``--qscore-normalize zscore``): the default's unnormalized Q term
-inflated a few features and collapsed the representation here (README "Results").
+inflated a few features and collapsed the representation here (README "Results"). ``qreg-lambda1e-4`` is ``qreg``
+with the preprint's Q-term weight (``--lambda1 1e-4``, the package default 1e-2), the rest (L1 term, eps) unchanged.
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
 name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
@@ -45,7 +46,7 @@ from _record import environment
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 sys.path.insert(0, str(REPO / "training"))
-VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised", "qreg-zscore")
+VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised", "qreg-zscore", "qreg-lambda1e-4")
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
 
@@ -127,10 +128,12 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--num-workers", str(setting.num_workers), "--log-with", "none", "--resume", "auto",
             "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress", *setting.backbone_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
-    if variant in ("qreg", "finetune-qreg", "qreg-zscore"):
+    if variant in ("qreg", "finetune-qreg", "qreg-zscore", "qreg-lambda1e-4"):
         argv += ["--qscore-reg"]
     if variant == "qreg-zscore":  # the candidate after the unnormalized Q term's blow-up: Q_i in z-scores, scale-free
         argv += ["--qscore-normalize", "zscore"]
+    if variant == "qreg-lambda1e-4":  # the next one (zscore collapsed too): the preprint's Q-term weight, 100x smaller
+        argv += ["--lambda1", "1e-4"]
     if finetune:
         base = work / run_name(method, "baseline", seed) / "model"
         if not base.is_dir():

@@ -15,10 +15,8 @@ import difflib
 import gzip
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import datasets
 import numpy as np
@@ -220,19 +218,15 @@ def _check_hub_resolves(name: str) -> None:
     """Fail in one line, at once, when the Hub's host name does not resolve (no network): huggingface_hub would retry
     a DNS failure five times with back-off (about 30 s) before datasets reports it. Skipped in offline mode
     (``HF_HUB_OFFLINE=1``), where datasets reads its cache without asking the Hub."""
-    from huggingface_hub import constants
+    from .backbones.hub import hub_unreachable
 
-    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-        return
-    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as error:  # socket.gaierror: the name does not resolve
+    problem = None if datasets.config.HF_HUB_OFFLINE else hub_unreachable()
+    if problem is not None:
         raise ValueError(
             f"data set {name!r} is no local path or built-in name {BUILTIN_DATASETS}, and the Hugging Face Hub is "
-            f"unreachable ({host} does not resolve: {error}). Check the network, give a local copy's path, or set "
-            "HF_HUB_OFFLINE=1 to read a copy already in the Hugging Face cache."
-        ) from None
+            f"unreachable ({problem}). Check the network, give a local copy's path, or set HF_HUB_OFFLINE=1 to read "
+            "a copy already in the Hugging Face cache."
+        )
 
 
 def _check_split(name: str, split: str, available: list[str]) -> None:

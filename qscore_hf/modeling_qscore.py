@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import CIFAR_SUFFIX, SourceRepo, build_backbone, find_source, import_backbone
+from .backbones import CIFAR_SUFFIX, SourceRepo, build_backbone, find_source, hub_unreachable, import_backbone
 from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
@@ -219,10 +219,14 @@ class QScoreModel(PreTrainedModel):
         Missing ``classifier.*`` tensors are allowed (a probe head added to a backbone-only checkpoint), and
         ``ignore_mismatched_sizes=True`` allows mismatched shapes as in transformers. A zoo release's name
         (``qscore-hf zoo list``, e.g. ``"dino-vits16"``) is downloaded and converted once into the zoo's cache.
+
+        Without network (the Hub's host name does not resolve) a Hub id is read from the Hugging Face cache, as with
+        ``HF_HUB_OFFLINE=1``, and one that is not there fails at once instead of after minutes of retries.
         """
         zoo = _zoo_loading()
         if zoo is not None:  # a zoo release's name (neither a folder nor a Hub id): built once into the zoo's cache
             pretrained_model_name_or_path = zoo.resolve_zoo_name(pretrained_model_name_or_path) or pretrained_model_name_or_path
+        _read_cache_without_network(pretrained_model_name_or_path, kwargs)
         pooling = kwargs.pop("pooling", None)
         source = None if "config" in kwargs else _find_source(pretrained_model_name_or_path, kwargs)
         if source is not None and source.library != "qscore":
@@ -296,6 +300,22 @@ def _zoo_loading() -> Any:
         if error.name not in (f"{__package__}.zoo", f"{__package__}.zoo.loading"):
             raise
         return None
+
+
+def _read_cache_without_network(name: str | os.PathLike, kwargs: dict[str, Any]) -> None:
+    """For a Hub id on a machine whose Hub host does not resolve: set ``local_files_only`` (the cache answers, with
+    no retries), or raise ``OSError`` in one line when the cache does not hold it."""
+    if kwargs.get("local_files_only") or Path(os.fspath(name)).expanduser().exists():
+        return
+    problem = hub_unreachable()
+    if problem is None:
+        return
+    kwargs["local_files_only"] = True
+    if "config" not in kwargs and _find_source(name, kwargs) is None:
+        raise OSError(
+            f"{name}: no local folder, not in the Hugging Face cache, and the Hub is unreachable ({problem}). Check "
+            "the network, or give a local folder."
+        )
 
 
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:

@@ -5,6 +5,7 @@ same results as an uninterrupted one), the fair fine-tuning pair, the report's s
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_cifar10_asks_the_hub_when_no_local_copy_is_set(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(data_module.datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(data_module.socket, "getaddrinfo", lambda *args: [])  # as if online
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: [])  # as if online
     with pytest.raises(ValueError, match="reachable on the Hugging Face Hub"):
         load_image_dataset("cifar10", "train[:100]")
     assert asked == [(CIFAR10_HUB_ID, "train[:100]")]
@@ -222,11 +223,13 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
 def test_qreg_variants_differ_from_the_baseline_only_in_the_regularizer(import_bench, tmp_path):
     study = import_bench("cifar10_study")
     setting = study.SETTINGS["cpu"]
-    baseline, qreg, zscore = (asdict(study.pretrain_config(setting, "simclr", variant, 1, tmp_path))
-                              for variant in ("baseline", "qreg", "qreg-zscore"))  # fmt: skip
+    baseline, qreg, zscore, weak = (asdict(study.pretrain_config(setting, "simclr", variant, 1, tmp_path))
+                                    for variant in ("baseline", "qreg", "qreg-zscore", "qreg-lambda1e-4"))  # fmt: skip
     assert {key for key in qreg if qreg[key] != baseline[key]} == {"output_dir", "qscore_reg"}
     assert {key for key in zscore if zscore[key] != qreg[key]} == {"output_dir", "qscore_normalize"}
     assert (qreg["qscore_normalize"], zscore["qscore_normalize"]) == ("none", "zscore")
+    assert {key for key in weak if weak[key] != qreg[key]} == {"output_dir", "lambda1"}
+    assert (qreg["lambda1"], weak["lambda1"], weak["lambda2"]) == (1e-2, 1e-4, 1e-2)
     assert zscore["output_dir"] == str(tmp_path / "simclr-qreg-zscore-seed1") and zscore["seed"] == 1
 
 

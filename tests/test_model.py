@@ -690,3 +690,35 @@ def test_model_image_processor_matches_config(scored):
     assert out.shape == (1, 3, 32, 32)
     expected = -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(out[0, :, 5, 5].numpy(), expected, rtol=1e-5)
+
+
+def test_hub_id_without_network_reads_the_cache_or_fails_at_once(saved_folder, tmp_path, monkeypatch, hub_cache):
+    # A machine without network: the Hub's host name does not resolve, and offline mode is not set. huggingface_hub
+    # would retry each file five times with back-off (minutes); the cache must answer instead, without a request.
+    import socket
+
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
+    model, folder = saved_folder
+    cache = tmp_path / "hub"
+    hub_cache(cache, "org/cached", folder, hashlib.sha1(b"no network").hexdigest())
+    resolved = []
+
+    def no_dns(host, *args, **kwargs):
+        resolved.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    build_hf_headers()  # huggingface_hub asks the Hub once per process for its user-agent registry: done here
+    resolved.clear()
+    loaded = QScoreModel.from_pretrained("org/cached", cache_dir=cache)
+    assert resolved == ["huggingface.co"]  # our one check; any request would have resolved the name again
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+    with pytest.raises(OSError, match=r"org/absent: no local folder, not in the Hugging Face cache.*does not resolve"):
+        QScoreModel.from_pretrained("org/absent", cache_dir=cache)
+    assert resolved == ["huggingface.co"] * 2

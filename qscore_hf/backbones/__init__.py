@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .hub import SourceRepo, find_source
+from .hub import SourceRepo, find_source, hub_unreachable
 from .timm_hub import import_timm_hub_backbone, timm_preprocessing
 from .timm_names import CIFAR_SUFFIX, create_timm_backbone, timm_size_kwargs
 from .transformers_vision import (
@@ -40,6 +40,7 @@ __all__ = [
     "create_backbone",
     "create_timm_backbone",
     "find_source",
+    "hub_unreachable",
     "import_backbone",
     "timm_preprocessing",
     "timm_size_kwargs",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HFValidationError
 
-__all__ = ["SourceRepo", "find_source", "read_config"]
+__all__ = ["SourceRepo", "find_source", "hub_unreachable", "read_config"]
 
 TIMM_HUB_PREFIX = "hf-hub:"
 
@@ -91,3 +93,20 @@ def read_config(config_file: Path) -> dict[str, Any]:
             "or fix config.json."
         )
     return config
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be asked (``"huggingface.co does not resolve: ..."``: no network), or ``None``
+    when it can, or need not be (``HF_HUB_OFFLINE=1``: the cache answers without asking).
+
+    A name that does not resolve fails at once here; huggingface_hub would retry it five times with back-off, about
+    30 s per file (2.5 minutes before ``from_pretrained`` of an absent Hub id gives up).
+    """
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as error:  # socket.gaierror
+        return f"{host} does not resolve: {error}"
+    return None
