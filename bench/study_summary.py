@@ -5,6 +5,7 @@
   effective rank; the last snapshot of each run with both AUPRCs and their base rates; whether the run converged.
 - ``auroc_vs_epoch_<method>.png``: test AUROC against epoch, a line per score (one figure per method and variant).
 - ``knn_plateau.png``: the per-epoch kNN monitor of every run, with the plateau criterion.
+- A table of each Q-regularized run against its control (``regularizer_comparisons``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,57 @@ def _extension_lines(snapshot: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def control_of(run: str) -> str | None:
+    """The run a Q-regularized run is compared with: ``M-finetune-qreg-seedS`` against ``M-finetune-plain-seedS``,
+    and every other ``M-qreg*-seedS`` against ``M-baseline-seedS`` (same recipe, length, seed and data order);
+    ``None`` for a run without Q-reg."""
+    base, _, seed = run.rpartition("-seed")
+    method, _, variant = base.partition("-")
+    if variant == "finetune-qreg":
+        return f"{method}-finetune-plain-seed{seed}"
+    return f"{method}-baseline-seed{seed}" if variant.startswith("qreg") else None
+
+
+def regularizer_comparisons(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per Q-regularized run whose control has the same epoch evaluated: linear top-1 of both on validation and on
+    test at their last common snapshot, the relative change, and both effective ranks (test features)."""
+    rows = []
+    for name, run in runs.items():
+        control = control_of(name)
+        if control not in runs:
+            continue
+        mine, theirs = ({s["epoch"]: s for s in r["snapshots"]} for r in (run, runs[control]))
+        common = sorted(set(mine) & set(theirs))
+        if not common:
+            continue
+        epoch = common[-1]
+        row = {"run": name, "control": control, "epoch": epoch, "final": epoch == run["config"]["pretrain"]["epochs"]}
+        for split in ("validation", "test"):
+            a, b = mine[epoch][split]["top1"], theirs[epoch][split]["top1"]
+            row[split] = {"top1": a, "control_top1": b, "relative_change": a / b - 1}
+        row["effective_rank"] = mine[epoch]["test"]["effective_rank"]
+        row["control_effective_rank"] = theirs[epoch]["test"]["effective_rank"]
+        rows.append(row)
+    return rows
+
+
+def _comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Q-Score regularization against its control", "",
+             "Each Q-regularized run against the run without it (from scratch: the baseline; a fine-tune: the same "
+             "continuation without Q-reg), at their last common snapshot. Relative change: top-1 / control's - 1.", "",
+             "| run | control | epoch | top-1 validation: run / control (change) | top-1 test: run / control (change) "
+             "| effective rank: run / control |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        val, test = row["validation"], row["test"]
+        lines.append(
+            f"| {row['run']} | {row['control']} | {row['epoch']}{'' if row['final'] else ' (run not finished)'} | "
+            f"{100 * val['top1']:.2f} / {100 * val['control_top1']:.2f} % ({100 * val['relative_change']:+.1f} %) | "
+            f"{100 * test['top1']:.2f} / {100 * test['control_top1']:.2f} % ({100 * test['relative_change']:+.1f} %) | "
+            f"{row['effective_rank']:.0f} / {row['control_effective_rank']:.0f} |"
+        )
+    return lines + [""]
+
+
 def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.json`` and the figures into ``out``; returns the summary."""
     runs = {name: run for name, run in load_runs(out).items() if run["snapshots"]}
@@ -187,6 +239,9 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
             summary["runs"][name]["qreg_activity"] = run["qreg_activity"]
             lines += _activity_lines(run["qreg_activity"])
         plot_auroc_vs_epoch(name, run["snapshots"], out / f"auroc_vs_epoch_{name}.png")
+    summary["regularizer_comparisons"] = regularizer_comparisons(runs)
+    if summary["regularizer_comparisons"]:
+        lines += _comparison_lines(summary["regularizer_comparisons"])
     if runs:
         plot_knn(runs, out / "knn_plateau.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -363,3 +363,32 @@ def test_gpu_smoke_runs_the_same_path_on_the_cpu(study, import_bench, tmp_path, 
     with pytest.raises(SystemExit, match="over 0 MiB: pack fewer images"):
         gpu.pack(tmp_path / "too-big", train=32, validation=8, test=8)
     assert not (tmp_path / "too-big").exists() and not (tmp_path / ".too-big.tmp").exists()
+
+
+def test_each_qreg_run_is_compared_with_its_control_by_hand(import_bench):
+    summary = import_bench("study_summary")
+    assert summary.control_of("byol-qreg-lambda1e-4-seed1") == "byol-baseline-seed1"
+    assert summary.control_of("simclr-finetune-qreg-seed0") == "simclr-finetune-plain-seed0"
+    assert summary.control_of("simclr-finetune-plain-seed0") is None and summary.control_of("supervised-seed0") is None
+
+    def run(epochs: int, *snapshots: tuple[int, float, float, float]) -> dict:
+        return {"config": {"pretrain": {"epochs": epochs}}, "snapshots": [
+            {"epoch": e, "validation": {"top1": v}, "test": {"top1": t, "effective_rank": rank}}
+            for e, v, t, rank in snapshots]}  # fmt: skip
+
+    runs = {"simclr-baseline-seed0": run(30, (18, 0.50, 0.40, 200.0), (30, 0.60, 0.50, 220.0)),
+            "simclr-qreg-seed0": run(30, (18, 0.45, 0.44, 50.0), (30, 0.54, 0.55, 58.0)),
+            "simclr-qreg-zscore-seed0": run(30, (11, 0.4, 0.4, 9.0), (18, 0.40, 0.30, 180.0)),  # cut at epoch 18
+            "byol-qreg-seed1": run(30, (18, 0.3, 0.3, 7.0))}  # no control yet: left out  # fmt: skip
+    rows = {row["run"]: row for row in summary.regularizer_comparisons(runs)}
+    assert set(rows) == {"simclr-qreg-seed0", "simclr-qreg-zscore-seed0"}
+    final = rows["simclr-qreg-seed0"]
+    assert (final["epoch"], final["final"], final["control"]) == (30, True, "simclr-baseline-seed0")
+    assert final["validation"]["relative_change"] == pytest.approx(0.54 / 0.60 - 1)  # -10 %
+    assert final["test"]["relative_change"] == pytest.approx(0.10)  # 0.55 / 0.50 - 1
+    assert (final["effective_rank"], final["control_effective_rank"]) == (58.0, 220.0)
+    cut = rows["simclr-qreg-zscore-seed0"]
+    assert (cut["epoch"], cut["final"]) == (18, False) and cut["test"]["relative_change"] == pytest.approx(-0.25)
+    table = "\n".join(summary._comparison_lines(list(rows.values())))
+    assert "| simclr-qreg-seed0 | simclr-baseline-seed0 | 30 | 54.00 / 60.00 % (-10.0 %) | 55.00 / 50.00 % (+10.0 %) |" in table
+    assert "| 18 (run not finished) |" in table
