@@ -157,6 +157,17 @@ def _extension_lines(snapshot: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def headline(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's figures for ``summary.json``: top-1 and each score's test AUROC with its interval, Q chosen minus
+    the baseline best on validation; the full report (both AUPRCs, the validation grid...) stays in its
+    ``<run>/epoch_NNNN.json``, which summary.json would otherwise copy whole."""
+    return {"epoch": snapshot["epoch"], "chosen_setting": snapshot["chosen_setting"],
+            "top1": {split: snapshot[split]["top1"] for split in ("validation", "test")},
+            "test_auroc": {name: {key: row[key] for key in ("auroc", "auroc_ci") if key in row}
+                           for name, row in snapshot["test"]["scores"].items()},
+            "q_minus_rival": snapshot["q_minus_rival"], "effective_rank": snapshot["test"]["effective_rank"]}  # fmt: skip
+
+
 def control_of(run: str) -> str | None:
     """The run a Q-regularized run is compared with: ``M-finetune-qreg-seedS`` against ``M-finetune-plain-seedS``,
     and every other ``M-qreg*-seedS`` against ``M-baseline-seedS`` (same recipe, length, seed and data order);
@@ -224,8 +235,8 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
         epochs = run["config"]["pretrain"]["epochs"]
         # a fine-tuning continues a converged run: its few epochs say nothing about convergence
         converged = None if run["config"]["pretrain"].get("init_from") else plateau(run["knn"], epochs)
-        summary["runs"][name] = {"plateau": converged, "snapshots": run["snapshots"], "knn_monitor": run["knn"],
-                                 "config": run["config"]}  # fmt: skip
+        summary["runs"][name] = {"plateau": converged, "snapshots": [headline(s) for s in run["snapshots"]],
+                                 "knn_monitor": run["knn"], "config": run["config"]}  # fmt: skip
         lines += _run_table(name, run)
         if converged is not None:
             lines += [f"Plateau: kNN top-1 of epochs {converged['epochs'][0]}-{converged['epochs'][1]} varies by "
