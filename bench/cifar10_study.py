@@ -46,6 +46,11 @@ from _record import environment
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 sys.path.insert(0, str(REPO / "training"))
+# The Q-regularized variants and the flags each adds to the package's default Q-reg: qreg-zscore, the candidate after
+# the unnormalized Q term's blow-up (Q_i in z-scores, scale-free); qreg-lambda1e-4, the next one (zscore collapsed
+# too), the preprint's Q-term weight, 100x smaller.
+QREG_VARIANTS = {"qreg": (), "finetune-qreg": (), "qreg-zscore": ("--qscore-normalize", "zscore"),
+                 "qreg-lambda1e-4": ("--lambda1", "1e-4")}  # fmt: skip
 VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised", "qreg-zscore", "qreg-lambda1e-4")
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
@@ -128,12 +133,8 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--num-workers", str(setting.num_workers), "--log-with", "none", "--resume", "auto",
             "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress", *setting.backbone_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
-    if variant in ("qreg", "finetune-qreg", "qreg-zscore", "qreg-lambda1e-4"):
-        argv += ["--qscore-reg"]
-    if variant == "qreg-zscore":  # the candidate after the unnormalized Q term's blow-up: Q_i in z-scores, scale-free
-        argv += ["--qscore-normalize", "zscore"]
-    if variant == "qreg-lambda1e-4":  # the next one (zscore collapsed too): the preprint's Q-term weight, 100x smaller
-        argv += ["--lambda1", "1e-4"]
+    if variant in QREG_VARIANTS:
+        argv += ["--qscore-reg", *QREG_VARIANTS[variant]]
     if finetune:
         base = work / run_name(method, "baseline", seed) / "model"
         if not base.is_dir():

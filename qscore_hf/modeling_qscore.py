@@ -226,9 +226,14 @@ class QScoreModel(PreTrainedModel):
         zoo = _zoo_loading()
         if zoo is not None:  # a zoo release's name (neither a folder nor a Hub id): built once into the zoo's cache
             pretrained_model_name_or_path = zoo.resolve_zoo_name(pretrained_model_name_or_path) or pretrained_model_name_or_path
-        _read_cache_without_network(pretrained_model_name_or_path, kwargs)
+        no_network = _read_cache_without_network(pretrained_model_name_or_path, kwargs)
         pooling = kwargs.pop("pooling", None)
         source = None if "config" in kwargs else _find_source(pretrained_model_name_or_path, kwargs)
+        if no_network and source is None and "config" not in kwargs:
+            raise OSError(
+                f"{pretrained_model_name_or_path}: no local folder, not in the Hugging Face cache, and the Hub is "
+                f"unreachable ({no_network}). Check the network, or give a local folder."
+            )
         if source is not None and source.library != "qscore":
             return cls.from_backbone_repo(source, pooling=pooling, **kwargs)
         if pooling is not None:
@@ -302,20 +307,15 @@ def _zoo_loading() -> Any:
         return None
 
 
-def _read_cache_without_network(name: str | os.PathLike, kwargs: dict[str, Any]) -> None:
+def _read_cache_without_network(name: str | os.PathLike, kwargs: dict[str, Any]) -> str | None:
     """For a Hub id on a machine whose Hub host does not resolve: set ``local_files_only`` (the cache answers, with
-    no retries), or raise ``OSError`` in one line when the cache does not hold it."""
+    no retries) and return why the Hub is unreachable; ``None`` (and ``kwargs`` as they are) otherwise."""
     if kwargs.get("local_files_only") or Path(os.fspath(name)).expanduser().exists():
-        return
+        return None
     problem = hub_unreachable()
-    if problem is None:
-        return
-    kwargs["local_files_only"] = True
-    if "config" not in kwargs and _find_source(name, kwargs) is None:
-        raise OSError(
-            f"{name}: no local folder, not in the Hugging Face cache, and the Hub is unreachable ({problem}). Check "
-            "the network, or give a local folder."
-        )
+    if problem is not None:
+        kwargs["local_files_only"] = True
+    return problem
 
 
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:

@@ -70,15 +70,15 @@ _KILLED_FEATURES = (
     "may be killing features that an unregularized run keeps: lower --lambda2, or use --qscore-l1-form normalized "
     "(scale-free; the default), and compare with a run without --qscore-reg."
 )
+# An epoch's dead fraction this far above the first epoch's triggers the warning above.
+KILLED_FEATURES_MARGIN = 0.05
+
+
 def inert_q_term_message(epoch: int, eps: float, auto_eps: bool, was_active: bool) -> str:
     """What to tell a user when an epoch's Q term pushed no sample: a young encoder's features that never reach eps,
     or (eps calibrated, the term active before) features the term itself made spiky enough to raise eps."""
     template = _SILENCED_Q_TERM if auto_eps and was_active else _INERT_Q_TERM
     return template.format(epoch=epoch, eps=eps)
-
-
-# An epoch's dead fraction this far above the first epoch's triggers the warning above.
-KILLED_FEATURES_MARGIN = 0.05
 
 
 @dataclass
