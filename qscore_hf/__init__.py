@@ -88,14 +88,17 @@ def _register_image_processor(auto: Any) -> None:
     auto.AutoImageProcessor.register(QScoreConfig, fast_image_processor_class=QScoreImageProcessor, exist_ok=True)
 
 
-# (module of transformers or evaluate, module of ours, registration): each runs once both modules are imported,
-# whichever comes last, so that a registration never sees a half-imported module (transformers' PreTrainedModel,
-# imported by our modeling module, can itself import the Auto classes' modules).
-_REGISTRATIONS: list[tuple[str, str | None, Callable[[Any], None]]] = [
-    ("transformers.models.auto.configuration_auto", f"{__name__}.configuration_qscore", _register_config),
-    ("transformers.models.auto.modeling_auto", f"{__name__}.modeling_qscore", _register_model),
-    ("transformers.models.auto.image_processing_auto", f"{__name__}.image_processing_qscore", _register_image_processor),
+# (module of transformers, registration): each runs once its module of transformers has executed and none of ours is
+# half-imported. A registration imports our modules (configuration, modeling, image processing), which import more
+# of ours (backbones...) and transformers, which can import the Auto modules in turn (the image processor's module
+# imports transformers' image processing, whose docstrings import the Auto model module): run while one of ours is
+# half-imported, it could import that one half-done and break the import of transformers' module that triggered it.
+_REGISTRATIONS: list[tuple[str, Callable[[Any], None]]] = [
+    ("transformers.models.auto.configuration_auto", _register_config),
+    ("transformers.models.auto.modeling_auto", _register_model),
+    ("transformers.models.auto.image_processing_auto", _register_image_processor),
 ]
+_OUR_PREFIX = f"{__name__}."
 
 
 def _initializing(name: str) -> bool:
@@ -105,26 +108,31 @@ def _initializing(name: str) -> bool:
 
 
 def _run_registrations(just_imported: str | None = None) -> None:
-    """Run each registration whose transformers/evaluate module is imported, unless our module is half-imported
-    (then it runs when ours has executed); a registration imports our module if it is not imported yet."""
-    for entry in list(_REGISTRATIONS):
-        if entry not in _REGISTRATIONS:  # done meanwhile, by a registration's own imports
-            continue
-        theirs, ours, register = entry
-        theirs_ready = theirs == just_imported or (theirs in sys.modules and not _initializing(theirs))
-        ours_busy = ours is not None and ours != just_imported and _initializing(ours)
-        if theirs_ready and not ours_busy:
-            _REGISTRATIONS.remove(entry)
-            register(sys.modules[theirs])
+    """Run each registration whose transformers module is imported, unless one of our modules is half-imported
+    (then they run when the last of those has executed)."""
+    if any(name.startswith(_OUR_PREFIX) and name != just_imported and _initializing(name) for name in list(sys.modules)):
+        return
+    progress = True
+    while progress:  # again after each registration: its imports may have imported another Auto module
+        progress = False
+        for entry in list(_REGISTRATIONS):
+            if entry not in _REGISTRATIONS:  # done meanwhile, by a registration's own imports
+                continue
+            theirs, register = entry
+            if theirs == just_imported or (theirs in sys.modules and not _initializing(theirs)):
+                _REGISTRATIONS.remove(entry)
+                register(sys.modules[theirs])
+                progress = True
 
 
 class _RegisterOnImport(importlib.abc.MetaPathFinder):
-    """A post-import hook: finds a watched module's spec with the other finders and wraps its loader's
-    ``exec_module`` so that the registrations waiting for it run right after it executes. (``find_spec`` is also
-    called without importing, by ``importlib.util.find_spec``: nothing happens until the module executes.)"""
+    """A post-import hook: finds the spec of a watched module (an Auto module still to register with, or one of
+    ours) with the other finders and wraps its loader's ``exec_module`` so that the registrations waiting for it
+    run right after it executes. (``find_spec`` is also called without importing, by ``importlib.util.find_spec``:
+    nothing happens until the module executes.)"""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if not any(name in (theirs, ours) for theirs, ours, _ in _REGISTRATIONS):
+        if not name.startswith(_OUR_PREFIX) and not any(name == theirs for theirs, _ in _REGISTRATIONS):
             return None
         spec = next(
             (found for finder in sys.meta_path if finder is not self and hasattr(finder, "find_spec")

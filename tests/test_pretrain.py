@@ -205,13 +205,9 @@ def test_vit_backbone_is_built_for_the_training_image_size(tmp_path):
 
 
 def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path, monkeypatch):
-    import importlib.util
-
     import qscore_hf.pretraining as pretraining
 
-    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     cfg = script.parse_args([*TINY, "--method", "simclr", "--output-dir", str(tmp_path / "run"), "--max-samples", "48",
                              "--epochs", "1", "--eval-split", "none", "--qscore-reg", "--qscore-normalize", "zscore",
                              "--qscore-warmup-samples", "16"])  # fmt: skip
@@ -233,3 +229,31 @@ def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path,
     # zscore: Q_i is the mean z-score of the selected features, each above eps, so a non-zero Q_i exceeds eps
     logged = [row for row in read_log(tmp_path / "run") if "qscore/view0/alpha_mean_q" in row]
     assert logged and all(row["qscore/view0/alpha_mean_q"] >= 0 for row in logged)
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_method_kwargs_override_single_keys_of_the_config(tmp_path):
+    config = tmp_path / "byol.yaml"
+    config.write_text("method: byol\nmethod_kwargs:\n  proj_hidden_dim: 64\n  pred_hidden_dim: 32\n")
+    cfg = load_script().parse_args(["--method", "byol", "--config", str(config), "--output-dir", str(tmp_path / "run"),
+                                    "--method-kwargs", '{"momentum_start": 0.9, "pred_hidden_dim": 16}'])  # fmt: skip
+    assert cfg.method_kwargs == {"proj_hidden_dim": 64, "pred_hidden_dim": 16, "momentum_start": 0.9}
+
+
+def test_unknown_method_kwarg_is_named_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        load_script().parse_args(["--method", "simclr", "--output-dir", str(tmp_path / "run"),
+                                  "--method-kwargs", '{"momentum_start": 0.9}'])  # fmt: skip
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert "simclr has no hyper-parameter(s) ['momentum_start']" in error
+    assert "it takes ['proj_hidden_dim', 'proj_output_dim', 'temperature']" in error
+    assert not (tmp_path / "run").exists()

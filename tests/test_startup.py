@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the CLI as if lightly (the `train` extra) were not installed.
@@ -110,3 +112,46 @@ print(json.dumps({"eager": eager, "model": type(model).__name__, "config": type(
     assert result["eager"] == []
     assert (result["model"], result["config"], result["public"]) == ("QScoreModel", "QScoreConfig", True)
     assert result["metric"] == "q_score"
+
+
+# Each Auto class the way transformers exposes it, and where our registration must be visible.
+CHECK_REGISTRATIONS = """
+import json, sys
+import qscore_hf
+import transformers
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+modules = {name: sys.modules.get("transformers.models.auto." + name)
+           for name in ("configuration_auto", "modeling_auto", "image_processing_auto")}
+config = AutoConfig.for_model("qscore", backbone="resnet18_cifar", image_size=32)
+print(json.dumps({
+    "one_module_each": [module is not None and getattr(transformers, cls) is getattr(module, cls)
+                        for cls, module in zip(("AutoConfig", "AutoModel", "AutoImageProcessor"), modules.values())],
+    "config": type(config) is qscore_hf.QScoreConfig,
+    "model": type(AutoModel.from_config(config)) is qscore_hf.QScoreModel,
+    "image_processor": [cls.__name__ for cls in
+                        modules["image_processing_auto"].IMAGE_PROCESSOR_MAPPING[type(config)].values()],
+}))
+"""
+
+
+@pytest.mark.parametrize("first", [
+    "import qscore_hf; from qscore_hf import QScoreImageProcessor",  # imported the Auto model module half-way (was a bug)
+    "import qscore_hf; from qscore_hf import QScoreModel",
+    "import qscore_hf; from qscore_hf import QScoreConfig",
+    "import qscore_hf; from transformers import AutoModel",
+    "import qscore_hf; from transformers import AutoImageProcessor",
+    "import qscore_hf; import transformers.models.auto.modeling_auto",
+    "import transformers.models.auto.modeling_auto; import qscore_hf",
+    "from transformers import AutoImageProcessor; from qscore_hf import QScoreImageProcessor",
+    "import qscore_hf.pretraining",  # our backbones import transformers half-way (was a bug of the first fix)
+    "from qscore_hf.backbones import build_backbone",
+])
+def test_every_import_order_registers_each_auto_class_once(first):
+    """Whatever our modules and transformers' Auto modules are imported in, each Auto class exists once (the class
+    transformers exports is the one its module holds) and knows QScoreConfig, QScoreModel and QScoreImageProcessor."""
+    run = python(first + "\n" + CHECK_REGISTRATIONS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["one_module_each"] == [True, True, True]
+    assert result["config"] and result["model"]
+    assert result["image_processor"] == ["QScoreImageProcessor"]

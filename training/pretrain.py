@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--lr", type=float, help="per 256 images (scaled by the total batch size)")
     add("--weight-decay", type=float), add("--warmup-epochs", type=float)
     add("--local-views", type=int, help="multi-crop small views for SwAV / DINO")
-    add("--method-kwargs", type=json.loads, help='JSON overriding the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'')
+    add("--method-kwargs", type=json.loads,
+        help='JSON overriding some of the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'; the config\'s '
+             'others stay')
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
     add("--lambda1", type=float), add("--lambda2", type=float)
     add("--qscore-eps", type=eps_argument, help="eps of the regularizer, or 'auto' (the default: calibrated each epoch)")
@@ -107,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     settings = yaml.safe_load(Path(config_path).read_text()) if Path(config_path).exists() else {}
     if settings.get("method", args["method"]) != args["method"]:
         parser.error(f"{config_path} is a config for {settings['method']!r}, not {args['method']!r}.")
+    # --method-kwargs overrides single keys: the recipe's other method settings stay
+    args["method_kwargs"] = {**settings.get("method_kwargs", {}), **args.get("method_kwargs", {})}
+    unknown_kwargs = set(args["method_kwargs"]) - set(METHODS[args["method"]].defaults)
+    if unknown_kwargs:  # here, not after the data set has loaded
+        parser.error(f"{args['method']} has no hyper-parameter(s) {sorted(unknown_kwargs)} (--method-kwargs or "
+                     f"{config_path}); it takes {sorted(METHODS[args['method']].defaults)}.")
     settings.update(args)
     if isinstance(settings.get("eval_split"), str) and settings["eval_split"].lower() == "none":
         settings["eval_split"] = None
