@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
+from timm.optim import Lars
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -100,6 +100,7 @@ class PretrainConfig:
     max_steps: int | None = None
     batch_size: int = 256
     optimizer: str = "lars"
+    lars_clip: bool = True  # solo-learn's clip_lr (LARC): a layer's step is at most lr times its gradient
     lr: float = 0.4
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -281,12 +282,15 @@ def build_optimizer(cfg: PretrainConfig, method: nn.Module, lr: float) -> torch.
     batch): LARS or SGD with momentum, no weight decay on biases and norm layers."""
     groups = _param_groups(method, cfg.weight_decay)
     if cfg.optimizer == "lars":
-        return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=0.02)
+        # solo-learn's LARS (eta 0.02, biases and norm layers left out, clip_lr): timm's, whose trust_clip is
+        # solo-learn's clip_lr; lightly's LARS does not clip, so its step stays 2 % of a layer's norm times lr however
+        # small the gradient
+        return Lars(groups, lr=lr, momentum=cfg.momentum, trust_coeff=0.02, trust_clip=cfg.lars_clip)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
 
 
 def _param_groups(method: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay (hence no LARS adaptation in lightly's LARS) on biases and norm layers."""
+    """No weight decay (hence no LARS adaptation in timm's Lars) on biases and norm layers."""
     decay, no_decay = [], []
     for param in method.parameters():
         if param.requires_grad:

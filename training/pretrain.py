@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--epochs", type=int), add("--max-steps", type=int)
     add("--batch-size", type=int, help="per device")
     add("--optimizer", choices=["lars", "sgd"])
+    add("--lars-clip", action=argparse.BooleanOptionalAction,
+        help="clip LARS's layer-wise rate at lr, as solo-learn's recipes do (clip_lr; default: on)")
     add("--lr", type=float, help="per 256 images (scaled by the total batch size)")
     add("--weight-decay", type=float), add("--warmup-epochs", type=float)
     add("--local-views", type=int, help="multi-crop small views for SwAV / DINO")
