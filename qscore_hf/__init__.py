@@ -110,7 +110,8 @@ def _initializing(name: str) -> bool:
 def _run_registrations(just_imported: str | None = None) -> None:
     """Run each registration whose transformers module is imported, unless one of our modules is half-imported
     (then they run when the last of those has executed)."""
-    if any(name.startswith(_OUR_PREFIX) and name != just_imported and _initializing(name) for name in list(sys.modules)):
+    ours = [name for name in list(sys.modules) if name.startswith(_OUR_PREFIX) and name != just_imported]
+    if any(_initializing(name) for name in ours):
         return
     progress = True
     while progress:  # again after each registration: its imports may have imported another Auto module
