@@ -17,6 +17,7 @@ rate; it runs 50 epochs), against ``finetune-plain``, the same continuation with
 ``qreg-zscore`` is ``qreg`` with a scale-free Q term (``--qscore-normalize zscore``): the default's unnormalized Q term
 inflated a few features and collapsed the representation here (README "Results"). ``qreg-lambda1e-4`` is ``qreg``
 with the preprint's Q-term weight (``--lambda1 1e-4``, the package default 1e-2), the rest (L1 term, eps) unchanged.
+``baseline-sgd`` is BYOL's baseline with SGD for the recipe's LARS, with which BYOL does not learn here.
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
 name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
