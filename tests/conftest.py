@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -117,5 +118,19 @@ def import_bench() -> Callable[[str], ModuleType]:
             return importlib.import_module(name)
         finally:
             sys.path.remove(bench)
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def training_script() -> Callable[[str], ModuleType]:
+    """``training_script(name)``: a fresh module of ``training/<name>.py`` (a script, not an importable package)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "training" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
     return load

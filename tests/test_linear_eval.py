@@ -9,7 +9,6 @@ for the model card.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -100,13 +99,6 @@ def reference_qscores(train: np.ndarray, evaluation: np.ndarray, eps: float, p_l
     deviation = evaluation - evaluation.mean(axis=1, keepdims=True)
     q = np.where(sizes > 0, (deviation * selected).sum(axis=1) / np.maximum(sizes, 1), 0.0)
     return q, sizes, int(discriminative.sum())
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("linear_eval_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------------- the CLI run
@@ -258,10 +250,10 @@ def test_data_set_without_labels_is_named(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_only_rank_zero_works_under_a_multi_process_launch(model_dir, tmp_path, monkeypatch):
+def test_only_rank_zero_works_under_a_multi_process_launch(model_dir, tmp_path, monkeypatch, training_script):
     monkeypatch.setenv("RANK", "1")
     out = tmp_path / "out"
-    assert load_script().main(["--model", str(model_dir), "--dataset", "digits", "--out", str(out)]) == 0
+    assert training_script("linear_eval").main(["--model", str(model_dir), "--dataset", "digits", "--out", str(out)]) == 0
     assert not out.exists()
 
 

@@ -204,10 +204,10 @@ def test_vit_backbone_is_built_for_the_training_image_size(tmp_path):
     assert model(torch.zeros(2, 3, 32, 32)).features.shape == (2, 192)
 
 
-def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path, monkeypatch):
+def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path, monkeypatch, training_script):
     import qscore_hf.pretraining as pretraining
 
-    script = load_script()
+    script = training_script("pretrain")
     cfg = script.parse_args([*TINY, "--method", "simclr", "--output-dir", str(tmp_path / "run"), "--max-samples", "48",
                              "--epochs", "1", "--eval-split", "none", "--qscore-reg", "--qscore-normalize", "zscore",
                              "--qscore-warmup-samples", "16"])  # fmt: skip
@@ -231,27 +231,19 @@ def test_qscore_normalize_reaches_the_regularizer_and_the_saved_recipe(tmp_path,
     assert logged and all(row["qscore/view0/alpha_mean_q"] >= 0 for row in logged)
 
 
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pretrain_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_method_kwargs_override_single_keys_of_the_config(tmp_path):
+def test_method_kwargs_override_single_keys_of_the_config(tmp_path, training_script):
     config = tmp_path / "byol.yaml"
     config.write_text("method: byol\nmethod_kwargs:\n  proj_hidden_dim: 64\n  pred_hidden_dim: 32\n")
-    cfg = load_script().parse_args(["--method", "byol", "--config", str(config), "--output-dir", str(tmp_path / "run"),
-                                    "--method-kwargs", '{"momentum_start": 0.9, "pred_hidden_dim": 16}'])  # fmt: skip
+    cfg = training_script("pretrain").parse_args([
+        "--method", "byol", "--config", str(config), "--output-dir", str(tmp_path / "run"),
+        "--method-kwargs", '{"momentum_start": 0.9, "pred_hidden_dim": 16}'])  # fmt: skip
     assert cfg.method_kwargs == {"proj_hidden_dim": 64, "pred_hidden_dim": 16, "momentum_start": 0.9}
 
 
-def test_unknown_method_kwarg_is_named_before_training(tmp_path, capsys):
+def test_unknown_method_kwarg_is_named_before_training(tmp_path, capsys, training_script):
     with pytest.raises(SystemExit) as exit:
-        load_script().parse_args(["--method", "simclr", "--output-dir", str(tmp_path / "run"),
-                                  "--method-kwargs", '{"momentum_start": 0.9}'])  # fmt: skip
+        training_script("pretrain").parse_args(["--method", "simclr", "--output-dir", str(tmp_path / "run"),
+                                                "--method-kwargs", '{"momentum_start": 0.9}'])  # fmt: skip
     assert exit.value.code == 2
     error = capsys.readouterr().err
     assert "simclr has no hyper-parameter(s) ['momentum_start']" in error
