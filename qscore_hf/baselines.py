@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .devices import resolve_device
-from .score import as_feature_matrix
+from .score import as_feature_matrix, tensor_of
 
 __all__ = [
     "BASELINES",
@@ -199,7 +199,7 @@ def knn_density(
 
 def probe_confidence(logits: ArrayLike) -> np.ndarray:
     """The label-using ceiling: the maximum softmax probability of a linear probe's ``N x C`` logits (float64)."""
-    z = torch.as_tensor(np.asarray(logits) if not isinstance(logits, Tensor) else logits).detach().double()
+    z = tensor_of(logits).detach().double()
     return torch.softmax(z, dim=1).amax(dim=1).cpu().numpy()
 
 

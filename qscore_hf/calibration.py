@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .baselines import max_zscore
 from .distributed import all_reduce_sum
-from .score import validate_eps
+from .score import tensor_of, validate_eps
 
 __all__ = ["AUTO", "DEFAULT_COVERAGE", "EpsCalibrator", "calibrate_eps", "eps_argument", "is_auto", "parse_eps"]
 
@@ -89,7 +89,7 @@ class EpsCalibrator:
         try:
             z = torch.from_numpy(max_zscore(features))
         except ValueError:  # NaN or Inf somewhere: name the rows
-            finite = torch.isfinite(torch.as_tensor(features)).all(dim=1)
+            finite = torch.isfinite(tensor_of(features)).all(dim=1)
             if bool(finite.all()):
                 raise
             rows = (~finite).nonzero().squeeze(1)[:5].tolist()

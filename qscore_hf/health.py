@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .distributed import all_reduce_max, all_reduce_sum
+from .score import tensor_of
 
 __all__ = ["FeatureHealth", "RunningFeatureHealth", "effective_rank", "feature_health"]
 
@@ -36,7 +37,7 @@ class FeatureHealth:
 
 def effective_rank(singular_values: Tensor | np.ndarray) -> float:
     """RankMe of a spectrum: ``exp(-sum p_k log p_k)`` with ``p_k = s_k / sum s`` (1.0 for an all-zero spectrum)."""
-    s = torch.as_tensor(np.asarray(singular_values), dtype=torch.float64).clamp(min=0)
+    s = tensor_of(singular_values).to(torch.float64).clamp(min=0)
     total = float(s.sum())
     if total <= 0:
         return 1.0
@@ -47,7 +48,7 @@ def effective_rank(singular_values: Tensor | np.ndarray) -> float:
 
 def feature_health(features: Tensor | np.ndarray) -> FeatureHealth:
     """``FeatureHealth`` of an ``N x d`` matrix, computed in float64."""
-    x = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features).double()
+    x = tensor_of(features).double()
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"features must be a non-empty N x d matrix; got shape {tuple(x.shape)}.")
     singular = torch.linalg.svdvals(x - x.mean(dim=0))

@@ -104,10 +104,18 @@ def validate_eps(eps: float) -> float:
     return value
 
 
+def tensor_of(value: Any) -> Tensor:
+    """``torch.as_tensor`` of a tensor or anything NumPy reads. A read-only array (a memory map, or ``datasets`` in
+    NumPy format) is copied: torch cannot share it, and would warn on every call."""
+    if isinstance(value, Tensor):
+        return value
+    array = np.asarray(value)
+    return torch.as_tensor(array if array.flags.writeable else array.copy())
+
+
 def as_feature_matrix(features: Tensor | np.ndarray, name: str = "features") -> Tensor:
     """Return ``features`` as a 2-D floating tensor, or raise ``ValueError`` saying what is wrong."""
-    if not isinstance(features, Tensor):
-        features = torch.as_tensor(np.asarray(features))
+    features = tensor_of(features)
     if features.dim() != 2:
         raise ValueError(
             f"{name} must be a 2-D tensor of shape (num_samples, num_features); got shape {tuple(features.shape)}. "
@@ -138,7 +146,7 @@ def as_feature_mask(discriminative: DiscriminativeLike, num_features: int, devic
     """Turn ``discriminative`` (indices, a boolean mask, or None for all features) into a bool mask."""
     if discriminative is None:
         return None
-    index = torch.as_tensor(np.asarray(discriminative) if not isinstance(discriminative, Tensor) else discriminative)
+    index = tensor_of(discriminative)
     if index.dtype == torch.bool:
         if index.shape != (num_features,):
             raise ValueError(

@@ -588,6 +588,28 @@ def test_float64_and_numpy_inputs():
     assert qscore([ROW8], eps=0.5).tolist() == [3.0]
 
 
+def test_read_only_arrays_score_without_a_warning_and_stay_untouched():
+    """datasets' NumPy format and memory maps hand out read-only arrays: torch would warn on each (it cannot share
+    them), so they are copied, and every entry point gives what a writable array gives."""
+    from qscore_hf.baselines import probe_confidence
+    from qscore_hf.health import feature_health
+
+    x = heavy_tailed(6, n=50, d=40)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    logits = frozen[:, :10]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "The given NumPy array is not writable" is a UserWarning
+        got = qscore(frozen, eps=2.0, discriminative=np.arange(0, 40, 2))
+        health = feature_health(frozen)
+        confidence = probe_confidence(logits)
+    np.testing.assert_allclose(got.numpy(), ref_qscore(x, np.arange(40) % 2 == 0, eps=2.0), rtol=1e-12, atol=1e-12)
+    assert health.num_samples == 50 and health.effective_rank == pytest.approx(feature_health(x).effective_rank)
+    z = np.exp(x[:, :10] - x[:, :10].max(axis=1, keepdims=True))
+    np.testing.assert_allclose(confidence, (z / z.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-12)
+    np.testing.assert_array_equal(frozen, x)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------------
