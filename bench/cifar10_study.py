@@ -17,7 +17,9 @@ rate; it runs 50 epochs), against ``finetune-plain``, the same continuation with
 ``qreg-zscore`` is ``qreg`` with a scale-free Q term (``--qscore-normalize zscore``): the default's unnormalized Q term
 inflated a few features and collapsed the representation here (README "Results"). ``qreg-lambda1e-4`` is ``qreg``
 with the preprint's Q-term weight (``--lambda1 1e-4``, the package default 1e-2), the rest (L1 term, eps) unchanged.
-``baseline-sgd`` is BYOL's baseline with SGD for the recipe's LARS, with which BYOL does not learn here.
+A suffix names another recipe (``RECIPES``): ``baseline-sgd`` is the baseline with SGD for the YAML's LARS, with which
+BYOL does not learn here; ``qreg-sgd``, ``finetune-plain-sgd`` and ``finetune-qreg-sgd`` are the Q-reg comparisons on
+it (the fine-tunes start from ``baseline-sgd``).
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
 name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
@@ -52,12 +54,28 @@ sys.path.insert(0, str(REPO / "training"))
 # too), the preprint's Q-term weight, 100x smaller.
 QREG_VARIANTS = {"qreg": (), "finetune-qreg": (), "qreg-zscore": ("--qscore-normalize", "zscore"),
                  "qreg-lambda1e-4": ("--lambda1", "1e-4")}  # fmt: skip
-# A BYOL baseline with lightly's CIFAR-10 benchmark optimizer (SGD, lr 0.06 per 128 images, weight decay 5e-4): with
-# the recipe's LARS, BYOL stays near the kNN top-1 of its random initialization and never converges here (its EMA
-# target's tau made no difference over the first 7 epochs, 0.9 or 0.99, nor LARS at lr 0.4 or clipped over 4).
-RECIPE_VARIANTS = {"baseline-sgd": ("--optimizer", "sgd", "--lr", "0.12", "--weight-decay", "5e-4")}
-VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "supervised", "qreg-zscore", "qreg-lambda1e-4",
-            *RECIPE_VARIANTS)
+# Recipes other than the method's YAML, named by a variant's suffix ("baseline-sgd", "qreg-sgd", "finetune-qreg-sgd"...):
+# sgd is lightly's CIFAR-10 benchmark optimizer (SGD, lr 0.06 per 128 images, weight decay 5e-4), with which BYOL
+# learns; with the recipe's LARS, BYOL stays near the kNN top-1 of its random initialization and never converges here
+# (its EMA target's tau made no difference over the first 7 epochs, 0.9 or 0.99, nor LARS at lr 0.4 or clipped over 4).
+RECIPES = {"sgd": ("--optimizer", "sgd", "--lr", "0.12", "--weight-decay", "5e-4")}
+PLAIN_VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "qreg-zscore", "qreg-lambda1e-4")
+VARIANTS = (*PLAIN_VARIANTS, "supervised", *(f"{v}-{r}" for r in RECIPES for v in PLAIN_VARIANTS))
+
+
+def split_recipe(variant: str) -> tuple[str, str | None]:
+    """``"finetune-qreg-sgd"`` -> ``("finetune-qreg", "sgd")``; ``("qreg", None)`` for the YAML's recipe."""
+    for recipe in RECIPES:
+        if variant.endswith(f"-{recipe}"):
+            return variant.removesuffix(f"-{recipe}"), recipe
+    return variant, None
+
+
+def with_recipe(variant: str, recipe: str | None) -> str:
+    """The inverse of ``split_recipe``."""
+    return f"{variant}-{recipe}" if recipe else variant
+
+
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
 
@@ -132,7 +150,8 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
     same seed's baseline and differs only in Q-Score regularization (same steps, seed and data order)."""
     from pretrain import parse_args  # training/pretrain.py: the recipes' YAML and their parsing
 
-    finetune = variant.startswith("finetune")
+    kind, recipe = split_recipe(variant)
+    finetune = kind.startswith("finetune")
     argv = ["--method", method, "--output-dir", str(work / run_name(method, variant, seed)), "--dataset", "cifar10",
             "--split", "train", "--max-samples", str(setting.train_images), "--backbone", setting.backbone,
             "--image-size", str(setting.image_size), "--batch-size", str(setting.batch_size), "--seed", str(seed),
@@ -144,11 +163,11 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress",
             *setting.backbone_args, *setting.recipe_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
-    if variant in QREG_VARIANTS:
-        argv += ["--qscore-reg", *QREG_VARIANTS[variant]]
-    argv += RECIPE_VARIANTS.get(variant, ())
+    if kind in QREG_VARIANTS:
+        argv += ["--qscore-reg", *QREG_VARIANTS[kind]]
+    argv += RECIPES[recipe] if recipe else ()
     if finetune:
-        base = work / run_name(method, "baseline", seed) / "model"
+        base = work / run_name(method, with_recipe("baseline", recipe), seed) / "model"
         if not base.is_dir():
             raise FileNotFoundError(f"{variant} fine-tunes {base}, which does not exist yet: run the baseline first.")
         argv += ["--init-from", str(base), "--lr", str(setting.finetune_lr)]
@@ -302,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", choices=METHODS, default="simclr")
     parser.add_argument("--variants", default="baseline",
                         help=f"comma-separated, run in this order, from {', '.join(VARIANTS)} (default: baseline); the "
-                             "finetune-* variants start from the same seed's finished baseline")
+                             "finetune-* variants start from the same seed's finished baseline of their recipe suffix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="the smoke setting (a few hundred images, 3 epochs)")
     parser.add_argument("--out", type=Path, default=None, help="results (default: bench/results/cifar10_converged)")

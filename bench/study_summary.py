@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cifar10_study import split_recipe, with_recipe  # the grammar of run names
 from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER
 from qscore_hf.baselines import BASELINES, CEILING
 from qscore_hf.metrics import auroc_text
@@ -42,9 +43,31 @@ def plateau(knn: list[dict[str, Any]], epochs: int) -> dict[str, Any] | None:
     """The plateau criterion over the last quarter of ``epochs``: ``None`` until the run has reached its end."""
     if not knn or knn[-1]["epoch"] < epochs:
         return None
-    last = [row["knn_top1"] for row in knn if row["epoch"] > epochs - max(1, epochs // 4)]
+    rows = [row for row in knn if row["epoch"] > epochs - max(1, epochs // 4)]
+    last = [row["knn_top1"] for row in rows]
     spread = 100 * (max(last) - min(last))
-    return {"epochs": [epochs - len(last) + 1, epochs], "spread_points": spread, "converged": spread <= PLATEAU_POINTS}
+    return {"epochs": [epochs - len(last) + 1, epochs], "spread_points": spread, "converged": spread <= PLATEAU_POINTS,
+            "trend": trend([row["epoch"] for row in rows], [100 * value for value in last])}
+
+
+def trend(epochs: list[int], points: list[float]) -> dict[str, float] | None:
+    """The least-squares slope of kNN top-1 (points per epoch) with its 95 % t interval: where the spread criterion
+    is at the mercy of the monitor's noise (a 2,000-image kNN: about 1 point of standard error), an interval around 0
+    says that the run no longer moves. ``None`` under 3 epochs."""
+    if len(epochs) < 3:
+        return None
+    from scipy import stats  # scikit-learn's dependency, already installed with the package
+
+    fit = stats.linregress(epochs, points)
+    half = stats.t.ppf(0.975, len(epochs) - 2) * fit.stderr
+    return {"slope": fit.slope, "low": fit.slope - half, "high": fit.slope + half}
+
+
+def trend_text(trend: dict[str, float] | None) -> str:
+    if trend is None:
+        return ""
+    return (f"; trend over those epochs {trend['slope']:+.3f} points per epoch [95 % CI {trend['low']:+.3f}, "
+            f"{trend['high']:+.3f}]")
 
 
 def plot_auroc_vs_epoch(run: str, snapshots: list[dict[str, Any]], path: Path) -> None:
@@ -170,13 +193,15 @@ def headline(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 def control_of(run: str) -> str | None:
     """The run a Q-regularized run is compared with: ``M-finetune-qreg-seedS`` against ``M-finetune-plain-seedS``,
-    and every other ``M-qreg*-seedS`` against ``M-baseline-seedS`` (same recipe, length, seed and data order);
+    and every other ``M-qreg*-seedS`` against ``M-baseline-seedS`` (same recipe, length, seed and data order), each
+    with the run's recipe suffix (``M-qreg-sgd-seedS`` against ``M-baseline-sgd-seedS``);
     ``None`` for a run without Q-reg."""
     base, _, seed = run.rpartition("-seed")
     method, _, variant = base.partition("-")
-    if variant == "finetune-qreg":
-        return f"{method}-finetune-plain-seed{seed}"
-    return f"{method}-baseline-seed{seed}" if variant.startswith("qreg") else None
+    kind, recipe = split_recipe(variant)
+    if kind == "finetune-qreg":
+        return f"{method}-{with_recipe('finetune-plain', recipe)}-seed{seed}"
+    return f"{method}-{with_recipe('baseline', recipe)}-seed{seed}" if kind.startswith("qreg") else None
 
 
 def regularizer_comparisons(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -241,7 +266,7 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
         if converged is not None:
             lines += [f"Plateau: kNN top-1 of epochs {converged['epochs'][0]}-{converged['epochs'][1]} varies by "
                       f"{converged['spread_points']:.2f} points: {'converged' if converged['converged'] else 'NOT converged'} "
-                      f"(criterion: at most {PLATEAU_POINTS:g}).", ""]  # fmt: skip
+                      f"(criterion: at most {PLATEAU_POINTS:g}){trend_text(converged['trend'])}.", ""]  # fmt: skip
         elif len(run["snapshots"]) < len(run["config"]["pretrain"]["snapshot_epochs"]):
             lines += [f"Still training: {len(run['snapshots'])} of {len(run['config']['pretrain']['snapshot_epochs'])} "
                       f"snapshots ({epochs} epochs) evaluated so far.", ""]

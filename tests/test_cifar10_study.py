@@ -245,14 +245,49 @@ def test_byol_sgd_variant_changes_only_the_optimizer(import_bench, tmp_path):
     assert sgd["output_dir"] == str(tmp_path / "byol-baseline-sgd-seed0")
 
 
+def test_a_recipe_suffix_carries_into_the_qreg_comparisons(import_bench, tmp_path):
+    study = import_bench("cifar10_study")
+    setting = study.SETTINGS["cpu"]
+    assert study.split_recipe("finetune-qreg-sgd") == ("finetune-qreg", "sgd")
+    assert study.split_recipe("qreg-zscore") == ("qreg-zscore", None)
+    with pytest.raises(FileNotFoundError, match="byol-baseline-sgd-seed1"):  # its baseline has not run yet
+        study.pretrain_config(setting, "byol", "finetune-plain-sgd", 1, tmp_path)
+    (tmp_path / "byol-baseline-sgd-seed1" / "model").mkdir(parents=True)
+    sgd, qreg, plain, tuned = (asdict(study.pretrain_config(setting, "byol", variant, 1, tmp_path))
+                               for variant in ("baseline-sgd", "qreg-sgd", "finetune-plain-sgd", "finetune-qreg-sgd"))
+    assert {key for key in qreg if qreg[key] != sgd[key]} == {"output_dir", "qscore_reg"}
+    assert qreg["qscore_reg"] and qreg["optimizer"] == "sgd"
+    # the fine-tunes start from the SGD baseline at the published learning rate, and differ only in Q-reg
+    assert plain["init_from"] == str(tmp_path / "byol-baseline-sgd-seed1" / "model")
+    assert (plain["optimizer"], plain["lr"], plain["weight_decay"]) == ("sgd", 1e-5, 5e-4)
+    assert {key for key in tuned if tuned[key] != plain[key]} == {"output_dir", "qscore_reg"}
+    summary = import_bench("study_summary")
+    assert summary.control_of("byol-qreg-sgd-seed1") == "byol-baseline-sgd-seed1"
+    assert summary.control_of("byol-finetune-qreg-sgd-seed0") == "byol-finetune-plain-sgd-seed0"
+    assert summary.control_of("byol-baseline-sgd-seed0") is None
+
+
 def test_plateau_criterion_by_hand(import_bench):
     summary = import_bench("study_summary")
     knn = [{"epoch": e, "knn_top1": v} for e, v in enumerate([0.2, 0.4, 0.5, 0.55, 0.60, 0.605, 0.61, 0.612], 1)]
     # 8 epochs: the last quarter is epochs 7-8 (0.61, 0.612): 0.2 points apart.
-    assert summary.plateau(knn, 8) == {"epochs": [7, 8], "spread_points": pytest.approx(0.2), "converged": True}
+    assert summary.plateau(knn, 8) == {"epochs": [7, 8], "spread_points": pytest.approx(0.2), "converged": True,
+                                       "trend": None}  # two epochs: no interval
     assert summary.plateau(knn[:6], 8) is None  # not finished
     rising = [dict(row, knn_top1=row["knn_top1"] + 0.02 * row["epoch"]) for row in knn]
     assert summary.plateau(rising, 8)["converged"] is False  # 0.61 + 0.14 vs 0.612 + 0.16: 2.2 points
+
+
+def test_plateau_trend_by_hand(import_bench):
+    summary = import_bench("study_summary")
+    assert summary.trend([1, 2, 3, 4, 5], [10, 11, 12, 13, 14]) == pytest.approx({"slope": 1, "low": 1, "high": 1})
+    # points 0, 2, 1 at epochs 1-3: slope 0.5; residuals -0.5, 1, -0.5 give s^2 = 1.5 / 1, standard error
+    # sqrt(1.5 / 2) = 0.866, and t(0.975, 1 df) = 12.706: the interval is 0.5 -/+ 11.004.
+    fit = summary.trend([1, 2, 3], [0, 2, 1])
+    assert fit == pytest.approx({"slope": 0.5, "low": 0.5 - 11.004, "high": 0.5 + 11.004}, abs=2e-3)
+    # 12 epochs: the last quarter is epochs 10-12, rising by one point an epoch
+    knn = [{"epoch": e, "knn_top1": 0.4 + 0.01 * e} for e in range(1, 13)]
+    assert summary.plateau(knn, 12)["trend"] == pytest.approx({"slope": 1, "low": 1, "high": 1})
 
 
 def test_qreg_activity_by_hand(import_bench):
