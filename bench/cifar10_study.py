@@ -3,6 +3,7 @@
     python bench/cifar10_study.py --method simclr --seed 0                 # a converged CPU run and its trajectory
     python bench/cifar10_study.py --method byol --seed 0 --variants qreg   # the same from scratch with the default Q-reg
     python bench/cifar10_study.py --method simclr --variants baseline,finetune-plain,finetune-qreg,qreg  # all, in order
+    python bench/cifar10_study.py --method byol --variants baseline-sgd,finetune-plain-sgd,finetune-qreg-sgd,qreg-sgd
     python bench/cifar10_study.py --summary                                # tables and figures of what finished
     python bench/cifar10_study.py --smoke --out /tmp/smoke                 # the same code path in a minute
 
@@ -43,39 +44,14 @@ from typing import Any
 
 import numpy as np
 
+import study_summary
 import trajectory
 from _record import environment
+from study_variants import QREG_VARIANTS, RECIPES, VARIANTS, split_recipe, with_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 sys.path.insert(0, str(REPO / "training"))
-# The Q-regularized variants and the flags each adds to the package's default Q-reg: qreg-zscore, the candidate after
-# the unnormalized Q term's blow-up (Q_i in z-scores, scale-free); qreg-lambda1e-4, the next one (zscore collapsed
-# too), the preprint's Q-term weight, 100x smaller.
-QREG_VARIANTS = {"qreg": (), "finetune-qreg": (), "qreg-zscore": ("--qscore-normalize", "zscore"),
-                 "qreg-lambda1e-4": ("--lambda1", "1e-4")}  # fmt: skip
-# Recipes other than the method's YAML, named by a variant's suffix ("baseline-sgd", "qreg-sgd", "finetune-qreg-sgd"...):
-# sgd is lightly's CIFAR-10 benchmark optimizer (SGD, lr 0.06 per 128 images, weight decay 5e-4), with which BYOL
-# learns; with the recipe's LARS, BYOL stays near the kNN top-1 of its random initialization and never converges here
-# (its EMA target's tau made no difference over the first 7 epochs, 0.9 or 0.99, nor LARS at lr 0.4 or clipped over 4).
-RECIPES = {"sgd": ("--optimizer", "sgd", "--lr", "0.12", "--weight-decay", "5e-4")}
-PLAIN_VARIANTS = ("baseline", "qreg", "finetune-qreg", "finetune-plain", "qreg-zscore", "qreg-lambda1e-4")
-VARIANTS = (*PLAIN_VARIANTS, "supervised", *(f"{v}-{r}" for r in RECIPES for v in PLAIN_VARIANTS))
-
-
-def split_recipe(variant: str) -> tuple[str, str | None]:
-    """``"finetune-qreg-sgd"`` -> ``("finetune-qreg", "sgd")``; ``("qreg", None)`` for the YAML's recipe."""
-    for recipe in RECIPES:
-        if variant.endswith(f"-{recipe}"):
-            return variant.removesuffix(f"-{recipe}"), recipe
-    return variant, None
-
-
-def with_recipe(variant: str, recipe: str | None) -> str:
-    """The inverse of ``split_recipe``."""
-    return f"{variant}-{recipe}" if recipe else variant
-
-
 METHODS = ("simclr", "byol", "moco", "simsiam", "swav", "dino")
 
 
@@ -188,8 +164,9 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[str, Any]:
-    """Features of the three splits, a linear probe on the training split, and ``trajectory.snapshot_report``."""
+def snapshot_probe(model_dir: Path, setting: Setting, cache: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], Any]:
+    """Features and labels of the three splits, and the linear probe trained on the training split's (seed 0: the
+    same features give the same probe)."""
     from qscore_hf import QScoreModel
     from qscore_hf.data import load_image_dataset
     from qscore_hf.features import extract_features
@@ -205,11 +182,49 @@ def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[st
         feats[name] = (np.asarray(extracted.features, dtype=np.float32), np.asarray(extracted.labels))
     probe = train_linear_probe(*feats["train"], epochs=setting.probe_epochs, num_classes=10, device=setting.device, seed=0,
                                progress=False)  # fmt: skip
+    return feats, probe
+
+
+def probe_correct(probe: Any, feats: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """The probe's per-image correctness on validation and test, packed (``trajectory.pack_correct``)."""
+    return {split: trajectory.pack_correct(probe.predict(feats[split][0]) == feats[split][1])
+            for split in ("validation", "test")}  # fmt: skip
+
+
+def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[str, Any]:
+    """``trajectory.snapshot_report`` of a snapshot, with the probe's settings, training top-1 and per-image
+    correctness."""
+    feats, probe = snapshot_probe(model_dir, setting, cache)
     report = trajectory.snapshot_report(feats["train"], feats["validation"], feats["test"],
                                         probe.logits(feats["validation"][0]), probe.logits(feats["test"][0]))  # fmt: skip
     report["probe"] = probe.settings.to_dict()
     report["train_top1"] = float(np.mean(probe.predict(feats["train"][0]) == feats["train"][1]))
+    report["correct"] = probe_correct(probe, feats)
     return report
+
+
+def add_probe_correctness(setting: Setting, work: Path, out: Path) -> None:
+    """Per-image correctness at both ends of every Q-reg comparison whose reports predate it: the probe is trained
+    again on the snapshot's cached features; refused where its top-1 differs from the report's."""
+    from qscore_hf.pretraining import snapshot_folder
+
+    runs = {name: run for name, run in study_summary.load_runs(out).items() if run["snapshots"]}
+    for row in study_summary.regularizer_comparisons(runs):
+        for name in (row["run"], row["control"]):
+            path = out / name / f"epoch_{row['epoch']:04d}.json"
+            report = json.loads(path.read_text())
+            if "correct" in report:
+                continue
+            print(f"== {name}: the probe of epoch {row['epoch']} again, for its per-image correctness", flush=True)
+            feats, probe = snapshot_probe(snapshot_folder(work / name, row["epoch"]), setting, work / "feature_cache")
+            correct = probe_correct(probe, feats)
+            for split, packed in correct.items():
+                top1 = float(trajectory.unpack_correct(packed).mean())
+                if abs(top1 - report[split]["top1"]) > 1e-9:
+                    raise RuntimeError(f"{path}: the probe trained again gets {split} top-1 {top1:.4f}, the report "
+                                       f"{report[split]['top1']:.4f}; evaluate that snapshot anew (delete the file).")  # fmt: skip
+            report["correct"] = correct
+            _write_json(path, report)
 
 
 def supervised_config(setting: Setting, seed: int, work: Path):
@@ -328,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
     parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
+    parser.add_argument("--paired", action="store_true",
+                        help="first train again the probes of each Q-reg comparison's two snapshots whose reports "
+                             "predate per-image correctness, for the paired interval of their top-1 difference")
     args = parser.parse_args(argv)
     setting = SETTINGS["smoke" if args.smoke else "cpu"]
     out = args.out or REPO / "bench" / "results" / "cifar10_converged"
@@ -336,13 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     if set(variants) - set(VARIANTS):
         parser.error(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; choose from {', '.join(VARIANTS)}")
-    for variant in [] if args.summary else variants:
+    for variant in [] if args.summary or args.paired else variants:
         run(setting, args.method, variant, args.seed, work, out)
+    if args.paired:
+        add_probe_correctness(setting, work, out)
     # the monitors of every run whose training log is here: also runs in flight elsewhere or of older versions
     for results in [folder for folder in out.iterdir() if (work / folder.name).is_dir()] if out.exists() else []:
         write_monitors(work / results.name, results)
-    import study_summary
-
     study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),
                                 machine=environment("cifar10_study"))  # fmt: skip
     return 0

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cifar10_study import split_recipe, with_recipe  # the grammar of run names
-from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER
+from study_variants import split_recipe, with_recipe
+from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER, paired_accuracy_difference, unpack_correct
 from qscore_hf.baselines import BASELINES, CEILING
 from qscore_hf.metrics import auroc_text
 from qscore_hf.plots import _figure  # the package's Agg figure, no pyplot state
@@ -221,6 +221,9 @@ def regularizer_comparisons(runs: dict[str, dict[str, Any]]) -> list[dict[str, A
         for split in ("validation", "test"):
             a, b = mine[epoch][split]["top1"], theirs[epoch][split]["top1"]
             row[split] = {"top1": a, "control_top1": b, "relative_change": a / b - 1}
+            if "correct" in mine[epoch] and "correct" in theirs[epoch]:  # kept since reports carry it
+                row[split]["paired"] = paired_accuracy_difference(
+                    *(unpack_correct(s["correct"][split]) for s in (mine[epoch], theirs[epoch])))
         row["effective_rank"] = mine[epoch]["test"]["effective_rank"]
         row["control_effective_rank"] = theirs[epoch]["test"]["effective_rank"]
         rows.append(row)
@@ -230,18 +233,29 @@ def regularizer_comparisons(runs: dict[str, dict[str, Any]]) -> list[dict[str, A
 def _comparison_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Q-Score regularization against its control", "",
              "Each Q-regularized run against the run without it (from scratch: the baseline; a fine-tune: the same "
-             "continuation without Q-reg), at their last common snapshot. Relative change: top-1 / control's - 1.", "",
-             "| run | control | epoch | top-1 validation: run / control (change) | top-1 test: run / control (change) "
-             "| effective rank: run / control |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "continuation without Q-reg), at their last common snapshot. Relative change: top-1 / control's - 1; "
+             "in brackets, the difference in points with the 95 % interval of a paired difference on the same images "
+             "(where both reports keep per-image correctness; `--paired` adds it to older ones).", "",
+             "| run | control | epoch | top-1 validation: run / control (change) [points, 95 % CI] | top-1 test: run / "
+             "control (change) [points, 95 % CI] | effective rank: run / control |", "|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         val, test = row["validation"], row["test"]
         lines.append(
             f"| {row['run']} | {row['control']} | {row['epoch']}{'' if row['final'] else ' (run not finished)'} | "
-            f"{100 * val['top1']:.2f} / {100 * val['control_top1']:.2f} % ({100 * val['relative_change']:+.1f} %) | "
-            f"{100 * test['top1']:.2f} / {100 * test['control_top1']:.2f} % ({100 * test['relative_change']:+.1f} %) | "
+            f"{100 * val['top1']:.2f} / {100 * val['control_top1']:.2f} % ({100 * val['relative_change']:+.1f} %)"
+            f"{_paired_text(val)} | {100 * test['top1']:.2f} / {100 * test['control_top1']:.2f} % "
+            f"({100 * test['relative_change']:+.1f} %){_paired_text(test)} | "
             f"{row['effective_rank']:.0f} / {row['control_effective_rank']:.0f} |"
         )
     return lines + [""]
+
+
+def _paired_text(split: dict[str, Any]) -> str:
+    if "paired" not in split:
+        return ""
+    paired = split["paired"]
+    return (f" [{100 * paired['difference']:+.2f}, {100 * paired['low']:+.2f} to {100 * paired['high']:+.2f}"
+            f"{': a difference' if paired['significant'] else ''}]")
 
 
 def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str, Any]:

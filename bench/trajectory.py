@@ -8,15 +8,18 @@ At one point of a training trajectory, with a linear probe trained on the pre-tr
 - AUROC, both AUPRCs and their base rates on the validation and the test split;
 - a paired bootstrap interval of the test AUROC of the chosen Q-Score minus that of the label-free baseline that was
   best on validation, so that a difference is only called one when the interval excludes 0.
+The probe's per-image correctness is kept too (``pack_correct``), so that two encoders' top-1 on the same images can be
+compared with a paired interval (``paired_accuracy_difference``).
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
 import extensions
 import selection
@@ -58,6 +61,33 @@ def paired_bootstrap_difference(a: np.ndarray, b: np.ndarray, positive: np.ndarr
     low, high = np.percentile(differences, [tail, 100 - tail])
     return {"difference": auroc(a, positive) - auroc(b, positive), "low": float(low), "high": float(high),
             "significant": bool(low > 0 or high < 0), "samples": samples, "confidence": CONFIDENCE}  # fmt: skip
+
+
+def paired_accuracy_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Top-1 of classifier ``a`` minus that of ``b`` from their per-image correctness on the same images, with the
+    Wald interval of a paired difference, ``mean(a_i - b_i) -/+ z sd(a_i - b_i) / sqrt(n)``: only the images on which
+    they disagree move it. ``significant`` when the ``CONFIDENCE`` interval excludes 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need the correctness of both classifiers on the same >= 2 images; got shapes {a.shape} "
+                         f"and {b.shape}.")  # fmt: skip
+    d = a - b
+    half = norm.ppf(0.5 + CONFIDENCE / 2) * d.std(ddof=1) / np.sqrt(len(d))
+    low, high = float(d.mean() - half), float(d.mean() + half)
+    return {"difference": float(d.mean()), "low": low, "high": high, "significant": bool(low > 0 or high < 0),
+            "confidence": CONFIDENCE}  # fmt: skip
+
+
+def pack_correct(correct: np.ndarray) -> dict[str, Any]:
+    """A boolean vector as JSON: its length and its bits in base64 (10,000 images: 1.7 kB)."""
+    correct = np.asarray(correct, dtype=bool)
+    return {"n": int(len(correct)), "bits": base64.b64encode(np.packbits(correct).tobytes()).decode("ascii")}
+
+
+def unpack_correct(packed: Mapping[str, Any]) -> np.ndarray:
+    """The inverse of ``pack_correct``."""
+    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=packed["n"]).astype(bool)
 
 
 def _q_columns(settings: Mapping[str, selection.ScoringSetting], reference: np.ndarray,

@@ -5,6 +5,7 @@ same results as an uninterrupted one), the fair fine-tuning pair, the report's s
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -135,6 +136,29 @@ def test_paired_bootstrap_calls_a_difference_only_when_there_is_one(trajectory):
     assert other["low"] < 0 < other["high"] and not other["significant"]
 
 
+def test_paired_accuracy_difference_by_hand(trajectory):
+    # d = (1, 0, 0, 0): mean 0.25, sd 0.5, se 0.25; z(0.975) = 1.959964: 0.25 -/+ 0.48999
+    small = trajectory.paired_accuracy_difference(np.array([1, 1, 1, 0]), np.array([0, 1, 1, 0]))
+    assert small == pytest.approx({"difference": 0.25, "low": 0.25 - 0.48999, "high": 0.25 + 0.48999,
+                                   "significant": False, "confidence": 0.95}, abs=1e-5)  # fmt: skip
+    # 1,000 images, b wrong on 100 that a gets right: sd = sqrt(0.1 * 0.9 * 1000 / 999) = 0.300150, se 0.0094916
+    b = np.ones(1000, dtype=bool)
+    b[::10] = False
+    large = trajectory.paired_accuracy_difference(np.ones(1000, dtype=bool), b)
+    assert (large["difference"], large["low"], large["high"]) == pytest.approx((0.1, 0.081397, 0.118603), abs=1e-6)
+    assert large["significant"]
+    assert trajectory.paired_accuracy_difference(b, b)["significant"] is False  # the same probe: 0 [0, 0]
+    with pytest.raises(ValueError, match="same >= 2 images"):
+        trajectory.paired_accuracy_difference(b, b[:-1])
+
+
+def test_correctness_packs_and_unpacks(trajectory):
+    correct = np.random.default_rng(0).random(13) < 0.5  # not a multiple of 8
+    packed = json.loads(json.dumps(trajectory.pack_correct(correct)))
+    assert packed["n"] == 13
+    np.testing.assert_array_equal(trajectory.unpack_correct(packed), correct)
+
+
 # ---- the study driver on real CIFAR-10 ---------------------------------------------------------------------------
 
 
@@ -201,6 +225,26 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
         assert numbers(resumed[name]) == pytest.approx(numbers(uninterrupted[name]), abs=1e-6), name
     knn = json.loads((tmp_path / "out-b" / "simclr-baseline-seed0" / "knn_monitor.json").read_text())
     assert [row["epoch"] for row in knn] == [1, 2]
+    for report in resumed.values():  # the per-image correctness behind each top-1
+        for split in ("validation", "test"):
+            assert study.trajectory.unpack_correct(report["correct"][split]).mean() == report[split]["top1"]
+
+    # Reports from before per-image correctness: --paired trains the probe again for both ends of a Q-reg comparison
+    # (here a copy of the run posing as its Q-regularized twin) and gets the very same correctness back.
+    for root in ("work-b", "out-b"):
+        shutil.copytree(tmp_path / root / "simclr-baseline-seed0", tmp_path / root / "simclr-qreg-seed0")
+    kept = {}
+    for name in ("simclr-baseline-seed0", "simclr-qreg-seed0"):
+        path = tmp_path / "out-b" / name / "epoch_0002.json"
+        report = json.loads(path.read_text())
+        kept[name] = report.pop("correct")
+        path.write_text(json.dumps(report))
+    study.add_probe_correctness(setting, tmp_path / "work-b", tmp_path / "out-b")
+    for name in kept:
+        assert json.loads((tmp_path / "out-b" / name / "epoch_0002.json").read_text())["correct"] == kept[name]
+    comparison = import_bench("study_summary").write_summary(tmp_path / "out-b", command="t", machine={})
+    (row,) = comparison["regularizer_comparisons"]
+    assert row["test"]["paired"]["difference"] == 0 and not row["test"]["paired"]["significant"]
 
     # The fine-tuning pair starts from this baseline and differs only in the Q-Score regularization.
     plain, regularized = (study.pretrain_config(setting, "simclr", v, 0, tmp_path / "work-a")
@@ -248,8 +292,9 @@ def test_byol_sgd_variant_changes_only_the_optimizer(import_bench, tmp_path):
 def test_a_recipe_suffix_carries_into_the_qreg_comparisons(import_bench, tmp_path):
     study = import_bench("cifar10_study")
     setting = study.SETTINGS["cpu"]
-    assert study.split_recipe("finetune-qreg-sgd") == ("finetune-qreg", "sgd")
-    assert study.split_recipe("qreg-zscore") == ("qreg-zscore", None)
+    variants = import_bench("study_variants")
+    assert variants.split_recipe("finetune-qreg-sgd") == ("finetune-qreg", "sgd")
+    assert variants.split_recipe("qreg-zscore") == ("qreg-zscore", None)
     with pytest.raises(FileNotFoundError, match="byol-baseline-sgd-seed1"):  # its baseline has not run yet
         study.pretrain_config(setting, "byol", "finetune-plain-sgd", 1, tmp_path)
     (tmp_path / "byol-baseline-sgd-seed1" / "model").mkdir(parents=True)
