@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from study_variants import split_recipe, with_recipe
-from trajectory import EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER, paired_accuracy_difference, unpack_correct
+from trajectory import (CONFIDENCE, EXTENSION_SCORES, Q_CHOSEN, Q_DEFAULT, Q_PAPER, paired_accuracy_difference,
+                        unpack_correct)
 from qscore_hf.baselines import BASELINES, CEILING
 from qscore_hf.metrics import auroc_text
 from qscore_hf.plots import _figure  # the package's Agg figure, no pyplot state
@@ -51,22 +53,20 @@ def plateau(knn: list[dict[str, Any]], epochs: int) -> dict[str, Any] | None:
 
 
 def trend(epochs: list[int], points: list[float]) -> dict[str, float] | None:
-    """The least-squares slope of kNN top-1 (points per epoch) with its 95 % t interval: where the spread criterion
-    is at the mercy of the monitor's noise (a 2,000-image kNN: about 1 point of standard error), an interval around 0
-    says that the run no longer moves. ``None`` under 3 epochs."""
+    """The least-squares slope of kNN top-1 (points per epoch) with its ``CONFIDENCE`` t interval: where the spread
+    criterion is at the mercy of the monitor's noise (a 2,000-image kNN: about 1 point of standard error), an interval
+    around 0 says that the run no longer moves. ``None`` under 3 epochs."""
     if len(epochs) < 3:
         return None
-    from scipy import stats  # scikit-learn's dependency, already installed with the package
-
     fit = stats.linregress(epochs, points)
-    half = stats.t.ppf(0.975, len(epochs) - 2) * fit.stderr
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(epochs) - 2) * fit.stderr
     return {"slope": fit.slope, "low": fit.slope - half, "high": fit.slope + half}
 
 
 def trend_text(trend: dict[str, float] | None) -> str:
     if trend is None:
         return ""
-    return (f"; trend over those epochs {trend['slope']:+.3f} points per epoch [95 % CI {trend['low']:+.3f}, "
+    return (f"; trend over those epochs {trend['slope']:+.3f} points per epoch [{100 * CONFIDENCE:g} % CI {trend['low']:+.3f}, "
             f"{trend['high']:+.3f}]")
 
 
