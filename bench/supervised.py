@@ -118,5 +118,5 @@ def train_supervised(cfg: SupervisedConfig, stop_after_epoch: int | None = None)
             model.config.training = {"supervised": True, "epochs_completed": epoch, "lr": cfg.lr, "seed": cfg.seed}
             with atomic_directory(snapshot_folder(output_dir, epoch)) as tmp:
                 model.save_pretrained(tmp)
-        print(f"supervised epoch {epoch}: last batch loss {float(loss):.4f}", flush=True)
+        print(f"supervised epoch {epoch}: last batch loss {float(loss.detach()):.4f}", flush=True)
     return output_dir
