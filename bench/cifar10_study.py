@@ -185,21 +185,13 @@ def snapshot_probe(model_dir: Path, setting: Setting, cache: Path) -> tuple[dict
     return feats, probe
 
 
-def probe_correct(probe: Any, feats: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """The probe's per-image correctness on validation and test, packed (``trajectory.pack_correct``)."""
-    return {split: trajectory.pack_correct(probe.predict(feats[split][0]) == feats[split][1])
-            for split in ("validation", "test")}  # fmt: skip
-
-
 def evaluate_snapshot(model_dir: Path, setting: Setting, cache: Path) -> dict[str, Any]:
-    """``trajectory.snapshot_report`` of a snapshot, with the probe's settings, training top-1 and per-image
-    correctness."""
+    """``trajectory.snapshot_report`` of a snapshot, with the probe's settings and training top-1."""
     feats, probe = snapshot_probe(model_dir, setting, cache)
     report = trajectory.snapshot_report(feats["train"], feats["validation"], feats["test"],
                                         probe.logits(feats["validation"][0]), probe.logits(feats["test"][0]))  # fmt: skip
     report["probe"] = probe.settings.to_dict()
     report["train_top1"] = float(np.mean(probe.predict(feats["train"][0]) == feats["train"][1]))
-    report["correct"] = probe_correct(probe, feats)
     return report
 
 
@@ -208,8 +200,7 @@ def add_probe_correctness(setting: Setting, work: Path, out: Path) -> None:
     again on the snapshot's cached features; refused where its top-1 differs from the report's."""
     from qscore_hf.pretraining import snapshot_folder
 
-    runs = {name: run for name, run in study_summary.load_runs(out).items() if run["snapshots"]}
-    for row in study_summary.regularizer_comparisons(runs):
+    for row in study_summary.regularizer_comparisons(study_summary.load_runs(out)):
         for name in (row["run"], row["control"]):
             path = out / name / f"epoch_{row['epoch']:04d}.json"
             report = json.loads(path.read_text())
@@ -217,7 +208,8 @@ def add_probe_correctness(setting: Setting, work: Path, out: Path) -> None:
                 continue
             print(f"== {name}: the probe of epoch {row['epoch']} again, for its per-image correctness", flush=True)
             feats, probe = snapshot_probe(snapshot_folder(work / name, row["epoch"]), setting, work / "feature_cache")
-            correct = probe_correct(probe, feats)
+            correct = {split: trajectory.pack_correct(trajectory.correct_of(probe.logits(feats[split][0]), feats[split][1]))
+                       for split in ("validation", "test")}  # fmt: skip
             for split, packed in correct.items():
                 top1 = float(trajectory.unpack_correct(packed).mean())
                 if abs(top1 - report[split]["top1"]) > 1e-9:

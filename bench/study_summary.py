@@ -30,10 +30,13 @@ PLATEAU_POINTS = 1.0
 
 
 def load_runs(out: Path) -> dict[str, dict[str, Any]]:
-    """``{run: {"snapshots": [report, ...] by epoch, "knn": [...], "config": {...}}}`` of every run folder."""
+    """``{run: {"snapshots": [report, ...] by epoch, "knn": [...], "config": {...}}}`` of every run folder with at
+    least one evaluated snapshot."""
     runs = {}
     for folder in sorted(p for p in out.iterdir() if p.is_dir() and (p / "config.json").exists()):
         snapshots = [json.loads(p.read_text()) for p in sorted(folder.glob("epoch_*.json"))]
+        if not snapshots:
+            continue
         knn_file, activity_file = folder / "knn_monitor.json", folder / "qreg_activity.json"
         runs[folder.name] = {"snapshots": snapshots, "config": json.loads((folder / "config.json").read_text()),
                              "knn": json.loads(knn_file.read_text()) if knn_file.exists() else [],
@@ -260,7 +263,7 @@ def _paired_text(split: dict[str, Any]) -> str:
 
 def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.json`` and the figures into ``out``; returns the summary."""
-    runs = {name: run for name, run in load_runs(out).items() if run["snapshots"]}
+    runs = load_runs(out)
     summary: dict[str, Any] = {"command": command, "machine": machine, "runs": {}}
     lines = ["# Q-Score on CIFAR-10 along the training trajectory (issue 18)", "",
              f"Command: `{command}` (per run: `python bench/cifar10_study.py --method M --seed S [--variants V]`)  ",

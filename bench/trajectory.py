@@ -78,6 +78,11 @@ def paired_accuracy_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
             "confidence": CONFIDENCE}  # fmt: skip
 
 
+def correct_of(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The probe's per-image correctness (1 or 0, int64) from its ``N x C`` logits."""
+    return (np.asarray(logits).argmax(axis=1) == labels).astype(np.int64)
+
+
 def pack_correct(correct: np.ndarray) -> dict[str, Any]:
     """A boolean vector as JSON: its length and its bits in base64 (10,000 images: 1.7 kB)."""
     correct = np.asarray(correct, dtype=bool)
@@ -107,7 +112,7 @@ def split_report(q_settings: Mapping[str, selection.ScoringSetting], train: tupl
     """Every score's AUROC and AUPRCs against the probe's correctness on one split (``extra``: more score columns
     of the same rows); ``columns`` holds the scores."""
     features, labels = evaluation
-    correct = (logits.argmax(axis=1) == labels).astype(np.int64)
+    correct = correct_of(logits, labels)
     columns, details = _q_columns(q_settings, train[0], features)
     columns.update(extra or {})
     baselines = scores_with_baselines(np.zeros(len(features)), features, train[0], logits, k=knn_k)
@@ -128,7 +133,7 @@ def snapshot_report(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.n
                     knn_k: int = 10) -> dict[str, Any]:  # fmt: skip
     """The report of one snapshot (module docstring) from its features ``(features, labels)`` and the probe's
     logits; JSON-ready."""
-    val_correct = (validation_logits.argmax(axis=1) == validation[1]).astype(np.int64)
+    val_correct = correct_of(validation_logits, validation[1])
     grid = selection.scoring_grid(train[0], validation[0], val_correct)
     chosen = selection.SCORING_GRID[max(range(len(grid)), key=lambda i: (grid[i]["auroc"], -i))]
     settings = {Q_PAPER: selection.PAPER_SCORING, Q_DEFAULT: selection.PACKAGE_SCORING, Q_CHOSEN: chosen}
@@ -148,14 +153,15 @@ def snapshot_report(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.n
         name: paired_bootstrap_difference(on_test["columns"][name], on_test["columns"][rival], on_test["correct"])
         for name in EXTENSION_SCORES
     }
+    correct = {split: pack_correct(report.pop("correct")) for split, report in reports.items()}
     for report in reports.values():
-        report.pop("columns"), report.pop("correct")
+        report.pop("columns")
     knn = knn_accuracy(*(torch.from_numpy(np.asarray(a)) for a in (train[0], train[1], test[0], test[1])), k=20)
     return {**reports, "chosen_setting": chosen.name, "validation_grid": grid, "knn_top1_test": knn,
             "q_minus_rival": {"rival": rival, **paired}, "q_minus_best_on_test": {"rival": best_test, **paired_best},
             "extensions": {name: {"setting": chosen_extensions[name], "minus_rival": {"rival": rival, **difference}}
                            for name, difference in extension_differences.items()},
-            "ceiling": CEILING, "report_version": REPORT_VERSION}  # fmt: skip
+            "correct": correct, "ceiling": CEILING, "report_version": REPORT_VERSION}  # fmt: skip
 
 
 def extension_scores(reference: np.ndarray, validation: np.ndarray, test: np.ndarray,
