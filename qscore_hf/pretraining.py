@@ -44,6 +44,7 @@ from .regularizer import (
     QScoreRegularizerOutput,
 )
 from .ssl import SSLMethod, TransformSettings, build_method
+from .tracking import TrackerValue, tracker_config
 
 __all__ = ["PretrainConfig", "StepOutput", "log_spaced_epochs", "pretrain", "snapshot_folder", "training_step"]
 
@@ -628,8 +629,9 @@ def _logged_step(line: str) -> float:
         return float("inf")
 
 
-def _flat_config(cfg: PretrainConfig) -> dict[str, Any]:
+def _flat_config(cfg: PretrainConfig) -> dict[str, TrackerValue]:
+    """The run's settings for the trackers (TensorBoard, W&B): the method's hyper-parameters as ``method.<key>``."""
     flat = {key: value for key, value in asdict(cfg).items() if key != "method_kwargs"}
     flat.update({f"method.{key}": value for key, value in cfg.method_kwargs.items()})
-    return {key: (json.dumps(value) if isinstance(value, (list, dict)) or value is None else value) for key, value in flat.items()}
+    return tracker_config(flat)
 
