@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import arguments
+from .extras import extra_of, install_command, missing_extra_message, missing_module
 from .io_utils import check_model_source, check_writable
 
 __all__ = ["main"]
@@ -157,14 +159,14 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--revision", default=None, help="Hub revision of the model (branch, tag or commit)")
     score.add_argument("--backbone-only", action="store_true",
                        help="--model is a timm name: timm's weights if in the local cache, else random")  # fmt: skip
-    score.add_argument("--image-size", type=int, default=None,
+    score.add_argument("--image-size", type=arguments.positive_int(16384), default=None,
                        help="input size with --backbone-only (a ViT is built for it where timm allows)")  # fmt: skip
     score.add_argument("--dataset", required=True, help="local folder/parquet/arrow, digits, fashion_mnist, cifar10 or Hub id")
     score.add_argument("--split", default="train", help="split to score (default: train)")
     score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     score.add_argument("--label-column", default=None, help="label column (default: the first ClassLabel, if any)")
     score.add_argument("--streaming", action="store_true", help="stream the data set instead of loading it")
-    score.add_argument("--max-samples", type=int, default=None, help="use at most this many images per split")
+    score.add_argument("--max-samples", type=arguments.positive_int(), default=None, help="use at most this many images per split")
     score.add_argument("--stats", choices=_STATS_SOURCES, default="auto",
                        help="activation statistics: the model's (saved), counted on the data (data), or saved when "
                             "the model has them (auto, default)")  # fmt: skip
@@ -175,15 +177,15 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--probe", action="store_true",
                        help="train a linear probe; report how well Q-Score predicts its mistakes")  # fmt: skip
     score.add_argument("--probe-split", default="train", help="split the probe is trained on (default: train)")
-    score.add_argument("--probe-epochs", type=int, default=100, help="probe epochs (default: 100)")
+    score.add_argument("--probe-epochs", type=arguments.positive_int(), default=100, help="probe epochs (default: 100)")
     score.add_argument("--probe-optimizer", choices=_PROBE_OPTIMIZERS, default="sgd",
                        help="probe optimizer (default: sgd)")  # fmt: skip
-    score.add_argument("--flag-lowest", type=int, default=0, metavar="K",
+    score.add_argument("--flag-lowest", type=arguments.count(), default=0, metavar="K",
                        help="draw the K lowest-Q images into lowest_qscore.png")  # fmt: skip
-    score.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    score.add_argument("--batch-size", type=arguments.positive_int(), default=256, help="images per forward pass (default: 256)")
     score.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     score.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
-    score.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
+    score.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
     score.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/...)")
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip
@@ -209,10 +211,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
     from .demo import DATASET_CHOICES, DEFAULT_METHOD, INSTALL_FASHION_MNIST, METHOD_NAMES  # light: no torch
 
-    missing = _missing_train_extra()
+    missing = missing_module("train")
     epilog = [f"Fashion-MNIST, for the meaningful run: {INSTALL_FASHION_MNIST}"]
     if missing:
-        epilog.append(f"This command needs the `train` extra ({missing} is not installed): {_TRAIN_EXTRA_INSTALL}")
+        epilog.append(f"This command needs the `train` extra ({missing} is not installed): {install_command('train')}")
     demo = commands.add_parser(
         "demo", help=_DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,  # commands stay on one line
         description=_fill("Pre-train a small SSL encoder on bundled images, train a linear probe on its frozen "
@@ -227,8 +229,8 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
                            "$QSCORE_CIFAR10_DIR or the Hub")  # fmt: skip
     demo.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
                       help=f"SSL method (default: {DEFAULT_METHOD})")  # fmt: skip
-    demo.add_argument("--epochs", type=int, default=None, help="pre-training epochs (default: set per data set)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of pre-training and probe (default: 0)")
+    demo.add_argument("--epochs", type=arguments.positive_int(), default=None, help="pre-training epochs (default: set per data set)")
+    demo.add_argument("--seed", type=arguments.seed(), default=0, help="seed of pre-training and probe (default: 0)")
     demo.add_argument("--quick", action="store_true", help="a few-second run on a few images (a smoke test)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("--out", default="qscore-demo", help="output folder (default: qscore-demo)")
@@ -309,7 +311,7 @@ def _add_convert_parser(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--compute-stats", metavar="DATASET", default=None,
                          help="store activation statistics of this data set (folder, digits, Hub id)")  # fmt: skip
     convert.add_argument("--stats-split", default="train", help="split of --compute-stats (default: train)")
-    convert.add_argument("--stats-max-samples", type=int, default=None, help="use at most this many images")
+    convert.add_argument("--stats-max-samples", type=arguments.positive_int(), default=None, help="use at most this many images")
     convert.add_argument("--push-to-hub", metavar="ORG/NAME", default=None,
                          help="upload the folder to this Hub repository (token: HF_TOKEN or the login)")  # fmt: skip
     convert.set_defaults(handler=_convert)
@@ -326,16 +328,16 @@ def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
                          help="two columns of binary masks (images or 2-D arrays) for IoU(heatmap, mask)")  # fmt: skip
     explain.add_argument("--correct-column", default=None,
                          help="0/1 column of classifier correctness (default: 'correct' when present)")  # fmt: skip
-    explain.add_argument("--top-k", type=int, default=5, help="features explained per sample (default: 5)")
-    explain.add_argument("--top-fraction", type=float, default=0.1,
+    explain.add_argument("--top-k", type=arguments.positive_int(), default=5, help="features explained per sample (default: 5)")
+    explain.add_argument("--top-fraction", type=arguments.fraction(), default=0.1,
                          help="fraction of pixels kept when binarizing a heatmap (default: 0.1)")  # fmt: skip
     explain.add_argument("--method", choices=["gradient", "gradcam"], default="gradient",
                          help="input gradient or Grad-CAM on the last conv stage (default: gradient)")  # fmt: skip
     explain.add_argument("--combine", choices=["mean", "max"], default="mean",
                          help="how a sample's k feature heatmaps are combined (default: mean)")  # fmt: skip
-    explain.add_argument("--max-samples", type=int, default=None, help="explain at most this many images")
-    explain.add_argument("--max-images", type=int, default=32, help="overlay PNGs written (default: 32)")
-    explain.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    explain.add_argument("--max-samples", type=arguments.positive_int(), default=None, help="explain at most this many images")
+    explain.add_argument("--max-images", type=arguments.count(), default=32, help="overlay PNGs written (default: 32)")
+    explain.add_argument("--batch-size", type=arguments.positive_int(), default=32, help="images per forward pass (default: 32)")
     explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     explain.add_argument("--out", required=True, help="output folder (written atomically)")
     explain.set_defaults(handler=_explain)
@@ -359,9 +361,6 @@ _COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], str]] =
     "publish-metric": (_add_publish_metric_parser, "publish the evaluate metric as a Hub Space <org>/qscore"),
     "zoo": (_add_zoo_parser, "pretrained SSL backbones: list, build (download, verify, convert) and publish releases"),
 }
-# Modules of the `train` extra (pyproject.toml): a command that imports one says how to install it.
-_TRAIN_EXTRA_MODULES = ("lightly", "tensorboard", "yaml")
-_TRAIN_EXTRA_INSTALL = 'pip install "qscore-hf[train]"'
 # Choices that live in modules importing torch, copied so that parsing (--help, argument errors) imports none of
 # them: scoring.STATS_SOURCES, probe.OPTIMIZERS, convert.layouts' FORMATS and FORMAT_ALIASES. tests/test_newcomer_cli.py
 # checks that the copies agree.
@@ -384,19 +383,6 @@ def _fill(text: str) -> str:
     import textwrap
 
     return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
-
-
-def _missing_train_extra() -> str | None:
-    """The first module of the `train` extra that is not installed, or ``None``."""
-    from importlib.util import find_spec
-
-    for module in _TRAIN_EXTRA_MODULES:
-        try:
-            if find_spec(module) is None:
-                return module
-        except (ImportError, ValueError):
-            return module
-    return None
 
 
 def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -426,11 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return handler(args)
     except ModuleNotFoundError as error:
-        missing = (error.name or "").split(".")[0]
-        if missing not in _TRAIN_EXTRA_MODULES:
+        extra = extra_of(error.name or "")
+        if extra is None:
             raise
-        print(f"qscore-hf {command}: error: this command needs the `train` extra ({missing} is not installed): "
-              f"{_TRAIN_EXTRA_INSTALL}", file=sys.stderr)  # fmt: skip
+        print(missing_extra_message(f"qscore-hf {command}", extra, (error.name or "").split(".")[0]), file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:
         print(f"qscore-hf {command}: error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from qscore_hf import arguments
 from qscore_hf.calibration import eps_argument
 
 SUMMARY_COLUMNS = (
@@ -42,25 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-split", default="test", help="split the probe is evaluated on (default: test)")
     parser.add_argument("--image-column", default=None, help="image column (default: found automatically)")
     parser.add_argument("--label-column", default=None, help="label column (default: found automatically)")
-    parser.add_argument("--epochs", type=int, default=100, help="probe epochs, or L-BFGS iterations (default: 100)")
+    parser.add_argument("--epochs", type=arguments.positive_int(), default=100, help="probe epochs, or L-BFGS iterations (default: 100)")
     parser.add_argument("--optimizer", choices=("sgd", "lbfgs"), default="sgd", help="probe optimizer (default: sgd)")
-    parser.add_argument("--lr", type=float, default=None, help="probe learning rate (default: 0.1 SGD, 1.0 L-BFGS)")
-    parser.add_argument("--weight-decay", type=float, default=None, help="default: 0 for SGD, 1e-4 L2 for L-BFGS")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per encoder forward pass (default: 256)")
-    parser.add_argument("--probe-batch-size", type=int, default=256, help="SGD mini-batch size (default: 256)")
-    parser.add_argument("--max-samples", type=int, default=None, help="use at most this many rows of each split")
+    parser.add_argument("--lr", type=arguments.positive(), default=None, help="probe learning rate (default: 0.1 SGD, 1.0 L-BFGS)")
+    parser.add_argument("--weight-decay", type=arguments.number(0.0), default=None, help="default: 0 for SGD, 1e-4 L2 for L-BFGS")
+    parser.add_argument("--batch-size", type=arguments.positive_int(), default=256, help="images per encoder forward pass (default: 256)")
+    parser.add_argument("--probe-batch-size", type=arguments.positive_int(), default=256, help="SGD mini-batch size (default: 256)")
+    parser.add_argument("--max-samples", type=arguments.positive_int(), default=None, help="use at most this many rows of each split")
     parser.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda when available)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images (default: 0)")
+    parser.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
     parser.add_argument(
         "--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)"
     )
     parser.add_argument("--revision", default=None, help="Hub revision of the model")
-    parser.add_argument("--seed", type=int, default=0, help="probe seed (default: 0)")
+    parser.add_argument("--seed", type=arguments.seed(), default=0, help="probe seed (default: 0)")
     parser.add_argument("--eps", type=eps_argument, default=None,
                         help="score with this eps, or 'auto' (calibrated on the training features), instead of the "
                              "model's; statistics are then counted on the training features")
-    parser.add_argument("--knn-k", type=int, default=10, help="neighbours of the kNN-density baseline (default: 10)")
+    parser.add_argument("--knn-k", type=arguments.positive_int(), default=10, help="neighbours of the kNN-density baseline (default: 10)")
     parser.add_argument("--no-model-card", action="store_true", help="leave a local model folder's README.md alone")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(

@@ -15,14 +15,20 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-from accelerate import PartialState
+from qscore_hf.extras import require_extra
 
-from qscore_hf.calibration import eps_argument
-from qscore_hf.io_utils import check_model_source
-from qscore_hf.pretraining import PretrainConfig, log_spaced_epochs, pretrain
-from qscore_hf.score import NORMALIZE_OPTIONS
-from qscore_hf.ssl import METHODS
+# On the base install: one line naming the `train` extra instead of a traceback from `import lightly` below.
+require_extra("train", Path(sys.argv[0]).name)
+
+import yaml  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+
+from qscore_hf import arguments  # noqa: E402
+from qscore_hf.calibration import eps_argument  # noqa: E402
+from qscore_hf.io_utils import check_model_source  # noqa: E402
+from qscore_hf.pretraining import PretrainConfig, log_spaced_epochs, pretrain  # noqa: E402
+from qscore_hf.score import NORMALIZE_OPTIONS  # noqa: E402
+from qscore_hf.ssl import METHODS  # noqa: E402
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # PretrainConfig's defaults, shown in --help (a method's YAML may change some: training/configs/<method>.yaml)
@@ -42,7 +48,8 @@ def _epoch_list(text: str) -> tuple[int, ...] | str:
     return epochs
 
 
-def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's flags; each one left out keeps the YAML's or PretrainConfig's value."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     add = parser.add_argument
@@ -50,25 +57,25 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
     add("--config", type=Path, help="YAML of defaults (default: training/configs/<method>.yaml)")
     add("--output-dir", required=True)
     add("--backbone", help="resnet18, resnet18_cifar (CIFAR stem), resnet50, or any timm name")
-    add("--stem-padding", type=int)
+    add("--stem-padding", type=arguments.count())
     add("--dataset", help="Hub id, local imagefolder/parquet/arrow, or fashion_mnist / digits / cifar10")
     add("--split"), add("--eval-split", help="labelled split for the per-epoch kNN monitor ('none' to skip)")
     add("--image-column"), add("--label-column")
-    add("--max-samples", type=int, help="use only the first N training samples")
-    add("--image-size", type=int)
-    add("--epochs", type=int), add("--max-steps", type=int)
-    add("--batch-size", type=int, help="per device")
+    add("--max-samples", type=arguments.positive_int(), help="use only the first N training samples")
+    add("--image-size", type=arguments.positive_int(16384))
+    add("--epochs", type=arguments.positive_int()), add("--max-steps", type=arguments.positive_int())
+    add("--batch-size", type=arguments.positive_int(), help="per device")
     add("--optimizer", choices=["lars", "sgd"])
     add("--lars-clip", action=argparse.BooleanOptionalAction,
         help="clip LARS's layer-wise rate at lr, as solo-learn's recipes do (clip_lr; default: on)")
-    add("--lr", type=float, help="per 256 images (scaled by the total batch size)")
-    add("--weight-decay", type=float), add("--warmup-epochs", type=float)
-    add("--local-views", type=int, help="multi-crop small views for SwAV / DINO")
+    add("--lr", type=arguments.positive(), help="per 256 images (scaled by the total batch size)")
+    add("--weight-decay", type=arguments.number(0.0)), add("--warmup-epochs", type=arguments.number(0.0))
+    add("--local-views", type=arguments.count(), help="multi-crop small views for SwAV / DINO")
     add("--method-kwargs", type=json.loads,
         help='JSON overriding some of the method\'s hyper-parameters, e.g. \'{"temperature": 0.1}\'; the config\'s '
              'others stay')
     add("--qscore-reg", action="store_true", help="add Q-Score regularization (SPEC §6)")
-    add("--lambda1", type=float), add("--lambda2", type=float)
+    add("--lambda1", type=arguments.number(0.0)), add("--lambda2", type=arguments.number(0.0))
     add("--qscore-eps", type=eps_argument, help="eps of the regularizer, or 'auto' (the default: calibrated each epoch)")
     add("--qscore-normalize", choices=list(NORMALIZE_OPTIONS),
         help="the regularizer's Q_i: none (SPEC §4, the default; in the features' units, so the Q term can inflate "
@@ -78,33 +85,38 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
              "validation split with the normalize and band below; README 'Results')")
     add("--scoring-normalize", choices=list(NORMALIZE_OPTIONS),
         help=f"normalize of the exported model's Q-Scores (default: {DEFAULTS.scoring_normalize})")
-    add("--scoring-p-lo", type=float, help=f"lower percentile of its band D (default: {DEFAULTS.scoring_p_lo:g})")
-    add("--scoring-p-hi", type=float, help=f"upper percentile of its band D (default: {DEFAULTS.scoring_p_hi:g})")
+    add("--scoring-p-lo", type=arguments.percentile(), help=f"lower percentile of its band D (default: {DEFAULTS.scoring_p_lo:g})")
+    add("--scoring-p-hi", type=arguments.percentile(), help=f"upper percentile of its band D (default: {DEFAULTS.scoring_p_hi:g})")
     add("--qscore-l1-form", choices=["normalized", "mean", "sum"],
         help="the regularizer's L1 term: normalized (scale-free, default), mean (per-sample mean), sum (SPEC §6 literal)")
-    add("--qscore-warmup-samples", type=int)
+    add("--qscore-warmup-samples", type=arguments.count())
     add("--init-from", help="fine-tune this QScoreModel (published recipe: --lr 1e-5 --epochs 50)")
     add("--resume", help="'auto' (latest checkpoint in --output-dir) or a checkpoint folder")
-    add("--checkpoint-every", type=int,
+    add("--checkpoint-every", type=arguments.count(),
         help=f"also checkpoint every N steps, besides each epoch end; 0: only at epoch ends (default: {DEFAULTS.checkpoint_every})")
-    add("--keep-checkpoints", type=int,
+    add("--keep-checkpoints", type=arguments.count(),
         help=f"keep the newest N checkpoints; 0 keeps all (default: {DEFAULTS.keep_checkpoints})")
     add("--snapshot-epochs", type=_epoch_list,
         help="keep the backbone as a QScoreModel folder (snapshots/epoch_NNNN) after these epochs: '1,2,4,8' or "
              "'log:8' (8 log-spaced points up to --epochs)")
-    add("--stop-after-steps", type=int, help="checkpoint and stop after N steps (e.g. a job's time limit); then --resume auto")
+    add("--stop-after-steps", type=arguments.positive_int(), help="checkpoint and stop after N steps (e.g. a job's time limit); then --resume auto")
     add("--push-to-hub", metavar="ORG/NAME"), add("--private", action="store_true")
-    add("--seed", type=int)
+    add("--seed", type=arguments.seed())
     add("--mixed-precision", choices=["no", "fp16", "bf16"])
-    add("--num-workers", type=int)
+    add("--num-workers", type=arguments.count())
     add("--no-channels-last", dest="channels_last", action="store_false")
     add("--compile", action="store_true", help="torch.compile the model")
-    add("--knn-k", type=int, help=f"neighbours of the per-epoch kNN monitor (default: {DEFAULTS.knn_k})")
-    add("--knn-max-train", type=int, help=f"training images the kNN monitor compares with (default: {DEFAULTS.knn_max_train})")
-    add("--knn-max-eval", type=int, help=f"--eval-split images the kNN monitor classifies (default: {DEFAULTS.knn_max_eval})")
-    add("--log-every", type=int)
+    add("--knn-k", type=arguments.positive_int(), help=f"neighbours of the per-epoch kNN monitor (default: {DEFAULTS.knn_k})")
+    add("--knn-max-train", type=arguments.positive_int(), help=f"training images the kNN monitor compares with (default: {DEFAULTS.knn_max_train})")
+    add("--knn-max-eval", type=arguments.positive_int(), help=f"--eval-split images the kNN monitor classifies (default: {DEFAULTS.knn_max_eval})")
+    add("--log-every", type=arguments.positive_int())
     add("--log-with", choices=["tensorboard", "wandb", "none"])
     add("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainConfig:
+    parser = build_parser()
     args = vars(parser.parse_args(argv))
 
     config_path = args.pop("config", CONFIG_DIR / f"{args['method']}.yaml")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from .. import arguments
 from .registry import Release, get_release, load_registry
 
 __all__ = ["ZOO_HELP", "add_zoo_parser", "format_table"]
@@ -121,26 +122,26 @@ def add_zoo_parser(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--mirror", default=None,
                        help=f"base URL of a mirror holding the files under their URL paths, host included "
                             f"(MIRROR/dl.fbaipublicfiles.com/moco/...); default ${MIRROR_ENV}")  # fmt: skip
-    build.add_argument("--max-size", type=float, default=2048, metavar="MIB",
+    build.add_argument("--max-size", type=arguments.positive(), default=2048, metavar="MIB",
                        help="refuse files larger than this many MiB (default: 2048)")  # fmt: skip
     build.add_argument("--stats", default=None, metavar="DATASET[:SPLIT]",
                        help="count activation statistics on this data set (image folder, Hub id, ...; split default "
                             "validation)")  # fmt: skip
-    build.add_argument("--stats-max-samples", type=int, default=None, help="use at most this many images")
+    build.add_argument("--stats-max-samples", type=arguments.positive_int(), default=None, help="use at most this many images")
     build.add_argument("--linear-eval", default=None, metavar="DATASET[:SPLIT]",
                        help="then linear-probe the built model: trained on DATASET's train split, evaluated on SPLIT "
                             "(default validation); measured results go into the card")
-    build.add_argument("--linear-eval-max-samples", type=int, default=None, help="use at most this many images a split")
+    build.add_argument("--linear-eval-max-samples", type=arguments.positive_int(), default=None, help="use at most this many images a split")
     build.add_argument("--qreg-finetune", default=None, metavar="DATASET",
                        help="also fine-tune with the default Q-reg by the published recipe (lr 1e-5, 50 epochs) on "
                             "DATASET, linear-probe base and fine-tuned alike, and write NAME-qreg")  # fmt: skip
-    build.add_argument("--finetune-epochs", type=int, default=50, help="fine-tuning epochs (default: 50, the recipe)")
-    build.add_argument("--finetune-batch-size", type=int, default=256, help="fine-tuning batch size (default: 256)")
-    build.add_argument("--finetune-image-size", type=int, default=None,
+    build.add_argument("--finetune-epochs", type=arguments.positive_int(), default=50, help="fine-tuning epochs (default: 50, the recipe)")
+    build.add_argument("--finetune-batch-size", type=arguments.positive_int(), default=256, help="fine-tuning batch size (default: 256)")
+    build.add_argument("--finetune-image-size", type=arguments.positive_int(16384), default=None,
                        help="fine-tuning input size (default: the release's evaluation crop)")  # fmt: skip
-    build.add_argument("--finetune-max-samples", type=int, default=None,
+    build.add_argument("--finetune-max-samples", type=arguments.positive_int(), default=None,
                        help="use at most this many images of each split to fine-tune and probe")  # fmt: skip
-    build.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs (default: 100)")
+    build.add_argument("--probe-epochs", type=arguments.positive_int(), default=100, help="linear-probe epochs (default: 100)")
     build.add_argument("--push-to-hub", default=None, metavar="ORG",
                        help="upload each release as ORG/NAME and gather them in a Hub collection")  # fmt: skip
     build.add_argument("--private", action="store_true", help="create the Hub repositories private")
