@@ -1,0 +1,151 @@
+"""The documented commands are the tested commands: every ```python block of the README and the documentation runs
+as written (and prints what the page says it prints), and every shell command runs as typed, with the defaults a user
+gets, or is run by .ci/run, or by a named test (tests/documented_commands.py). Conventions: tests/doc_blocks.py."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages
+from documented_commands import CI, COMMANDS, Covered, Run
+
+PAGES = {str(page.relative_to(ROOT)): blocks(page) for page in pages()}
+
+
+def _runnable(lang: tuple[str, ...] | str) -> dict[str, list[Block]]:
+    langs = (lang,) if isinstance(lang, str) else lang
+    found = {page: [b for b in found if b.lang in langs and b.no_run is None] for page, found in PAGES.items()}
+    return {page: found for page, found in found.items() if found}
+
+
+def _documented_commands() -> dict[str, str]:
+    """command -> where it first appears."""
+    found: dict[str, str] = {}
+    for block in (b for page in PAGES.values() for b in page if b.lang in SHELL and b.no_run is None):
+        for command in commands(block):
+            found.setdefault(command, block.where)
+    return found
+
+
+def _scratch(tmp_path: Path) -> Path:
+    """A fresh clone's working tree to run commands in: the checkout copied (no .git, no caches), nothing shared."""
+    work = tmp_path / "clone"
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.egg-info",
+                                                              "build", "dist", "runs", "outputs", "qscore-demo"))
+    return work
+
+
+def _environment(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The user's environment, offline, with a Hugging Face home of its own and this interpreter's scripts first."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": path, **(extra or {})}
+
+
+def test_every_documented_command_has_an_entry_and_every_entry_a_command():
+    documented = _documented_commands()
+    missing = {command: where for command, where in documented.items() if command not in COMMANDS}
+    assert not missing, f"documented commands with no entry in tests/documented_commands.py: {missing}"
+    stale = sorted(set(COMMANDS) - set(documented))
+    assert not stale, f"entries of tests/documented_commands.py that no page documents any more: {stale}"
+
+
+def test_commands_covered_elsewhere_name_a_test_that_exists():
+    for command, entry in COMMANDS.items():
+        if isinstance(entry, Covered):
+            file, name = entry.test.split("::")
+            tree = ast.parse((ROOT / file).read_text())
+            assert name in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, (command, entry.test)
+            assert entry.why, command
+
+
+def test_ci_runs_the_readme_install_and_test_commands_as_typed():
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    marked = {command for role in ("install", "test") for command in ci_commands(role)}
+    assert "doc_blocks.py ci install" in ci_run and "doc_blocks.py ci test" in ci_run
+    assert {command for command, entry in COMMANDS.items() if entry == CI} == marked
+
+
+@pytest.mark.parametrize("page", sorted(_runnable("python")))
+def test_python_blocks_run_as_written(page, tmp_path):
+    page_blocks = [b for b in PAGES[page] if b.no_run is None]
+    runnable = [b for b in page_blocks if b.lang == "python"]
+    expected = {}  # index of a python block -> the text block right after it
+    for before, after in zip(page_blocks, page_blocks[1:]):
+        if before.lang == "python" and after.lang == "text" and after.line == _closing_line(before) + 1:
+            expected[runnable.index(before)] = after.text
+    work = _scratch(tmp_path)
+    source = tmp_path / "blocks.json"
+    source.write_text(json.dumps([{"where": b.where, "text": b.text} for b in runnable]))
+    run = subprocess.run([sys.executable, "-c", NOTEBOOK, str(source), str(tmp_path / "out.json")], cwd=work,
+                         env=_environment(tmp_path), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    outputs = json.loads((tmp_path / "out.json").read_text())
+    for index, text in expected.items():
+        assert _lines(outputs[index]) == _lines(text), f"{runnable[index].where} printed:\n{outputs[index]}"
+
+
+def _closing_line(block: Block) -> int:
+    return block.line + block.text.count("\n") + 1
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip("\n").splitlines()]
+
+
+# Runs a page's python blocks in order in one namespace; each block's stdout is kept for the comparison.
+NOTEBOOK = """
+import contextlib, io, json, sys
+blocks = json.load(open(sys.argv[1]))
+namespace, outputs = {"__name__": "__main__"}, []
+for block in blocks:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        exec(compile(block["text"], block["where"], "exec"), namespace)
+    outputs.append(buffer.getvalue())
+    sys.stdout.write(buffer.getvalue())
+json.dump(outputs, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.parametrize("page", sorted(page for page, found in _runnable(SHELL).items()
+                                        if any(isinstance(COMMANDS.get(c), Run) for b in found for c in commands(b))))
+def test_shell_commands_run_as_typed(page, tmp_path):
+    """A page's commands in its order, in one scratch clone: a later command uses what an earlier one wrote."""
+    work = _scratch(tmp_path)
+    for block in _runnable(SHELL)[page]:
+        for command in commands(block):
+            entry = COMMANDS[command]
+            if not isinstance(entry, Run):
+                continue
+            typed = f"{command} {entry.shrink}".strip()
+            run = subprocess.run(["bash", "-c", typed], cwd=work, env=_environment(tmp_path, entry.env),
+                                 capture_output=True, text=True, timeout=entry.timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+            assert run.returncode == 0, f"{block.where}: {typed}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+            assert entry.expect in run.stdout + run.stderr, f"{block.where}: {typed}: no {entry.expect!r} in\n{run.stdout}"
+
+
+def test_the_block_reader_on_a_page_written_for_it(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Intro\n\n```bash\npip install -e \".[test]\"   # the tests\nqscore-hf score --model m \\\n"
+        "    --dataset digits --out 'a # b'\n\n```\n<!-- no-run: needs 8 GPUs -->\n```bash\naccelerate launch x\n```\n"
+        "<!-- ci: install -->\n```bash\npip install .\n```\n```python\nprint(1)\n```\n```text\n1\n```\n"
+    )
+    found = blocks(page, tmp_path)
+    assert [(b.lang, b.line, b.no_run, b.ci) for b in found] == [
+        ("bash", 3, None, None), ("bash", 10, "needs 8 GPUs", None), ("bash", 14, None, "install"),
+        ("python", 17, None, None), ("text", 20, None, None),
+    ]
+    assert commands(found[0]) == ['pip install -e ".[test]"', "qscore-hf score --model m --dataset digits --out 'a # b'"]
+    assert _closing_line(found[3]) + 1 == found[4].line
+    (tmp_path / "bad.md").write_text("```python\nprint(1)\n")
+    with pytest.raises(ValueError, match="never closed"):
+        blocks(tmp_path / "bad.md", tmp_path)
