@@ -222,11 +222,11 @@ def resolve_stats_source(model: QScoreModel, stats: str) -> str:
 def _stats_provenance(config: Any, source: str, scored: str) -> dict[str, str]:
     """The data set saved statistics were counted on (``convert --compute-stats`` records it; a model trained here
     counted them on its pre-training data) and, when that is not the scored data set, a note saying so."""
-    if source != "saved":
-        return {"dataset": scored}
     counted_on = getattr(config, "activation_stats_dataset", None) or config.pretraining_data
-    if counted_on is None or counted_on == scored:
-        return {"dataset": counted_on} if counted_on else {}
+    if source != "saved" or counted_on is None:
+        return {}
+    if counted_on == scored:
+        return {"dataset": counted_on}
     return {"dataset": counted_on, "note": (
         f"the model's saved activation statistics were counted on {counted_on!r}, not on the scored data set "
         f"{scored!r}, so D is {counted_on}'s discriminative features; --stats data counts them on {scored!r}.")}
