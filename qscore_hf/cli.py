@@ -135,6 +135,8 @@ def _score(args: argparse.Namespace) -> int:
     )  # fmt: skip
     from .comparison import report_text
 
+    if summary["activation_stats"].get("note"):
+        print(f"note: {summary['activation_stats']['note']}")
     calibrated = " (calibrated: eps='auto')" if summary["qscore"]["eps_calibration"] else ""
     print(f"scored {summary['num_samples']} images (skipped {summary['skipped_images']['count']} unreadable): "
           f"mean Q {summary['mean_q']:.4f}, median Q {summary['median_q']:.4f}, |D| {summary['num_discriminative']}, "

@@ -1,7 +1,7 @@
 """Q-Score beside its baselines as predictors of a linear probe's mistakes (SPEC §5): one table, one sentence.
 
 Every misclassification report (``linear_eval``, ``qscore-hf score --probe``, ``qscore-hf demo``,
-``bench/reproduce.py``, the ``evaluate`` metric with ``baselines=True``) builds its table here, so that a reader always
+``studies/reproduce.py``, the ``evaluate`` metric with ``baselines=True``) builds its table here, so that a reader always
 sees whether Q-Score adds anything over a plain label-free score on their model and data.
 """
 

@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONE_LIBRARIES = ("timm", "transformers")
 SSL_METHODS = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
 # The Q-Score settings of encoders trained at small scale (this package's pre-training and demo exports), chosen on a
-# validation split over 18 encoders among 45 settings (bench/reproduce.py; README "Results"): at the paper's eps 4
+# validation split over 18 encoders among 45 settings (studies/reproduce.py; README "Results"): at the paper's eps 4
 # (the ``QScoreConfig`` default, kept for converted checkpoints) most samples of such encoders have an empty S_i.
 SMALL_SCALE_SCORING: dict[str, Any] = {
     "qscore_eps": 1.0, "qscore_normalize": "l1", "qscore_p_lo": 0.0, "qscore_p_hi": 100.0,

@@ -117,7 +117,13 @@ def load_image_dataset(
     elif Path(source).exists():
         dataset = _load_external(source, base_split, streaming and start is None)
     else:  # a Hub data set: datasets slices it itself
-        dataset, start = _load_external(source, split, streaming), None
+        try:
+            dataset, start = _load_external(source, split, streaming), None
+        except ValueError as error:
+            if name != "cifar10":
+                raise
+            raise ValueError(f"{error} To read a local copy of CIFAR-10, set {CIFAR10_ENV} to its folder (laid out "
+                             f"as the Hub's {CIFAR10_HUB_ID}: train-*.parquet, test-*.parquet).") from error
     if start is not None:
         dataset = _slice(dataset, name, split, start, stop)
     if streaming and not isinstance(dataset, datasets.IterableDataset):

@@ -14,6 +14,7 @@ base install; ``run_demo`` imports the training stack once its arguments are che
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -21,7 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import data
 
@@ -184,18 +185,24 @@ class WholeRunBar:
         enabled: draw the bar (tqdm's ``disable`` otherwise).
         clock: seconds, monotonic (tests pass a fake one).
         tick: seconds between the thread's updates; ``None`` starts no thread (call ``update``).
+        file: where the bar is drawn (tqdm's default, stderr, when ``None``).
+
+    While the bar stands at a stage's end waiting for the stage, it says it is past the estimate instead of showing
+    a time left that would grow as the clock runs.
     """
 
+    LEFT = "{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, about {remaining} left"
+    LATE = "{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, taking longer than estimated"
+
     def __init__(self, estimate: TimeEstimate, enabled: bool = True, clock: Callable[[], float] = time.monotonic,
-                 tick: float | None = 1.0) -> None:  # fmt: skip
+                 tick: float | None = 1.0, file: Any = None) -> None:  # fmt: skip
         from tqdm.auto import tqdm
 
-        self.clock, self.started = clock, clock()
+        self.clock, self.started, self.file = clock, clock(), file
         self.evaluation = estimate.evaluation_seconds
         self.stage_end = estimate.pretraining_seconds  # on the bar's scale: where the current stage ends
         self.bar = tqdm(total=round(estimate.pretraining_seconds + estimate.evaluation_seconds, 1), unit="s",
-                        desc="qscore-hf demo: pre-training", disable=not enabled,
-                        bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, about {remaining} left")  # fmt: skip
+                        desc="qscore-hf demo: pre-training", disable=not enabled, file=file, bar_format=self.LEFT)
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = None
         if tick is not None and enabled:
@@ -209,8 +216,15 @@ class WholeRunBar:
     def update(self) -> None:
         """Move the bar to the time spent, held just short of the current stage's end."""
         with self._lock:
-            self.bar.n = round(min(self.clock() - self.started, 0.99 * self.stage_end), 1)
+            spent, held_at = self.clock() - self.started, 0.99 * self.stage_end
+            self.bar.n = round(min(spent, held_at), 1)
+            self.bar.bar_format = self.LATE if spent >= held_at else self.LEFT
             self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        """Print ``text`` on its own line above the bar (a plain ``print`` would continue the bar's line)."""
+        with self._lock:
+            self.bar.write(text, file=self.file)  # stdout, as print, by default: tqdm clears the bar first
 
     def pretraining_done(self) -> None:
         """Pre-training is over: the rest is the evaluation's estimate times the pre-training's actual/estimated."""
@@ -219,6 +233,7 @@ class WholeRunBar:
             ratio = spent / self.stage_end if self.stage_end > 0 else 1.0
             self.stage_end = spent + ratio * self.evaluation
             self.bar.total, self.bar.n = round(self.stage_end, 1), round(spent, 1)
+            self.bar.bar_format = self.LEFT  # a new estimate for the rest
             self.bar.set_description_str("qscore-hf demo: features, probe and report", refresh=True)
 
     def close(self) -> None:
@@ -329,11 +344,39 @@ def run_demo(
             log(estimate.text())
             whole = WholeRunBar(estimate, enabled=progress)
     try:
-        return _run(name, dataset, setting, out, method, quick, seed, progress and whole is None, log, estimate, whole,
-                    started)  # fmt: skip
+        # one bar for the whole run: the libraries' own bars and the log lines would break into its line
+        with _library_bars_off(whole is not None):
+            return _run(name, dataset, setting, out, method, quick, seed, progress and whole is None,
+                        log if whole is None else whole.write, estimate, whole, started)  # fmt: skip
     finally:
         if whole is not None:
             whole.close()
+
+
+@contextlib.contextmanager
+def _library_bars_off(off: bool) -> Iterator[None]:
+    """Hide the progress bars of transformers, huggingface_hub and datasets inside the block (when ``off``), and
+    restore each library's setting after it."""
+    if not off:
+        yield
+        return
+    import datasets
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    toggles = [(transformers_logging.is_progress_bar_enabled(), transformers_logging.disable_progress_bar,
+                transformers_logging.enable_progress_bar),
+               (not hub_utils.are_progress_bars_disabled(), hub_utils.disable_progress_bars, hub_utils.enable_progress_bars),
+               (datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars)]  # fmt: skip
+    for enabled, disable, _ in toggles:
+        if enabled:
+            disable()
+    try:
+        yield
+    finally:
+        for enabled, _, enable in toggles:
+            if enabled:
+                enable()
 
 
 def _run(name: str, dataset: str, setting: DemoSetting, out: Path, method: str, quick: bool, seed: int,

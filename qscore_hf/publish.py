@@ -27,13 +27,14 @@ def save_model_folder(
 ) -> Path:
     """Save ``model`` (safetensors, config, image processor) and its model card ``README.md`` into ``out``,
     atomically: the folder appears complete or not at all. ``repo_id`` names the model in the card's usage code
-    (default: the folder's name); ``provenance`` (the training recipe) and ``results`` go into the card."""
+    (default: ``out`` as given, so that the code loads the folder from where it was written, e.g. pre-training's
+    ``runs/NAME/model``); ``provenance`` (the training recipe) and ``results`` go into the card."""
     out = Path(out)
     card = render_model_card(
         model.config,
         results=results,
         provenance=provenance,
-        repo_id=repo_id or out.name,
+        repo_id=repo_id or str(out),
         stats_samples=int(model.activation_stats.num_samples),
     )
     with atomic_directory(out) as tmp:

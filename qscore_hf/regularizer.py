@@ -81,7 +81,7 @@ class QScoreRegularizerOutput:
         }
 
 
-# Chosen on a validation split (bench/reproduce.py --regularizer-selection; README "Results"): the scale-free L1
+# Chosen on a validation split (studies/reproduce.py --regularizer-selection; README "Results"): the scale-free L1
 # form, lambda1 = lambda2 = 1e-2, and eps calibrated on the training batches.
 DEFAULT_L1_FORM: L1Form = "normalized"
 DEFAULT_LAMBDA1 = 1e-2
@@ -99,7 +99,7 @@ class QScoreRegularizer(nn.Module):
     preprint's lambdas it collapses features in short runs: SPEC §6, README Results); ``"mean"`` divides it by
     the global batch size; ``"normalized"`` (the default) is the batch mean of ``|h_ij| / ||h_i||_2``, which is
     scale-free and so cannot shrink features towards zero. The defaults (``l1_form="normalized"``,
-    ``lambda1 = lambda2 = 1e-2``, ``eps="auto"``) were chosen on a validation split (``bench/reproduce.py``, README
+    ``lambda1 = lambda2 = 1e-2``, ``eps="auto"``) were chosen on a validation split (``studies/reproduce.py``, README
     "Results"); SPEC §6 as published is ``l1_form="sum", lambda1=1e-4, lambda2=1e-4, eps=4``.
 
     Under torch.distributed (e.g. ``accelerate launch``) the batch is the global batch: Q sums, ``c_j``, batch

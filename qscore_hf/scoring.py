@@ -219,6 +219,19 @@ def resolve_stats_source(model: QScoreModel, stats: str) -> str:
     return stats
 
 
+def _stats_provenance(config: Any, source: str, scored: str) -> dict[str, str]:
+    """The data set saved statistics were counted on (``convert --compute-stats`` records it; a model trained here
+    counted them on its pre-training data) and, when that is not the scored data set, a note saying so."""
+    counted_on = getattr(config, "activation_stats_dataset", None) or config.pretraining_data
+    if source != "saved" or counted_on is None:
+        return {}
+    if counted_on == scored:
+        return {"dataset": counted_on}
+    return {"dataset": counted_on, "note": (
+        f"the model's saved activation statistics were counted on {counted_on!r}, not on the scored data set "
+        f"{scored!r}, so D is {counted_on}'s discriminative features; --stats data counts them on {scored!r}.")}
+
+
 # ------------------------------------------------------------------------------------------------------ scoring
 @dataclass
 class _Rows:
@@ -558,7 +571,8 @@ def score_dataset(
                                         config.qscore_eps, config.qscore_eps_calibration is not None),  # fmt: skip
         "qscore": {"eps": config.qscore_eps, "eps_calibration": config.qscore_eps_calibration,
                    "normalize": config.qscore_normalize, "p_lo": config.qscore_p_lo, "p_hi": config.qscore_p_hi},  # fmt: skip
-        "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples)},
+        "activation_stats": {"source": source, "num_samples": int(activation_stats.num_samples),
+                             **_stats_provenance(config, source, image_dataset.name)},
         "model": model_info or model_identity(model),
         "dataset": identity,
         "skipped_images": _skipped_summary(skipped),

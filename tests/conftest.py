@@ -107,19 +107,30 @@ def hub_cache() -> Callable[[Path, str, Path, str], Path]:
     return add
 
 
-@pytest.fixture(scope="session")
-def import_bench() -> Callable[[str], ModuleType]:
-    """``import_bench(name)``: import ``bench/<name>.py`` (benchmark scripts import their siblings by plain name)."""
+def _script_importer(folder: str) -> Callable[[str], ModuleType]:
+    """Import ``<folder>/<name>.py`` of the repository: its scripts import their siblings by plain name."""
 
     def load(name: str) -> ModuleType:
-        bench = str(Path(__file__).resolve().parents[1] / "bench")
-        sys.path.insert(0, bench)
+        path = str(Path(__file__).resolve().parents[1] / folder)
+        sys.path.insert(0, path)
         try:
             return importlib.import_module(name)
         finally:
-            sys.path.remove(bench)
+            sys.path.remove(path)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def import_bench() -> Callable[[str], ModuleType]:
+    """``import_bench(name)``: import the speed benchmark ``bench/<name>.py``."""
+    return _script_importer("bench")
+
+
+@pytest.fixture(scope="session")
+def import_study() -> Callable[[str], ModuleType]:
+    """``import_study(name)``: import the study script ``studies/<name>.py``."""
+    return _script_importer("studies")
 
 
 @pytest.fixture(scope="session")

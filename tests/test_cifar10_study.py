@@ -111,8 +111,8 @@ def test_log_spaced_epochs():
 
 
 @pytest.fixture(scope="module")
-def trajectory(import_bench):
-    return import_bench("trajectory")
+def trajectory(import_study):
+    return import_study("trajectory")
 
 
 def test_auroc_matches_scikit_learn_with_ties(trajectory):
@@ -163,8 +163,8 @@ def test_correctness_packs_and_unpacks(trajectory):
 
 
 @pytest.fixture(scope="module")
-def study(import_bench):
-    module = import_bench("cifar10_study")
+def study(import_study):
+    module = import_study("cifar10_study")
     module.use_shared_cifar10()
     return module
 
@@ -187,7 +187,7 @@ def numbers(report: dict) -> list[float]:
 
 
 @needs_cifar10
-def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, import_bench, tmp_path, monkeypatch):
+def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, import_study, tmp_path, monkeypatch):
     import qscore_hf.pretraining as pretraining
 
     setting = tiny(study)
@@ -242,7 +242,7 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
     study.add_probe_correctness(setting, tmp_path / "work-b", tmp_path / "out-b")
     for name in kept:
         assert json.loads((tmp_path / "out-b" / name / "epoch_0002.json").read_text())["correct"] == kept[name]
-    comparison = import_bench("study_summary").write_summary(tmp_path / "out-b", command="t", machine={})
+    comparison = import_study("study_summary").write_summary(tmp_path / "out-b", command="t", machine={})
     (row,) = comparison["regularizer_comparisons"]
     assert row["test"]["paired"]["difference"] == 0 and not row["test"]["paired"]["significant"]
 
@@ -255,7 +255,7 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
     assert a["lr"] == setting.finetune_lr and a["epochs"] == setting.finetune_epochs and a["seed"] == 0
 
     # The summary: tables, the plateau verdict and the figures.
-    summary = import_bench("study_summary").write_summary(tmp_path / "out-a", command="test", machine={})
+    summary = import_study("study_summary").write_summary(tmp_path / "out-a", command="test", machine={})
     run = summary["runs"]["simclr-baseline-seed0"]
     assert run["plateau"]["epochs"] == [2, 2]
     for png in ("auroc_vs_epoch_simclr-baseline-seed0.png", "knn_plateau.png"):
@@ -264,8 +264,8 @@ def test_a_killed_study_run_resumes_and_reproduces_the_uninterrupted_one(study, 
     assert "| 2 |" in (tmp_path / "out-a" / "summary.md").read_text()
 
 
-def test_qreg_variants_differ_from_the_baseline_only_in_the_regularizer(import_bench, tmp_path):
-    study = import_bench("cifar10_study")
+def test_qreg_variants_differ_from_the_baseline_only_in_the_regularizer(import_study, tmp_path):
+    study = import_study("cifar10_study")
     setting = study.SETTINGS["cpu"]
     baseline, qreg, zscore, weak = (asdict(study.pretrain_config(setting, "simclr", variant, 1, tmp_path))
                                     for variant in ("baseline", "qreg", "qreg-zscore", "qreg-lambda1e-4"))  # fmt: skip
@@ -277,8 +277,8 @@ def test_qreg_variants_differ_from_the_baseline_only_in_the_regularizer(import_b
     assert zscore["output_dir"] == str(tmp_path / "simclr-qreg-zscore-seed1") and zscore["seed"] == 1
 
 
-def test_byol_sgd_variant_changes_only_the_optimizer(import_bench, tmp_path):
-    study = import_bench("cifar10_study")
+def test_byol_sgd_variant_changes_only_the_optimizer(import_study, tmp_path):
+    study = import_study("cifar10_study")
     setting = study.SETTINGS["cpu"]
     baseline, sgd = (asdict(study.pretrain_config(setting, "byol", variant, 0, tmp_path))
                      for variant in ("baseline", "baseline-sgd"))  # fmt: skip
@@ -289,10 +289,10 @@ def test_byol_sgd_variant_changes_only_the_optimizer(import_bench, tmp_path):
     assert sgd["output_dir"] == str(tmp_path / "byol-baseline-sgd-seed0")
 
 
-def test_a_recipe_suffix_carries_into_the_qreg_comparisons(import_bench, tmp_path):
-    study = import_bench("cifar10_study")
+def test_a_recipe_suffix_carries_into_the_qreg_comparisons(import_study, tmp_path):
+    study = import_study("cifar10_study")
     setting = study.SETTINGS["cpu"]
-    variants = import_bench("study_variants")
+    variants = import_study("study_variants")
     assert variants.split_recipe("finetune-qreg-sgd") == ("finetune-qreg", "sgd")
     assert variants.split_recipe("qreg-zscore") == ("qreg-zscore", None)
     with pytest.raises(FileNotFoundError, match="byol-baseline-sgd-seed1"):  # its baseline has not run yet
@@ -306,14 +306,14 @@ def test_a_recipe_suffix_carries_into_the_qreg_comparisons(import_bench, tmp_pat
     assert plain["init_from"] == str(tmp_path / "byol-baseline-sgd-seed1" / "model")
     assert (plain["optimizer"], plain["lr"], plain["weight_decay"]) == ("sgd", 1e-5, 5e-4)
     assert {key for key in tuned if tuned[key] != plain[key]} == {"output_dir", "qscore_reg"}
-    summary = import_bench("study_summary")
+    summary = import_study("study_summary")
     assert summary.control_of("byol-qreg-sgd-seed1") == "byol-baseline-sgd-seed1"
     assert summary.control_of("byol-finetune-qreg-sgd-seed0") == "byol-finetune-plain-sgd-seed0"
     assert summary.control_of("byol-baseline-sgd-seed0") is None
 
 
-def test_plateau_criterion_by_hand(import_bench):
-    summary = import_bench("study_summary")
+def test_plateau_criterion_by_hand(import_study):
+    summary = import_study("study_summary")
     knn = [{"epoch": e, "knn_top1": v} for e, v in enumerate([0.2, 0.4, 0.5, 0.55, 0.60, 0.605, 0.61, 0.612], 1)]
     # 8 epochs: the last quarter is epochs 7-8 (0.61, 0.612): 0.2 points apart.
     assert summary.plateau(knn, 8) == {"epochs": [7, 8], "spread_points": pytest.approx(0.2), "converged": True,
@@ -323,8 +323,8 @@ def test_plateau_criterion_by_hand(import_bench):
     assert summary.plateau(rising, 8)["converged"] is False  # 0.61 + 0.14 vs 0.612 + 0.16: 2.2 points
 
 
-def test_plateau_trend_by_hand(import_bench):
-    summary = import_bench("study_summary")
+def test_plateau_trend_by_hand(import_study):
+    summary = import_study("study_summary")
     assert summary.trend([1, 2, 3, 4, 5], [10, 11, 12, 13, 14]) == pytest.approx({"slope": 1, "low": 1, "high": 1})
     # points 0, 2, 1 at epochs 1-3: slope 0.5; residuals -0.5, 1, -0.5 give s^2 = 1.5 / 1, standard error
     # sqrt(1.5 / 2) = 0.866, and t(0.975, 1 df) = 12.706: the interval is 0.5 -/+ 11.004.
@@ -335,8 +335,8 @@ def test_plateau_trend_by_hand(import_bench):
     assert summary.plateau(knn, 12)["trend"] == pytest.approx({"slope": 1, "low": 1, "high": 1})
 
 
-def test_qreg_activity_by_hand(import_bench):
-    study = import_bench("cifar10_study")
+def test_qreg_activity_by_hand(import_study):
+    study = import_study("cifar10_study")
 
     def step(epoch: int, active: tuple[float, float], size: float, q: float) -> dict:
         row = {"step": 1, "epoch": epoch, "loss": 1.0}
@@ -361,8 +361,8 @@ def test_qreg_activity_by_hand(import_bench):
 
 
 @pytest.fixture(scope="module")
-def extensions(import_bench):
-    return import_bench("extensions")
+def extensions(import_study):
+    return import_study("extensions")
 
 
 @pytest.fixture(scope="module")
@@ -371,8 +371,8 @@ def relu_features():
     return np.maximum(rng.normal(size=(300, 64)), 0) ** 2, np.maximum(rng.normal(size=(120, 64)), 0) ** 2
 
 
-def test_q_unit_is_the_package_q_over_the_l2_norm(extensions, import_bench, relu_features):
-    selection = import_bench("selection")
+def test_q_unit_is_the_package_q_over_the_l2_norm(extensions, import_study, relu_features):
+    selection = import_study("selection")
     reference, features = relu_features
     setting = extensions.ExtensionSetting(2.0, 50.0, 95.0)
     package_q, _, _ = selection.qscores(selection.ScoringSetting(2.0, "none", 50.0, 95.0), reference, features)
@@ -380,10 +380,10 @@ def test_q_unit_is_the_package_q_over_the_l2_norm(extensions, import_bench, relu
     np.testing.assert_allclose(extensions.q_unit(reference, features, setting), expected, rtol=1e-5, atol=1e-12)
 
 
-def test_knn_consensus_with_identical_neighbours_is_the_package_q(extensions, import_bench, relu_features):
+def test_knn_consensus_with_identical_neighbours_is_the_package_q(extensions, import_study, relu_features):
     # Each sample's 10 nearest reference rows are its own 10 copies: the neighbourhood fires exactly where the
     # sample does, so the consensus restricts nothing and the score is plain Q (zscore: the mean z of S_i).
-    selection = import_bench("selection")
+    selection = import_study("selection")
     _, features = relu_features
     reference = np.repeat(features, 10, axis=0)
     neighbours = extensions.nearest_reference(reference, features)
@@ -407,8 +407,8 @@ def test_feature_rank_by_hand(extensions):
 
 
 @needs_cifar10
-def test_the_supervised_control_resumes_exactly(study, import_bench, tmp_path):
-    supervised = import_bench("supervised")
+def test_the_supervised_control_resumes_exactly(study, import_study, tmp_path):
+    supervised = import_study("supervised")
     make = lambda name: supervised.SupervisedConfig(  # noqa: E731
         output_dir=str(tmp_path / name), dataset="cifar10", split="train[0:64]", backbone="resnet10t", image_size=16,
         epochs=2, batch_size=32, snapshot_epochs=(1, 2))
@@ -427,15 +427,15 @@ def test_the_supervised_control_resumes_exactly(study, import_bench, tmp_path):
 # ---- the GPU path, on the CPU (--smoke) --------------------------------------------------------------------------
 
 
-def test_budget_epochs_by_hand(import_bench):
-    gpu = import_bench("cifar10_gpu")
+def test_budget_epochs_by_hand(import_study):
+    gpu = import_study("cifar10_gpu")
     assert gpu.budget_epochs(images_per_s=5000, seconds=70, num_images=18_000) == 19  # 350,000 images: 19.4 epochs
     assert gpu.budget_epochs(images_per_s=100, seconds=10, num_images=18_000) == 2  # never fewer than 2
 
 
 @needs_cifar10
-def test_gpu_smoke_runs_the_same_path_on_the_cpu(study, import_bench, tmp_path, monkeypatch):
-    gpu = import_bench("cifar10_gpu")
+def test_gpu_smoke_runs_the_same_path_on_the_cpu(study, import_study, tmp_path, monkeypatch):
+    gpu = import_study("cifar10_gpu")
     monkeypatch.setenv(CIFAR10_ENV, str(SHARED))
     out = tmp_path / "out"
     assert gpu.main(["--smoke", "--out", str(out), "--budget-s", "4", "--calibration-steps", "6"]) == 0
@@ -457,8 +457,8 @@ def test_gpu_smoke_runs_the_same_path_on_the_cpu(study, import_bench, tmp_path, 
     assert not (tmp_path / "too-big").exists() and not (tmp_path / ".too-big.tmp").exists()
 
 
-def test_each_qreg_run_is_compared_with_its_control_by_hand(import_bench):
-    summary = import_bench("study_summary")
+def test_each_qreg_run_is_compared_with_its_control_by_hand(import_study):
+    summary = import_study("study_summary")
     assert summary.control_of("byol-qreg-lambda1e-4-seed1") == "byol-baseline-seed1"
     assert summary.control_of("simclr-finetune-qreg-seed0") == "simclr-finetune-plain-seed0"
     assert summary.control_of("simclr-finetune-plain-seed0") is None and summary.control_of("supervised-seed0") is None

@@ -168,6 +168,11 @@ def test_model_card_gets_model_index_entries(cli_run, model_dir):
     assert report["model_card_results"] == "README.md"
 
 
+def test_the_script_names_the_card_it_updated_in_full(cli_run, model_dir):
+    stdout = cli_run[3]
+    assert f"model-index results: {Path(model_dir) / 'README.md'}\n" in stdout
+
+
 def test_summary_table_is_printed(cli_run):
     _, report, _, stdout = cli_run
     header, row = stdout.strip().splitlines()[:2]

@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary_table(report))
     print()
     print(report_text(report["comparison"], report["degeneracy"]))
-    print(f"report: {Path(out) / 'report.json'}; model-index results: {report['model_card_results']}")
+    card = report["model_card_results"]  # the model's own card, or a file beside the report
+    written = Path(report["model"]) / card if card == "README.md" else Path(out) / card
+    print(f"report: {Path(out) / 'report.json'}; model-index results: {written}")
     return 0
 
 

@@ -30,4 +30,5 @@ def compute_stats(
     stats.reset()
     for batch in iter_features(model, images, batch_size=batch_size, progress=progress):
         stats.update(batch.features)
+    model.config.activation_stats_dataset = dataset  # saved with the config: scoring other data says so
     return stats

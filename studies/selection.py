@@ -1,7 +1,7 @@
 """Choosing defaults honestly (issue 10): scoring settings and the regularizer are chosen on a validation split,
 and only what was chosen is reported on the test split.
 
-Pure functions over features and run results, so that ``bench/reproduce.py`` stays a driver and the choices can be
+Pure functions over features and run results, so that ``studies/reproduce.py`` stays a driver and the choices can be
 checked against hand-made inputs (``tests/test_bench_selection.py``).
 """
 

@@ -1,12 +1,12 @@
 """Which term of the default Q-Score regularizer does what? A single-term ablation at the cpu-long scale.
 
-    python bench/qreg_ablation.py --methods byol [--variants q,l1]    # about 75 minutes a run on one core
-    python bench/qreg_ablation.py --methods byol --summary-only         # rebuild the table
+    python studies/qreg_ablation.py --methods byol [--variants q,l1]    # about 75 minutes a run on one core
+    python studies/qreg_ablation.py --methods byol --summary-only         # rebuild the table
 
-At the cpu-long scale (bench/reproduce.py: 10k Fashion-MNIST images, ResNet-10t, 20 epochs) the default Q-reg loses
+At the cpu-long scale (studies/reproduce.py: 10k Fashion-MNIST images, ResNet-10t, 20 epochs) the default Q-reg loses
 top-1 against the baseline and ends with a far lower effective rank. This runs the default setting with one term
 switched off: ``q`` keeps only the Q term (lambda2 = 0), ``l1`` only the L1 term (lambda1 = 0), with the same seed,
-data and schedule as bench/reproduce.py's runs, through its ``run_one`` (resumable; evaluated on the validation and
+data and schedule as studies/reproduce.py's runs, through its ``run_one`` (resumable; evaluated on the validation and
 test splits like every other run). The table puts each run's per-epoch effective rank (the training log's
 ``health/effective_rank``, over the epoch's first views) and linear top-1 beside the baseline's and the default's.
 Writes ``term_ablation.md`` and ``term_ablation.json`` into the cpu-long results folder.
@@ -32,7 +32,7 @@ VARIANTS = {
 
 
 def run_folder(method: str, name: str) -> Path:
-    """Where bench/reproduce.py keeps a seed-0 run at this scale: ``name`` is "baseline" or a setting's name."""
+    """Where studies/reproduce.py keeps a seed-0 run at this scale: ``name`` is "baseline" or a setting's name."""
     return reproduce.run_folder(ROOT, method, name, seed=0)
 
 
@@ -68,8 +68,8 @@ def summarize(methods: list[str], epochs: int) -> dict:
     lines = [
         "# Which term of the default Q-reg does what (cpu-long scale, seed 0)",
         "",
-        f"Command: `python bench/qreg_ablation.py --methods {','.join(methods)}` (single-term runs; "
-        "baseline and default from `bench/reproduce.py --scale cpu-long`). Effective rank of the backbone's features "
+        f"Command: `python studies/qreg_ablation.py --methods {','.join(methods)}` (single-term runs; "
+        "baseline and default from `studies/reproduce.py --scale cpu-long`). Effective rank of the backbone's features "
         "over each epoch's first views (training log). Same seed, data and 20-epoch schedule in every run.",
         "",
     ]

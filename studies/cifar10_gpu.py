@@ -1,8 +1,8 @@
 """The CIFAR-10 study at ResNet-18 scale on one GPU, budgeted by time (issue 18 item 7, issue 19).
 
-    python bench/cifar10_gpu.py --pack bench/.gpu_data                     # here, once: the data that travels
-    python bench/cifar10_gpu.py --data bench/.gpu_data --out $OUT --budget-s 360   # on the GPU machine
-    python bench/cifar10_gpu.py --smoke --out /tmp/gpu-smoke               # the same code path on the CPU, small
+    python studies/cifar10_gpu.py --pack studies/.gpu_data                     # here, once: the data that travels
+    python studies/cifar10_gpu.py --data studies/.gpu_data --out $OUT --budget-s 360   # on the GPU machine
+    python studies/cifar10_gpu.py --smoke --out /tmp/gpu-smoke               # the same code path on the CPU, small
 
 SimCLR and BYOL, each as a baseline and with the package's default Q-Score regularization, ResNet-18 with
 solo-learn's CIFAR stem (3x3, stride 1, padding 2, no max-pool) at 32 px, the methods' solo-learn CIFAR recipes, bf16
@@ -18,7 +18,7 @@ CIFAR-10's first ``PACK_TRAIN`` training images (exact PNG), ``PACK_VALIDATION``
 under 60 MiB, into a git-ignored folder that the run carries.
 
 Into ``--out`` go at most 4 files: ``summary.md``, ``summary.json`` (every report), ``auroc.png`` (test AUROC of every
-score, per run) and ``timings.json`` (throughput, epochs, seconds); ``bench/gpu_run.sh`` adds the speed rows.
+score, per run) and ``timings.json`` (throughput, epochs, seconds); ``studies/gpu_run.sh`` adds the speed rows.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def pack(out: Path, train: int = PACK_TRAIN, validation: int = PACK_VALIDATION, 
         shutil.rmtree(tmp)
         raise SystemExit(f"the packed data would take {size / 2**20:.1f} MiB, over {PACK_LIMIT_BYTES / 2**20:.0f} MiB: "
                          "pack fewer images (--train, --validation).")  # fmt: skip
-    (tmp / "README.md").write_text(f"CIFAR-10 subset for bench/cifar10_gpu.py: train rows 0-{train - 1} are CIFAR-10 "
+    (tmp / "README.md").write_text(f"CIFAR-10 subset for studies/cifar10_gpu.py: train rows 0-{train - 1} are CIFAR-10 "
                                    f"train[0:{train}], rows {train}-{train + validation - 1} are train[45000:"
                                    f"{45000 + validation}]; test is the test split.\n")  # fmt: skip
     shutil.rmtree(out, ignore_errors=True)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     machine = environment("cifar10_gpu", torch.device(setting.device))
-    study_summary.write_summary(work / "results", command=" ".join(["python", "bench/cifar10_gpu.py", *(argv or sys.argv[1:])]),
+    study_summary.write_summary(work / "results", command=" ".join(["python", "studies/cifar10_gpu.py", *(argv or sys.argv[1:])]),
                                 machine=machine)  # fmt: skip
     for name in ("summary.md", "summary.json"):
         shutil.copy(work / "results" / name, args.out / name)

@@ -1,11 +1,11 @@
 """Reproduce the paper's claims (SPEC §5, §6) on data we can reach offline, choosing every default on a validation
 split and reporting on the test split only what was chosen.
 
-    python bench/reproduce.py --scale cpu --seeds 0,1,2 --regularizer-selection   # Fashion-MNIST subset, 2-core CPU
-    python bench/reproduce.py --scale cpu-long --seeds 0                            # 10k images, 20 epochs (hours)
-    python bench/reproduce.py --scale gpu                                           # Fashion-MNIST 60k/10k, bf16
-    python bench/reproduce.py --scale cpu --backbone vit_tiny_patch16_224 --variants baseline  # the scoring study on
-        --out bench/results/reproduce_cpu_vit                                                   # a ViT
+    python studies/reproduce.py --scale cpu --seeds 0,1,2 --regularizer-selection   # Fashion-MNIST subset, 2-core CPU
+    python studies/reproduce.py --scale cpu-long --seeds 0                            # 10k images, 20 epochs (hours)
+    python studies/reproduce.py --scale gpu                                           # Fashion-MNIST 60k/10k, bf16
+    python studies/reproduce.py --scale cpu --backbone vit_tiny_patch16_224 --variants baseline  # the scoring study on
+        --out studies/results/reproduce_cpu_vit                                                   # a ViT
 
 For each method and seed, with the same recipe: a baseline pre-training and the ``--variants`` beside it (``qreg``:
 the package's default Q-Score regularization; ``literal``: SPEC §6 as published; ``finetune``: Q-Score fine-tuning of
@@ -14,7 +14,7 @@ images and evaluated on the validation split (the training images right after th
 report with Q-Score beside its label-free baselines and the probe-confidence ceiling, plus the representation's
 dead-feature fraction and effective rank.
 
-Choices, on the validation split only (``bench/selection.py``):
+Choices, on the validation split only (``studies/selection.py``):
 - Q-Score's scoring settings (eps 1-4 or auto, normalize, percentile band), by mean AUROC over every baseline encoder;
   the test table then shows the chosen and the default setting beside every baseline;
 - with ``--regularizer-selection``, the regularizer among ``CANDIDATES`` (and the literal form), by mean relative
@@ -423,7 +423,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default: bench/results/reproduce_<scale> (cpu_long for cpu-long)")
+                        help="default: studies/results/reproduce_<scale> (cpu_long for cpu-long)")
     parser.add_argument("--summary-only", action="store_true",
                         help="run nothing: tabulate the finished runs (e.g. while others still run in the background)")
     args = parser.parse_args()

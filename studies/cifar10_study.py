@@ -1,11 +1,11 @@
 """Does Q-Score work once an SSL encoder has really learned, on natural images? (issue 18)
 
-    python bench/cifar10_study.py --method simclr --seed 0                 # a converged CPU run and its trajectory
-    python bench/cifar10_study.py --method byol --seed 0 --variants qreg   # the same from scratch with the default Q-reg
-    python bench/cifar10_study.py --method simclr --variants baseline,finetune-plain,finetune-qreg,qreg  # all, in order
-    python bench/cifar10_study.py --method byol --variants baseline-sgd,finetune-plain-sgd,finetune-qreg-sgd,qreg-sgd
-    python bench/cifar10_study.py --summary                                # tables and figures of what finished
-    python bench/cifar10_study.py --smoke --out /tmp/smoke                 # the same code path in a minute
+    python studies/cifar10_study.py --method simclr --seed 0                 # a converged CPU run and its trajectory
+    python studies/cifar10_study.py --method byol --seed 0 --variants qreg   # the same from scratch with the default Q-reg
+    python studies/cifar10_study.py --method simclr --variants baseline,finetune-plain,finetune-qreg,qreg  # all, in order
+    python studies/cifar10_study.py --method byol --variants baseline-sgd,finetune-plain-sgd,finetune-qreg-sgd,qreg-sgd
+    python studies/cifar10_study.py --summary                                # tables and figures of what finished
+    python studies/cifar10_study.py --smoke --out /tmp/smoke                 # the same code path in a minute
 
 The CPU setting (``SETTINGS["cpu"]``): CIFAR-10's first 10,000 training images, timm ``resnet10t`` at 32 px, the
 method's solo-learn CIFAR recipe (training/configs/<method>.yaml) with its warm-up cut to 3 epochs, 30 epochs of
@@ -23,7 +23,7 @@ BYOL does not learn here; ``qreg-sgd``, ``finetune-plain-sgd`` and ``finetune-qr
 it (the fine-tunes start from ``baseline-sgd``).
 
 Resumable and incremental: weights and checkpoints live in ``--work`` (default ``~/.cache/qscore_hf/bench/<out
-name>``, outside the repository), results in ``--out`` (``bench/results/cifar10_converged``): each evaluated snapshot
+name>``, outside the repository), results in ``--out`` (``studies/results/cifar10_converged``): each evaluated snapshot
 is written there as ``<run>/epoch_NNNN.json`` as soon as it exists, and the per-epoch kNN monitor as
 ``<run>/knn_monitor.json``, so a run cut short loses at most the evaluation in flight. Run it again to continue.
 
@@ -232,7 +232,7 @@ def supervised_config(setting: Setting, seed: int, work: Path):
 
 def run(setting: Setting, method: str, variant: str, seed: int, work: Path, out: Path) -> None:
     """Train (resuming) up to each snapshot epoch and evaluate it; skip what ``out`` already holds. The
-    ``supervised`` variant trains the control (``bench/supervised.py``) whatever ``method`` is."""
+    ``supervised`` variant trains the control (``studies/supervised.py``) whatever ``method`` is."""
     from qscore_hf.pretraining import pretrain, snapshot_folder
 
     steps_per_epoch = setting.train_images // setting.batch_size
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                              "finetune-* variants start from the same seed's finished baseline of their recipe suffix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="the smoke setting (a few hundred images, 3 epochs)")
-    parser.add_argument("--out", type=Path, default=None, help="results (default: bench/results/cifar10_converged)")
+    parser.add_argument("--out", type=Path, default=None, help="results (default: studies/results/cifar10_converged)")
     parser.add_argument("--work", type=Path, default=None,
                         help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
     parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                              "predate per-image correctness, for the paired interval of their top-1 difference")
     args = parser.parse_args(argv)
     setting = SETTINGS["smoke" if args.smoke else "cpu"]
-    out = args.out or REPO / "bench" / "results" / "cifar10_converged"
+    out = args.out or REPO / "studies" / "results" / "cifar10_converged"
     work = args.work or Path.home() / ".cache" / "qscore_hf" / "bench" / out.name
     use_shared_cifar10()
     variants = [v for v in args.variants.split(",") if v]
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     # the monitors of every run whose training log is here: also runs in flight elsewhere or of older versions
     for results in [folder for folder in out.iterdir() if (work / folder.name).is_dir()] if out.exists() else []:
         write_monitors(work / results.name, results)
-    study_summary.write_summary(out, command=" ".join(["python", "bench/cifar10_study.py", *(argv or sys.argv[1:])]),
+    study_summary.write_summary(out, command=" ".join(["python", "studies/cifar10_study.py", *(argv or sys.argv[1:])]),
                                 machine=environment("cifar10_study"))  # fmt: skip
     return 0
 

@@ -1,6 +1,6 @@
 """The supervised control of the CIFAR-10 study (issue 18): the same backbone trained with labels (cross-entropy,
 random crop with 4 px padding and horizontal flips, SGD with a cosine schedule), kept at the same snapshot epochs
-as the SSL runs, so that ``bench/cifar10_study.py`` asks of it the same question: does Q-Score predict a
+as the SSL runs, so that ``studies/cifar10_study.py`` asks of it the same question: does Q-Score predict a
 supervised network's mistakes?
 
 Benchmark code, not the package's: the package pre-trains without labels. Resumable like ``pretrain``: a

@@ -1,4 +1,4 @@
-"""Tables and figures of ``bench/cifar10_study.py``'s results folder, from what finished (issue 18).
+"""Tables and figures of ``studies/cifar10_study.py``'s results folder, from what finished (issue 18).
 
 - ``summary.md`` / ``summary.json``: per run and snapshot, linear and kNN top-1, test AUROC of every score, Q-Score
   minus the label-free baseline chosen on validation with its paired bootstrap interval, empty S_i, |D| and the
@@ -266,7 +266,7 @@ def write_summary(out: Path, command: str, machine: dict[str, Any]) -> dict[str,
     runs = load_runs(out)
     summary: dict[str, Any] = {"command": command, "machine": machine, "runs": {}}
     lines = ["# Q-Score on CIFAR-10 along the training trajectory (issue 18)", "",
-             f"Command: `{command}` (per run: `python bench/cifar10_study.py --method M --seed S [--variants V]`)  ",
+             f"Command: `{command}` (per run: `python studies/cifar10_study.py --method M --seed S [--variants V]`)  ",
              f"Machine: {machine.get('machine')}, torch {machine.get('torch')}, CPU", "",
              "Test AUROC of each score against the linear probe's correctness (higher: the score ranks correct images "
              "above misclassified ones). Q chosen: the Q-Score setting best on the validation split at that snapshot; "

@@ -1,5 +1,5 @@
 """One encoder snapshot's full misclassification report (issue 18, item 3): pure functions over features, so that
-``bench/cifar10_study.py`` stays a driver and the numbers can be checked against hand-made inputs.
+``studies/cifar10_study.py`` stays a driver and the numbers can be checked against hand-made inputs.
 
 At one point of a training trajectory, with a linear probe trained on the pre-training images' features:
 - Q-Score at the paper's setting, at the package default, and at the setting chosen on the validation split (the
@@ -28,7 +28,7 @@ from qscore_hf.comparison import compare_scores, scores_with_baselines
 from qscore_hf.health import feature_health
 from qscore_hf.knn import knn_accuracy
 
-# Bumped when the report gains content: bench/cifar10_study.py re-evaluates the snapshots of older reports.
+# Bumped when the report gains content: studies/cifar10_study.py re-evaluates the snapshots of older reports.
 REPORT_VERSION = 2
 BOOTSTRAP_SAMPLES = 1000
 CONFIDENCE = 0.95

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wheels the GPU machine's image lacks (datasets, lightly and what they need), for Python 3.12 on x86_64, into .whl/
-# (git-ignored), which bench/gpu_run.sh installs there. The image's list of packages: ../.library/device/KINDS.md.
+# (git-ignored), which studies/gpu_run.sh installs there. The image's list of packages: ../.library/device/KINDS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

@@ -1,4 +1,4 @@
-"""How bench/selection.py chooses defaults on a validation split (issue 10), checked on hand-made inputs.
+"""How studies/selection.py chooses defaults on a validation split (issue 10), checked on hand-made inputs.
 
 - ``choose_scoring``: mean / std of per-encoder AUROCs computed by hand, ties going to the earlier setting;
 - ``choose_regularizer``: relative changes and dead-fraction gaps computed by hand;
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def selection(import_bench):
-    return import_bench("selection")
+def selection(import_study):
+    return import_study("selection")
 
 
 def rows(aurocs, empties=None):

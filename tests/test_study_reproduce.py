@@ -1,4 +1,4 @@
-"""The numbers bench/reproduce.py puts in the README: the validation split, the regularizer settings and the
+"""The numbers studies/reproduce.py puts in the README: the validation split, the regularizer settings and the
 statistics over seeds, checked against hand-computed values (representation health: tests/test_health.py)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def reproduce(import_bench):
-    return import_bench("reproduce")
+def reproduce(import_study):
+    return import_study("reproduce")
 
 
 def test_validation_split_follows_the_training_images(reproduce):

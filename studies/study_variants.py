@@ -1,5 +1,5 @@
-"""The variants of ``bench/cifar10_study.py`` and the grammar of their run names (``<method>-<variant>-seed<S>``),
-shared with ``bench/study_summary.py``, which pairs each Q-regularized run with its control by name."""
+"""The variants of ``studies/cifar10_study.py`` and the grammar of their run names (``<method>-<variant>-seed<S>``),
+shared with ``studies/study_summary.py``, which pairs each Q-regularized run with its control by name."""
 
 from __future__ import annotations
 
