@@ -7,9 +7,9 @@ Conventions of the pages:
 - each command of a ```bash block (lines joined at a trailing backslash, ``#`` comments dropped) is listed in
   tests/documented_commands.py, which says how the suite runs it;
 - ``<!-- no-run: REASON -->`` on the line before a fence exempts that block (a GPU, the Hub's network), with its reason;
-- ``<!-- ci: ROLE -->`` on the line before a ```bash block marks what .ci/run runs as typed (ROLE: install, test).
+- ``<!-- ci: ROLE -->`` on the line before a ```bash block marks what .ci/run runs as typed (ROLE: fresh-install, the install and test commands).
 
-    python tests/doc_blocks.py ci install     # the commands of README.md's block marked <!-- ci: install -->
+    python tests/doc_blocks.py ci fresh-install   # the commands of README.md's block marked <!-- ci: fresh-install -->
 """
 
 from __future__ import annotations

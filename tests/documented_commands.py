@@ -29,4 +29,18 @@ class Covered:
 
 CI = "ci"
 
-COMMANDS: dict[str, Run | Covered | str] = {}
+# Data and step counts only: a few hundred images, a few steps, the kNN monitor on a few hundred images.
+_SMALL_RUN = "--max-steps 2 --max-samples 256 --batch-size 32 --knn-max-train 256 --knn-max-eval 256"
+
+COMMANDS: dict[str, Run | Covered | str] = {
+    # README, Install
+    'pip install -e ".[test]"': CI,
+    "pytest -q": CI,
+    # README, Pre-train or fine-tune: the CPU-sized run exactly as typed, then the recipe on a few images
+    "accelerate launch --cpu --num_processes 1 training/pretrain.py --method simclr --dataset digits --max-steps 3 "
+    "--batch-size 16 --qscore-reg --output-dir runs/smoke": Run(expect="saved the pre-trained QScoreModel to runs/smoke/model"),
+    "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --backbone resnet18_cifar --epochs 100 "
+    "--batch-size 256 --qscore-reg --output-dir runs/byol-qreg": Run(shrink=_SMALL_RUN),
+    "python training/linear_eval.py --model runs/byol-qreg/model --dataset fashion_mnist --out runs/byol-qreg/eval":
+        Run(shrink="--max-samples 256 --epochs 2", expect="runs/byol-qreg/eval/report.json"),
+}
