@@ -3,9 +3,9 @@
 Every command of a ```bash block has an entry here; a page that gains a command without one fails the suite. The
 value says how it runs:
 - ``CI``: .ci/run runs it as typed (the README's install and test commands, marked ``<!-- ci: ROLE -->``);
-- ``Run(...)``: the contract test runs it as typed, with the defaults a user gets (trackers, progress bars, workers),
-  in the page's order in a scratch copy of the checkout; ``shrink`` appends flags that only shrink data or steps;
-- ``Covered(test, why)``: a named test runs it, where it needs something a scratch folder cannot give (a mocked Hub).
+- ``Run(...)``: tests/test_documented_commands.py runs it as typed, with the defaults a user gets (trackers, progress
+  bars, workers), in the pages' order in a scratch clone; ``shrink`` appends flags that only shrink data or steps;
+- ``Covered(test, why)``: a named test runs it, where it needs what a scratch clone cannot give (several processes).
 """
 
 from __future__ import annotations
@@ -43,4 +43,22 @@ COMMANDS: dict[str, Run | Covered | str] = {
     "--batch-size 256 --qscore-reg --output-dir runs/byol-qreg": Run(shrink=_SMALL_RUN),
     "python training/linear_eval.py --model runs/byol-qreg/model --dataset fashion_mnist --out runs/byol-qreg/eval":
         Run(shrink="--max-samples 256 --epochs 2", expect="runs/byol-qreg/eval/report.json"),
+    # docs/getting-started.md: the demo, on its few-second sizes (--quick: fewer images and epochs, the same run)
+    "qscore-hf demo": Run(shrink="--quick", expect="AUROC"),
+    # docs/guides: score, explain and cards start from a few steps of SimCLR on 256 digits
+    "accelerate launch --cpu --num_processes 1 training/pretrain.py --method simclr --dataset digits --max-samples 256 "
+    "--max-steps 3 --batch-size 16 --output-dir runs/smoke": Run(),
+    "qscore-hf score --model runs/smoke/model --dataset digits --split test --out scores --probe --flag-lowest 16":
+        Run(expect="probe accuracy"),
+    "qscore-hf explain --model runs/smoke/model --dataset digits --split test --max-samples 16 --out explain": Run(),
+    "python training/linear_eval.py --model runs/smoke/model --dataset digits --out runs/smoke/eval":
+        Run(shrink="--max-samples 256 --epochs 10"),
+    "qscore-hf card --results runs/smoke/eval/report.json --out runs/smoke/card/README.md --license apache-2.0":
+        Run(expect="wrote runs/smoke/card/README.md"),
+    "qscore-hf zoo list": Run(expect="dino-vits16"),
+    # docs/guides/pretrain.md: the baseline, then the published fine-tuning recipe from it
+    "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --backbone resnet18_cifar --epochs 100 "
+    "--batch-size 256 --output-dir runs/byol": Run(shrink=_SMALL_RUN),
+    "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --init-from runs/byol/model --lr 1e-5 "
+    "--epochs 50 --qscore-reg --output-dir runs/byol-qreg-ft": Run(shrink=_SMALL_RUN),
 }

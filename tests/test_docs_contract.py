@@ -1,6 +1,7 @@
 """The documented commands are the tested commands: every ```python block of the README and the documentation runs
-as written (and prints what the page says it prints), and every shell command runs as typed, with the defaults a user
-gets, or is run by .ci/run, or by a named test (tests/documented_commands.py). Conventions: tests/doc_blocks.py."""
+as written (and prints what the page says it prints), and every shell command has an entry in
+tests/documented_commands.py saying who runs it as typed: .ci/run, tests/test_documented_commands.py or a named test.
+Conventions: tests/doc_blocks.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages
-from documented_commands import CI, COMMANDS, Covered, Run
+from documented_commands import CI, COMMANDS, Covered
 
 PAGES = {str(page.relative_to(ROOT)): blocks(page) for page in pages()}
 
@@ -113,23 +114,6 @@ for block in blocks:
     sys.stdout.write(buffer.getvalue())
 json.dump(outputs, open(sys.argv[2], "w"))
 """
-
-
-@pytest.mark.parametrize("page", sorted(page for page, found in _runnable(SHELL).items()
-                                        if any(isinstance(COMMANDS.get(c), Run) for b in found for c in commands(b))))
-def test_shell_commands_run_as_typed(page, tmp_path):
-    """A page's commands in its order, in one scratch clone: a later command uses what an earlier one wrote."""
-    work = _scratch(tmp_path)
-    for block in _runnable(SHELL)[page]:
-        for command in commands(block):
-            entry = COMMANDS[command]
-            if not isinstance(entry, Run):
-                continue
-            typed = f"{command} {entry.shrink}".strip()
-            run = subprocess.run(["bash", "-c", typed], cwd=work, env=_environment(tmp_path, entry.env),
-                                 capture_output=True, text=True, timeout=entry.timeout, stdin=subprocess.DEVNULL)  # fmt: skip
-            assert run.returncode == 0, f"{block.where}: {typed}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
-            assert entry.expect in run.stdout + run.stderr, f"{block.where}: {typed}: no {entry.expect!r} in\n{run.stdout}"
 
 
 def test_the_block_reader_on_a_page_written_for_it(tmp_path):

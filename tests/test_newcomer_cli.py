@@ -152,13 +152,12 @@ def test_every_demo_data_set_has_a_setting():
         assert demo_setting(name).epochs >= 1
 
 
-def test_readme_try_it_gives_the_fashion_mnist_command():
+def test_getting_started_gives_the_demo_and_the_fashion_mnist_command():
     from qscore_hf.demo import INSTALL_FASHION_MNIST
 
-    readme = (ROOT / "README.md").read_text()
-    try_it = readme.split("## Try it", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-    assert INSTALL_FASHION_MNIST in try_it and "qscore-hf demo" in try_it
-    assert "python training/pretrain.py --help" in readme
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    assert INSTALL_FASHION_MNIST in page and "```bash\nqscore-hf demo\n```" in page
+    assert "python training/pretrain.py --help" in (ROOT / "docs" / "guides" / "pretrain.md").read_text()
 
 
 def test_pretrain_without_arguments_ends_with_the_useful_line():
