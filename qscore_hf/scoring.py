@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import timm
 import torch
+from safetensors.torch import save_file
 from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import Tensor
@@ -67,7 +68,7 @@ from .modeling_qscore import QScoreModel
 from .plots import plot_image_grid, plot_pr_curves, plot_qscore_histogram, plot_qscore_histograms
 from .explain import select_top_features
 from .probe import LinearProbe, Optimizer, train_linear_probe
-from .score import qscore_details
+from .score import ActivationStats, qscore_details
 from .sharded_scoring import score_shards, shard_file_names, use_sharding
 
 __all__ = [
@@ -87,6 +88,7 @@ PER_SAMPLE_FILE = "per_sample.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 HISTOGRAM_FILE = "qscore_hist.png"
+STATS_FILE = "activation_stats.safetensors"  # the merged A_j counts of a sharded run (ActivationStats.state_dict)
 LOWEST_FILE = "lowest_qscore.png"
 STATS_SOURCES = ("auto", "saved", "data")
 TOP_FEATURES = 5
@@ -448,8 +450,10 @@ def _report_markdown(summary: dict[str, Any]) -> str:
 
 
 def _write_outputs(out_dir: str | os.PathLike, image_dataset: ImageDataset, columns: dict[str, np.ndarray],
-                   summary: dict[str, Any], flag_lowest: int, shard_sizes: list[int] | None = None) -> None:  # fmt: skip
-    """The output files; with ``shard_sizes`` the per-sample rows go to one parquet shard per size, in row order."""
+                   summary: dict[str, Any], flag_lowest: int, shard_sizes: list[int] | None = None,
+                   activation_stats: ActivationStats | None = None) -> None:  # fmt: skip
+    """The output files; with ``shard_sizes`` the per-sample rows go to one parquet shard per size, in row order,
+    and ``activation_stats`` (the merged ``A_j`` counts) to ``activation_stats.safetensors``."""
     q_scores = columns["q_score"]
     with atomic_directory(out_dir, keep_other_files=False) as tmp:
         table = _per_sample_table(columns)
@@ -459,6 +463,9 @@ def _write_outputs(out_dir: str | os.PathLike, image_dataset: ImageDataset, colu
             offsets = np.concatenate([[0], np.cumsum(shard_sizes)])
             for name, start, size in zip(shard_file_names("per_sample", len(shard_sizes)), offsets, shard_sizes):
                 pq.write_table(table.slice(int(start), int(size)), tmp / name)
+        if activation_stats is not None:
+            save_file({name: tensor.cpu() for name, tensor in activation_stats.state_dict().items()},
+                      tmp / STATS_FILE)  # fmt: skip
         plot_qscore_histogram(q_scores, tmp / HISTOGRAM_FILE, title=f"Q-Scores of {image_dataset.name}")
         if "correct" in columns:
             plot_qscore_histograms(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["histogram"])
@@ -606,8 +613,9 @@ def score_dataset(
         summary.update(_probe_summary(columns, probe, probe_train, probe_dataset))
     summary["plots"] = _plot_files(summary, min(flag_lowest, len(q_scores)))
     if sharded is not None:
-        summary["distributed"] = {**sharded.info, "per_sample_files": shard_file_names("per_sample", len(sharded.shard_sizes))}
+        summary["distributed"] = {**sharded.info, "activation_stats_file": STATS_FILE,
+                                  "per_sample_files": shard_file_names("per_sample", len(sharded.shard_sizes))}
     summary["seconds"] = round(time.time() - started, 2)
     _write_outputs(out_dir, image_dataset, columns, summary, min(flag_lowest, len(q_scores)),
-                   None if sharded is None else sharded.shard_sizes)  # fmt: skip
+                   *(() if sharded is None else (sharded.shard_sizes, activation_stats)))  # fmt: skip
     return summary if sharded is None else sharded.share(summary)
