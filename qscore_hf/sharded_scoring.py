@@ -53,8 +53,8 @@ from .modeling_qscore import QScoreModel
 from .probe import LinearProbe, Optimizer, train_linear_probe
 from .score import ActivationStats
 
-__all__ = ["DEFAULT_SHARD_BATCHES", "RowBlocks", "ShardedScores", "launched_processes", "score_shards",
-           "shard_file_names", "use_sharding"]  # fmt: skip
+__all__ = ["DEFAULT_SHARD_BATCHES", "RowBlocks", "ShardedScores", "extract_all_shards", "is_main_process",
+           "launched_processes", "score_shards", "shard_file_names", "share_from_main", "use_sharding"]  # fmt: skip
 
 DEFAULT_SHARD_BATCHES = 32  # shard_rows = 32 batches by default: 8192 rows at the default batch size of 256
 
@@ -196,6 +196,34 @@ def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: Parti
                                        image_dataset.name)  # fmt: skip
         blocks.append(_shift(block, start))
     return _Shards(blocks, mine, root, extracted)
+
+
+def extract_all_shards(model: QScoreModel, image_dataset: ImageDataset, batch_size: int = 256,
+                       device: str | torch.device | None = None, dtype: torch.dtype | None = None, num_workers: int = 0,
+                       cache_dir: str | os.PathLike | None = None, progress: bool = True, skip_unreadable: bool = False,
+                       shard_rows: int | None = None) -> FeatureSet:  # fmt: skip
+    """``qscore_hf.features.extract_features`` (same arguments) split across the launched processes: each extracts its
+    shards (``shard_rows`` rows, ``DEFAULT_SHARD_BATCHES`` batches by default) into the cache; every process gets
+    every row, memory-mapped shard by shard (``FeatureSet.features`` is a ``RowBlocks``)."""
+    from .features import default_cache_dir
+
+    state = process_state(device)
+    device = state.device if device is None else torch.device(device)
+    shard_rows = shard_rows if shard_rows is not None else DEFAULT_SHARD_BATCHES * batch_size
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    shards = extract_shards(model, image_dataset, state, shard_rows, cache, batch_size, device, dtype, num_workers,
+                            progress, skip_unreadable)  # fmt: skip
+    return _joined(shards.blocks)
+
+
+def is_main_process() -> bool:
+    """Whether this is the main process of a launch (or the only process)."""
+    return PartialState().is_main_process if launched_processes() > 1 else True
+
+
+def share_from_main(value: Any) -> Any:
+    """The main process's ``value`` on every process (a no-op in one process)."""
+    return broadcast_object_list([value])[0] if launched_processes() > 1 else value
 
 
 @dataclass

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.data import load_image_dataset
 from qscore_hf.features import count_activation_stats, extract_features
+from qscore_hf.linear_eval import run_linear_eval
 from qscore_hf.scoring import score_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,13 +44,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(processes: int, args: list[str], cache: Path, **popen: object) -> subprocess.Popen:
+def _launch(processes: int, args: list[str], cache: Path, program: tuple[str, ...] = ("-m", "qscore_hf.cli", "score"),
+            **popen: object) -> subprocess.Popen:  # fmt: skip
     """``accelerate launch --num_processes N -m qscore_hf.cli score ...`` on the CPU, one thread a process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "QSCORE_HF_CACHE": str(cache),
            "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}  # fmt: skip
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "qscore_hf.cli", "score", *args]  # fmt: skip
+               "--main_process_port", str(_free_port()), *program, *args]  # fmt: skip
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)  # fmt: skip
 
@@ -173,3 +175,33 @@ def test_killed_run_resumes_with_another_process_count(tmp_path):
                                   split="train")  # fmt: skip
     assert table["row_id"] == list(range(ROWS))
     assert table["q_score"] == one_process["per_sample"]["q_score"]
+
+
+def test_linear_eval_on_two_gloo_processes_equals_one_process(model_dir, tmp_path):
+    """training/linear_eval.py under accelerate launch: shards extracted by both processes, one report."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = run_linear_eval(model_dir, str(CIFAR10), tmp_path / "one", max_samples=ROWS, epochs=3,
+                                   batch_size=BATCH, device="cpu", cache_dir=tmp_path / "one-cache", eps=EPS,
+                                   update_model_card=False, progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "two"
+    args = ["--model", str(model_dir), "--dataset", str(CIFAR10), "--max-samples", str(ROWS), "--epochs", "3",
+            "--batch-size", str(BATCH), "--eps", str(EPS), "--shard-rows", str(2 * BATCH), "--no-model-card",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    run = _launch(2, args, tmp_path / "cache", program=(str(ROOT / "training" / "linear_eval.py"),))
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, log
+    assert log.count("report: ") == 1, "only the main process reports"
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_processes"] == 2 and expected["num_processes"] == 1
+    assert report["top1"] == expected["top1"] and report["qscore"]["num_discriminative"] > 0
+    assert report["qscore"]["num_discriminative"] == expected["qscore"]["num_discriminative"]
+    aurocs = {row["score"]: row["auroc"] for row in report["comparison"]["scores"]}
+    for row in expected["comparison"]["scores"]:
+        assert aurocs[row["score"]] == pytest.approx(row["auroc"], abs=1e-12), row["score"]
+    two = datasets.load_dataset("parquet", data_files=str(out / "per_sample.parquet"), split="train")
+    one = datasets.load_dataset("parquet", data_files=str(tmp_path / "one" / "per_sample.parquet"), split="train")
+    assert two["q_score"] == one["q_score"] and two["prediction"] == one["prediction"]
