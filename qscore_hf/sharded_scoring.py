@@ -21,6 +21,7 @@ Every process must see the same cache folder (one node: the default; several nod
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ __all__ = ["DEFAULT_SHARD_BATCHES", "RowBlocks", "ShardedScores", "extract_all_s
            "launched_processes", "score_shards", "shard_file_names", "share_from_main", "use_sharding"]  # fmt: skip
 
 DEFAULT_SHARD_BATCHES = 32  # shard_rows = 32 batches by default: 8192 rows at the default batch size of 256
+# The other processes wait while the main one trains the probe and writes the outputs, longer than torch's default
+# collective timeout (10 minutes with NCCL) on a large data set.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=3)
 
 
 def launched_processes() -> int:
@@ -73,7 +77,7 @@ def process_state(device: str | torch.device | None) -> PartialState:
     """accelerate's process state; its CPU (gloo) flavour where the work runs on the CPU, so that ``torchrun`` or
     ``accelerate launch`` on a machine without GPUs still gives a process group."""
     cpu = not torch.cuda.is_available() if device is None else torch.device(device).type == "cpu"
-    return PartialState(cpu=cpu)
+    return PartialState(cpu=cpu, timeout=COLLECTIVE_TIMEOUT)
 
 
 def shard_file_names(prefix: str, count: int) -> list[str]:

@@ -205,3 +205,16 @@ def test_linear_eval_on_two_gloo_processes_equals_one_process(model_dir, tmp_pat
     two = datasets.load_dataset("parquet", data_files=str(out / "per_sample.parquet"), split="train")
     one = datasets.load_dataset("parquet", data_files=str(tmp_path / "one" / "per_sample.parquet"), split="train")
     assert two["q_score"] == one["q_score"] and two["prediction"] == one["prediction"]
+
+
+def test_streaming_and_misaligned_shards_are_refused_in_one_line(model_dir, tmp_path):
+    model = QScoreModel.from_pretrained(model_dir)
+    streamed = load_image_dataset(str(CIFAR10), "test", streaming=True, max_samples=8)
+    with pytest.raises(ValueError, match="map-style data set"):
+        score_dataset(model, streamed, tmp_path / "out", batch_size=4, shard_rows=8, device="cpu",
+                      cache_dir=tmp_path, progress=False, eps=EPS)  # fmt: skip
+    scored = load_image_dataset(str(CIFAR10), "test", max_samples=8)
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        score_dataset(model, scored, tmp_path / "out", batch_size=4, shard_rows=6, device="cpu", cache_dir=tmp_path,
+                      progress=False, eps=EPS)  # fmt: skip
+    assert not (tmp_path / "out").exists()
