@@ -195,7 +195,7 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip
     score.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    score.add_argument("--shard-rows", type=int, default=None, metavar="N",
+    score.add_argument("--shard-rows", type=arguments.positive_int(), default=None, metavar="N",
                        help="cache features in resumable shards of N rows (a multiple of --batch-size) and write "
                             "per_sample-*-of-*.parquet; under accelerate launch / torchrun the processes split the "
                             "shards (default there: 32 batches)")  # fmt: skip

@@ -43,4 +43,10 @@ COMMANDS: dict[str, Run | Covered | str] = {
     "--batch-size 256 --qscore-reg --output-dir runs/byol-qreg": Run(shrink=_SMALL_RUN),
     "python training/linear_eval.py --model runs/byol-qreg/model --dataset fashion_mnist --out runs/byol-qreg/eval":
         Run(shrink="--max-samples 256 --epochs 2", expect="runs/byol-qreg/eval/report.json"),
+    # docs/guides/distributed-scoring.md: the CPU command (the GPU ones are no-run)
+    "OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m qscore_hf.cli score --model ./my-model "
+    "--dataset cifar10 --split test --out scores": Covered(
+        "tests/test_sharded_scoring.py::test_two_gloo_processes_equal_one_process",
+        "launches it with a saved random encoder on a CIFAR-10 subset (a scratch folder has no ./my-model)",
+    ),
 }
