@@ -238,7 +238,6 @@ class ShardedScores:
     state: PartialState
     columns: dict[str, np.ndarray] | None
     activation_stats: ActivationStats
-    discriminative: torch.Tensor
     skipped: list[UnreadableImage]
     probe: LinearProbe | None
     probe_train: FeatureSet | None
@@ -351,4 +350,4 @@ def score_shards(model: QScoreModel, image_dataset: ImageDataset, source: str, p
             "num_shards": len(shards.blocks), "shards_extracted_by_main_process": shards.extracted,
             "feature_shards": str(shards.root), **{key: round(value, 3) for key, value in timings.items()}}  # fmt: skip
     skipped = [image for block in shards.blocks for image in block.skipped]
-    return ShardedScores(state, merged, stats, discriminative, skipped, probe, probe_train, shard_sizes, info)
+    return ShardedScores(state, merged, stats, skipped, probe, probe_train, shard_sizes, info)
