@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -131,8 +132,10 @@ def _score(args: argparse.Namespace) -> int:
         probe_optimizer=args.probe_optimizer, flag_lowest=args.flag_lowest, batch_size=args.batch_size,
         device=args.device, dtype=torch.bfloat16 if args.bf16 else None, num_workers=args.num_workers,
         cache_dir=args.cache_dir, strict_images=args.strict_images, progress=not args.no_progress,
-        model_info=identity, eps=args.eps,
+        model_info=identity, eps=args.eps, shard_rows=args.shard_rows,
     )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:  # launched on several processes: the main one reports
+        return 0
     from .comparison import report_text
 
     if summary["activation_stats"].get("note"):
@@ -192,6 +195,10 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip
     score.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    score.add_argument("--shard-rows", type=arguments.positive_int(), default=None, metavar="N",
+                       help="cache features in resumable shards of N rows (a multiple of --batch-size) and write "
+                            "per_sample-*-of-*.parquet; under accelerate launch / torchrun the processes split the "
+                            "shards (default there: 32 batches)")  # fmt: skip
     score.add_argument("--out", required=True, help="output folder (written atomically)")
     score.set_defaults(handler=_score)
 

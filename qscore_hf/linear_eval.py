@@ -42,6 +42,7 @@ from .modeling_qscore import QScoreModel
 from .plots import plot_pr_curves, plot_qscore_histograms
 from .probe import Optimizer, train_linear_probe
 from .score import ActivationStats, qscore_details
+from .sharded_scoring import extract_all_shards, is_main_process, launched_processes, share_from_main, use_sharding
 
 __all__ = ["CARD_RESULTS_FILE", "PER_SAMPLE_FILE", "PLOT_FILES", "REPORT_FILE", "run_linear_eval"]
 
@@ -173,6 +174,7 @@ def run_linear_eval(
     command: str | None = None,
     eps: float | str | None = None,
     knn_k: int = 10,
+    shard_rows: int | None = None,
 ) -> dict[str, Any]:
     """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
 
@@ -199,6 +201,10 @@ def run_linear_eval(
         eps: score with this eps instead of the model's (``"auto"``: calibrated on the training features); the
             statistics are then counted on the training features.
         knn_k: neighbours of the ``knn_density`` baseline (against the training features).
+        shard_rows: cache the features in resumable shards of this many rows (a multiple of ``batch_size``). Under
+            ``accelerate launch`` / ``torchrun`` this is always done (32 batches a shard by default) and the processes
+            split the shards (``qscore_hf.sharded_scoring``); the main process does the rest and every process
+            returns its report.
 
     The activation statistics that define the discriminative features ``D`` are the model's saved ones; a model
     without any gets them counted (label-free) on the training split's features.
@@ -208,8 +214,15 @@ def run_linear_eval(
     splits = {name: _load_split(dataset, split, image_column, label_column, max_samples)
               for name, split in (("train", train_split), ("eval", eval_split))}  # fmt: skip
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    feats = {name: extract_features(model, split, batch_size, device, dtype, num_workers, cache, progress)
-             for name, split in splits.items()}  # fmt: skip
+    processes = launched_processes()  # under accelerate launch / torchrun the processes share the extraction
+    if use_sharding(shard_rows):
+        feats = {name: extract_all_shards(model, split, batch_size, device, dtype, num_workers, cache, progress,
+                                          shard_rows=shard_rows) for name, split in splits.items()}  # fmt: skip
+    else:
+        feats = {name: extract_features(model, split, batch_size, device, dtype, num_workers, cache, progress)
+                 for name, split in splits.items()}  # fmt: skip
+    if not is_main_process():  # the main process trains, scores and writes; the others wait for its report
+        return share_from_main(None)
     train, evaluation = feats["train"], feats["eval"]
 
     stats, stats_source = _activation_stats(model, train, eps)
@@ -257,6 +270,7 @@ def run_linear_eval(
         "model_card_results": card_target,
         "files": {"report": REPORT_FILE, "per_sample": PER_SAMPLE_FILE, **PLOT_FILES},
         "command": command,
+        "num_processes": processes,
         "seconds": round(time.time() - started, 2),
     }
     per_sample = {
@@ -267,4 +281,4 @@ def run_linear_eval(
     _write_outputs(out_dir, report, per_sample, eval_results if card_target == CARD_RESULTS_FILE else None)
     if card_target == "README.md":
         _update_model_card(readme, eval_results)
-    return report
+    return share_from_main(report)

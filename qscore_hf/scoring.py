@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import timm
 import torch
+from safetensors.torch import save_file
 from huggingface_hub import try_to_load_from_cache
 from timm.models import get_pretrained_cfg
 from torch import Tensor
@@ -67,7 +68,8 @@ from .modeling_qscore import QScoreModel
 from .plots import plot_image_grid, plot_pr_curves, plot_qscore_histogram, plot_qscore_histograms
 from .explain import select_top_features
 from .probe import LinearProbe, Optimizer, train_linear_probe
-from .score import qscore_details
+from .score import ActivationStats, qscore_details
+from .sharded_scoring import score_shards, shard_file_names, use_sharding
 
 __all__ = [
     "HISTOGRAM_FILE",
@@ -86,6 +88,7 @@ PER_SAMPLE_FILE = "per_sample.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 HISTOGRAM_FILE = "qscore_hist.png"
+STATS_FILE = "activation_stats.safetensors"  # the merged A_j counts of a sharded run (ActivationStats.state_dict)
 LOWEST_FILE = "lowest_qscore.png"
 STATS_SOURCES = ("auto", "saved", "data")
 TOP_FEATURES = 5
@@ -447,10 +450,22 @@ def _report_markdown(summary: dict[str, Any]) -> str:
 
 
 def _write_outputs(out_dir: str | os.PathLike, image_dataset: ImageDataset, columns: dict[str, np.ndarray],
-                   summary: dict[str, Any], flag_lowest: int) -> None:  # fmt: skip
+                   summary: dict[str, Any], flag_lowest: int, shard_sizes: list[int] | None = None,
+                   activation_stats: ActivationStats | None = None) -> None:  # fmt: skip
+    """The output files; with ``shard_sizes`` the per-sample rows go to one parquet shard per size, in row order,
+    and ``activation_stats`` (the merged ``A_j`` counts) to ``activation_stats.safetensors``."""
     q_scores = columns["q_score"]
     with atomic_directory(out_dir, keep_other_files=False) as tmp:
-        pq.write_table(_per_sample_table(columns), tmp / PER_SAMPLE_FILE)
+        table = _per_sample_table(columns)
+        if shard_sizes is None:
+            pq.write_table(table, tmp / PER_SAMPLE_FILE)
+        else:
+            offsets = np.concatenate([[0], np.cumsum(shard_sizes)])
+            for name, start, size in zip(shard_file_names("per_sample", len(shard_sizes)), offsets, shard_sizes):
+                pq.write_table(table.slice(int(start), int(size)), tmp / name)
+        if activation_stats is not None:
+            save_file({name: tensor.cpu() for name, tensor in activation_stats.state_dict().items()},
+                      tmp / STATS_FILE)  # fmt: skip
         plot_qscore_histogram(q_scores, tmp / HISTOGRAM_FILE, title=f"Q-Scores of {image_dataset.name}")
         if "correct" in columns:
             plot_qscore_histograms(q_scores, columns["correct"], tmp / PROBE_PLOT_FILES["histogram"])
@@ -494,6 +509,7 @@ def score_dataset(
     progress: bool = True,
     model_info: dict[str, Any] | None = None,
     eps: float | str | None = None,
+    shard_rows: int | None = None,
 ) -> dict[str, Any]:
     """Score every image of ``image_dataset`` and write the outputs listed in the module docstring; returns the
     summary (the content of ``summary.json``).
@@ -518,6 +534,11 @@ def score_dataset(
         model_info: the model's identity for the summary (as ``load_model`` returns it); from the config otherwise.
         eps: score with this eps instead of the model's; ``"auto"`` calibrates it on the scored data (SPEC §2). Either
             way the statistics are then counted on the data (``stats`` must not be ``"saved"``).
+        shard_rows: extract the features in shards of this many rows (a multiple of ``batch_size``), each cached on
+            its own, and write ``per_sample-*-of-*.parquet`` shards. Launched on several processes (``accelerate
+            launch``, ``torchrun``) this is always done (32 batches a shard by default): the processes split the
+            shards and the statistics are merged exactly (``qscore_hf.sharded_scoring``); the main process writes
+            the outputs and every process returns the summary.
     """
     started = time.time()
     if eps is not None or is_auto(model.config.qscore_eps):
@@ -537,12 +558,23 @@ def score_dataset(
     extraction = {"batch_size": batch_size, "device": device, "dtype": dtype, "num_workers": num_workers,
                   "progress": progress, "skip_unreadable": not strict_images}  # fmt: skip
     cached = {**extraction, "cache_dir": Path(cache_dir) if cache_dir is not None else default_cache_dir()}
+    sharded = None
+    if use_sharding(shard_rows):  # several processes: extraction, statistics and scores in qscore_hf.sharded_scoring
+        sharded = score_shards(model, image_dataset, source, probe_dataset, probe_epochs, probe_optimizer, seed, cached,
+                               shard_rows, _score_rows, _cached_rows)  # fmt: skip
+        if not sharded.is_main_process:
+            return sharded.share(None)
     probe, probe_train = (None, None)
-    if probe_dataset is not None:
+    if sharded is not None:
+        probe, probe_train = sharded.probe, sharded.probe_train
+    elif probe_dataset is not None:
         probe, probe_train = _train_probe(model, probe_dataset, cached, probe_epochs, probe_optimizer, seed)
 
     skipped: list[UnreadableImage] = []
-    if source == "saved":
+    if sharded is not None:
+        activation_stats, rows = sharded.activation_stats, []
+        skipped.extend(sharded.skipped)
+    elif source == "saved":
         activation_stats = model.activation_stats
         rows: Iterable[_Rows] = _streamed_rows(iter_features(model, image_dataset, **extraction), skipped)
     else:
@@ -555,7 +587,7 @@ def score_dataset(
         rows = _cached_rows(feature_set)
     config = model.config
     discriminative = activation_stats.discriminative_mask(config.qscore_p_lo, config.qscore_p_hi)
-    columns = _score_rows(rows, discriminative, config, probe, probe_train)
+    columns = _score_rows(rows, discriminative, config, probe, probe_train) if sharded is None else sharded.columns
 
     q_scores = columns["q_score"]
     identity = {**dataset_identity(image_dataset), "num_scored": len(q_scores)}
@@ -580,6 +612,10 @@ def score_dataset(
     if probe is not None:
         summary.update(_probe_summary(columns, probe, probe_train, probe_dataset))
     summary["plots"] = _plot_files(summary, min(flag_lowest, len(q_scores)))
+    if sharded is not None:
+        summary["distributed"] = {**sharded.info, "activation_stats_file": STATS_FILE,
+                                  "per_sample_files": shard_file_names("per_sample", len(sharded.shard_sizes))}
     summary["seconds"] = round(time.time() - started, 2)
-    _write_outputs(out_dir, image_dataset, columns, summary, min(flag_lowest, len(q_scores)))
-    return summary
+    _write_outputs(out_dir, image_dataset, columns, summary, min(flag_lowest, len(q_scores)),
+                   *(() if sharded is None else (sharded.shard_sizes, activation_stats)))  # fmt: skip
+    return summary if sharded is None else sharded.share(summary)

@@ -4,8 +4,7 @@ Every command of a ```bash block has an entry here; a page that gains a command 
 value says how it runs:
 - ``CI``: .ci/run runs it as typed (the README's install and test commands, marked ``<!-- ci: ROLE -->``);
 - ``Run(...)``: tests/test_documented_commands.py runs it as typed, with the defaults a user gets (trackers, progress
-  bars, workers), in the pages' order in a scratch clone; ``shrink`` appends flags that only shrink data or steps;
-- ``Covered(test, why)``: a named test runs it, where it needs what a scratch clone cannot give (several processes).
+  bars, workers), in the pages' order in a scratch clone; ``shrink`` appends flags that only shrink data or steps.
 """
 
 from __future__ import annotations
@@ -21,18 +20,12 @@ class Run:
     timeout: int = 600
 
 
-@dataclass(frozen=True)
-class Covered:
-    test: str  # tests/<file>.py::<function>
-    why: str
-
-
 CI = "ci"
 
 # Data and step counts only: a few hundred images, a few steps, the kNN monitor on a few hundred images.
 _SMALL_RUN = "--max-steps 2 --max-samples 256 --batch-size 32 --knn-max-train 256 --knn-max-eval 256"
 
-COMMANDS: dict[str, Run | Covered | str] = {
+COMMANDS: dict[str, Run | str] = {
     # README, Install
     'pip install -e ".[test]"': CI,
     "pytest -q": CI,
@@ -61,4 +54,7 @@ COMMANDS: dict[str, Run | Covered | str] = {
     "--batch-size 256 --output-dir runs/byol": Run(shrink=_SMALL_RUN),
     "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --init-from runs/byol/model --lr 1e-5 "
     "--epochs 50 --qscore-reg --output-dir runs/byol-qreg-ft": Run(shrink=_SMALL_RUN),
+    # docs/guides/distributed-scoring.md: the CPU command on two gloo processes (the GPU ones are no-run)
+    "OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m qscore_hf.cli score --model runs/smoke/model "
+    "--dataset digits --split test --out scores-2p": Run(expect="scored 360 images"),
 }

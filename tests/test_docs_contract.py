@@ -1,11 +1,10 @@
 """The documented commands are the tested commands: every ```python block of the README and the documentation runs
 as written (and prints what the page says it prints), and every shell command has an entry in
-tests/documented_commands.py saying who runs it as typed: .ci/run, tests/test_documented_commands.py or a named test.
+tests/documented_commands.py saying who runs it as typed: .ci/run or tests/test_documented_commands.py.
 Conventions: tests/doc_blocks.py."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages
-from documented_commands import CI, COMMANDS, Covered
+from documented_commands import CI, COMMANDS
 
 PAGES = {str(page.relative_to(ROOT)): blocks(page) for page in pages()}
 
@@ -56,15 +55,6 @@ def test_every_documented_command_has_an_entry_and_every_entry_a_command():
     assert not missing, f"documented commands with no entry in tests/documented_commands.py: {missing}"
     stale = sorted(set(COMMANDS) - set(documented))
     assert not stale, f"entries of tests/documented_commands.py that no page documents any more: {stale}"
-
-
-def test_commands_covered_elsewhere_name_a_test_that_exists():
-    for command, entry in COMMANDS.items():
-        if isinstance(entry, Covered):
-            file, name = entry.test.split("::")
-            tree = ast.parse((ROOT / file).read_text())
-            assert name in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, (command, entry.test)
-            assert entry.why, command
 
 
 def test_ci_runs_the_readme_install_and_test_commands_as_typed():

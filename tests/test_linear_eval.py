@@ -255,13 +255,6 @@ def test_data_set_without_labels_is_named(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_only_rank_zero_works_under_a_multi_process_launch(model_dir, tmp_path, monkeypatch, training_script):
-    monkeypatch.setenv("RANK", "1")
-    out = tmp_path / "out"
-    assert training_script("linear_eval").main(["--model", str(model_dir), "--dataset", "digits", "--out", str(out)]) == 0
-    assert not out.exists()
-
-
 def test_help_runs_as_a_script(offline_env):
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], env=offline_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

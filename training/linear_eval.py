@@ -6,7 +6,8 @@
 Features are computed once (batched, on the GPU when there is one) and cached on disk; a linear probe is trained on
 the train split (100 epochs of SGD by default, or L-BFGS) and evaluated on the eval split; the report, per-sample
 parquet and plots go to ``--out``, and a local model folder's README.md ``model-index`` gets the results. Under a
-multi-process launcher (accelerate, torchrun) only the process of rank 0 works; the others exit at once.
+multi-process launcher (accelerate, torchrun) the processes split the feature extraction (shards of the cache, see
+``qscore_hf.sharded_scoring``); the main process trains the probe on all rows, scores and writes the report.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score with this eps, or 'auto' (calibrated on the training features), instead of the "
                              "model's; statistics are then counted on the training features")
     parser.add_argument("--knn-k", type=arguments.positive_int(), default=10, help="neighbours of the kNN-density baseline (default: 10)")
+    parser.add_argument("--shard-rows", type=arguments.positive_int(), default=None, metavar="N",
+                        help="cache features in resumable shards of N rows (a multiple of --batch-size); under "
+                             "accelerate launch / torchrun the processes split them (default there: 32 batches)")
     parser.add_argument("--no-model-card", action="store_true", help="leave a local model folder's README.md alone")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
@@ -85,8 +89,6 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch: rank 0 does the (single-process) work
-        return 0
     import torch
 
     from qscore_hf.comparison import report_text
@@ -104,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=args.cache_dir, revision=args.revision, seed=args.seed,
         update_model_card=not args.no_model_card, progress=not args.no_progress,
         command=shlex.join([sys.executable, *sys.argv] if argv is None else ["linear_eval.py", *argv]),
-        eps=args.eps, knn_k=args.knn_k,
+        eps=args.eps, knn_k=args.knn_k, shard_rows=args.shard_rows,
     )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch: the main process reports
+        return 0
     print(summary_table(report))
     print()
     print(report_text(report["comparison"], report["degeneracy"]))
