@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from . import arguments
 from .extras import extra_of, install_command, missing_extra_message, missing_module
-from .io_utils import check_model_source, check_writable
+from .io_utils import check_model_source, check_output_folder, check_writable
 
 __all__ = ["main"]
 
@@ -91,7 +91,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     check_dataset_name(args.dataset)
     check_model_source(args.model)
-    check_writable(args.out)
+    check_output_folder(args.out)
     from .explain import explain_dataset, save_explanation
     from .modeling_qscore import QScoreModel
 
@@ -117,7 +117,7 @@ def _score(args: argparse.Namespace) -> int:
     check_dataset_name(args.dataset)  # a typo of a built-in name fails here, not after the model and a Hub retry
     if not args.backbone_only:
         check_model_source(args.model)
-    check_writable(args.out)
+    check_output_folder(args.out)
     import torch
 
     from .data import load_image_dataset

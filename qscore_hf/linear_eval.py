@@ -36,7 +36,7 @@ from .comparison import compare_scores, scores_with_baselines
 from .degeneracy import degeneracy_report
 from .data import ImageDataset, load_image_dataset
 from .features import FeatureSet, count_activation_stats, default_cache_dir, extract_features, feature_chunks
-from .io_utils import atomic_directory, atomic_write_text
+from .io_utils import atomic_directory, atomic_write_text, check_output_folder
 from .metrics import misclassification_metrics
 from .modeling_qscore import QScoreModel
 from .plots import plot_pr_curves, plot_qscore_histograms
@@ -210,6 +210,7 @@ def run_linear_eval(
     without any gets them counted (label-free) on the training split's features.
     """
     started = time.time()
+    check_output_folder(out_dir)  # before the work: a folder holding what qscore-hf did not write is refused
     model = QScoreModel.from_pretrained(model_name_or_path, revision=revision)
     splits = {name: _load_split(dataset, split, image_column, label_column, max_samples)
               for name, split in (("train", train_split), ("eval", eval_split))}  # fmt: skip

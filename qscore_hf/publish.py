@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 from huggingface_hub import EvalResult, HfApi
 
 from .cards import render_model_card
-from .io_utils import atomic_directory
+from .io_utils import OUTPUT_MANIFEST, atomic_directory
 from .modeling_qscore import QScoreModel
 
 __all__ = ["push_folder", "save_model_folder"]
@@ -52,5 +52,6 @@ def push_folder(
     """
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message,
+                               ignore_patterns=[OUTPUT_MANIFEST])
     return str(getattr(commit, "commit_url", commit))

@@ -61,7 +61,7 @@ from .features import (
     row_chunks,
     without_decoding,
 )
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, check_output_folder
 from .linear_eval import PLOT_FILES as PROBE_PLOT_FILES
 from .metrics import interval_text, misclassification_metrics
 from .modeling_qscore import QScoreModel
@@ -541,6 +541,7 @@ def score_dataset(
             the outputs and every process returns the summary.
     """
     started = time.time()
+    check_output_folder(out_dir)  # before the work: a folder holding what qscore-hf did not write is refused
     if eps is not None or is_auto(model.config.qscore_eps):
         if stats == "saved":
             raise ValueError(

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from qscore_hf.io_utils import atomic_directory, atomic_write_text, check_model_source, check_writable, recover_directory
+from qscore_hf.io_utils import (
+    OUTPUT_MANIFEST,
+    atomic_directory,
+    atomic_write_text,
+    check_model_source,
+    check_writable,
+    recover_directory,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,25 +32,39 @@ def existing(tmp_path):
     return target
 
 
+@pytest.fixture
+def report(existing):
+    """``existing`` as an earlier report write left it: its manifest lists its entries."""
+    (existing / OUTPUT_MANIFEST).write_text('{"files": ["config.json", "stale_plot.png"]}')
+    return existing
+
+
 def test_model_folder_keeps_unrelated_files_but_not_old_configs(existing):
     with atomic_directory(existing) as tmp:
         (tmp / "model.safetensors").write_text("new weights")
     assert sorted(p.name for p in existing.iterdir()) == ["model.safetensors", "stale_plot.png"]
 
 
-def test_report_folder_is_replaced_whole(existing):
-    with atomic_directory(existing, keep_other_files=False) as tmp:
+def test_report_folder_is_replaced_whole(report):
+    with atomic_directory(report, keep_other_files=False) as tmp:
         (tmp / "summary.json").write_text("{}")
-    assert sorted(p.name for p in existing.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in report.iterdir()) == [OUTPUT_MANIFEST, "summary.json"]
 
 
-def test_failure_leaves_the_old_folder_and_no_temporary_one(existing):
-    with pytest.raises(RuntimeError):
+def test_report_folder_without_a_manifest_is_refused(existing):
+    with pytest.raises(FileExistsError, match="config.json, stale_plot.png"):
         with atomic_directory(existing, keep_other_files=False) as tmp:
             (tmp / "summary.json").write_text("{}")
+    assert sorted(p.name for p in existing.iterdir()) == ["config.json", "stale_plot.png"]
+
+
+def test_failure_leaves_the_old_folder_and_no_temporary_one(report):
+    with pytest.raises(RuntimeError):
+        with atomic_directory(report, keep_other_files=False) as tmp:
+            (tmp / "summary.json").write_text("{}")
             raise RuntimeError("disk full")
-    assert sorted(p.name for p in existing.parent.iterdir()) == ["out"]
-    assert (existing / "stale_plot.png").read_text() == "earlier run"
+    assert sorted(p.name for p in report.parent.iterdir()) == ["out"]
+    assert (report / "stale_plot.png").read_text() == "earlier run"
 
 
 # ------------------------------------------------------------------------------ killed writes, modes, writability
@@ -88,7 +109,8 @@ def _names(folder):
         ("rename 3", ".out.old-", "new"),  # killed between the two renames of the swap: the complete new one
     ],
 )
-def test_a_killed_write_is_recovered_and_its_debris_removed(existing, kill_at, debris, after_recovery):
+def test_a_killed_write_is_recovered_and_its_debris_removed(report, kill_at, debris, after_recovery):
+    existing = report
     _killed_write(existing, kill_at)
     left = _names(existing.parent)
     assert any(name.startswith(debris) for name in left), left
@@ -97,10 +119,12 @@ def test_a_killed_write_is_recovered_and_its_debris_removed(existing, kill_at, d
     recover_directory(existing)  # ...and the next write (or this) puts a complete folder back
     assert _names(existing.parent) == ["out"]
     expected = ["summary.json"] if after_recovery == "new" else ["config.json", "stale_plot.png"]
+    expected = sorted([*expected, OUTPUT_MANIFEST])
     assert _names(existing) == expected
 
 
-def test_next_write_cleans_debris_but_not_a_running_writers(existing):
+def test_next_write_cleans_debris_but_not_a_running_writers(report):
+    existing = report
     _killed_write(existing, "writing")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -74,9 +74,11 @@ def build_release(
         ConversionError, BuildError: the file is not the release the registry describes.
     """
     from ..convert import ConversionReport, compute_stats, convert_checkpoint
-    from ..io_utils import atomic_directory
+    from ..io_utils import atomic_directory, check_output_folder
 
     out = Path(out) if out is not None else built_folder(release.name, cache)
+    _adopt_earlier_build(out)
+    check_output_folder(out)  # before the download: a folder holding what qscore-hf did not write is refused
     path, digests = fetch_release_file(release, cache, mirror, max_bytes, progress)
     if release.checksum:
         log(f"{release.name}: verified {release.checksum} ({release.file_name}, {digests.size} bytes)")
@@ -130,6 +132,20 @@ def _linear_eval(release: Release, folder: Path, spec: str, max_samples: int | N
     atomic_write_text(folder / ZOO_RECORD, json.dumps(record, indent=2) + "\n")
     log(f"{release.name}: linear-probe top-1 {report['top1']:.4f} on {dataset} ({split}), measured"
         + (f"; published {release.top1} %" if release.top1 is not None else ""))
+
+
+def _adopt_earlier_build(folder: Path) -> None:
+    """A release folder built before report folders listed their files (a ``zoo.json``, no manifest) holding only
+    what a build writes is recorded as the build's own, so that a rebuild may replace it."""
+    from ..io_utils import OUTPUT_MANIFEST, atomic_write_text
+    from ..remote_code import _code_files
+
+    if not (folder / ZOO_RECORD).is_file() or (folder / OUTPUT_MANIFEST).exists():
+        return
+    built = {ZOO_RECORD, "README.md", "config.json", "model.safetensors", "preprocessor_config.json", *_code_files()}
+    names = sorted(os.listdir(folder))
+    if set(names) <= built:
+        atomic_write_text(folder / OUTPUT_MANIFEST, json.dumps({"files": names}, indent=2) + "\n")
 
 
 def _apply_registry(config: Any, release: Release) -> None:
