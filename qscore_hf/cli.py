@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(missing_extra_message(f"qscore-hf {command}", extra, (error.name or "").split(".")[0]), file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:
-        print(f"qscore-hf {command}: error: {error}", file=sys.stderr)
+        print(f"qscore-hf {command}: error: {str(error) or type(error).__name__ + ' (no message)'}", file=sys.stderr)
         return 1
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "check_model_source",
     "check_output_folder",
     "check_writable",
+    "contained_path",
     "recover_directory",
     "resolve_target",
     "sweep_stale_temporaries",
@@ -193,6 +194,16 @@ def _carry(source: Path, destination: Path) -> None:
         shutil.copytree(source, destination, symlinks=True, copy_function=_link_or_copy)
     else:
         _link_or_copy(str(source), str(destination))
+
+
+def contained_path(root: str | os.PathLike, *parts: str, what: str = "a path") -> Path:
+    """``root/parts...``, checked to stay strictly inside ``root`` after normalization (no ``..``, no absolute part,
+    no empty name that would make it ``root`` itself); ``ValueError`` in one line naming ``what`` otherwise."""
+    root = Path(os.path.abspath(os.fspath(root)))
+    path = Path(os.path.normpath(os.path.join(root, *parts)))
+    if path == root or root not in path.parents:
+        raise ValueError(f"{what} {'/'.join(parts)!r} would lie outside {root}; it must be a plain name below it.")
+    return path
 
 
 def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:

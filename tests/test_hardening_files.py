@@ -162,3 +162,22 @@ def test_a_real_model_saved_through_a_link_loads_back(tmp_path):
     weights = load_file(str(tmp_path / "step_1" / "model.safetensors"))
     assert torch.equal(weights["backbone.conv1.weight"], model.backbone.conv1.weight.detach())
     QScoreModel.from_pretrained(tmp_path / "latest")
+
+
+# ------------------------------------------------------------------------- item 3: backbone_config.checkpoint_path
+@pytest.mark.parametrize("target", ["missing.safetensors", "secret.pth"])
+def test_a_config_cannot_make_timm_read_a_file(tmp_path, capsys, target):
+    import json
+
+    folder = tmp_path / "model"
+    torch.manual_seed(2)
+    QScoreModel(QScoreConfig(backbone="resnet10t", image_size=32, crop_pct=1.0)).save_pretrained(folder)
+    (tmp_path / "secret.pth").write_bytes(b"not for timm")
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_config"] = {"checkpoint_path": str(tmp_path / target)}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"backbone_config\.checkpoint_path is not an argument of the architecture"):
+        QScoreModel.from_pretrained(folder)
+    assert main(["info", str(folder)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "Remove backbone_config.checkpoint_path" in error, error

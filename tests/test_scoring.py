@@ -30,7 +30,8 @@ from qscore_hf.scoring import load_model, model_identity
 EPS = 2.0  # random weights leave almost nothing above mu + 4 sigma; 2 gives a proper subset D
 BATCH = 8
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 4
-BASE_FILES = {"per_sample.parquet", "summary.json", "report.md", "qscore_hist.png"}
+# and the list of the files written, so that a rerun replaces them and nothing else (issue 33)
+BASE_FILES = {"per_sample.parquet", "summary.json", "report.md", "qscore_hist.png", ".qscore-hf-output.json"}
 
 
 # Tiny CPU workloads run faster (and steadier on a shared machine) without intra-op threads.

@@ -23,6 +23,7 @@ from test_convert import byol_converted, dino_backbone, moco, mocov3, simsiam, s
 from qscore_hf import QScoreModel, cli
 from qscore_hf.cards import check_card
 from qscore_hf.convert import ConversionReport
+from qscore_hf.io_utils import OUTPUT_MANIFEST
 from qscore_hf.zoo import DownloadError, load_registry
 from qscore_hf.zoo.build import parse_stats
 from qscore_hf.zoo.card import CARDS_DIR, check_cards
@@ -407,10 +408,10 @@ def test_push_to_hub_uploads_each_release_and_gathers_a_collection(zoo, tmp_path
     assert calls == [
         ("create_repo", "org/t-dino", {"repo_type": "model", "private": None, "exist_ok": True}),
         ("upload_folder", {"repo_id": "org/t-dino", "folder_path": str(out / "t-dino"), "repo_type": "model",
-                           "commit_message": "Add t-dino (qscore-hf zoo)"}),
+                           "commit_message": "Add t-dino (qscore-hf zoo)", "ignore_patterns": [OUTPUT_MANIFEST]}),
         ("create_repo", "org/t-byol", {"repo_type": "model", "private": None, "exist_ok": True}),
         ("upload_folder", {"repo_id": "org/t-byol", "folder_path": str(out / "t-byol"), "repo_type": "model",
-                           "commit_message": "Add t-byol (qscore-hf zoo)"}),
+                           "commit_message": "Add t-byol (qscore-hf zoo)", "ignore_patterns": [OUTPUT_MANIFEST]}),
         ("create_collection", "Q-Score zoo: self-supervised backbones",
          {"namespace": "org", "description": calls[4][2]["description"], "private": False, "exists_ok": True}),
         ("add", "org/q-score-zoo-0123", "org/t-dino", "model", {"exists_ok": True}),

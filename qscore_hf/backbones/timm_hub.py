@@ -12,7 +12,7 @@ import timm
 from timm.models import build_model_with_cfg
 from torch import nn
 
-__all__ = ["import_timm_hub_backbone", "timm_preprocessing"]
+__all__ = ["architecture_args", "import_timm_hub_backbone", "timm_preprocessing"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # timm's interpolation names -> PIL resampling codes (as transformers' image processors store them).
@@ -122,16 +122,26 @@ def _architecture_args(folder: Path, model_args: Any) -> dict[str, Any]:
     the architecture (timm's loader arguments such as ``pretrained_cfg_overlay`` could load other weights)."""
     if model_args is None:
         return {}
+    return architecture_args(model_args, "model_args", f"{folder / 'config.json'}: ", "a repo's weights are its own")
+
+
+def architecture_args(
+    model_args: Any, field: str, where: str = "", owner: str = "a model's weights are its own"
+) -> dict[str, Any]:
+    """``model_args`` (a timm repo's, or a ``QScoreConfig.backbone_config``) without ``num_classes``, for
+    ``timm.create_model``; ``ValueError`` in one line naming ``where`` and ``field`` for anything but arguments of the
+    architecture (timm's loader arguments such as ``checkpoint_path`` or ``pretrained_cfg_overlay`` would read
+    weights from another file)."""
     if not isinstance(model_args, Mapping):
         raise ValueError(
-            f"{folder / 'config.json'}: model_args must be an object of the architecture's arguments; got "
-            f"{type(model_args).__name__}. Fix or remove model_args."
+            f"{where}{field} must be an object of the architecture's arguments; got {type(model_args).__name__}. Fix or "
+            "remove it."
         )
-    refused = sorted(key for key in model_args if key in _LOADER_ARGS)
+    refused = sorted(str(key) for key in model_args if key in _LOADER_ARGS)
     if refused:
         raise ValueError(
-            f"{folder / 'config.json'}: model_args.{refused[0]} is not an argument of the architecture (it would tell "
-            "timm where to load weights from or what to build around the model); a repo's weights are its own "
-            f"model.safetensors. Remove {', '.join('model_args.' + key for key in refused)}."
+            f"{where}{field}.{refused[0]} is not an argument of the architecture (it would tell timm where to load weights "
+            f"from or what to build around the model); {owner} model.safetensors. Remove "
+            f"{', '.join(f'{field}.{key}' for key in refused)}."
         )
     return {key: value for key, value in model_args.items() if key != "num_classes"}

@@ -28,7 +28,10 @@ def create_timm_backbone(name: str, stem_padding: int = 1, model_args: Mapping[s
             f"unknown backbone {name!r}: {timm_name!r} is not a timm model name. "
             "Use a name from timm.list_models(), e.g. 'resnet18', 'resnet50' or 'resnet18_cifar'."
         )
-    model = timm.create_model(timm_name, pretrained=False, num_classes=0, **dict(model_args or {}))
+    from .timm_hub import architecture_args
+
+    model_args = architecture_args(model_args, "backbone_config") if model_args else {}
+    model = timm.create_model(timm_name, pretrained=False, num_classes=0, **model_args)
     if cifar:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Conv2d)):
             raise ValueError(f"the CIFAR stem ({name!r}) exists for timm ResNets only; {timm_name!r} is not one.")

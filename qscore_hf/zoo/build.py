@@ -24,7 +24,9 @@ class BuildError(ValueError):
 
 def built_folder(name: str, cache: str | os.PathLike | None = None) -> Path:
     """Where ``from_pretrained(name)`` and ``zoo build`` without ``--out`` keep the built release."""
-    return Path(cache or cache_root()) / "models" / name
+    from ..io_utils import contained_path
+
+    return contained_path(Path(cache or cache_root()) / "models", name, what="a zoo release name")
 
 
 def read_zoo_record(folder: str | os.PathLike) -> dict[str, Any] | None:

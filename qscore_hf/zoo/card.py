@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from huggingface_hub import EvalResult, ModelCard
 
+from ..io_utils import contained_path
 from .registry import Release
 
 __all__ = ["CARDS_DIR", "check_cards", "config_from_release", "published_results", "release_card", "write_cards"]
@@ -138,7 +139,7 @@ def write_cards(releases: Mapping[str, Release], folder: str | os.PathLike = CAR
     """(Re)write ``<folder>/<name>/README.md`` for every release from the registry; returns the files written."""
     written = []
     for release in releases.values():
-        path = Path(folder) / release.name / "README.md"
+        path = contained_path(folder, release.name, what="a zoo release name") / "README.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_card_text(release))
         written.append(path)
@@ -149,7 +150,7 @@ def check_cards(releases: Mapping[str, Release], folder: str | os.PathLike = CAR
     """The releases whose card in ``folder`` is missing or differs from the registry's rendering."""
     stale = []
     for release in releases.values():
-        path = Path(folder) / release.name / "README.md"
+        path = contained_path(folder, release.name, what="a zoo release name") / "README.md"
         if not path.is_file() or path.read_text() != _card_text(release):
             stale.append(release.name)
     return stale

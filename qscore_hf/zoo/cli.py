@@ -39,7 +39,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..io_utils import check_writable
+    from ..io_utils import check_writable, contained_path
     from .build import build_release, built_folder
     from .download import cache_root
     from .finetune import FinetuneSettings, qreg_finetune
@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace) -> int:
         check_writable(args.out)
     folders, failed = {}, []
     for release in releases:
-        out = Path(args.out) / release.name if args.out else None
+        out = contained_path(args.out, release.name, what="a zoo release name") if args.out else None
         try:
             folders[release.name] = build_release(
                 release, out, mirror=args.mirror, max_bytes=int(args.max_size * 2**20), stats=args.stats,
@@ -69,7 +69,7 @@ def _build(args: argparse.Namespace) -> int:
                     probe_epochs=args.probe_epochs,
                 )  # fmt: skip
                 folders[name] = qreg_finetune(
-                    release, folders[release.name], settings, Path(args.out) / name if args.out else built_folder(name),
+                    release, folders[release.name], settings, contained_path(args.out, name, what="a zoo release name") if args.out else built_folder(name),
                     cache_root() / "finetune" / name, progress=not args.no_progress,
                     repo_id=f"{args.push_to_hub}/{name}" if args.push_to_hub else None,
                 )  # fmt: skip

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io_utils import contained_path
 from .registry import Release
 
 __all__ = [
@@ -103,7 +104,8 @@ def fetch_release_file(
         DownloadError: unreachable, HTTP error, an HTML page instead of the file, larger than ``max_bytes`` or than
             the published size, or cut more than ``retries`` times (the partial file is kept to resume from).
     """
-    path = Path(cache or cache_root()) / "downloads" / release.url_path
+    path = contained_path(Path(cache or cache_root()) / "downloads", *release.url_path.split("/"),
+                          what=f"{release.name}: the download path")  # fmt: skip
     if not path.is_file():
         url = source_url(release, mirror)
         limit = min(max_bytes, release.size) if release.size else max_bytes

@@ -7,15 +7,27 @@ Importing this module imports neither torch nor transformers (``qscore-hf zoo li
 from __future__ import annotations
 
 import json
+import math
 import os
+import posixpath
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 __all__ = ["REGISTRY_ENV", "Release", "UnknownReleaseError", "get_release", "load_registry"]
 
 REGISTRY_ENV = "QSCORE_HF_ZOO_REGISTRY"
+# A release's name and file name become folder and file names in the zoo's cache and under --out: plain names only.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Hex digits a checksum needs to count as verification: 6 (24 bits), the shortest published prefixes (OML's md5 of
+# DINO's ViTs); a shorter one (md5:4 is 4 bits) would pass one corrupt file in 16.
+_MIN_CHECKSUM_HEX = 6
+_DIGEST_HEX = {"md5": 32, "sha256": 64}
+_TEXT_FIELDS = ("name", "method", "arch", "url", "file_name", "layout", "license", "license_source", "data",
+                "preprocessing_source")  # fmt: skip
+_OPTIONAL_TEXT_FIELDS = ("title", "checksum", "checksum_source", "top1_source", "top1_note", "paper")
 
 
 class UnknownReleaseError(KeyError, ValueError):
@@ -90,14 +102,14 @@ class Release:
         if unknown:
             raise ValueError(f"zoo registry record {name!r}: unknown fields {', '.join(unknown)}")
         try:
-            release = cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in record.items()})
+            return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in record.items()})
         except TypeError as error:
             raise ValueError(f"zoo registry record {name!r}: {error}") from None
-        if release.checksum is not None:
-            algorithm, _, digest = release.checksum.partition(":")
-            if algorithm not in ("md5", "sha256") or not digest or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError(f"zoo registry record {name!r}: checksum {release.checksum!r} is not md5:/sha256:HEX")
-        return release
+
+    def __post_init__(self) -> None:
+        problem = _problem(self)
+        if problem:
+            raise ValueError(f"zoo registry record {self.name!r}: {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +125,68 @@ class Release:
     @property
     def crop_pct(self) -> float:
         return self.crop / self.resize
+
+
+def _problem(release: Release) -> str | None:
+    """What is wrong with a record's fields (types, ranges, names that would escape the cache), or ``None``."""
+    for key in _TEXT_FIELDS:
+        if not isinstance(getattr(release, key), str) or not getattr(release, key):
+            return f"{key} must be a non-empty string; got {getattr(release, key)!r}"
+    for key in _OPTIONAL_TEXT_FIELDS:
+        if getattr(release, key) is not None and not isinstance(getattr(release, key), str):
+            return f"{key} must be a string or null; got {getattr(release, key)!r}"
+    for key in ("name", "file_name"):
+        value = getattr(release, key)
+        if not _PLAIN_NAME.match(value) or value in (".", ".."):
+            return f"{key} {value!r} must be a plain name (letters, digits, . _ + -; no / and no leading dot)"
+    url_problem = _url_problem(release.url)
+    if url_problem:
+        return f"url {release.url!r} {url_problem}"
+    for key in ("image_mean", "image_std"):
+        value = getattr(release, key)
+        if not isinstance(value, tuple) or len(value) != 3 or not all(_is_number(v) for v in value):
+            return f"{key} must be 3 numbers (one per RGB channel); got {value!r}"
+    if not all(v > 0 for v in release.image_std):
+        return f"image_std must be positive; got {release.image_std!r}"
+    for key, optional in (("resize", False), ("crop", False), ("size", True), ("epochs", True)):
+        value = getattr(release, key)
+        if not (optional and value is None) and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            return f"{key} must be a positive integer{' or null' if optional else ''}; got {value!r}"
+    if release.crop > release.resize:
+        return f"crop {release.crop} is larger than resize {release.resize} (the centre crop of the resized image)"
+    if release.top1 is not None and not (_is_number(release.top1) and 0 <= release.top1 <= 100):
+        return f"top1 must be a percentage in [0, 100] or null; got {release.top1!r}"
+    for key in ("sources", "unverified"):
+        value = getattr(release, key)
+        if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+            return f"{key} must be a list of strings; got {value!r}"
+    if release.checksum is not None:
+        algorithm, _, digest = release.checksum.partition(":")
+        if algorithm not in _DIGEST_HEX or not re.fullmatch(r"[0-9a-f]+", digest):
+            return f"checksum {release.checksum!r} is not md5:HEX or sha256:HEX (lower-case hex digits)"
+        if not _MIN_CHECKSUM_HEX <= len(digest) <= _DIGEST_HEX[algorithm]:
+            return (f"checksum {release.checksum!r} has {len(digest)} hex digits; a {algorithm} checksum needs "
+                    f"{_MIN_CHECKSUM_HEX} to {_DIGEST_HEX[algorithm]} to verify the file")  # fmt: skip
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot name a file in the cache (its host and path become folders there), or ``None``."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return "must be an http(s) URL with a host"
+    if not _PLAIN_NAME.match(parsed.netloc.replace(":", "_")) or parsed.username is not None:
+        return "must have a plain host (and port), without user information"
+    segments = unquote(parsed.path).split("/")[1:]
+    if not segments or posixpath.normpath(unquote(parsed.path)) != unquote(parsed.path) or any(
+        segment in ("", ".", "..") or "\\" in segment for segment in segments
+    ):
+        return "must have a normalized path of plain names (no ., .., // or \\)"
+    return None
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Release]:
