@@ -432,11 +432,18 @@ def test_parse_stats(spec, expected):
 
 def test_shipped_table_marks_a_built_release(tmp_path, monkeypatch):
     monkeypatch.delenv("QSCORE_HF_ZOO_REGISTRY", raising=False)
-    (tmp_path / "models" / "dino-vits8").mkdir(parents=True)
-    (tmp_path / "models" / "dino-vits8" / "config.json").write_text("{}")
-    lines = format_table(load_registry(), tmp_path).splitlines()
+    registry = load_registry()
+    for name in ("dino-vits8", "dino-vitb8"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "config.json").write_text("{}")
+    record = {"release": json.loads(json.dumps(registry["dino-vits8"].to_dict())), "measured": {}}
+    (tmp_path / "models" / "dino-vits8" / "zoo.json").write_text(json.dumps(record))
+    record["release"]["checksum"] = "md5:000000"  # built from an earlier record: stale (issue 33, item 15)
+    (tmp_path / "models" / "dino-vitb8" / "zoo.json").write_text(json.dumps(record))
+    lines = format_table(registry, tmp_path).splitlines()
     assert [line.split()[-1] for line in lines[1:]].count("yes") == 1
     assert lines[8].startswith("dino-vits8") and lines[8].endswith("yes")
+    assert lines[10].startswith("dino-vitb8") and lines[10].endswith("stale")
 
 
 def test_zoo_help_and_list_import_neither_torch_nor_transformers(tmp_path):

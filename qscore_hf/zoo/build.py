@@ -4,16 +4,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .card import release_card
 from .download import DEFAULT_MAX_BYTES, cache_root, fetch_release_file
 from .registry import Release
 
-__all__ = ["ZOO_RECORD", "BuildError", "build_release", "built_folder", "parse_stats", "read_zoo_record"]
+__all__ = [
+    "ZOO_RECORD",
+    "BuildError",
+    "build_lock",
+    "build_release",
+    "build_state",
+    "built_folder",
+    "parse_stats",
+    "read_zoo_record",
+]
 
 ZOO_RECORD = "zoo.json"
 
@@ -33,6 +44,46 @@ def read_zoo_record(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The ``zoo.json`` of a built release folder, or ``None`` when there is none (not built, or not a zoo build)."""
     path = Path(folder) / ZOO_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_state(release: Release, folder: str | os.PathLike) -> str:
+    """``"yes"`` when ``folder`` holds a build of ``release`` as the registry describes it now, ``"stale"`` when it
+    holds a build of another record (a corrected checksum, other preprocessing) or of none, ``"no"`` when nothing is
+    built there."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return "no"
+    try:
+        built = (read_zoo_record(folder) or {}).get("release")
+    except (OSError, ValueError, AttributeError):
+        built = None
+    return "yes" if built == json.loads(json.dumps(release.to_dict())) else "stale"
+
+
+@contextmanager
+def build_lock(folder: str | os.PathLike, cache: str | os.PathLike | None = None, kind: str = "build",
+               log: Callable[[str], None] | None = None) -> Iterator[None]:  # fmt: skip
+    """Hold the zoo's file lock of ``folder`` (in the cache's ``locks/``): one process builds or downloads it, the
+    others wait; a killed holder releases it (the operating system drops its lock)."""
+    from filelock import FileLock, Timeout
+
+    from ..io_utils import resolve_target
+
+    target = resolve_target(folder)
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:16]
+    locks = Path(cache or cache_root()) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(locks / f"{kind}-{target.name}-{digest}.lock"))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        if log is not None:
+            log(f"waiting for another process's {kind} of {target} to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def parse_stats(spec: str) -> tuple[str, str]:
@@ -57,6 +108,7 @@ def build_release(
     log: Callable[[str], None] = print,
     linear_eval: str | None = None,
     linear_eval_max_samples: int | None = None,
+    rebuild: bool = True,
 ) -> Path:
     """Download, verify, convert and save ``release`` as a ``QScoreModel`` folder (``out``, default the cache's
     ``models/<name>``); returns the folder. The folder appears complete or not at all.
@@ -70,23 +122,45 @@ def build_release(
             ``train`` split is evaluated on ``SPLIT`` (default ``validation``) with ``qscore_hf.linear_eval``; its
             results go into the card's model-index (measured, beside the published top-1) and ``zoo.json``, the
             full report into ``<out>-linear-eval/``. ``linear_eval_max_samples`` caps each split.
+        rebuild: build even when ``out`` already holds a current build (``False``: reuse it, as ``from_pretrained``
+            does). Builds of one folder run one at a time (a file lock); a waiting ``rebuild=False`` call reuses what
+            the other process built.
 
     Raises:
         DownloadError, ChecksumMismatchError: see ``fetch_release_file``.
         ConversionError, BuildError: the file is not the release the registry describes.
     """
-    from ..convert import ConversionReport, compute_stats, convert_checkpoint
-    from ..io_utils import atomic_directory, check_output_folder
+    from ..io_utils import check_output_folder
 
     out = Path(out) if out is not None else built_folder(release.name, cache)
-    _adopt_earlier_build(out)
-    check_output_folder(out)  # before the download: a folder holding what qscore-hf did not write is refused
+    with build_lock(out, cache, log=log):
+        if not rebuild and build_state(release, out) == "yes":
+            return out  # another process built it while this one waited
+        _adopt_earlier_build(out)
+        check_output_folder(out)  # before the download: a folder holding what qscore-hf did not write is refused
+        return _build(release, out, cache, mirror, max_bytes, stats, stats_max_samples, repo_id, progress, log,
+                      linear_eval, linear_eval_max_samples)  # fmt: skip
+
+
+def _build(release: Release, out: Path, cache: str | os.PathLike | None, mirror: str | None, max_bytes: int,
+           stats: str | None, stats_max_samples: int | None, repo_id: str | None, progress: bool,
+           log: Callable[[str], None], linear_eval: str | None, linear_eval_max_samples: int | None) -> Path:  # fmt: skip
+    from ..convert import ConversionError, ConversionReport, compute_stats, convert_checkpoint
+    from ..io_utils import atomic_directory
+
     path, digests = fetch_release_file(release, cache, mirror, max_bytes, progress)
     if release.checksum:
         log(f"{release.name}: verified {release.checksum} ({release.file_name}, {digests.size} bytes)")
     else:
         log(f"{release.name}: no published checksum; computed SHA-256 {digests.sha256} ({digests.size} bytes)")
-    model = convert_checkpoint(path, method=release.method, pretraining_data=release.data, license=release.license)
+    try:
+        model = convert_checkpoint(path, method=release.method, pretraining_data=release.data, license=release.license)
+    except ConversionError as error:
+        if release.checksum is not None and release.checksum.startswith("sha256:") and len(release.checksum) == 71:
+            raise  # the very file published: the converter, not the download, is at fault
+        path.unlink(missing_ok=True)  # no full checksum: a broken download must not be reused by every later build
+        raise ConversionError(f"{release.name}: the downloaded {path} does not convert ({error}); the download was "
+                              "deleted: run again to download it anew.") from None  # fmt: skip
     report = ConversionReport.from_config(model.config)
     if report.format != release.layout or model.config.backbone != release.arch:
         raise BuildError(

@@ -17,14 +17,15 @@ _COLUMNS = ("name", "method", "architecture", "data", "license", "published top-
 
 
 def format_table(registry: Mapping[str, Release], cache: str | Path | None = None) -> str:
-    """The registry as a text table; ``built`` says whether the release's folder is in the zoo's cache."""
-    from .build import built_folder
+    """The registry as a text table; ``built`` says whether the release's folder is in the zoo's cache (``stale``:
+    built from another record of the release; ``zoo build NAME`` rebuilds it)."""
+    from .build import build_state, built_folder
 
     rows = [
         (
             release.name, release.method, release.arch, release.data, release.license,
             "-" if release.top1 is None else f"{release.top1:.1f}",
-            "yes" if (built_folder(release.name, cache) / "config.json").is_file() else "no",
+            build_state(release, built_folder(release.name, cache)),
         )  # fmt: skip
         for release in registry.values()
     ]

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io_utils import contained_path
+from ..io_utils import atomic_write_text, contained_path
 from .registry import Release
 
 __all__ = [
@@ -39,6 +41,10 @@ MIRROR_ENV = "QSCORE_HF_ZOO_MIRROR"
 DEFAULT_MAX_BYTES = 2 * 2**30  # the largest release (DINO ViT-B/8 or MoCo v3 ViT-B with its heads) is far below
 _CHUNK = 2**20
 _TIMEOUT_S = 60
+# A server must send at least _MIN_RATE bytes a second over every _RATE_WINDOW_S seconds; the per-read timeout alone
+# never ends a server that drips a byte a minute.
+_MIN_RATE = 16 * 2**10
+_RATE_WINDOW_S = 60.0
 _MiB = 2**20
 
 
@@ -107,9 +113,13 @@ def fetch_release_file(
     path = contained_path(Path(cache or cache_root()) / "downloads", *release.url_path.split("/"),
                           what=f"{release.name}: the download path")  # fmt: skip
     if not path.is_file():
-        url = source_url(release, mirror)
-        limit = min(max_bytes, release.size) if release.size else max_bytes
-        download(url, path, max_bytes=limit, label=release.name, progress=progress, retries=retries)
+        from .build import build_lock
+
+        with build_lock(path, cache, kind="download"):  # one process downloads into the .part file, the others wait
+            if not path.is_file():
+                url = source_url(release, mirror)
+                limit = min(max_bytes, release.size) if release.size else max_bytes
+                download(url, path, max_bytes=limit, label=release.name, progress=progress, retries=retries)
     digests = file_digests(path)
     problem = None
     if release.size is not None and digests.size != release.size:
@@ -136,7 +146,13 @@ def download(
     retries: int = 2,
 ) -> Path:
     """Download ``url`` to ``path`` through ``<path>.part``, resuming that partial file with an HTTP range request
-    where one is left (from a cut connection or a killed process); ``path`` appears only when complete."""
+    where one is left (from a cut connection or a killed process); ``path`` appears only when complete.
+
+    A partial file is resumed only as a part of the same file: the request carries ``If-Range`` with the validator
+    (``ETag``, else ``Last-Modified``) the first response gave, recorded in ``<path>.part.json``, and the server's
+    ``Content-Range`` must continue at the partial file's end of a file of the recorded size; anything else starts
+    over. A body shorter than its announced length is a cut, never a complete file. A server sending less than
+    ``_MIN_RATE`` bytes a second over any ``_RATE_WINDOW_S`` seconds (dripping) is cut too."""
     path = Path(path)
     label = label or path.name
     part = path.with_name(path.name + ".part")
@@ -152,6 +168,7 @@ def download(
                     f"({cut.reason}); run again to resume from {part}."
                 ) from None
     os.replace(part, path)
+    _state_file(part).unlink(missing_ok=True)
     return path
 
 
@@ -161,17 +178,45 @@ class _Cut(Exception):
         self.have, self.total, self.reason = have, total, reason
 
 
+def _state_file(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_state(part: Path, url: str) -> dict | None:
+    """What the first response said of the file a partial download belongs to, or ``None`` when unknown."""
+    try:
+        state = json.loads(_state_file(part).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("url") != url or not isinstance(state.get("total"), int):
+        return None
+    return state
+
+
+def _start_over(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _state_file(part).unlink(missing_ok=True)
+
+
 def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: bool) -> None:
     """One request, appending to ``part`` from its current size; raises ``_Cut`` when the body ends early."""
     from tqdm.auto import tqdm
 
+    state = _read_state(part, url) if part.exists() else None
+    if part.exists() and state is None:  # a partial file of unknown origin (an earlier version, another URL)
+        _start_over(part)
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    headers = {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        if state.get("validator"):
+            headers["If-Range"] = state["validator"]
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # the partial file is not a prefix of this file: start over
-            part.unlink()
+            _start_over(part)
             raise _Cut(0, 0, "the partial file does not fit the server's file; starting over") from None
         raise DownloadError(
             f"{label}: {url} answered HTTP {error.code} {error.reason}; check the URL or the mirror."
@@ -184,14 +229,25 @@ def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: b
             raise DownloadError(f"{label}: {url} answered with an HTML page, not the file; fetch it by hand into a "
                                 "mirror and use --mirror.")  # fmt: skip
         resumed = response.status == 206
-        if not resumed:
-            have = 0
         length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range") or "")
-        total = int(match.group(1)) if match else total
+        if resumed:
+            match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", (response.headers.get("Content-Range") or "").strip())
+            if not match or int(match.group(1)) != have or int(match.group(3)) != state["total"]:
+                _start_over(part)  # another range, or a file of another size: the partial file is not its prefix
+                raise _Cut(0, 0, "the server's file changed since the partial download; starting over")
+            total = int(match.group(3))
+        else:
+            have = 0
+            total = int(length) if length is not None and length.isdigit() else None
+            validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+            if validator and validator.startswith("W/"):  # a weak ETag cannot validate a byte range
+                validator = response.headers.get("Last-Modified")
+            if total is not None:
+                atomic_write_text(_state_file(part), json.dumps({"url": url, "total": total, "validator": validator}))
+            else:
+                _state_file(part).unlink(missing_ok=True)  # unknown size: never resumed
         if total is not None and total > max_bytes:
-            part.unlink(missing_ok=True)
+            _start_over(part)
             raise DownloadError(f"{label}: {url} is {total / _MiB:.1f} MiB, over the size cap of "
                                 f"{max_bytes / _MiB:.1f} MiB (--max-size); nothing was kept.")  # fmt: skip
         with open(part, "ab" if resumed else "wb") as file, tqdm(
@@ -199,9 +255,10 @@ def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: b
             leave=False,
         ) as bar:  # fmt: skip
             size = have
+            window_start, window_size = time.monotonic(), size
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = response.read1(_CHUNK)  # what has arrived: the rate is checked between reads
                 except (OSError, ValueError, http.client.HTTPException) as error:  # reset, incomplete read
                     raise _Cut(size, total or size, str(error) or type(error).__name__) from None
                 if not chunk:
@@ -209,10 +266,18 @@ def _download_once(url: str, part: Path, max_bytes: int, label: str, progress: b
                 size += len(chunk)
                 if size > max_bytes:
                     file.close()
-                    part.unlink()
+                    _start_over(part)
                     raise DownloadError(f"{label}: {url} sends more than the size cap of {max_bytes / _MiB:.1f} MiB "
                                         "(--max-size); nothing was kept.")  # fmt: skip
                 file.write(chunk)
                 bar.update(len(chunk))
+                elapsed = time.monotonic() - window_start
+                if elapsed >= _RATE_WINDOW_S:
+                    if (size - window_size) / elapsed < _MIN_RATE:
+                        raise _Cut(size, total or size, f"the server sent {(size - window_size) / elapsed / 1024:.1f} "
+                                   f"KiB/s over {elapsed:.0f} s, under the minimum of {_MIN_RATE / 1024:.0f} KiB/s")
+                    window_start, window_size = time.monotonic(), size
         if total is not None and size < total:
-            raise _Cut(size, total, "the connection closed early")
+            raise _Cut(size, total, f"the connection closed after {size} of the {total} bytes announced")
+        if total is None:
+            _state_file(part).unlink(missing_ok=True)

@@ -14,10 +14,14 @@ from .registry import load_registry
 __all__ = ["resolve_zoo_name"]
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def resolve_zoo_name(name: str | os.PathLike) -> Path | None:
     """The built folder of the zoo release ``name`` (building it on first use), or ``None`` when ``name`` is a
     path, a Hub id (``org/name``) or no zoo release. Warns when the build has no activation statistics."""
-    from .build import build_release, built_folder, read_zoo_record
+    from .build import build_release, build_state, built_folder, read_zoo_record
 
     if not isinstance(name, str) or "/" in name or os.sep in name or Path(name).exists():
         return None
@@ -25,8 +29,11 @@ def resolve_zoo_name(name: str | os.PathLike) -> Path | None:
     if name not in registry:
         return None
     folder = built_folder(name)
-    if not (folder / "config.json").is_file():
-        build_release(registry[name], folder, log=lambda line: print(line, file=sys.stderr))
+    state = build_state(registry[name], folder)
+    if state != "yes":  # not built, or built from another record of the release: (re)built, by one process at a time
+        if state == "stale":
+            _log(f"{name}: the built folder {folder} was built from another registry record; rebuilding it")
+        build_release(registry[name], folder, log=_log, rebuild=False)
     measured = (read_zoo_record(folder) or {}).get("measured", {})
     if not measured.get("stats"):
         hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
