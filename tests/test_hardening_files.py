@@ -176,6 +176,7 @@ def test_a_config_cannot_make_timm_read_a_file(tmp_path, capsys, target):
     config = json.loads((folder / "config.json").read_text())
     config["backbone_config"] = {"checkpoint_path": str(tmp_path / target)}
     (folder / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
     with pytest.raises(ValueError, match=r"backbone_config\.checkpoint_path is not an argument of the architecture"):
         QScoreModel.from_pretrained(folder)
     assert main(["info", str(folder)]) == 1

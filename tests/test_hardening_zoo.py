@@ -143,7 +143,7 @@ def test_a_body_shorter_than_announced_is_never_cached_and_the_error_names_the_f
     path = "files/short.bin"
     server.files[path] = os.urandom(2**20)
     server.short.add(path)
-    with pytest.raises(DownloadError, match=r"^short\.bin: .*closed after 524288 of the 1048576 bytes") as error:
+    with pytest.raises(DownloadError, match=r"^short\.bin: .*closed after \d+ of the 1048576 bytes announced") as error:
         download(f"{server.url}/{path}", tmp_path / "short.bin", retries=1, progress=False)
     assert "\n" not in str(error.value) and "short.bin.part" in str(error.value)
     assert not (tmp_path / "short.bin").exists()
