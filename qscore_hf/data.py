@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .image_columns import as_image_column
 from .normalization import DATASET_NORMALIZATION
 
 __all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "check_dataset_name",
@@ -139,6 +140,8 @@ def load_image_dataset(
             f"data set {name!r} has no image column{f' {image_column!r}' if image_column else ''}; "
             f"its columns are {list(features)}. Pass the image column's name (--image-column)."
         )
+    local = Path(source) if Path(source).exists() else None  # paths in the column are read only inside its folder
+    dataset = as_image_column(dataset, image_column, name, local if local is None or local.is_dir() else local.parent)
     if label_column is not None and label_column not in features:
         raise ValueError(
             f"data set {name!r} has no label column {label_column!r}; its columns are {list(features)}."
