@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
+from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
+from .decoded import decode_images
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -140,6 +142,10 @@ class PretrainConfig:
     log_every: int = 10
     log_with: str = "tensorboard"
     progress: bool = True
+    # "pil": per-image PIL/torchvision augmentation in the loader processes; "tensor": the images decoded once into
+    # a memory-mapped uint8 array (qscore_hf.decoded) and each batch's views drawn on the device by kornia
+    # (qscore_hf.batch_views), from the same recipe
+    data_pipeline: str = "pil"
 
 
 @dataclass
@@ -254,6 +260,27 @@ class AugmentedViews(Dataset):
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
         return {"views": views}
+
+
+class DecodedImageBatches(Dataset):
+    """Decoded uint8 images (N x 3 x H x W, see ``qscore_hf.decoded``) by ``EpochSampler``'s ``epoch * N + index``;
+    a batch is gathered in one indexing of the array."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, global_index: int) -> Tensor:
+        return torch.from_numpy(np.array(self.images[int(global_index) % len(self)]))
+
+    def __getitems__(self, global_indices: list[int]) -> Tensor:
+        return torch.from_numpy(self.images[np.asarray(global_indices) % len(self)])
+
+
+def _collate_decoded(batch: Tensor) -> Tensor:
+    return batch
 
 
 def _eval_dataset(data: ImageDataset, model: QScoreModel):
@@ -380,8 +407,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     set_seed(cfg.seed)
     train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
     model, method = _build_model(cfg, accelerator, train_data)
-    loader = _build_train_loader(cfg, train_data, model, method)
-    run = _build_optimization(cfg, accelerator, model, method, loader)
+    loader, augment = _build_train_loader(cfg, accelerator, train_data, model, method)
+    run = _build_optimization(cfg, accelerator, model, method, loader, augment)
     _resume(run)
     monitor = _monitor_data(cfg, train_data, model)
     if cfg.log_with != "none":
@@ -419,21 +446,36 @@ def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: Imag
     return model, method
 
 
-def _build_train_loader(cfg: PretrainConfig, train_data: ImageDataset, model: QScoreModel, method: SSLMethod) -> DataLoader:
-    """Batches of the method's augmented views, reshuffled each epoch (``EpochSampler``), full batches only."""
+DATA_PIPELINES = ("pil", "tensor")
+
+
+def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset, model: QScoreModel,
+                        method: SSLMethod) -> tuple[DataLoader, BatchViews | None]:
+    """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
+    (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``)."""
+    if cfg.data_pipeline not in DATA_PIPELINES:
+        raise ValueError(f"unknown data pipeline {cfg.data_pipeline!r}; choose one of {', '.join(DATA_PIPELINES)}.")
     settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
-    views = AugmentedViews(train_data, method.build_transform(settings), cfg.seed)
+    transform = method.build_transform(settings)
+    augment = None
+    if cfg.data_pipeline == "tensor":
+        augment = batch_views(transform).to(accelerator.device)
+        decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
+        dataset: Dataset = DecodedImageBatches(decoded.images)
+        num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
+    else:
+        dataset, num_workers, collate = AugmentedViews(train_data, transform, cfg.seed), cfg.num_workers, _collate_views
     loader = DataLoader(
-        views, batch_size=cfg.batch_size, sampler=EpochSampler(len(views), cfg.seed),
-        drop_last=True, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.num_workers > 0, collate_fn=_collate_views,
+        dataset, batch_size=cfg.batch_size, sampler=EpochSampler(len(dataset), cfg.seed),
+        drop_last=True, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, collate_fn=collate,
     )
     if len(loader) == 0:
         raise ValueError(
-            f"{cfg.dataset} ({len(train_data.dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
+            f"{cfg.dataset} ({len(dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
             "lower --batch-size."
         )
-    return loader
+    return loader, augment
 
 
 @dataclass
@@ -449,6 +491,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: DataLoader
+    augment: BatchViews | None  # the tensor pipeline's views of a batch of uint8 images
     state: TrainState
     width: int
     steps_per_epoch: int
@@ -460,7 +503,7 @@ class _Run:
 
 
 def _build_optimization(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod,
-                        loader: DataLoader) -> _Run:
+                        loader: DataLoader, augment: BatchViews | None) -> _Run:
     """The regularizer, the optimizer (learning rate scaled to the total batch) and its warm-up + cosine schedule,
     everything prepared by accelerate and registered for checkpointing."""
     width = int(model.config.hidden_size)
@@ -483,7 +526,7 @@ def _build_optimization(cfg: PretrainConfig, accelerator: Accelerator, model: QS
         regularizer.to(accelerator.device)
         accelerator.register_for_checkpointing(regularizer)
     return _Run(cfg, accelerator, model, method, accelerator.unwrap_model(method), regularizer, optimizer, scheduler,
-                loader, state, width, steps_per_epoch, max_steps)  # fmt: skip
+                loader, augment, state, width, steps_per_epoch, max_steps)  # fmt: skip
 
 
 def _resume(run: _Run) -> None:
@@ -532,7 +575,8 @@ def _train_loop(run: _Run, monitor: tuple[Any, Any] | None) -> bool:
         epoch = state.step // run.steps_per_epoch
         run.loader.set_epoch(epoch)
         skip = state.step % run.steps_per_epoch
-        for views in accelerator.skip_first_batches(run.loader, skip) if skip else run.loader:
+        for batch in accelerator.skip_first_batches(run.loader, skip) if skip else run.loader:
+            views = batch if run.augment is None else run.augment(batch, _batch_seed(run, epoch))
             if cfg.channels_last:
                 views = [view.contiguous(memory_format=torch.channels_last) for view in views]
             out = training_step(run.method, run.regularizer, views, state.step, run.max_steps, epoch)
@@ -564,6 +608,13 @@ def _train_loop(run: _Run, monitor: tuple[Any, Any] | None) -> bool:
             return False
     progress.close()
     return True
+
+
+def _batch_seed(run: _Run, epoch: int) -> int:
+    """The seed of the tensor pipeline's augmentations of this process's next batch: from (seed, epoch, step), so a
+    resumed run draws the views of an uninterrupted one."""
+    accelerator = run.accelerator
+    return augmentation_seed(run.cfg.seed, epoch, run.state.step * accelerator.num_processes + accelerator.process_index)
 
 
 def _log_step(run: _Run, out: StepOutput, epoch: int, images_per_s: float, progress: tqdm) -> None:
