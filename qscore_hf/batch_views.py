@@ -26,7 +26,8 @@ __all__ = ["BatchViews", "batch_views"]
 
 class BatchViews(nn.Module):
     """``forward(images, seed)``: uint8 images (B x 3 x H x W) -> one normalized float batch per view, each sample's
-    augmentation parameters drawn from the CPU generator seeded with ``seed`` (reproducible on any device)."""
+    augmentation parameters drawn from the random generator of the module's device (kornia's: ``.to(device)`` moves
+    it) seeded with ``seed``, without touching the global random streams."""
 
     def __init__(self, views: list[nn.Sequential]) -> None:
         super().__init__()
@@ -34,8 +35,8 @@ class BatchViews(nn.Module):
 
     def forward(self, images: Tensor, seed: int) -> list[Tensor]:
         pixels = images.to(torch.float32).div_(255.0)
-        with torch.random.fork_rng(devices=[]):  # kornia draws its parameters on the CPU
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[pixels.device] if pixels.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # every device's generator
             return [view(pixels) for view in self.views]
 
 
