@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from qscore_hf import decoded
 from qscore_hf.pretraining import PretrainConfig, pretrain
 
-pytestmark = pytest.mark.runs_long
+pytestmark = [pytest.mark.runs_long, pytest.mark.usefixtures("one_thread")]
 
 
 def tiny(output_dir, **overrides) -> PretrainConfig:
