@@ -9,8 +9,10 @@
 2. For one method: images/s of the full pre-training loop (``qscore_hf.pretraining.pretrain``: data loading,
    augmentation, accelerate, logging) vs a minimal lightly-style loop (DataLoader with the same transform, the same
    method, loss, batch and precision; target >= 1.0) and vs the bare backbone's forward+backward on a ready-made
-   batch of the same shape (no data; target >= 0.8 on a GPU: is data loading the bottleneck?).
-The ratios are printed last.
+   batch of the same shape (no data; target >= 0.8: is data loading the bottleneck?), once per data pipeline
+   (``--pipelines pil,tensor``: per-image PIL augmentation in loader processes, or images decoded once and views drawn
+   per batch by kornia; the decoding happens before the timed steps, in a fresh cache).
+The ratios are printed last; ``--methods none`` skips part 1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -134,21 +137,35 @@ def bare_forward_backward(args: argparse.Namespace, device: torch.device) -> flo
     return args.batch_size / seconds
 
 
-def full_loop(args: argparse.Namespace, device: torch.device) -> float:
+def full_loop(args: argparse.Namespace, device: torch.device, pipeline: str = "pil") -> float:
     """Images/s of ``pretrain`` as logged in its ``train_log.jsonl`` (the first logging window, warm-up, dropped)."""
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, _decoded_cache(Path(out) / "decoded"):
         window = max(1, args.steps // 4)
         cfg = PretrainConfig(
             method=args.loop_method, output_dir=out, backbone=args.backbone, dataset=args.dataset,
             max_samples=args.max_samples, image_size=args.image_size, batch_size=args.batch_size,
             max_steps=args.steps + window, epochs=10_000, num_workers=args.num_workers, log_with="none",
             progress=False, log_every=window, checkpoint_every=0, eval_split=None, optimizer="sgd", lr=1e-3,
-            mixed_precision="bf16" if args.bf16 else "no", qscore_warmup_samples=0,
+            mixed_precision="bf16" if args.bf16 else "no", qscore_warmup_samples=0, data_pipeline=pipeline,
         )  # fmt: skip
         pretrain(cfg)  # the export's statistics pass after the last step is outside the logged windows
         records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
         rates = [record["images_per_s"] for record in records if "images_per_s" in record]  # not the health lines
     return statistics.mean(rates[1:])
+
+
+@contextlib.contextmanager
+def _decoded_cache(folder: Path):
+    """A fresh decode cache for one loop: its images are decoded in the run measured (before its timed steps)."""
+    previous = os.environ.get("QSCORE_HF_DECODED_CACHE")
+    os.environ["QSCORE_HF_DECODED_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["QSCORE_HF_DECODED_CACHE"]
+        else:
+            os.environ["QSCORE_HF_DECODED_CACHE"] = previous
 
 
 def main() -> int:
@@ -163,6 +180,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--pipelines", default="pil,tensor", help="data pipelines of the full loop, compared")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -173,20 +191,26 @@ def main() -> int:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "qscore_reg_overhead": {},
     }
-    for name in args.methods.split(","):
+    for name in [] if args.methods == "none" else args.methods.split(","):
         result["qscore_reg_overhead"][name] = regularizer_overhead(name, args, device)
         print(name, json.dumps(result["qscore_reg_overhead"][name]), flush=True)
-    loop = {"pretrain_images_per_s": full_loop(args, device), "minimal_loop_images_per_s": minimal_loop(args, device),
-            "bare_forward_backward_images_per_s": bare_forward_backward(args, device)}  # fmt: skip
-    loop["ratio_vs_minimal_loop"] = loop["pretrain_images_per_s"] / loop["minimal_loop_images_per_s"]
-    loop["ratio_vs_bare_forward_backward"] = loop["pretrain_images_per_s"] / loop["bare_forward_backward_images_per_s"]
+    pipelines = args.pipelines.split(",")
+    loop = {f"pretrain_{pipeline}_images_per_s": full_loop(args, device, pipeline) for pipeline in pipelines}
+    loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
+    loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
+    for pipeline in pipelines:
+        rate = loop[f"pretrain_{pipeline}_images_per_s"]
+        loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
+        loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
     result["loop"] = loop
     save(result, args.out)
     for name, figures in result["qscore_reg_overhead"].items():
         print(f"{name}: step time with / without Q-Score regularization = {figures['ratio']:.3f} (target <= 1.03)")
-    print(f"pre-training loop vs minimal loop images/s = {loop['ratio_vs_minimal_loop']:.3f} (target >= 1.0)")
-    print(f"pre-training loop vs bare forward+backward images/s = {loop['ratio_vs_bare_forward_backward']:.3f} "
-          "(target >= 0.8 on a GPU)")  # fmt: skip
+    for pipeline in pipelines:
+        print(f"pre-training loop ({pipeline}) vs minimal loop images/s = {loop[f'ratio_{pipeline}_vs_minimal_loop']:.3f} "
+              "(target >= 1.0)")  # fmt: skip
+        print(f"pre-training loop ({pipeline}) vs bare forward+backward images/s = "
+              f"{loop[f'ratio_{pipeline}_vs_bare_forward_backward']:.3f} (target >= 0.8)")  # fmt: skip
     return 0
 
 

@@ -29,7 +29,9 @@ from tqdm.auto import tqdm
 from .backbones import timm_size_kwargs
 from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
+from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
+from .decoded import decode_images
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -140,6 +142,10 @@ class PretrainConfig:
     log_every: int = 10
     log_with: str = "tensorboard"
     progress: bool = True
+    # "pil": per-image PIL/torchvision augmentation in the loader processes; "tensor": the images decoded once into
+    # a memory-mapped uint8 array (qscore_hf.decoded) and each batch's views drawn on the device by kornia
+    # (qscore_hf.batch_views), from the same recipe
+    data_pipeline: str = "pil"
 
 
 @dataclass
@@ -256,6 +262,27 @@ class AugmentedViews(Dataset):
         return {"views": views}
 
 
+class DecodedImageBatches(Dataset):
+    """Decoded uint8 images (N x 3 x H x W, see ``qscore_hf.decoded``) by ``EpochSampler``'s ``epoch * N + index``;
+    a batch is gathered in one indexing of the array."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, global_index: int) -> Tensor:
+        return torch.from_numpy(np.array(self.images[int(global_index) % len(self)]))
+
+    def __getitems__(self, global_indices: list[int]) -> Tensor:
+        return torch.from_numpy(self.images[np.asarray(global_indices) % len(self)])
+
+
+def _collate_decoded(batch: Tensor) -> Tensor:
+    return batch
+
+
 def _eval_dataset(data: ImageDataset, model: QScoreModel):
     processor = model.image_processor()
     image_column, label_column = data.image_column, data.label_column
@@ -370,39 +397,116 @@ def _base_model(cfg: PretrainConfig, train_data: ImageDataset) -> QScoreModel:
 
 def pretrain(cfg: PretrainConfig) -> Path | None:
     """Run pre-training (or fine-tuning with ``init_from``); returns the exported ``QScoreModel`` folder, or
-    ``None`` when ``stop_after_steps`` ended this invocation early (continue it with ``resume="auto"``)."""
-    output_dir = Path(cfg.output_dir)
+    ``None`` when ``stop_after_steps`` ended this invocation early (continue it with ``resume="auto"``).
+
+    The stages, in order: ``_build_accelerator``, ``_build_model`` (with the training data it normalizes for),
+    ``_build_train_loader`` (data), ``_build_optimization`` (regularizer, optimizer, schedule, accelerate's
+    preparation), ``_resume``, ``_train_loop`` and ``_export``.
+    """
+    accelerator = _build_accelerator(cfg)
+    set_seed(cfg.seed)
+    train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
+    model, method = _build_model(cfg, accelerator, train_data)
+    loader, augment = _build_train_loader(cfg, accelerator, train_data, model, method)
+    run = _build_optimization(cfg, accelerator, model, method, loader, augment)
+    _resume(run)
+    monitor = _monitor_data(cfg, train_data, model)
+    if cfg.log_with != "none":
+        accelerator.init_trackers(f"qscore-{cfg.method}", config=_flat_config(cfg))
+    if not _train_loop(run, monitor):
+        accelerator.end_training()
+        return None
+    model_dir = _export(cfg, accelerator, model, run.unwrapped, train_data, run.max_steps, run.steps_per_epoch)
+    accelerator.end_training()
+    return model_dir
+
+
+def _build_accelerator(cfg: PretrainConfig) -> Accelerator:
+    """Accelerate's handle on the run's devices and processes, precision (bf16 where the GPU has it) and trackers."""
     mixed = cfg.mixed_precision or ("bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no")
-    accelerator = Accelerator(
+    return Accelerator(
         # Without a GPU, accelerate forms a gloo process group under `accelerate launch --multi_gpu`/torchrun only
         # when told cpu=True; otherwise every process would train alone as rank 0.
         cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         mixed_precision=mixed,
         log_with=None if cfg.log_with == "none" else cfg.log_with,
-        project_dir=str(output_dir),
+        project_dir=str(Path(cfg.output_dir)),
     )
-    set_seed(cfg.seed)
-    train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
+
+
+def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset) -> tuple[QScoreModel, SSLMethod]:
+    """The model to export and the SSL method training its backbone; fails early when the output folder cannot hold
+    the checkpoints."""
     model = _base_model(cfg, train_data)
-    width = int(model.config.hidden_size)
-    method = build_method(cfg.method, model.backbone, width, **cfg.method_kwargs)
+    method = build_method(cfg.method, model.backbone, int(model.config.hidden_size), **cfg.method_kwargs)
     parameter_bytes = sum(p.numel() * p.element_size() for p in method.parameters())
     if accelerator.is_main_process:
-        _check_output_dir(output_dir, needed_bytes=(cfg.keep_checkpoints + 1) * 3 * parameter_bytes + 2**26)
+        _check_output_dir(Path(cfg.output_dir), needed_bytes=(cfg.keep_checkpoints + 1) * 3 * parameter_bytes + 2**26)
     accelerator.wait_for_everyone()
+    return model, method
 
+
+DATA_PIPELINES = ("pil", "tensor")
+
+
+def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset, model: QScoreModel,
+                        method: SSLMethod) -> tuple[DataLoader, BatchViews | None]:
+    """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
+    (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``)."""
+    if cfg.data_pipeline not in DATA_PIPELINES:
+        raise ValueError(f"unknown data pipeline {cfg.data_pipeline!r}; choose one of {', '.join(DATA_PIPELINES)}.")
     settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
-    views = AugmentedViews(train_data, method.build_transform(settings), cfg.seed)
+    transform = method.build_transform(settings)
+    augment = None
+    if cfg.data_pipeline == "tensor":
+        augment = batch_views(transform).to(accelerator.device)
+        decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
+        dataset: Dataset = DecodedImageBatches(decoded.images)
+        num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
+    else:
+        dataset, num_workers, collate = AugmentedViews(train_data, transform, cfg.seed), cfg.num_workers, _collate_views
     loader = DataLoader(
-        views, batch_size=cfg.batch_size, sampler=EpochSampler(len(views), cfg.seed),
-        drop_last=True, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.num_workers > 0, collate_fn=_collate_views,
+        dataset, batch_size=cfg.batch_size, sampler=EpochSampler(len(dataset), cfg.seed),
+        drop_last=True, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0, collate_fn=collate,
     )
     if len(loader) == 0:
         raise ValueError(
-            f"{cfg.dataset} ({len(train_data.dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
+            f"{cfg.dataset} ({len(dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
             "lower --batch-size."
         )
+    return loader, augment
+
+
+@dataclass
+class _Run:
+    """What the training loop works with: the prepared method, optimizer, schedule and loader, and its counters."""
+
+    cfg: PretrainConfig
+    accelerator: Accelerator
+    model: QScoreModel
+    method: nn.Module  # as prepared by accelerate (wrapped for DDP, maybe compiled)
+    unwrapped: SSLMethod
+    regularizer: QScoreRegularizer | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    augment: BatchViews | None  # the tensor pipeline's views of a batch of uint8 images
+    state: TrainState
+    width: int
+    steps_per_epoch: int
+    max_steps: int
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+def _build_optimization(cfg: PretrainConfig, accelerator: Accelerator, model: QScoreModel, method: SSLMethod,
+                        loader: DataLoader, augment: BatchViews | None) -> _Run:
+    """The regularizer, the optimizer (learning rate scaled to the total batch) and its warm-up + cosine schedule,
+    everything prepared by accelerate and registered for checkpointing."""
+    width = int(model.config.hidden_size)
     regularizer = build_regularizer(cfg, width)
     total_batch = cfg.batch_size * accelerator.num_processes
     optimizer = build_optimizer(cfg, method, lr=cfg.lr * total_batch / 256)  # solo-learn's linear scaling rule
@@ -421,100 +525,137 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     if regularizer is not None:
         regularizer.to(accelerator.device)
         accelerator.register_for_checkpointing(regularizer)
+    return _Run(cfg, accelerator, model, method, accelerator.unwrap_model(method), regularizer, optimizer, scheduler,
+                loader, augment, state, width, steps_per_epoch, max_steps)  # fmt: skip
 
+
+def _resume(run: _Run) -> None:
+    """Load ``cfg.resume``'s checkpoint (``"auto"``: the latest, if any) and drop the log's later steps."""
+    cfg, accelerator = run.cfg, run.accelerator
     if cfg.resume:
-        checkpoint = _latest_checkpoint(output_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        checkpoint = _latest_checkpoint(run.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
-            accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+            accelerator.print(f"resumed from {checkpoint} at step {run.state.step}")
         elif cfg.resume != "auto":
             raise ValueError(f"--resume {cfg.resume}: no such checkpoint.")
     if accelerator.is_main_process:  # the log holds this run's steps: none after the step it starts from
-        _truncate_log(output_dir / TRAIN_LOG, state.step)
+        _truncate_log(run.output_dir / TRAIN_LOG, run.state.step)
 
-    has_labels = train_data.label_column is not None and cfg.eval_split is not None
-    if has_labels:
-        eval_data = load_image_dataset(cfg.dataset, cfg.eval_split, cfg.image_column, cfg.label_column,
-                                       max_samples=cfg.knn_max_eval)  # fmt: skip
-        train_eval, test_eval = _eval_dataset(train_data, model), _eval_dataset(eval_data, model)
-    if cfg.log_with != "none":
-        accelerator.init_trackers(f"qscore-{cfg.method}", config=_flat_config(cfg))
 
-    unwrapped: SSLMethod = accelerator.unwrap_model(method)
+def _monitor_data(cfg: PretrainConfig, train_data: ImageDataset, model: QScoreModel) -> tuple[Any, Any] | None:
+    """The kNN monitor's (training, evaluation) images, preprocessed as the model scores; ``None`` without labels or
+    an evaluation split."""
+    if train_data.label_column is None or cfg.eval_split is None:
+        return None
+    eval_data = load_image_dataset(cfg.dataset, cfg.eval_split, cfg.image_column, cfg.label_column,
+                                   max_samples=cfg.knn_max_eval)  # fmt: skip
+    return _eval_dataset(train_data, model), _eval_dataset(eval_data, model)
+
+
+class _EpochTracker:
+    """Within one process: this epoch's feature health and samples the Q term pushed, and whether it ever did."""
+
+    def __init__(self, width: int, device: torch.device) -> None:
+        self.active_q_samples = torch.zeros((), device=device)
+        self.q_term_was_active = False
+        self.health = RunningFeatureHealth(width, device)
+
+
+def _train_loop(run: _Run, monitor: tuple[Any, Any] | None) -> bool:
+    """Train from ``run.state.step`` to ``max_steps``; ``False`` when ``stop_after_steps`` ended it first (after a
+    checkpoint)."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
     stop_at = state.step + cfg.stop_after_steps if cfg.stop_after_steps else None
-    progress = tqdm(total=max_steps, initial=state.step, disable=not (cfg.progress and accelerator.is_main_process),
+    progress = tqdm(total=run.max_steps, initial=state.step, disable=not (cfg.progress and accelerator.is_main_process),
                     desc=f"{cfg.method} pre-training", unit="step")
     window_start, window_images = time.perf_counter(), 0
-    active_q_samples = torch.zeros((), device=accelerator.device)  # this epoch's samples the Q term pushed
-    q_term_was_active = False  # in an earlier epoch of this process
-    health = RunningFeatureHealth(width, accelerator.device)  # this epoch's dead features and effective rank
-    while state.step < max_steps:
-        epoch = state.step // steps_per_epoch
-        loader.set_epoch(epoch)
-        skip = state.step % steps_per_epoch
-        for views in accelerator.skip_first_batches(loader, skip) if skip else loader:
+    tracker = _EpochTracker(run.width, accelerator.device)
+    while state.step < run.max_steps:
+        epoch = state.step // run.steps_per_epoch
+        run.loader.set_epoch(epoch)
+        skip = state.step % run.steps_per_epoch
+        for batch in accelerator.skip_first_batches(run.loader, skip) if skip else run.loader:
+            views = batch if run.augment is None else run.augment(batch, _batch_seed(run, epoch))
             if cfg.channels_last:
                 views = [view.contiguous(memory_format=torch.channels_last) for view in views]
-            out = training_step(method, regularizer, views, state.step, max_steps, epoch)
+            out = training_step(run.method, run.regularizer, views, state.step, run.max_steps, epoch)
             for reg in out.regularization:
-                active_q_samples += reg.num_active
-            health.update(out.features[0])
+                tracker.active_q_samples += reg.num_active
+            tracker.health.update(out.features[0])
             accelerator.backward(out.loss)
-            unwrapped.after_backward(epoch)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            run.unwrapped.after_backward(epoch)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
             state.step += 1
             window_images += views[0].shape[0] * accelerator.num_processes
             progress.update(1)
-            if state.step % cfg.log_every == 0 or state.step == max_steps:
-                elapsed = time.perf_counter() - window_start
-                logs = {"step": state.step, "loss": float(out.loss.detach()), "ssl_loss": float(out.ssl_loss.detach()), "lr": scheduler.get_last_lr()[0],
-                        "images_per_s": window_images / max(elapsed, 1e-9), "epoch": epoch}
-                for k, reg in enumerate(out.regularization):
-                    logs.update(reg.log_dict(prefix=f"qscore/view{k}/"))
-                if out.regularization:
-                    logs["qscore/mean_q"] = sum(float(r.alpha) for r in out.regularization) / len(out.regularization)
-                accelerator.log(logs, step=state.step)
-                _append_log(accelerator, output_dir, logs)
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            if state.step % cfg.log_every == 0 or state.step == run.max_steps:
+                _log_step(run, out, epoch, window_images / max(time.perf_counter() - window_start, 1e-9), progress)
                 window_start, window_images = time.perf_counter(), 0
             if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
-                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
-            if state.step >= max_steps or state.step == stop_at:
+                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+            if state.step >= run.max_steps or state.step == stop_at:
                 break
-        epoch_ended = state.step % steps_per_epoch == 0 or state.step >= max_steps
+        epoch_ended = state.step % run.steps_per_epoch == 0 or state.step >= run.max_steps
         if epoch_ended:
-            state.first_health = _log_health(cfg, accelerator, output_dir, health, epoch, state.step, state.first_health,
-                                             progress)
-            if regularizer is not None:
-                regularizer.refresh()
-                if float(active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
-                    progress.write(inert_q_term_message(epoch, regularizer.eps, regularizer.auto_eps, q_term_was_active))
-                q_term_was_active = q_term_was_active or float(active_q_samples) > 0
-                active_q_samples.zero_()
-            if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
-                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
-            if state.step % steps_per_epoch == 0 and state.step // steps_per_epoch in cfg.snapshot_epochs:
-                _save_snapshot(cfg, accelerator, model, unwrapped, state.step // steps_per_epoch, state.step)
-            if has_labels and accelerator.is_main_process:
-                accuracy, n_train, n_eval = _knn_monitor(cfg, unwrapped.backbone, train_eval, test_eval, accelerator.device)
-                accelerator.log({f"knn_top1_k{cfg.knn_k}": accuracy}, step=state.step)
-                _append_log(accelerator, output_dir, {"step": state.step, "epoch": epoch, f"knn_top1_k{cfg.knn_k}": accuracy,
-                                                      "knn_train_images": n_train, "knn_eval_images": n_eval})  # fmt: skip
-                progress.write(f"epoch {epoch}: kNN top-1 (k={cfg.knn_k}) {accuracy:.4f} on {n_eval} {cfg.eval_split} "
-                               f"images against {n_train} training images")  # fmt: skip
-            accelerator.wait_for_everyone()
-        if state.step == stop_at and state.step < max_steps:
+            _end_epoch(run, tracker, monitor, epoch, progress)
+        if state.step == stop_at and state.step < run.max_steps:
             if not epoch_ended:
-                _save_checkpoint(accelerator, output_dir, state.step, cfg.keep_checkpoints)
-            accelerator.print(f"stopped after step {state.step} of {max_steps}; continue with --resume auto")
-            accelerator.end_training()
-            return None
+                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+            accelerator.print(f"stopped after step {state.step} of {run.max_steps}; continue with --resume auto")
+            return False
     progress.close()
-    model_dir = _export(cfg, accelerator, model, unwrapped, train_data, max_steps, steps_per_epoch)
-    accelerator.end_training()
-    return model_dir
+    return True
+
+
+def _batch_seed(run: _Run, epoch: int) -> int:
+    """The seed of the tensor pipeline's augmentations of this process's next batch: from (seed, epoch, step), so a
+    resumed run draws the views of an uninterrupted one."""
+    accelerator = run.accelerator
+    return augmentation_seed(run.cfg.seed, epoch, run.state.step * accelerator.num_processes + accelerator.process_index)
+
+
+def _log_step(run: _Run, out: StepOutput, epoch: int, images_per_s: float, progress: tqdm) -> None:
+    """One line of ``train_log.jsonl`` (and the trackers): losses, learning rate, speed, the regularizer's figures."""
+    logs = {"step": run.state.step, "loss": float(out.loss.detach()), "ssl_loss": float(out.ssl_loss.detach()),
+            "lr": run.scheduler.get_last_lr()[0], "images_per_s": images_per_s, "epoch": epoch}  # fmt: skip
+    for k, reg in enumerate(out.regularization):
+        logs.update(reg.log_dict(prefix=f"qscore/view{k}/"))
+    if out.regularization:
+        logs["qscore/mean_q"] = sum(float(r.alpha) for r in out.regularization) / len(out.regularization)
+    run.accelerator.log(logs, step=run.state.step)
+    _append_log(run.accelerator, run.output_dir, logs)
+    progress.set_postfix(loss=f"{logs['loss']:.4f}")
+
+
+def _end_epoch(run: _Run, tracker: _EpochTracker, monitor: tuple[Any, Any] | None, epoch: int, progress: tqdm) -> None:
+    """An epoch's end: feature health, the regularizer's refresh and warnings, a checkpoint, a snapshot when asked
+    for, and the kNN monitor."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    state.first_health = _log_health(cfg, accelerator, run.output_dir, tracker.health, epoch, state.step,
+                                     state.first_health, progress)  # fmt: skip
+    if run.regularizer is not None:
+        run.regularizer.refresh()
+        if float(tracker.active_q_samples) == 0 and cfg.lambda1 > 0 and accelerator.is_main_process:
+            progress.write(inert_q_term_message(epoch, run.regularizer.eps, run.regularizer.auto_eps,
+                                                tracker.q_term_was_active))  # fmt: skip
+        tracker.q_term_was_active = tracker.q_term_was_active or float(tracker.active_q_samples) > 0
+        tracker.active_q_samples.zero_()
+    if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
+        _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+    if state.step % run.steps_per_epoch == 0 and state.step // run.steps_per_epoch in cfg.snapshot_epochs:
+        _save_snapshot(cfg, accelerator, run.model, run.unwrapped, state.step // run.steps_per_epoch, state.step)
+    if monitor is not None and accelerator.is_main_process:
+        train_eval, test_eval = monitor
+        accuracy, n_train, n_eval = _knn_monitor(cfg, run.unwrapped.backbone, train_eval, test_eval, accelerator.device)
+        accelerator.log({f"knn_top1_k{cfg.knn_k}": accuracy}, step=state.step)
+        _append_log(accelerator, run.output_dir, {"step": state.step, "epoch": epoch, f"knn_top1_k{cfg.knn_k}": accuracy,
+                                                  "knn_train_images": n_train, "knn_eval_images": n_eval})  # fmt: skip
+        progress.write(f"epoch {epoch}: kNN top-1 (k={cfg.knn_k}) {accuracy:.4f} on {n_eval} {cfg.eval_split} "
+                       f"images against {n_train} training images")  # fmt: skip
+    accelerator.wait_for_everyone()
 
 
 def _log_health(cfg: PretrainConfig, accelerator: Accelerator, output_dir: Path, health: RunningFeatureHealth,

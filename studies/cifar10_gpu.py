@@ -53,7 +53,7 @@ def gpu_setting(train: int, validation: int, smoke: bool) -> cifar10_study.Setti
         base, train_split=f"train[0:{train}]", validation_split=f"train[{train}:{train + validation}]",
         test_split="test", backbone="resnet18_cifar", backbone_args=("--stem-padding", "2"), epochs=1,
         warmup_epochs=1, snapshots=2, knn_monitor_train=0, knn_monitor_eval=0, mixed_precision="bf16",
-        num_workers=min(14, os.cpu_count() or 1), device="cuda",
+        num_workers=min(14, os.cpu_count() or 1), device="cuda", data_pipeline="tensor",
         notes="one GPU, each run's schedule fitted to its share of the time budget",
     )  # fmt: skip
     if smoke:  # the same path, small enough for a CPU test

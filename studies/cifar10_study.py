@@ -80,6 +80,7 @@ class Setting:
     mixed_precision: str = "no"
     num_workers: int = 0
     device: str = "cpu"  # where snapshots are evaluated
+    data_pipeline: str = "pil"  # training/pretrain.py --data-pipeline
 
     @property
     def train_images(self) -> int:
@@ -137,6 +138,7 @@ def pretrain_config(setting: Setting, method: str, variant: str, seed: int, work
             "--knn-max-train", str(setting.knn_monitor_train), "--knn-max-eval", str(setting.knn_monitor_eval),
             "--num-workers", str(setting.num_workers), "--log-with", "none", "--resume", "auto",
             "--checkpoint-every", "0", "--mixed-precision", setting.mixed_precision, "--no-progress",
+            "--data-pipeline", setting.data_pipeline,
             *setting.backbone_args, *setting.recipe_args,
             "--snapshot-epochs", f"log:{setting.finetune_snapshots if finetune else setting.snapshots}"]  # fmt: skip
     if kind in QREG_VARIANTS:
@@ -335,11 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
     parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
+    parser.add_argument("--data-pipeline", choices=["pil", "tensor"], default=None,
+                        help="pil: per-image PIL augmentation (the setting's default); tensor: images decoded once, "
+                             "views drawn per batch by kornia")
     parser.add_argument("--paired", action="store_true",
                         help="first train again the probes of each Q-reg comparison's two snapshots whose reports "
                              "predate per-image correctness, for the paired interval of their top-1 difference")
     args = parser.parse_args(argv)
     setting = SETTINGS["smoke" if args.smoke else "cpu"]
+    if args.data_pipeline:
+        setting = replace(setting, data_pipeline=args.data_pipeline)
     out = args.out or REPO / "studies" / "results" / "cifar10_converged"
     work = args.work or Path.home() / ".cache" / "qscore_hf" / "bench" / out.name
     use_shared_cifar10()

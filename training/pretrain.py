@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=arguments.seed())
     add("--mixed-precision", choices=["no", "fp16", "bf16"])
     add("--num-workers", type=arguments.count())
+    add("--data-pipeline", choices=["pil", "tensor"],
+        help="pil: per-image PIL augmentation in --num-workers loader processes (default); tensor: images decoded once "
+             "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch's views drawn on the device by "
+             "kornia from the same recipe")
     add("--no-channels-last", dest="channels_last", action="store_false")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--knn-k", type=arguments.positive_int(), help=f"neighbours of the per-epoch kNN monitor (default: {DEFAULTS.knn_k})")

@@ -1,0 +1,115 @@
+"""A method's augmented views of a whole batch at once, on the batch's device, with ``kornia.augmentation``.
+
+The recipe stays written once, as the method's lightly transform (``SSLMethod.build_transform``: crop scale and
+ratio, flip, colour jitter strength and probability, grayscale, blur, solarization, normalization). ``batch_views``
+translates each of its views, op by op, into kornia's batched equivalent, which draws every sample's parameters from
+the same ranges and probabilities; an op it has no translation for is refused in one line rather than dropped.
+
+Known differences from the per-image PIL pipeline, none in the distribution of a parameter: kornia draws one
+colour-jitter order per batch (torchvision one per image; every image's order is still uniform), works on float
+pixels where PIL rounds to 8 bits after each op, blurs with a Gaussian kernel where PIL approximates one with box
+blurs, and resizes a crop without antialiasing (it matters only when a crop is larger than the view: multi-crop's
+small views; a 32 px view of a 32 px image is never downscaled).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+__all__ = ["BatchViews", "batch_views"]
+
+
+class BatchViews(nn.Module):
+    """``forward(images, seed)``: uint8 images (B x 3 x H x W) -> one normalized float batch per view, each sample's
+    augmentation parameters drawn from the random generator of the module's device (kornia's: ``.to(device)`` moves
+    it) seeded with ``seed``, without touching the global random streams."""
+
+    def __init__(self, views: list[nn.Sequential]) -> None:
+        super().__init__()
+        self.views = nn.ModuleList(views)
+
+    def forward(self, images: Tensor, seed: int) -> list[Tensor]:
+        pixels = images.to(torch.float32).div_(255.0)
+        with torch.random.fork_rng(devices=[pixels.device] if pixels.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # every device's generator
+            return [view(pixels) for view in self.views]
+
+
+def batch_views(transform: Any) -> BatchViews:
+    """The kornia translation of a lightly multi-view transform (``MultiViewTransform``: one torchvision
+    ``Compose`` per view)."""
+    views = getattr(transform, "transforms", None)
+    if views is None:
+        raise ValueError(f"{type(transform).__name__} is not a lightly multi-view transform; the tensor pipeline "
+                         "translates those (SSLMethod.build_transform).")  # fmt: skip
+    return BatchViews([nn.Sequential(*_translate_view(view)) for view in views])
+
+
+def _translate_view(view: Any) -> list[nn.Module]:
+    return [translated for op in _flatten(view) if (translated := _translate(op)) is not None]
+
+
+def _flatten(op: Any) -> list[Any]:
+    """The single ops of a view: torchvision ``Compose``s and lightly's view transforms (which hold one in
+    ``.transform``) opened recursively."""
+    if type(op).__name__ == "Compose":
+        return [leaf for inner in op.transforms for leaf in _flatten(inner)]
+    inner = vars(op).get("transform") if hasattr(op, "__dict__") else None
+    if inner is not None and type(inner).__name__ == "Compose":
+        return _flatten(inner)
+    return [op]
+
+
+_RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
+
+
+def _translate(op: Any) -> nn.Module | None:
+    """The kornia op drawing the same parameters as ``op``; ``None`` for an op that does nothing here (a
+    probability 0, or the conversion to a float tensor, done once for the batch)."""
+    name = type(op).__name__
+    if name == "RandomResizedCrop":
+        mode = getattr(op.interpolation, "value", str(op.interpolation)).lower()
+        # align_corners=False: torchvision's resize maps pixel centres (half-pixel grid)
+        return K.RandomResizedCrop(tuple(op.size), scale=tuple(op.scale), ratio=tuple(op.ratio),
+                                   resample=_RESAMPLE[mode], align_corners=False)  # fmt: skip
+    if name in ("RandomHorizontalFlip", "RandomVerticalFlip"):
+        return None if op.p == 0 else getattr(K, name)(p=op.p)
+    if name == "RandomRotate":  # lightly's: 90 degrees with probability prob
+        if op.prob == 0:
+            return None
+        raise ValueError("the tensor pipeline has no translation of lightly's RandomRotate; use --data-pipeline pil.")
+    if name == "ColorJitter":  # always applied (SwAV's view holds an empty one: the identity)
+        return _color_jitter(op, p=1.0)
+    if name == "RandomApply" and len(op.transforms) == 1 and type(op.transforms[0]).__name__ == "ColorJitter":
+        return _color_jitter(op.transforms[0], p=op.p)
+    if name == "RandomGrayscale":
+        return None if op.p == 0 else K.RandomGrayscale(p=op.p)
+    if name == "GaussianBlur":  # lightly's: sigma uniform in sigmas, with probability prob
+        if op.prob == 0:
+            return None
+        kernel = 2 * math.ceil(3 * op.sigmas[1]) + 1  # +-3 sigma of the widest blur
+        return K.RandomGaussianBlur(kernel, sigma=tuple(op.sigmas), p=op.prob)
+    if name == "RandomSolarization":  # lightly's: PIL's solarize (invert pixels >= threshold) with probability prob
+        if op.prob == 0:
+            return None
+        if op.threshold != 128:
+            raise ValueError(f"the tensor pipeline solarizes at 128 only (kornia's threshold 0.5), not {op.threshold}.")
+        return K.RandomSolarize(thresholds=0.0, additions=0.0, p=op.prob)
+    if name in ("ToTensor", "ToImage", "ToDtype"):  # uint8 to float in [0, 1], done for the whole batch
+        return None
+    if name == "Normalize":
+        return K.Normalize(mean=torch.tensor(op.mean), std=torch.tensor(op.std))
+    raise ValueError(f"the tensor pipeline has no translation of {name}; use --data-pipeline pil.")
+
+
+def _color_jitter(jitter: Any, p: float) -> nn.Module | None:
+    """torchvision's ``ColorJitter`` (factor ranges, ``None`` for a colour property left alone) applied with
+    probability ``p``."""
+    ranges = {key: tuple(getattr(jitter, key)) for key in ("brightness", "contrast", "saturation", "hue")
+              if getattr(jitter, key) is not None}  # fmt: skip
+    return None if p == 0 or not ranges else K.ColorJitter(**ranges, p=p)
