@@ -133,7 +133,7 @@ class PretrainConfig:
     private: bool = False
     seed: int = 0
     mixed_precision: str | None = None
-    num_workers: int = 4
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # loader workers: one per core, up to 4
     channels_last: bool = True
     compile: bool = False
     knn_k: int = 20
