@@ -58,3 +58,23 @@ COMMANDS: dict[str, Run | str] = {
     "OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m qscore_hf.cli score --model runs/smoke/model "
     "--dataset digits --split test --out scores-2p": Run(expect="scored 360 images"),
 }
+
+
+# Each entry point keeps one test with every default on (trackers, progress bars, workers): DOCUMENTED where a command
+# above runs it as typed (Run), else the test that does; tests/test_docs_contract.py checks the list is complete and
+# that those tests switch no default off.
+DOCUMENTED = "documented"
+ENTRY_POINTS: dict[str, str] = {
+    "training/pretrain.py": DOCUMENTED,
+    "training/linear_eval.py": DOCUMENTED,
+    "qscore-hf demo": DOCUMENTED,
+    "qscore-hf score": DOCUMENTED,
+    "qscore-hf explain": DOCUMENTED,
+    "qscore-hf card": DOCUMENTED,
+    "qscore-hf zoo list": DOCUMENTED,
+    "qscore-hf info": "tests/test_model_files.py::test_good_folder_still_loads_and_info_prints",
+    "qscore-hf convert": "tests/test_convert.py::test_cli_converts_computes_stats_pushes_and_output_loads",
+    "qscore-hf zoo build": "tests/test_zoo.py::test_build_all_end_to_end",
+    "qscore-hf zoo cards": "tests/test_zoo.py::test_cards_check_fails_on_a_stale_card",
+    "qscore-hf publish-metric": "tests/test_metric_space.py::test_publish_command_and_its_checks",
+}

@@ -6,6 +6,10 @@ the original transformers/timm model (CLS token of ``last_hidden_state``, its me
 timm's pre-logits), and the source's own image processor for the preprocessing.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import hashlib

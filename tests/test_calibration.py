@@ -13,6 +13,10 @@ The library paths (``QScoreModel.compute_activation_stats`` and ``QScoreRegulari
 ``calibrate_eps`` on features computed here, after ``calibrate_eps`` itself is checked against the hand values.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,11 @@
 holds provenance, preprocessing, limitations and citations, and its usage code runs against a saved folder;
 ``qscore-hf card`` renders the card of a pre-trained, linearly evaluated model from its report.json."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log; no tracker (log_with "none"): a TensorBoard event file per run costs time and nobody reads it here; no
+# loader workers (num_workers 0): a worker process costs seconds to start on 2 cores.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

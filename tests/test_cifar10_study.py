@@ -2,6 +2,11 @@
 normalization, pre-training snapshots, the study's resume (a run killed in training and in an evaluation gives the
 same results as an uninterrupted one), the fair fine-tuning pair, the report's statistics and the figures."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log; no tracker (log_with "none"): a TensorBoard event file per run costs time and nobody reads it here; no
+# loader workers (num_workers 0): a worker process costs seconds to start on 2 cores.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,10 @@ score; misclassified samples positive with minus the score), AUROCs of construct
 counts. One end-to-end test reads a real ``run_linear_eval`` output and recomputes its metrics from the parquet.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

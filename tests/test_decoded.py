@@ -1,6 +1,10 @@
 """Decode once (qscore_hf.decoded) on real CIFAR-10 images: the array is the images, built once, atomically, never
 reused for a changed data set, never read half-written."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import fcntl

@@ -1,6 +1,10 @@
 """``qscore-hf demo``: the quick run goes through the command line to the end, and the numbers it prints and reports
 agree with scikit-learn and a literal reading of SPEC §2-3 on its own per-sample outputs and cached features."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import contextlib

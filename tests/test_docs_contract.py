@@ -5,6 +5,7 @@ Conventions: tests/doc_blocks.py."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages
-from documented_commands import CI, COMMANDS
+from documented_commands import CI, COMMANDS, DOCUMENTED, ENTRY_POINTS, Run
 
 PAGES = {str(page.relative_to(ROOT)): blocks(page) for page in pages()}
 
@@ -123,3 +124,32 @@ def test_the_block_reader_on_a_page_written_for_it(tmp_path):
     (tmp_path / "bad.md").write_text("```python\nprint(1)\n")
     with pytest.raises(ValueError, match="never closed"):
         blocks(tmp_path / "bad.md", tmp_path)
+
+
+# What switches a default off in a test's code: the progress bars, the tracker, the loader's workers.
+DEFAULTS_OFF = ("--no-progress", "progress=False", 'log_with="none"', '"--log-with", "none"', "num_workers=0",
+                '"--num-workers", "0"')  # fmt: skip
+
+
+def _entry_points() -> set[str]:
+    from qscore_hf import cli
+
+    names = {f"qscore-hf {command}" for command in cli._COMMANDS if command != "zoo"}
+    zoo = cli._build_parser("zoo")._subparsers._group_actions[0].choices["zoo"]
+    names |= {f"qscore-hf zoo {action}" for action in zoo._subparsers._group_actions[0].choices}
+    return names | {"training/pretrain.py", "training/linear_eval.py"}
+
+
+def test_every_entry_point_keeps_one_test_with_every_default_on():
+    assert set(ENTRY_POINTS) == _entry_points()
+    for entry_point, where in ENTRY_POINTS.items():
+        if where == DOCUMENTED:
+            script = entry_point.replace("qscore-hf ", "-m qscore_hf.cli ")
+            typed = [c for c, e in COMMANDS.items() if isinstance(e, Run) and (entry_point in c or script in c)]
+            assert typed, f"{entry_point}: no documented command runs it"
+            continue
+        file, name = where.split("::")
+        (function,) = [n for n in ast.walk(ast.parse((ROOT / file).read_text()))
+                       if isinstance(n, ast.FunctionDef) and n.name == name]  # fmt: skip
+        source = ast.get_source_segment((ROOT / file).read_text(), function)
+        assert not [marker for marker in DEFAULTS_OFF if marker in source], f"{where} switches a default off"

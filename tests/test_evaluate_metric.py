@@ -5,6 +5,10 @@ the returned scores, a literal NumPy reading of SPEC §2-4, and batch-wise vs on
 real: scikit-learn's digits pixels as 64-d representations, with correctness from a logistic regression.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import re

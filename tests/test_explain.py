@@ -7,6 +7,10 @@ normalization is the identity (mean 0, std 1) so that the dark background stays 
 ReLU network passes little gradient, while the patch drives the strongest features.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,10 @@ PIL images, then one forward pass), labels read from the data set, and forward p
 backbone. Images are scikit-learn's digits (built-in data set ``digits``), upsampled to 16 px.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,10 @@
 """Hardening round 3, items 1-2: a write replaces only what qscore-hf wrote itself, and saving through links keeps
 them links (issue 33)."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,10 @@ server (14), one process builds a release while the others wait (13), and a buil
 
 The downloads come from a loopback HTTP server on 127.0.0.1 (ETag, If-Range and Range as RFC 9110 describes them)."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import hashlib

@@ -7,6 +7,10 @@ SPEC §2-4 for the Q-Scores, the digits' labels from the data set, PIL for the P
 for the model card.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

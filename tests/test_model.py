@@ -6,6 +6,10 @@ reading of SPEC §2-4 (below), hand-computed pixel values, round trips, or files
 Images are scikit-learn's bundled digits, resized to 32 px by the model's image processor.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import copy

@@ -1,6 +1,10 @@
 """What a first-time user meets on a fresh clone: error messages that name the fix, notes that say what a number
 rests on, model cards whose code runs, and progress output that reads cleanly."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 import io
 import os
 import re

@@ -5,6 +5,10 @@ NumPy means and standard deviations, scikit-learn's L2-regularised logistic regr
 L-BFGS probe), and the invariance of a standardized probe to rescaling its inputs.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,10 @@ qscore_hf is installed (editable) for every interpreter here, so the subprocess 
 ``sys.meta_path`` finder; the expectations are the features and scores of the in-process model.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

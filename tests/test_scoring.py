@@ -6,6 +6,10 @@ test: ``QScoreModel``'s own forward pass (``q_scores``, ``highly_activating``) o
 prepared with the model's image processor, NumPy for the top features, scikit-learn for AUPRC/AUROC, PIL for the PNGs.
 """
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import json

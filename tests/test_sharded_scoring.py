@@ -2,6 +2,10 @@
 bit-identical ``A_j`` and per-sample Q, AUROCs equal to 1e-12, outputs read back as one data set in row order, and a
 run killed mid-extraction resumed with another number of processes reusing its finished feature shards."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import contextlib

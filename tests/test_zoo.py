@@ -2,6 +2,10 @@
 of this test) serving small ResNet-18 files in each release's layout (the converter's fixtures, tests/test_convert.py),
 with a registry of their own checksums pointed at the server through the mirror setting. Offline."""
 
+# Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
+# test log.
+# Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
+
 from __future__ import annotations
 
 import hashlib
@@ -250,7 +254,8 @@ def test_cards_check_fails_on_a_stale_card(tmp_path, capsys):
 
 def test_build_all_end_to_end(zoo, fixtures, server, tmp_path, capsys):
     out = tmp_path / "models"
-    assert cli.main(["zoo", "build", "--all", "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    # every default on (progress bars included): the entry point's test for tests/documented_commands.py ENTRY_POINTS
+    assert cli.main(["zoo", "build", "--all", "--out", str(out)]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     for name, (entry, data, reference) in fixtures.items():
         folder = out / name
