@@ -15,7 +15,6 @@ streams: a histogram of ``O(sqrt(d))`` bins (``z_i <= sqrt(d - 1)`` for any row)
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -24,41 +23,13 @@ from torch import Tensor
 
 from .baselines import max_zscore
 from .distributed import all_reduce_sum
-from .score import tensor_of, validate_eps
+from .eps import AUTO, eps_argument, is_auto, parse_eps
+from .score import tensor_of
 
 __all__ = ["AUTO", "DEFAULT_COVERAGE", "EpsCalibrator", "calibrate_eps", "eps_argument", "is_auto", "parse_eps"]
 
-AUTO = "auto"
 DEFAULT_COVERAGE = 0.9
 _STEP = 100  # the resolved eps is a multiple of 1 / _STEP
-
-
-def is_auto(eps: object) -> bool:
-    """Whether ``eps`` asks for calibration (the string ``"auto"``, any case)."""
-    return isinstance(eps, str) and eps.strip().lower() == AUTO
-
-
-def parse_eps(value: float | str) -> float | str:
-    """``"auto"`` or a finite number >= 0 (a string from a command line or config is converted): the rule of
-    ``score.validate_eps``, which ``qscore`` applies, so that ``--eps 0`` and ``qscore(eps=0)`` agree."""
-    if is_auto(value):
-        return AUTO
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a finite number >= 0 or 'auto'; got {value!r}.") from None
-    try:
-        return validate_eps(number)
-    except ValueError:
-        raise ValueError(f"eps must be a finite number >= 0 or 'auto'; got {value!r}.") from None
-
-
-def eps_argument(text: str) -> float | str:
-    """``parse_eps`` as an argparse ``type``: a bad value is a usage error naming the option's rule."""
-    try:
-        return parse_eps(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class EpsCalibrator:

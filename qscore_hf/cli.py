@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import arguments
+from .eps import eps_argument
 from .extras import extra_of, install_command, missing_extra_message, missing_module
 from .io_utils import check_model_source, check_output_folder, check_writable
 
@@ -87,11 +88,12 @@ def _is_model_repo(name: str) -> bool:
 
 def _explain(args: argparse.Namespace) -> int:
     """Heatmaps of each sample's top Q-Score features and their IoU with core/spurious masks (SPEC §7)."""
-    from .data import check_dataset_name, load_image_dataset
+    from .dataset_names import check_dataset_name
 
     check_dataset_name(args.dataset)
     check_model_source(args.model)
     check_output_folder(args.out)
+    from .data import load_image_dataset
     from .explain import explain_dataset, save_explanation
     from .modeling_qscore import QScoreModel
 
@@ -112,7 +114,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     """Score every image of a data set: per-sample parquet, summary, plots and report."""
-    from .data import check_dataset_name
+    from .dataset_names import check_dataset_name
 
     check_dataset_name(args.dataset)  # a typo of a built-in name fails here, not after the model and a Hub retry
     if not args.backbone_only:
@@ -175,7 +177,7 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--stats", choices=_STATS_SOURCES, default="auto",
                        help="activation statistics: the model's (saved), counted on the data (data), or saved when "
                             "the model has them (auto, default)")  # fmt: skip
-    score.add_argument("--eps", type=_eps_argument, default=None,
+    score.add_argument("--eps", type=eps_argument, default=None,
                        help="score with this eps instead of the model's, or 'auto' (calibrated on the scored data: "
                             "the largest eps leaving 90%% of samples a highly activating feature); statistics are "
                             "then counted on the data")  # fmt: skip
@@ -378,13 +380,6 @@ _PROBE_OPTIMIZERS = ("sgd", "lbfgs")
 _CONVERT_FORMATS = ("moco", "mocov3", "mocov3_vit", "simsiam", "swav", "swav_train", "dino_full", "dino_backbone",
                     "dino_vit_full", "dino_vit_backbone", "byol_converted", "simclr_v1_converted", "solo_learn",
                     "lightly", "torchvision", "timm")  # fmt: skip
-
-
-def _eps_argument(text: str) -> float | str:
-    """``qscore_hf.calibration.eps_argument``, imported (with torch) only when ``--eps`` is given."""
-    from .calibration import eps_argument
-
-    return eps_argument(text)
 
 
 def _fill(text: str) -> str:

@@ -11,7 +11,6 @@ also for a CIFAR-10 copy given by path or Hub id); ``None`` for data sets it doe
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .dataset_names import BUILTIN_DATASETS, check_dataset_name
 from .image_columns import as_image_column
 from .normalization import DATASET_NORMALIZATION
 
@@ -35,7 +35,6 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_HUB_ID = "uoft-cs/cifar10"
 # A local copy of CIFAR-10 laid out as the Hub's (parquet files train-*/test-*, columns img and label).
 CIFAR10_ENV = "QSCORE_CIFAR10_DIR"
-BUILTIN_DATASETS = ("digits", "fashion_mnist", "cifar10")
 _DIGITS_TEST_FRACTION = 0.2
 _SPLIT_SEED = 0
 # "train[50000:60000]": rows 50000..59999 of a split, as datasets' own split slicing (which only Hub and script
@@ -148,22 +147,6 @@ def load_image_dataset(
         )
     label_column = label_column or _find_column(features, datasets.ClassLabel, ("label", "labels"))
     return ImageDataset(dataset, image_column, label_column, name, split)
-
-
-def check_dataset_name(name: str) -> None:
-    """Fail at once, before any Hub request, on a likely typo of a built-in name: a name without ``/`` that is no
-    local path and is close to a built-in name (``digts``, ``fashion-mnist``), but does not extend one (``cifar100``
-    is a Hub data set)."""
-    if name in BUILTIN_DATASETS or "/" in name or Path(name).exists():
-        return
-    if any(name.startswith(builtin) for builtin in BUILTIN_DATASETS):
-        return
-    close = difflib.get_close_matches(name.lower(), BUILTIN_DATASETS, n=1)
-    if close:
-        raise ValueError(
-            f"unknown data set {name!r}: did you mean {close[0]}? The built-in names are "
-            f"{', '.join(BUILTIN_DATASETS)}; a Hub data set is named org/name, a local one by its path."
-        )
 
 
 def _parse_split(split: str) -> tuple[str, int | None, int | None]:

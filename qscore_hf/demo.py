@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import data
+from .dataset_names import BUILTIN_DATASETS
 
 __all__ = [
     "DATASET_CHOICES",
@@ -40,7 +40,7 @@ __all__ = [
     "run_demo",
 ]
 
-DATASET_CHOICES = ("auto", *data.BUILTIN_DATASETS)
+DATASET_CHOICES = ("auto", *BUILTIN_DATASETS)
 DEFAULT_METHOD = "simclr"
 # qscore_hf.ssl.METHODS' names (that module needs lightly; tests/test_newcomer_cli.py checks that they agree)
 METHOD_NAMES = ("byol", "dino", "moco", "simclr", "simsiam", "swav")
@@ -92,6 +92,8 @@ def resolve_dataset(dataset: str = "auto") -> str:
         raise ValueError(f"unknown demo data set {dataset!r}; choose one of {DATASET_CHOICES}.")
     if dataset != "auto":
         return dataset
+    from . import data  # datasets: imported once the arguments are checked
+
     files = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
              "t10k-labels-idx1-ubyte.gz")  # fmt: skip
     return "fashion_mnist" if all((data.FASHION_MNIST_DIR / name).is_file() for name in files) else "digits"
@@ -104,6 +106,8 @@ def dataset_notice(requested: str, name: str) -> str:
         requested: the ``--dataset`` given (``auto`` or a built-in name).
         name: the data set ``resolve_dataset(requested)`` chose.
     """
+    from . import data
+
     if name == "fashion_mnist":
         return f"Data set: Fashion-MNIST, read from {data.FASHION_MNIST_DIR}."
     if name == "cifar10":

@@ -12,7 +12,6 @@ path and at any batch size (except under autograd, where the float64 decision st
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import sys
 import threading
@@ -24,6 +23,8 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .eps import validate_eps
 
 __all__ = [
     "ActivationStats",
@@ -89,19 +90,6 @@ def _warn_negative_once() -> None:
         NegativeFeaturesWarning,
         stacklevel=stacklevel,
     )
-
-
-def validate_eps(eps: float) -> float:
-    """Return ``eps`` (the threshold ``mu_i + eps * sigma_i`` of SPEC §2) as a float, or raise ``ValueError``
-    for anything but a finite number >= 0: every entry point that takes an ``eps`` calls this."""
-    if isinstance(eps, Tensor) and eps.numel() == 1:
-        eps = eps.item()
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (numbers.Real, np.floating, np.integer)):
-        raise ValueError(f"eps must be a finite number >= 0 (default 4; SPEC §2); got {eps!r}.")
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be a finite number >= 0 (default 4; SPEC §2); got {eps!r}.")
-    return value
 
 
 def tensor_of(value: Any) -> Tensor:

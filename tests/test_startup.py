@@ -30,7 +30,8 @@ for args in [arg.split() for arg in sys.argv[1:]]:  # each argument: one command
         code = main(args) or code
     except SystemExit as exit:  # --help
         code = exit.code or code
-print("IMPORTED", sorted(m for m in ("torch", "transformers", "lightly") if m in sys.modules), file=sys.stderr)
+heavy = ("torch", "transformers", "lightly", "datasets", "huggingface_hub")
+print("IMPORTED", sorted(m for m in heavy if m in sys.modules), file=sys.stderr)
 sys.exit(code)
 """
 
@@ -62,6 +63,26 @@ def test_every_command_explains_itself_without_lightly():
         'This command needs the `train` extra (lightly is not installed): pip install "qscore-hf[train]"'
     )
     assert "IMPORTED []" in run.stderr  # no torch for any help screen
+
+
+# Argument errors (bench/startup.py times them against `import torch`): each fails before anything heavy is imported.
+ARGUMENT_ERRORS = {
+    "score --model m --dataset digits --out o --eps 2 --bogus": "unrecognized arguments: --bogus",
+    "score --model m --dataset digits --out o --eps -1": "argument --eps: eps must be a finite number >= 0",
+    "score --model m --dataset digts --out o": "unknown data set 'digts': did you mean digits?",
+    "explain --model m --dataset fashion-mnist --out o": "unknown data set 'fashion-mnist': did you mean fashion_mnist?",
+    "demo --epochs three": "argument --epochs: invalid int value: 'three'",
+    "zoo build --bogus": "unrecognized arguments: --bogus",
+}
+
+
+@pytest.mark.parametrize("command", ARGUMENT_ERRORS)
+def test_an_argument_error_imports_nothing_heavy(command):
+    run = python(WITHOUT_LIGHTLY, command)
+    assert run.returncode in (1, 2)
+    error = run.stderr.split("IMPORTED")[0]
+    assert ARGUMENT_ERRORS[command] in error.strip().splitlines()[-1]  # after argparse's usage lines, if any
+    assert "IMPORTED []" in run.stderr
 
 
 def test_a_command_of_the_train_extra_names_it_in_one_line():

@@ -6,21 +6,45 @@ Example::
     from qscore_hf.zoo import build_release, get_release
 
     build_release(get_release("mocov2-r50-800ep"), "models/mocov2-r50-800ep", stats="imagenet_val_folder")
+
+Each public name is imported on first use (PEP 562), so that ``qscore-hf zoo`` parses its arguments, and reads the
+registry, without importing huggingface_hub or the conversion stack (bench/startup.py).
 """
 
-from .build import BuildError, build_release, built_folder
-from .download import ChecksumMismatchError, DownloadError, fetch_release_file
-from .registry import Release, UnknownReleaseError, get_release, load_registry
+from __future__ import annotations
 
-__all__ = [
-    "BuildError",
-    "ChecksumMismatchError",
-    "DownloadError",
-    "Release",
-    "UnknownReleaseError",
-    "build_release",
-    "built_folder",
-    "fetch_release_file",
-    "get_release",
-    "load_registry",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .build import BuildError, build_release, built_folder
+    from .download import ChecksumMismatchError, DownloadError, fetch_release_file
+    from .registry import Release, UnknownReleaseError, get_release, load_registry
+
+# public name -> module that defines it
+_LAZY = {
+    "BuildError": ".build",
+    "build_release": ".build",
+    "built_folder": ".build",
+    "ChecksumMismatchError": ".download",
+    "DownloadError": ".download",
+    "fetch_release_file": ".download",
+    "Release": ".registry",
+    "UnknownReleaseError": ".registry",
+    "get_release": ".registry",
+    "load_registry": ".registry",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
