@@ -10,6 +10,10 @@ It also times one read pass over the same features (a sum) and reports the score
 the default fused kernel (qscore_hf/fused.py) and the eager PyTorch one (``QSCORE_HF_FUSED=0``).
 ``--busy-cores K`` keeps K other processes spinning while it times, as a busy machine would. The figures (and,
 with --model-overhead, the overhead) are printed last.
+
+Beside its own input it times ``qscore(x, eps=4)`` and ``eps=1`` on ``x = relu(randn)**2`` with all features (issue
+34's input) on each path, in read passes of that matrix, with the share of rows that had an entry within the rounding
+band of its threshold and were decided again in integer arithmetic ("exact_rows_share").
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import torch
 
 from _record import environment, save
 from qscore_hf import ActivationStats, qscore
-from qscore_hf.score import FUSED_ENV, NORMALIZE_OPTIONS
+from qscore_hf.score import FUSED_ENV, NORMALIZE_OPTIONS, _Pass, _run_pass
+
+RELU_SQUARED_EPS = (4.0, 1.0)
 
 
 def numpy_per_row(features: np.ndarray, discriminative: np.ndarray, eps: float) -> np.ndarray:
@@ -82,6 +88,12 @@ def on_path(fused: bool, function):
     return run
 
 
+def exact_rows_share(features: torch.Tensor, eps: float) -> float:
+    """The share of rows that ``qscore(features, eps=eps)`` decides exactly (an entry within the rounding band)."""
+    results = _run_pass(features, _Pass(eps, "none", None, False, None), None)
+    return float(torch.cat([r.uncertain for r in results]).double().mean())
+
+
 def model_overhead(device: torch.device, batch: int = 256) -> dict:
     """ResNet-50 bf16 forward with vs without Q-Score (QScoreModel with 2048-d statistics)."""
     from qscore_hf import QScoreConfig, QScoreModel
@@ -123,18 +135,33 @@ def main() -> int:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tensor = torch.from_numpy(features).to(device)
+    generator = torch.Generator().manual_seed(0)
+    relu_squared = (torch.relu(torch.randn(args.rows, args.dim, generator=generator)) ** 2).to(device)
     d_index = discriminative.to(device)
     paths = {"": True, "eager_": False} if device.type == "cpu" else {"": True}
     for fused in paths.values():
         on_path(fused, lambda: qscore(tensor, d_index, args.eps))()  # warm-up (and the kernel's compilation)
+        on_path(fused, lambda: qscore(relu_squared))()
     # Interleaved rounds, so that a drift in the machine's speed (other tenants of a VM) touches every figure alike.
-    timed = {"read_pass": lambda: tensor.sum()}
+    timed = {"read_pass": lambda: tensor.sum(), "relu_squared_read_pass": lambda: relu_squared.sum()}
     for prefix, fused in paths.items():
         for normalize in NORMALIZE_OPTIONS:
             timed[prefix + normalize] = on_path(fused, lambda n=normalize: qscore(tensor, d_index, args.eps, n))
+        for eps in RELU_SQUARED_EPS:
+            timed[f"{prefix}relu_squared_{eps:g}"] = on_path(fused, lambda e=eps: qscore(relu_squared, eps=e))
     with busy_cores(args.busy_cores):
         best = interleaved_best(args.repeats, timed, sync)
     read_pass = best.pop("read_pass")
+    relu_squared_pass = best.pop("relu_squared_read_pass")
+    relu_squared_figures = {
+        f"eps_{eps:g}": {
+            **{f"{prefix}{unit}": best[f"{prefix}relu_squared_{eps:g}"] / (relu_squared_pass if unit == "passes" else 1)
+               for prefix in paths for unit in ("seconds", "passes")},
+            **{f"{prefix}exact_rows_share": on_path(fused, lambda e=eps: exact_rows_share(relu_squared, e))()
+               for prefix, fused in paths.items()},
+        }
+        for eps in RELU_SQUARED_EPS
+    }  # fmt: skip
     by_normalize = {
         name: {f"{prefix}{unit}": best[prefix + name] / (read_pass if unit == "passes" else 1)
                for prefix in paths for unit in ("seconds", "passes")}
@@ -157,6 +184,7 @@ def main() -> int:
         "read_pass_s": read_pass,
         "passes": vectorized / read_pass,
         "by_normalize": by_normalize,
+        "relu_squared": {"read_pass_s": relu_squared_pass, "discriminative": "all features", **relu_squared_figures},
         "busy_cores": args.busy_cores,
         "rows_differing_from_numpy": mismatched_rows,
         "speedup": baseline / vectorized,
@@ -172,6 +200,10 @@ def main() -> int:
     if device.type == "cpu":
         print("eager path (QSCORE_HF_FUSED=0): "
               + ", ".join(f"{k} {v['eager_passes']:.1f} passes" for k, v in by_normalize.items()))
+    for name, figures in relu_squared_figures.items():
+        print(f"relu(randn)**2, {name.replace('_', ' ')}: " + ", ".join(
+            f"{prefix.rstrip('_') or 'fused'} {figures[prefix + 'passes']:.2f} passes "
+            f"({100 * figures[prefix + 'exact_rows_share']:.3f} % of rows decided exactly)" for prefix in paths))
     return 0
 
 

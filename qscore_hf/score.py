@@ -207,7 +207,8 @@ def rounding_band(num_features: int, eps: float, sigma: Tensor, mu: Tensor) -> T
     """A bound on the float64 rounding error of ``(h_ij - mu_i) - eps * sigma_i`` as both paths compute it (row sums
     of ``d`` terms in any order: relative error below ``(d + 4) * 2**-53`` of ``sum |h_ij| <= d * (sigma_i + |mu_i|)``;
     the deviations, sigma and the threshold each add at most that, times ``1 + eps``), with a factor 2 to spare.
-    An entry closer than this to its threshold is decided exactly. ``qscore_hf.fused`` computes the same bound."""
+    An entry closer than this to its threshold is decided exactly. ``qscore_hf.fused``, which takes the moments in
+    one sweep, bounds its own error the same way (its ``band``)."""
     return 8.0 * (1.0 + eps) * ((num_features + 4) * 2.0**-53) * (sigma + mu.abs())
 
 
@@ -466,13 +467,14 @@ def _run_fused(features: Tensor, plan: _Pass, rows: int, fused: Any) -> list[_Ch
              "sigma": np.float64, "uncertain": np.bool_}  # fmt: skip
     outputs = [np.empty(num_rows, kind) for kind in types.values()]
     # plan.feature_mask is D as 0/1 in float64 already (qscore_details makes it so)
-    mask = np.ones(num_features, np.float64) if plan.feature_mask is None else plan.feature_mask.numpy()
+    mask = np.zeros(0) if plan.feature_mask is None else plan.feature_mask.numpy()  # empty: all features
     mode = fused.MODES[plan.normalize or "none"]
 
     def score(start: int) -> np.ndarray:
         x = features[start : start + rows].detach().to(dtype).contiguous().numpy()  # a view for float32/64 rows
+        bits = x.view(np.int32 if x.dtype == np.float32 else np.int64)
         counts = np.zeros(num_features if plan.count else 0, np.float64)
-        fused.score_rows(x, plan.eps, mask, mode, plan.count, counts, *(a[start : start + rows] for a in outputs))
+        fused.score_rows(x, bits, plan.eps, mask, mode, plan.count, counts, *(a[start : start + rows] for a in outputs))
         return counts
 
     starts = range(0, num_rows, rows)
