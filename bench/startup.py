@@ -24,6 +24,8 @@ from _record import environment, save
 CASES = {
     "score missing options": ["score", "--flag-lowest", "-5"],
     "score unknown option": ["score", "--model", "m", "--dataset", "digits", "--out", "{out}", "--eps", "2", "--bogus"],
+    "score flag-lowest out of range": ["score", "--model", "m", "--dataset", "digits", "--out", "{out}", "--flag-lowest",
+                                       "-5"],
     "score eps out of range": ["score", "--model", "m", "--dataset", "digits", "--out", "{out}", "--eps", "-1"],
     "score misspelt data set": ["score", "--model", "m", "--dataset", "digts", "--out", "{out}"],
     "demo bad number": ["demo", "--epochs", "three"],

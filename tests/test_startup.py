@@ -71,7 +71,8 @@ ARGUMENT_ERRORS = {
     "score --model m --dataset digits --out o --eps -1": "argument --eps: eps must be a finite number >= 0",
     "score --model m --dataset digts --out o": "unknown data set 'digts': did you mean digits?",
     "explain --model m --dataset fashion-mnist --out o": "unknown data set 'fashion-mnist': did you mean fashion_mnist?",
-    "demo --epochs three": "argument --epochs: invalid int value: 'three'",
+    "score --model m --dataset digits --out o --flag-lowest -5": "argument --flag-lowest: expected an integer >= 0, got -5",
+    "demo --epochs three": "argument --epochs: expected an integer >= 1, got three",
     "zoo build --bogus": "unrecognized arguments: --bogus",
 }
 
