@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import datasets.data_files
 import numpy as np
+import xxhash
 
 from .image_columns import as_image_column
 from .normalization import DATASET_NORMALIZATION
@@ -200,7 +202,8 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
             kind = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
             if kind is None:
                 raise ValueError(f"{name}: a data set file must be .parquet or .arrow.")
-            return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming)
+            files = _by_content(datasets.data_files.DataFilesDict.from_patterns({"train": [str(path.resolve())]}))
+            return datasets.load_dataset(kind, data_files=files, split="train", streaming=streaming)
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
@@ -208,7 +211,9 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
                 loaded = loaded[split]
             return loaded.to_iterable_dataset() if streaming else loaded
         builder = "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
-        loaded = datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
+        base = path.resolve().as_posix()
+        files = datasets.data_files.DataFilesDict.from_patterns(datasets.data_files.get_data_patterns(base), base)
+        loaded = datasets.load_dataset(builder, data_files=_by_content(files), streaming=streaming)
         _check_split(name, split, list(loaded))
         return loaded[split]
     if name.count("/") > 1 or name.startswith((".", "/")):
@@ -221,6 +226,24 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
             f"data set {name!r} is neither a local path, a built-in name {BUILTIN_DATASETS}, nor reachable on the "
             f"Hugging Face Hub ({error})."
         ) from error
+
+
+def _by_content(files: datasets.data_files.DataFilesDict) -> datasets.data_files.DataFilesDict:
+    """``files`` identified by content (size and xxh3-128 of the bytes of each file) instead of datasets' path and
+    modification time, which keeps serving the old rows (its Arrow cache, then the feature cache keyed by the data
+    set's fingerprint) when a file is replaced by another with its mtime kept (``cp -p``, ``rsync -a``, archives)."""
+    identified = datasets.data_files.DataFilesDict()
+    for split, paths in files.items():
+        identified[split] = datasets.data_files.DataFilesList(list(paths), [_content_id(path) for path in paths])
+    return identified
+
+
+def _content_id(path: str) -> tuple[str, ...]:
+    digest = xxhash.xxh3_128()  # xxhash comes with datasets; about as fast as the disk reads
+    with open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return (str(os.path.getsize(path)), digest.hexdigest())
 
 
 def _check_hub_resolves(name: str) -> None:
