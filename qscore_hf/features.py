@@ -218,10 +218,32 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
         if images:
             batch["pixel_values"] = processor(images, return_tensors="pt")["pixel_values"]
         if label_column is not None:
-            batch["labels"] = torch.tensor([int(rows[p][label_column]) for p in kept], dtype=torch.int64)
+            batch["labels"] = [rows[p][label_column] for p in kept]  # checked where the rows' numbers are known
         return batch
 
     return collate
+
+
+MAX_CLASSES = 100_000  # labels are class indices: a probe over more classes (ImageNet-21k has 21,841) is a corrupt label
+
+
+def class_indices(values: list[Any], row_ids: Tensor, column: str) -> Tensor:
+    """A label column's values as an int64 tensor of class indices (``-1``: no label, as in datasets' unlabelled
+    test splits), or ``ValueError`` in one line naming the column and the first bad row: ``int()`` would truncate
+    0.7 and 1.7, fail on None with a raw TypeError, and a corrupt 10**9 would make a probe of a billion classes."""
+    for position, value in enumerate(values):
+        whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            whole = True  # 3.0: a class index stored as a float
+        if not whole or not -1 <= value < MAX_CLASSES:
+            fix = (
+                "map the names to class indices first (dataset.class_encode_column)" if isinstance(value, str)
+                else f"labels must be class indices 0..{MAX_CLASSES - 1} (or -1 for none); fix or drop that row"
+            )  # fmt: skip
+            raise ValueError(
+                f"label column {column!r}: row {int(row_ids[position])} holds {value!r}, not a class index; {fix}."
+            )
+    return torch.tensor([int(value) for value in values], dtype=torch.int64)
 
 
 def _num_rows(image_dataset: ImageDataset) -> int | None:
@@ -279,6 +301,8 @@ def iter_features(
                 raise UnreadableImageError(skipped[0], image_dataset.name)
             row_ids = offset + batch["kept"]
             offset += batch["num_rows"]
+            if "labels" in batch:
+                batch["labels"] = class_indices(batch["labels"], row_ids, image_dataset.label_column)
             if "pixel_values" not in batch:
                 empty = torch.zeros(0, model.config.hidden_size, device=device)
                 yield FeatureBatch(empty, batch.get("labels"), row_ids, skipped)

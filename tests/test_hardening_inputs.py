@@ -5,6 +5,7 @@ test (hand-written values, round trips, the input itself)."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -131,3 +132,134 @@ def test_whole_float_counts_are_still_counts(metric):
     as_floats = metric.compute(predictions=[[1.0, 2.0, 3.0]] * 2, eps=0.5,
                                activation_stats={"counts": [1.0, 2.0, 3.0], "num_samples": 10.0})  # fmt: skip
     assert as_floats["q_scores"] == as_ints["q_scores"] and as_ints["num_discriminative"] >= 1
+
+
+# ------------------------------------------------------------------------------ 10: labels are class indices
+def _labelled(tmp_path, labels: list, dtype) -> "ImageDataset":
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from qscore_hf.data import ImageDataset
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value(dtype)})
+    images = [np.full((8, 8), 40 * k, np.uint8) for k in range(len(labels))]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return ImageDataset(dataset, "image", "label", "crafted", "train")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from qscore_hf import QScoreConfig, QScoreModel
+
+    return QScoreModel(QScoreConfig(backbone="test_resnet", image_size=32, crop_pct=1.0)).eval()
+
+
+@pytest.mark.parametrize(
+    "labels, dtype, row, shown",
+    [
+        ([0, 1, 0.7, 1.7], "float64", 2, "0.7"),
+        ([0, 1, 2, None], "int64", 3, "None"),
+        (["cat", "dog", "cat", "dog"], "string", 0, "'cat'"),
+        ([0, 1, 10**9, 1], "int64", 2, "1000000000"),
+        ([0, -5, 1, 1], "int64", 1, "-5"),
+    ],
+    ids=["fractions", "null", "strings", "huge", "negative"],
+)
+def test_bad_labels_are_one_line_naming_the_column_and_row(tmp_path, tiny_model, labels, dtype, row, shown):
+    from qscore_hf.features import extract_features
+
+    data = _labelled(tmp_path, labels, dtype)
+    with pytest.raises(ValueError, match=rf"label column 'label': row {row} holds {shown}, not a class index") as error:
+        extract_features(tiny_model, data, batch_size=3, device="cpu", progress=False)
+    assert "\n" not in str(error.value)
+
+
+def test_class_indices_as_ints_or_whole_floats_are_kept(tmp_path, tiny_model):
+    from qscore_hf.features import extract_features
+
+    for labels, dtype in (([0, 3, 1, -1], "int64"), ([0.0, 3.0, 1.0, -1.0], "float64")):
+        out = extract_features(tiny_model, _labelled(tmp_path, labels, dtype), batch_size=3, device="cpu",
+                               progress=False)  # fmt: skip
+        assert out.labels.tolist() == [0, 3, 1, -1]
+
+
+# ------------------------------------------------------------------------------ 17: every config field checked
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        (dict(backbone=5), "backbone"),
+        (dict(dtype="float1024"), "dtype"),
+        (dict(backbone_config=[1, 2]), "backbone_config"),
+        (dict(image_processor=["size"]), "image_processor"),
+        (dict(image_size=200000), "image_size"),
+        (dict(image_processor={"size": {"shortest_edge": -5}}), r"image_processor.size.shortest_edge"),
+        (dict(crop_pct=1e-9), "crop_pct"),
+        (dict(hidden_size=-3), "hidden_size"),
+        (dict(probe_head=True, num_labels=10**9), r"num_labels \(id2label\)"),
+    ],
+    ids=lambda value: "-".join(value) if isinstance(value, dict) else None,
+)
+def test_config_values_that_would_crash_later_are_named_on_load(tmp_path, tiny_model, fields, named):
+    import json
+
+    from qscore_hf import QScoreConfig, QScoreModel
+
+    with pytest.raises(ValueError, match=rf"^config field {named}[^\n]*$"):
+        QScoreConfig(**fields)
+    tiny_model.save_pretrained(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **fields}))
+    with pytest.raises(ValueError, match=rf"config field {named}"):
+        QScoreModel.from_pretrained(tmp_path / "model")
+
+
+# ------------------------------------------------------------------------------ 22: report.json's schema
+_REPORT = {
+    "dataset": "digits", "train_split": "train", "eval_split": "test", "num_train": 100, "num_eval": 50,
+    "probe": {"optimizer": "lbfgs", "epochs": 100}, "top1": 0.9, "auprc_correct": 0.95,
+    "auprc_misclassified": 0.3, "auroc": 0.7, "auroc_ci": [0.6, 0.8], "base_rate_correct": 0.9,
+    "base_rate_misclassified": 0.1,
+    "qscore": {"eps": 1.0, "normalize": "l1", "p_lo": 0.0, "p_hi": 100.0, "num_discriminative": 64},
+    "comparison": {"scores": [{"score": "q_score", "auroc": 0.7, "auroc_ci": [0.6, 0.8], "auprc_correct": 0.95,
+                               "auprc_misclassified": 0.3}],
+                   "base_rate_correct": 0.9, "base_rate_misclassified": 0.1, "num_samples": 50},
+}  # fmt: skip
+
+
+def test_a_well_formed_report_is_read(tmp_path):
+    import json
+
+    from qscore_hf.cards import load_report
+
+    (tmp_path / "report.json").write_text(json.dumps(_REPORT))
+    assert load_report(tmp_path / "report.json") == _REPORT
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(qscore="high"), "qscore must be an object"),
+        (dict(probe=[1, 2]), "probe must be an object"),
+        (dict(dataset=5), "dataset must be a non-empty string"),
+        (dict(comparison={"verdict": "good"}), "comparison must be an object whose scores is a list"),
+        (dict(top1=90.0), r"top1 must be a number in \[0, 1\]; got 90.0"),
+        (dict(top1="high"), r"top1 must be a number in \[0, 1\]"),
+        (dict(auroc=float("nan")), r"auroc must be a number in \[0, 1\]; got nan"),
+        (dict(auroc_ci="narrow"), r"auroc_ci must be a pair \[low, high\]"),
+        (dict(auroc_ci=[0.9, 0.1]), r"auroc_ci must be a pair"),
+        (dict(num_eval=-3), "num_eval must be a whole number >= 0"),
+    ],
+    ids=lambda value: "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None,
+)
+def test_card_refuses_a_report_of_wrong_types_in_one_line(tmp_path, capsys, change, named):
+    import json
+
+    from qscore_hf.cli import main
+
+    (tmp_path / "report.json").write_text(json.dumps({**_REPORT, **change}))
+    card = tmp_path / "card" / "README.md"
+    assert main(["card", "--results", str(tmp_path / "report.json"), "--model", str(tmp_path), "--out", str(card)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "report.json" in err, err
+    assert re.search(named, err) and not card.exists(), err
