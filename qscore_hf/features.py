@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .devices import resolve_device
+from .image_processing_qscore import to_eight_bit as _eight_bit
 from .io_utils import sweep_stale_temporaries, temporary_directory_beside
 from .modeling_qscore import QScoreModel
 from .score import ActivationStats
@@ -178,25 +179,6 @@ def _decode(decoder: datasets.Image | None, value: Any) -> tuple[Any, str | None
     # what PIL raises for corrupt, truncated or unknown files, and for images above its pixel limit
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         return None, f"{type(error).__name__}: {error}"
-
-
-def _eight_bit(image: Any) -> tuple[Any, str | None]:
-    """A PIL image of 16-bit (``I;16``), 32-bit integer (``I``) or float (``F``) grey pixels as an 8-bit grey one,
-    scaled, where PIL's own conversion clips at 255 (a 16-bit image would reach the encoder almost white). 16-bit
-    and 32-bit integer pixels are read on the 16-bit scale (PIL opens 16-bit files as either), float ones on [0, 1];
-    pixels outside that scale are an error naming it. Anything else is returned as it is."""
-    mode = getattr(image, "mode", None)
-    if not isinstance(mode, str) or not (mode.startswith("I") or mode == "F"):
-        return image, None
-    pixels = np.asarray(image, dtype=np.float64)
-    full, scale = (1.0, "[0, 1] (float pixels)") if mode == "F" else (65535.0, "0..65535 (16-bit pixels)")
-    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
-    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= full):
-        return None, (
-            f"{mode} image with pixels from {low:g} to {high:g}, outside {scale}: no 8-bit reading; convert the "
-            "image to 8 bits first"
-        )
-    return PIL.Image.fromarray(np.round(pixels * (255.0 / full)).astype(np.uint8)), None
 
 
 def _collate(processor: Any, image_column: str, label_column: str | None, decoder: datasets.Image | None):

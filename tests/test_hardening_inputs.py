@@ -263,3 +263,26 @@ def test_card_refuses_a_report_of_wrong_types_in_one_line(tmp_path, capsys, chan
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "report.json" in err, err
     assert re.search(named, err) and not card.exists(), err
+
+
+# ------------------------------------------------------------------------------ 21: one 16-bit scaling for both paths
+def test_the_public_processor_scales_16_bit_images_as_the_data_set_path(tmp_path):
+    from qscore_hf import QScoreConfig, QScoreImageProcessor
+
+    processor = QScoreImageProcessor.from_model_config(QScoreConfig(backbone="test_resnet", image_size=8, crop_pct=1.0))
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63000 of 65535
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")  # a 16-bit grey PNG: PIL opens it as I;16 or I
+    with Image.open(tmp_path / "ramp16.png") as sixteen:
+        assert sixteen.mode.startswith("I")
+        got = processor(sixteen, return_tensors="np")["pixel_values"]
+    eight = Image.fromarray(np.round(ramp * (255 / 65535)).astype(np.uint8))  # the same picture on 8 bits
+    np.testing.assert_allclose(got, processor(eight, return_tensors="np")["pixel_values"], atol=1e-6)
+    assert got.std() > 0.5  # not saturated to white
+
+
+def test_the_public_processor_names_pixels_outside_their_scale():
+    from qscore_hf import QScoreConfig, QScoreImageProcessor
+
+    processor = QScoreImageProcessor.from_model_config(QScoreConfig(backbone="test_resnet", image_size=8, crop_pct=1.0))
+    with pytest.raises(ValueError, match=r"F image with pixels from 7 to 7, outside \[0, 1\]"):
+        processor(Image.fromarray(np.full((8, 8), 7.0, np.float32)), return_tensors="np")
