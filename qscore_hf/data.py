@@ -234,8 +234,23 @@ def _by_content(files: datasets.data_files.DataFilesDict) -> datasets.data_files
     set's fingerprint) when a file is replaced by another with its mtime kept (``cp -p``, ``rsync -a``, archives)."""
     identified = datasets.data_files.DataFilesDict()
     for split, paths in files.items():
+        _check_parquet(list(paths))
         identified[split] = datasets.data_files.DataFilesList(list(paths), [_content_id(path) for path in paths])
     return identified
+
+
+def _check_parquet(paths: list[str]) -> None:
+    """``ValueError`` naming the first parquet file whose footer cannot be read (truncated, or no parquet at all),
+    where datasets would end in a raw DatasetGenerationError."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if path.endswith(".parquet"):
+            try:
+                pq.read_metadata(path)
+            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+                raise ValueError(f"{path} is not a readable parquet file ({error}): truncated or damaged; copy or "
+                                 "download it again.") from None  # fmt: skip
 
 
 def _content_id(path: str) -> tuple[str, ...]:
@@ -283,10 +298,18 @@ def _load_digits(split: str) -> datasets.Dataset:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    """An IDX file (gzip'ed) as a uint8 array, or ``ValueError`` naming the file when it is truncated or damaged."""
+    try:
+        with gzip.open(path) as file:
+            raw = file.read()
+        dims = raw[3]
+        shape = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    except (OSError, EOFError, IndexError, ValueError) as error:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"{path} is truncated or damaged ({type(error).__name__}: {error}); reinstall it (apt-get install "
+            "--reinstall dataset-fashion-mnist) or point QSCORE_FASHION_MNIST_DIR at a good copy."
+        ) from None
 
 
 def _load_fashion_mnist(split: str, max_samples: int | None) -> datasets.Dataset:
@@ -300,7 +323,13 @@ def _load_fashion_mnist(split: str, max_samples: int | None) -> datasets.Dataset
             "IDX .gz files."
         )
     images = _read_idx(images_path)
-    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    labels = _read_idx(labels_path)
+    if len(labels) != len(images):
+        raise ValueError(
+            f"{labels_path} holds {len(labels)} labels but {images_path} {len(images)} images: one of them is "
+            "truncated or from another release; reinstall dataset-fashion-mnist."
+        )
     if max_samples is not None:  # encode only what is used
         images, labels = images[:max_samples], labels[:max_samples]
     return _from_arrays(images, labels, FASHION_MNIST_CLASSES)

@@ -286,3 +286,50 @@ def test_the_public_processor_names_pixels_outside_their_scale():
     processor = QScoreImageProcessor.from_model_config(QScoreConfig(backbone="test_resnet", image_size=8, crop_pct=1.0))
     with pytest.raises(ValueError, match=r"F image with pixels from 7 to 7, outside \[0, 1\]"):
         processor(Image.fromarray(np.full((8, 8), 7.0, np.float32)), return_tensors="np")
+
+
+# ------------------------------------------------------------------------------ 18: damaged data files, named
+_FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(_FASHION), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("damage", ["truncated-images", "short-labels"])
+def test_a_damaged_fashion_mnist_file_is_named(tmp_path, monkeypatch, damage):
+    import gzip
+    import shutil
+
+    from qscore_hf import data as data_module
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copyfile(f"{_FASHION}/{name}", tmp_path / name)
+    if damage == "truncated-images":
+        bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+        words = "is truncated or damaged"
+    else:
+        bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
+        header = (2049).to_bytes(4, "big") + (100).to_bytes(4, "big")
+        bad.write_bytes(gzip.compress(header + bytes(100)))  # a labels file of 100 labels for 10000 images
+        words = "holds 100 labels but"
+    monkeypatch.setattr(data_module, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))} {words}[^\n]*$"):
+        load_image_dataset("fashion_mnist", "test")
+
+
+@pytest.mark.parametrize("where", ["folder", "cifar10-dir"])
+def test_a_truncated_parquet_file_is_named(tmp_path, monkeypatch, where):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    folder = tmp_path / "data"
+    folder.mkdir()
+    good = datasets.Dataset.from_dict({"img": [np.zeros((4, 4), np.uint8)] * 2, "label": [0, 1]}, features=features)
+    good.to_parquet(str(folder / "train-00000-of-00001.parquet"))
+    good.to_parquet(str(folder / "test-00000-of-00001.parquet"))
+    bad = folder / "train-00000-of-00001.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])
+    if where == "cifar10-dir":
+        monkeypatch.setenv("QSCORE_CIFAR10_DIR", str(folder))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))} is not a readable parquet file[^\n]*$"):
+        load_image_dataset("cifar10" if where == "cifar10-dir" else str(folder), "train")
