@@ -254,6 +254,8 @@ class QScoreModel(PreTrainedModel):
                 copy or pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
                 **kwargs,
             )
+            if copy is not None:
+                _check_stored_dtypes(copy, model, str(pretrained_model_name_or_path))
         if copy is not None:
             model.config._name_or_path = model.name_or_path = os.fspath(pretrained_model_name_or_path)
         missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith(_OPTIONAL_TENSORS))
@@ -351,6 +353,29 @@ def _check_stem_padding(model: QScoreModel, info: Mapping[str, Any], source: str
             f"stem_padding={int(saved)} (recorded in model.safetensors): set config.json's stem_padding back to "
             f"{int(saved)}; another padding would compute other features from the same weights."
         )
+
+
+def _check_stored_dtypes(folder: Path, model: QScoreModel, source: str) -> None:
+    """``WeightsMismatchError`` when model.safetensors stores a floating-point tensor of the model as integers or
+    complex numbers (a header that says I32 for float bytes loads as weights of order 1e8), or an integer buffer
+    (counts) as floats: transformers casts either silently."""
+    from safetensors import safe_open
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return
+    expected = model.state_dict()
+    with safe_open(str(path), framework="pt") as weights:
+        for key in weights.keys():
+            if key not in expected:
+                continue
+            stored = weights.get_slice(key).get_dtype()
+            stored_float = stored.startswith(("F", "BF"))
+            if stored_float != expected[key].is_floating_point():
+                raise WeightsMismatchError(
+                    f"{source}: model.safetensors stores {key} as {stored} but the model's tensor is "
+                    f"{expected[key].dtype}; the file is damaged or was written by another program: re-save the model."
+                )
 
 
 def _describe_mismatch(item: Any) -> str:

@@ -125,3 +125,34 @@ def test_the_content_id_is_recorded_and_a_resave_updates_it(tmp_path):
     second = json.loads((tmp_path / "m" / "config.json").read_text())["weights_digest"]
     assert first.startswith("blake2b_128:") and second != first
     assert _which(QScoreModel.from_pretrained(tmp_path / "m")) == (2.0, 1.25)
+
+
+# ------------------------------------------------------------------------------ item 8: dtype kinds, strictly
+def test_a_float_tensor_stored_as_integers_is_refused_on_load(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from qscore_hf import WeightsMismatchError
+    from qscore_hf.model_snapshot import record_weights_digest
+
+    _model(2.0, 0.25).save_pretrained(tmp_path / "m")
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    key = next(key for key, value in weights.items() if value.is_floating_point() and value.dim() == 4)
+    weights[key] = weights[key].view(torch.int32)  # the same bytes, a header that says I32: values of order 1e9
+    save_file(weights, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(tmp_path / "m")
+    with pytest.raises(WeightsMismatchError, match=rf"stores {key} as I32 but the model's tensor is torch.float32"):
+        QScoreModel.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
+def test_a_conv_weight_of_another_dtype_kind_is_not_converted(tmp_path, dtype):
+    import timm
+    from safetensors.torch import save_file
+
+    from qscore_hf.convert import ConversionError, convert_checkpoint
+
+    weights = timm.create_model("resnet18", num_classes=0).state_dict()
+    weights["conv1.weight"] = weights["conv1.weight"].to(dtype)
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConversionError, match=rf"conv1.weight \(checkpoint dtype {dtype}, resnet18 expects torch.float32\)"):
+        convert_checkpoint(tmp_path / "model.safetensors", arch="resnet18")
