@@ -16,6 +16,7 @@ removed by the next extraction into the same cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -383,11 +384,31 @@ class _FeatureWriter:
                 self._memmap = np.lib.format.open_memmap(
                     self.folder / FEATURES_FILE, mode="w+", dtype=np.float32, shape=(self.num_rows, self.width)
                 )
+                self._reserve(self.folder / FEATURES_FILE)
         if self._memmap is not None:
             self._memmap[self.written : self.written + len(features)] = features
         else:
             self._raw.write(np.ascontiguousarray(features, dtype=np.float32).tobytes())
         self.written += len(features)
+
+    def _reserve(self, path: Path) -> None:
+        """Allocate the memory-mapped file's blocks now: a sparse file that meets a full disk kills the writer with
+        SIGBUS (exit 135, no message), where this fails in one line."""
+        size = path.stat().st_size
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # a file system without fallocate: write as before
+            self._memmap = None
+            raise OSError(
+                error.errno, f"cannot reserve {size / 2**20:.1f} MiB for the features in the cache folder "
+                f"{self.folder.parent} ({error.strerror}); free space there or choose another cache folder "
+                "(--cache-dir, or $QSCORE_HF_CACHE)"
+            ) from None
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         if self.written == 0:

@@ -143,7 +143,7 @@ def _labelled(tmp_path, labels: list, dtype) -> "ImageDataset":
     from qscore_hf.data import ImageDataset
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value(dtype)})
-    images = [np.full((8, 8), 40 * k, np.uint8) for k in range(len(labels))]
+    images = [np.full((8, 8), (40 * k) % 256, np.uint8) for k in range(len(labels))]
     dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
     return ImageDataset(dataset, "image", "label", "crafted", "train")
 
@@ -333,3 +333,24 @@ def test_a_truncated_parquet_file_is_named(tmp_path, monkeypatch, where):
         monkeypatch.setenv("QSCORE_CIFAR10_DIR", str(folder))
     with pytest.raises(ValueError, match=rf"{re.escape(str(bad))} is not a readable parquet file[^\n]*$"):
         load_image_dataset("cifar10" if where == "cifar10-dir" else str(folder), "train")
+
+
+# ------------------------------------------------------------------------------ 20: a full disk is one line, no SIGBUS
+def test_a_cache_on_a_full_disk_fails_in_one_line(tmp_path, tiny_model):
+    import subprocess
+
+    from qscore_hf.features import extract_features
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(cache)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        # 2000 rows x 96 float32 features = 750 KiB, three times the disk
+        data = _labelled(tmp_path, [0, 1] * 1000, "int64")
+        with pytest.raises(OSError, match=rf"cannot reserve 0.7 MiB for the features in the cache folder {cache}"):
+            extract_features(tiny_model, data, batch_size=16, device="cpu", progress=False, cache_dir=cache)
+        assert not any(cache.iterdir())  # nothing half-written is left
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
