@@ -39,8 +39,6 @@ def _check_processor_sizes(settings: dict[str, Any] | None) -> None:
     for key in ("size", "crop_size"):
         value = (settings or {}).get(key)
         for name, side in (value.items() if isinstance(value, dict) else [(None, value)] if value is not None else []):
-            if name is not None and name not in ("height", "width", "shortest_edge", "longest_edge"):
-                raise ValueError(f"config field image_processor.{key} has an unknown entry {name!r}.")
             where = f"image_processor.{key}" + (f".{name}" if name else "")
             if side is not None:
                 _whole_number(where, side, minimum=1, maximum=MAX_SIDE)
