@@ -15,6 +15,7 @@ cards; ``model_cards/template.md`` at the repository root links to it, beside th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -306,7 +307,71 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in _REPORT_KEYS if not isinstance(report, dict) or report.get(key) is None]
     if missing:
         raise ValueError(f"{path} is not a linear-evaluation report: it has no {', '.join(missing)}; {how}.")
+    problem = _schema_problem(report)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}; the file was edited or is damaged: {how}.")
     return report
+
+
+def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and low <= value <= high)  # fmt: skip
+
+
+def _rate_problem(where: str, value: Any, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    return None if _is_number(value, 0.0, 1.0) else f"{where} must be a number in [0, 1]; got {value!r}"
+
+
+def _interval_problem(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v, 0.0, 1.0) for v in value)
+            and value[0] <= value[1]):  # fmt: skip
+        return f"{where} must be a pair [low, high] of numbers in [0, 1], low <= high; got {value!r}"
+    return None
+
+
+def _schema_problem(report: Mapping[str, Any]) -> str | None:
+    """What is wrong with the types and ranges of a linear-evaluation report's fields a card reads (``None``: nothing);
+    a card would otherwise put top1 90.0 or an AUROC of NaN into its model-index."""
+    checks: list[str | None] = [
+        *(None if isinstance(report[key], str) and report[key] else f"{key} must be a non-empty string; got "
+          f"{report[key]!r}" for key in ("dataset", "train_split", "eval_split")),
+        *(None if _is_number(report[key], 0) and float(report[key]).is_integer() else f"{key} must be a whole number "
+          f">= 0; got {report[key]!r}" for key in ("num_train", "num_eval")),
+        *(_rate_problem(key, report[key]) for key in ("top1", "auprc_correct", "auprc_misclassified", "auroc",
+                                                      "base_rate_correct", "base_rate_misclassified")),
+        _interval_problem("auroc_ci", report.get("auroc_ci")),
+    ]  # fmt: skip
+    probe, qscore = report["probe"], report["qscore"]
+    if not isinstance(probe, dict) or not isinstance(probe.get("optimizer"), str) or not _is_number(probe.get("epochs"), 0):
+        checks.append(f"probe must be an object with an optimizer (a string) and epochs (a number); got {probe!r:.80}")
+    if not isinstance(qscore, dict):
+        checks.append(f"qscore must be an object; got {qscore!r:.80}")
+    else:
+        for key in ("eps", "p_lo", "p_hi", "num_discriminative"):
+            if not _is_number(qscore.get(key), 0):
+                checks.append(f"qscore.{key} must be a number >= 0; got {qscore.get(key)!r}")
+        if not isinstance(qscore.get("normalize"), str):
+            checks.append(f"qscore.normalize must be a string; got {qscore.get('normalize')!r}")
+    comparison = report.get("comparison")
+    if comparison is not None:
+        rows = comparison.get("scores") if isinstance(comparison, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("score"), str)
+                                                 for row in rows):  # fmt: skip
+            checks.append("comparison must be an object whose scores is a list of rows, each naming its score")
+        else:
+            for row in rows:
+                checks += [_rate_problem(f"comparison row {row['score']!r} {key}", row.get(key), optional=True)
+                           for key in ("auroc", "auprc_correct", "auprc_misclassified")]  # fmt: skip
+                checks.append(_interval_problem(f"comparison row {row['score']!r} auroc_ci", row.get("auroc_ci")))
+            for key in ("base_rate_correct", "base_rate_misclassified"):
+                checks.append(_rate_problem(f"comparison.{key}", comparison.get(key)))
+            if not _is_number(comparison.get("num_samples"), 0):
+                checks.append(f"comparison.num_samples must be a number >= 0; got {comparison.get('num_samples')!r}")
+    return next((check for check in checks if check is not None), None)
 
 
 def report_eval_results(report: Mapping[str, Any]) -> list[dict[str, Any]]:

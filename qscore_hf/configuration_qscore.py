@@ -25,6 +25,36 @@ SMALL_SCALE_SCORING: dict[str, Any] = {
 }
 
 
+# Bounds that catch a corrupt or mistyped config.json before it allocates gigabytes: an input side (pixels), a
+# feature width, a probe's classes (ImageNet-21k has 21,841).
+MAX_SIDE = 8192
+MAX_FEATURES = 1 << 20
+MAX_LABELS = 100_000
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "auto")
+
+
+def _check_processor_sizes(settings: dict[str, Any] | None) -> None:
+    """The image processor's ``size``/``crop_size`` (a number or a dict of numbers) are pixel counts in
+    ``1..MAX_SIDE``; its ``crop_pct`` a fraction in (0, 1]."""
+    for key in ("size", "crop_size"):
+        value = (settings or {}).get(key)
+        for name, side in (value.items() if isinstance(value, dict) else [(None, value)] if value is not None else []):
+            where = f"image_processor.{key}" + (f".{name}" if name else "")
+            if side is not None:
+                _whole_number(where, side, minimum=1, maximum=MAX_SIDE)
+    crop_pct = (settings or {}).get("crop_pct")
+    if crop_pct is not None and not 0.0 < _number("image_processor.crop_pct", crop_pct) <= 1.0:
+        raise ValueError(f"config field image_processor.crop_pct must be in (0, 1]; got {crop_pct!r}.")
+
+
+def _check_dtype(dtype: Any) -> None:
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype in _DTYPES:
+        return
+    raise ValueError(f"config field dtype must be one of {_DTYPES} or null; got {dtype!r}.")
+
+
 class QScoreConfig(PretrainedConfig):
     """Configuration of a :class:`QScoreModel`.
 
@@ -88,7 +118,20 @@ class QScoreConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         stem_padding = _whole_number("stem_padding", stem_padding, minimum=0)
-        image_size = _whole_number("image_size", image_size, minimum=1)
+        image_size = _whole_number("image_size", image_size, minimum=1, maximum=MAX_SIDE)
+        if not isinstance(backbone, str) or not backbone.strip():
+            raise ValueError(f"config field backbone must be a model name (a non-empty string); got {backbone!r}.")
+        for field, value in (("backbone_config", backbone_config), ("backbone_source", backbone_source),
+                             ("image_processor", image_processor), ("source_preprocessing", source_preprocessing),
+                             ("qscore_eps_calibration", qscore_eps_calibration),
+                             ("qscore_regularization", qscore_regularization)):  # fmt: skip
+            if value is not None and not (isinstance(value, dict) and all(isinstance(key, str) for key in value)):
+                raise ValueError(f"config field {field} must be an object (a dict of named values) or null; got "
+                                 f"{type(value).__name__} {str(value)[:60]}.")  # fmt: skip
+        if hidden_size is not None:
+            hidden_size = _whole_number("hidden_size", hidden_size, minimum=1, maximum=MAX_FEATURES)
+        _check_processor_sizes(image_processor)
+        _check_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
         try:
             qscore_eps = AUTO if is_auto(qscore_eps) else validate_eps(qscore_eps)
         except ValueError as error:
@@ -103,8 +146,11 @@ class QScoreConfig(PretrainedConfig):
             raise ValueError(f"ssl_method must be one of {SSL_METHODS} or None; got {ssl_method!r}.")
         if len(image_mean) != 3 or len(image_std) != 3:
             raise ValueError("image_mean and image_std need one value per RGB channel (3 each).")
-        if not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1]; got {crop_pct}.")
+        if not 0.0 < crop_pct <= 1.0 or image_size / crop_pct > MAX_SIDE:
+            raise ValueError(
+                f"config field crop_pct must be in (0, 1] with image_size / crop_pct (the resize) at most {MAX_SIDE}; "
+                f"got {crop_pct}."
+            )
         if backbone_library not in BACKBONE_LIBRARIES:
             raise ValueError(f"backbone_library must be one of {BACKBONE_LIBRARIES}; got {backbone_library!r}.")
         if backbone_library == "transformers" and not isinstance(backbone_config, dict):
@@ -132,6 +178,10 @@ class QScoreConfig(PretrainedConfig):
         self.qscore_regularized = bool(qscore_regularized)
         self.qscore_regularization = dict(qscore_regularization) if qscore_regularization else None
         self.probe_head = bool(probe_head)
+        labels = kwargs.get("id2label")
+        labels = len(labels) if isinstance(labels, dict) else kwargs.get("num_labels")
+        if labels is not None:  # checked before PretrainedConfig builds an id2label entry for each
+            _whole_number("num_labels (id2label)", labels, minimum=1, maximum=MAX_LABELS)
         super().__init__(**kwargs)
 
 
@@ -142,10 +192,11 @@ def _number(field: str, value: Any, kind: str = "a finite number") -> float:
     return float(value)
 
 
-def _whole_number(field: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (a float such as 2.0 is accepted), or ``ValueError`` naming the field."""
-    kind = f"a whole number >= {minimum}"
+def _whole_number(field: str, value: Any, minimum: int, maximum: float = math.inf) -> int:
+    """``value`` as an int in ``[minimum, maximum]`` (a float such as 2.0 is accepted), or ``ValueError`` naming the
+    field."""
+    kind = f"a whole number >= {minimum}" + (f" and <= {maximum}" if maximum < math.inf else "")
     number = _number(field, value, kind)
-    if number != int(number) or number < minimum:
+    if number != int(number) or not minimum <= number <= maximum:
         raise ValueError(f"config field {field} must be {kind}; got {value!r}.")
     return int(number)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import datasets.data_files
 import numpy as np
+import xxhash
 
 from .dataset_names import BUILTIN_DATASETS, check_dataset_name
 from .image_columns import as_image_column
@@ -183,7 +185,8 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
             kind = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
             if kind is None:
                 raise ValueError(f"{name}: a data set file must be .parquet or .arrow.")
-            return datasets.load_dataset(kind, data_files=str(path), split="train", streaming=streaming)
+            files = _by_content(datasets.data_files.DataFilesDict.from_patterns({"train": [str(path.resolve())]}))
+            return datasets.load_dataset(kind, data_files=files, split="train", streaming=streaming)
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
@@ -191,7 +194,9 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
                 loaded = loaded[split]
             return loaded.to_iterable_dataset() if streaming else loaded
         builder = "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
-        loaded = datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
+        base = path.resolve().as_posix()
+        files = datasets.data_files.DataFilesDict.from_patterns(datasets.data_files.get_data_patterns(base), base)
+        loaded = datasets.load_dataset(builder, data_files=_by_content(files), streaming=streaming)
         _check_split(name, split, list(loaded))
         return loaded[split]
     if name.count("/") > 1 or name.startswith((".", "/")):
@@ -204,6 +209,39 @@ def _load_external(name: str, split: str, streaming: bool) -> datasets.Dataset |
             f"data set {name!r} is neither a local path, a built-in name {BUILTIN_DATASETS}, nor reachable on the "
             f"Hugging Face Hub ({error})."
         ) from error
+
+
+def _by_content(files: datasets.data_files.DataFilesDict) -> datasets.data_files.DataFilesDict:
+    """``files`` identified by content (size and xxh3-128 of the bytes of each file) instead of datasets' path and
+    modification time, which keeps serving the old rows (its Arrow cache, then the feature cache keyed by the data
+    set's fingerprint) when a file is replaced by another with its mtime kept (``cp -p``, ``rsync -a``, archives)."""
+    identified = datasets.data_files.DataFilesDict()
+    for split, paths in files.items():
+        _check_parquet(list(paths))
+        identified[split] = datasets.data_files.DataFilesList(list(paths), [_content_id(path) for path in paths])
+    return identified
+
+
+def _check_parquet(paths: list[str]) -> None:
+    """``ValueError`` naming the first parquet file whose footer cannot be read (truncated, or no parquet at all),
+    where datasets would end in a raw DatasetGenerationError."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if path.endswith(".parquet"):
+            try:
+                pq.read_metadata(path)
+            except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+                raise ValueError(f"{path} is not a readable parquet file ({error}): truncated or damaged; copy or "
+                                 "download it again.") from None  # fmt: skip
+
+
+def _content_id(path: str) -> tuple[str, ...]:
+    digest = xxhash.xxh3_128()  # xxhash comes with datasets; about as fast as the disk reads
+    with open(path, "rb") as file:
+        while block := file.read(1 << 22):
+            digest.update(block)
+    return (str(os.path.getsize(path)), digest.hexdigest())
 
 
 def _check_hub_resolves(name: str) -> None:
@@ -243,10 +281,18 @@ def _load_digits(split: str) -> datasets.Dataset:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path).read()
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    """An IDX file (gzip'ed) as a uint8 array, or ``ValueError`` naming the file when it is truncated or damaged."""
+    try:
+        with gzip.open(path) as file:
+            raw = file.read()
+        dims = raw[3]
+        shape = [int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(dims)]
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    except (OSError, EOFError, IndexError, ValueError) as error:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"{path} is truncated or damaged ({type(error).__name__}: {error}); reinstall it (apt-get install "
+            "--reinstall dataset-fashion-mnist) or point QSCORE_FASHION_MNIST_DIR at a good copy."
+        ) from None
 
 
 def _load_fashion_mnist(split: str, max_samples: int | None) -> datasets.Dataset:
@@ -260,7 +306,13 @@ def _load_fashion_mnist(split: str, max_samples: int | None) -> datasets.Dataset
             "IDX .gz files."
         )
     images = _read_idx(images_path)
-    labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+    labels_path = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    labels = _read_idx(labels_path)
+    if len(labels) != len(images):
+        raise ValueError(
+            f"{labels_path} holds {len(labels)} labels but {images_path} {len(images)} images: one of them is "
+            "truncated or from another release; reinstall dataset-fashion-mnist."
+        )
     if max_samples is not None:  # encode only what is used
         images, labels = images[:max_samples], labels[:max_samples]
     return _from_arrays(images, labels, FASHION_MNIST_CLASSES)

@@ -16,6 +16,7 @@ removed by the next extraction into the same cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .devices import resolve_device
+from .image_processing_qscore import to_eight_bit as _eight_bit
 from .io_utils import sweep_stale_temporaries, temporary_directory_beside
 from .modeling_qscore import QScoreModel
 from .score import ActivationStats
@@ -180,25 +182,6 @@ def _decode(decoder: datasets.Image | None, value: Any) -> tuple[Any, str | None
         return None, f"{type(error).__name__}: {error}"
 
 
-def _eight_bit(image: Any) -> tuple[Any, str | None]:
-    """A PIL image of 16-bit (``I;16``), 32-bit integer (``I``) or float (``F``) grey pixels as an 8-bit grey one,
-    scaled, where PIL's own conversion clips at 255 (a 16-bit image would reach the encoder almost white). 16-bit
-    and 32-bit integer pixels are read on the 16-bit scale (PIL opens 16-bit files as either), float ones on [0, 1];
-    pixels outside that scale are an error naming it. Anything else is returned as it is."""
-    mode = getattr(image, "mode", None)
-    if not isinstance(mode, str) or not (mode.startswith("I") or mode == "F"):
-        return image, None
-    pixels = np.asarray(image, dtype=np.float64)
-    full, scale = (1.0, "[0, 1] (float pixels)") if mode == "F" else (65535.0, "0..65535 (16-bit pixels)")
-    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
-    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= full):
-        return None, (
-            f"{mode} image with pixels from {low:g} to {high:g}, outside {scale}: no 8-bit reading; convert the "
-            "image to 8 bits first"
-        )
-    return PIL.Image.fromarray(np.round(pixels * (255.0 / full)).astype(np.uint8)), None
-
-
 def _collate(processor: Any, image_column: str, label_column: str | None, decoder: datasets.Image | None):
     """A DataLoader collate function: decode each image (recording the ones that fail), run the model's image
     processor on the others, labels as an int64 tensor."""
@@ -218,10 +201,32 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
         if images:
             batch["pixel_values"] = processor(images, return_tensors="pt")["pixel_values"]
         if label_column is not None:
-            batch["labels"] = torch.tensor([int(rows[p][label_column]) for p in kept], dtype=torch.int64)
+            batch["labels"] = [rows[p][label_column] for p in kept]  # checked where the rows' numbers are known
         return batch
 
     return collate
+
+
+MAX_CLASSES = 100_000  # labels are class indices: a probe over more classes (ImageNet-21k has 21,841) is a corrupt label
+
+
+def class_indices(values: list[Any], row_ids: Tensor, column: str) -> Tensor:
+    """A label column's values as an int64 tensor of class indices (``-1``: no label, as in datasets' unlabelled
+    test splits), or ``ValueError`` in one line naming the column and the first bad row: ``int()`` would truncate
+    0.7 and 1.7, fail on None with a raw TypeError, and a corrupt 10**9 would make a probe of a billion classes."""
+    for position, value in enumerate(values):
+        whole = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            whole = True  # 3.0: a class index stored as a float
+        if not whole or not -1 <= value < MAX_CLASSES:
+            fix = (
+                "map the names to class indices first (dataset.class_encode_column)" if isinstance(value, str)
+                else f"labels must be class indices 0..{MAX_CLASSES - 1} (or -1 for none); fix or drop that row"
+            )  # fmt: skip
+            raise ValueError(
+                f"label column {column!r}: row {int(row_ids[position])} holds {value!r}, not a class index; {fix}."
+            )
+    return torch.tensor([int(value) for value in values], dtype=torch.int64)
 
 
 def _num_rows(image_dataset: ImageDataset) -> int | None:
@@ -279,6 +284,8 @@ def iter_features(
                 raise UnreadableImageError(skipped[0], image_dataset.name)
             row_ids = offset + batch["kept"]
             offset += batch["num_rows"]
+            if "labels" in batch:
+                batch["labels"] = class_indices(batch["labels"], row_ids, image_dataset.label_column)
             if "pixel_values" not in batch:
                 empty = torch.zeros(0, model.config.hidden_size, device=device)
                 yield FeatureBatch(empty, batch.get("labels"), row_ids, skipped)
@@ -377,11 +384,31 @@ class _FeatureWriter:
                 self._memmap = np.lib.format.open_memmap(
                     self.folder / FEATURES_FILE, mode="w+", dtype=np.float32, shape=(self.num_rows, self.width)
                 )
+                self._reserve(self.folder / FEATURES_FILE)
         if self._memmap is not None:
             self._memmap[self.written : self.written + len(features)] = features
         else:
             self._raw.write(np.ascontiguousarray(features, dtype=np.float32).tobytes())
         self.written += len(features)
+
+    def _reserve(self, path: Path) -> None:
+        """Allocate the memory-mapped file's blocks now: a sparse file that meets a full disk kills the writer with
+        SIGBUS (exit 135, no message), where this fails in one line."""
+        size = path.stat().st_size
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return  # a file system without fallocate: write as before
+            self._memmap = None
+            raise OSError(
+                error.errno, f"cannot reserve {size / 2**20:.1f} MiB for the features in the cache folder "
+                f"{self.folder.parent} ({error.strerror}); free space there or choose another cache folder "
+                "(--cache-dir, or $QSCORE_HF_CACHE)"
+            ) from None
+        finally:
+            os.close(fd)
 
     def finish(self) -> None:
         if self.written == 0:

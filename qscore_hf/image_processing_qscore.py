@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from transformers import BitImageProcessor
 
@@ -25,6 +26,34 @@ def _to_three_channels(image: Any) -> tuple[Any, bool]:
             stacked = image[..., None]
             return (stacked.repeat(3, -1) if isinstance(image, np.ndarray) else stacked.expand(-1, -1, 3)), True
     return image, False
+
+
+def to_eight_bit(image: Any) -> tuple[Any, str | None]:
+    """A PIL image of 16-bit (``I;16``), 32-bit integer (``I``) or float (``F``) grey pixels as an 8-bit grey one,
+    scaled, where PIL's own conversion clips at 255 (a 16-bit image would reach the encoder almost white). 16-bit
+    and 32-bit integer pixels are read on the 16-bit scale (PIL opens 16-bit files as either), float ones on [0, 1];
+    pixels outside that scale are an error naming it. Anything else is returned as it is."""
+    mode = getattr(image, "mode", None)
+    if not isinstance(mode, str) or not (mode.startswith("I") or mode == "F"):
+        return image, None
+    pixels = np.asarray(image, dtype=np.float64)
+    full, scale = (1.0, "[0, 1] (float pixels)") if mode == "F" else (65535.0, "0..65535 (16-bit pixels)")
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low and high <= full):
+        return None, (
+            f"{mode} image with pixels from {low:g} to {high:g}, outside {scale}: no 8-bit reading; convert the "
+            "image to 8 bits first"
+        )
+    return PIL.Image.fromarray(np.round(pixels * (255.0 / full)).astype(np.uint8)), None
+
+
+def _eight_bit_or_raise(image: Any) -> Any:
+    """``to_eight_bit`` for the processor: a PIL image of 16-bit, 32-bit or float pixels scaled to 8 bits (PIL's
+    own conversion would saturate them), a ``ValueError`` for pixels outside their scale."""
+    converted, error = to_eight_bit(image)
+    if error is not None:
+        raise ValueError(f"cannot preprocess the image: {error}")
+    return converted
 
 
 class QScoreImageProcessor(BitImageProcessor):
@@ -58,5 +87,5 @@ class QScoreImageProcessor(BitImageProcessor):
         if converted and all(was_gray for _, was_gray in converted):
             # Our (H, W, 3) arrays are channels-last; say so, or an image of height 1 or 3 looks channels-first.
             kwargs.setdefault("input_data_format", "channels_last")
-        images = [image for image, _ in converted] if batch else converted[0][0]
-        return super().preprocess(images, *args, **kwargs)
+        images = [_eight_bit_or_raise(image) for image, _ in converted]
+        return super().preprocess(images if batch else images[0], *args, **kwargs)

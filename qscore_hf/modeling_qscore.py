@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .configuration_qscore import QScoreConfig
 from .image_processing_qscore import QScoreImageProcessor
 from .io_utils import atomic_directory
 from .model_files import check_model_folder, check_weight_files
+from .model_snapshot import DIGEST_FIELD, consistent_copy, record_weights_digest
 from .remote_code import write_remote_code
 from .score import ActivationStats, highly_activating, qscore
 
@@ -203,6 +205,7 @@ class QScoreModel(PreTrainedModel):
             super().save_pretrained(tmp, *args, is_main_process=True, push_to_hub=False, **kwargs)
             self.image_processor().save_pretrained(tmp)
             write_remote_code(tmp)
+            setattr(self.config, DIGEST_FIELD, record_weights_digest(tmp))  # the content id a load checks
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
             self.push_to_hub(repo_id, **hub_kwargs)
@@ -238,15 +241,23 @@ class QScoreModel(PreTrainedModel):
             return cls.from_backbone_repo(source, pooling=pooling, **kwargs)
         if pooling is not None:
             raise ValueError(f"pooling={pooling!r}: a QScoreModel folder keeps the pooling it was saved with.")
-        check_model_folder(pretrained_model_name_or_path)
+        local = Path(os.fspath(pretrained_model_name_or_path)).is_dir()
         if source is not None and source.repo_id is not None:  # a Hub id: the weights already in its cached snapshot
             check_weight_files(source.folder)
         want_info = kwargs.pop("output_loading_info", False)
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-        # Load with transformers' own check off so that we can name every offending tensor ourselves.
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        # Load with transformers' own check off so that we can name every offending tensor ourselves; a local folder
+        # from a private copy of one consistent snapshot (another process may be saving into it).
+        snapshot = consistent_copy(pretrained_model_name_or_path, check_model_folder) if local else contextlib.nullcontext()
+        with snapshot as copy:
+            model, info = super().from_pretrained(
+                copy or pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+            if copy is not None:
+                _check_stored_dtypes(copy, model, str(pretrained_model_name_or_path))
+        if copy is not None:
+            model.config._name_or_path = model.name_or_path = os.fspath(pretrained_model_name_or_path)
         missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith(_OPTIONAL_TENSORS))
         if _RECORDED_EPS in info.get("missing_keys", ()):  # saved before the eps was recorded: assume the config's
             model.activation_stats.record_eps()
@@ -342,6 +353,29 @@ def _check_stem_padding(model: QScoreModel, info: Mapping[str, Any], source: str
             f"stem_padding={int(saved)} (recorded in model.safetensors): set config.json's stem_padding back to "
             f"{int(saved)}; another padding would compute other features from the same weights."
         )
+
+
+def _check_stored_dtypes(folder: Path, model: QScoreModel, source: str) -> None:
+    """``WeightsMismatchError`` when model.safetensors stores a floating-point tensor of the model as integers or
+    complex numbers (a header that says I32 for float bytes loads as weights of order 1e8), or an integer buffer
+    (counts) as floats: transformers casts either silently."""
+    from safetensors import safe_open
+
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return
+    expected = model.state_dict()
+    with safe_open(str(path), framework="pt") as weights:
+        for key in weights.keys():
+            if key not in expected:
+                continue
+            stored = weights.get_slice(key).get_dtype()
+            stored_float = stored.startswith(("F", "BF"))
+            if stored_float != expected[key].is_floating_point():
+                raise WeightsMismatchError(
+                    f"{source}: model.safetensors stores {key} as {stored} but the model's tensor is "
+                    f"{expected[key].dtype}; the file is damaged or was written by another program: re-save the model."
+                )
 
 
 def _describe_mismatch(item: Any) -> str:

@@ -116,7 +116,10 @@ def as_feature_matrix(features: Tensor | np.ndarray, name: str = "features") -> 
     if not (features.is_floating_point()):
         if features.dtype == torch.bool or features.is_complex():
             raise ValueError(f"{name} must hold real numbers; got dtype {features.dtype}.")
-        features = features.to(torch.float32)
+        # float64 holds every integer up to 2**53 exactly (float32 only up to 2**24: a row near 2**31 would score 0)
+        if features.dtype == torch.int64 and bool((features.abs() > 2**53).any()):
+            raise ValueError(f"{name} holds integers beyond 2**53, which no float holds exactly; scale them first.")
+        features = features.to(torch.float64)
     return features
 
 
@@ -573,6 +576,20 @@ def qscore_details(
     return QScoreDetails(q_scores, torch.cat([r.num_selected for r in results]), counts)
 
 
+def _check_whole_counts(value: Any, name: str) -> None:
+    """Counts are whole numbers: an integer tensor, or floats without fractions; a boolean mask or fractional counts
+    would otherwise be cast silently (torch's ``copy_`` truncates 1.7 to 1)."""
+    tensor = torch.as_tensor(value)
+    whole = not tensor.is_complex() and tensor.dtype != torch.bool and (
+        not tensor.is_floating_point() or bool((tensor == tensor.round()).all())
+    )
+    if not whole:
+        raise ValueError(
+            f"activation statistics {name} must be whole numbers (integers); got dtype {tensor.dtype}"
+            f"{' with fractions' if tensor.is_floating_point() else ''}: the file is corrupt, or pass counts, not a mask."
+        )
+
+
 def _float_bits(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float64).view(torch.int64)
 
@@ -732,6 +749,9 @@ class ActivationStats(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         if prefix + "counted_eps" not in state_dict:  # saved before the eps was recorded: assume this eps
             state_dict = {**state_dict, prefix + "counted_eps": _float_bits(self.eps).to(self.counted_eps.device)}
+        for name in ("counts", "num_samples"):
+            if prefix + name in state_dict:
+                _check_whole_counts(state_dict[prefix + name], f"{prefix or 'state_dict'}{'' if prefix else ' '}{name}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.validate(f"the loaded activation statistics ({prefix or 'state_dict'})")
 

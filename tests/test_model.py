@@ -38,6 +38,7 @@ from qscore_hf import (
     WeightsMismatchError,
 )
 from qscore_hf.backbones import create_backbone
+from qscore_hf.model_snapshot import record_weights_digest
 
 EPS = 2.0  # with random weights eps=4 leaves almost no feature highly activating; 2 gives a proper subset D
 SMALL = dict(backbone="resnet18_cifar", image_size=32, crop_pct=1.0, qscore_eps=EPS)
@@ -534,6 +535,7 @@ def test_missing_tensor_is_named(saved_folder):
     assert "backbone.layer1.0.bn1.weight" in weights
     del weights["backbone.layer1.0.bn1.weight"]
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(folder)  # edited on purpose: the config names the new weights (else: a mixed save)
     with pytest.raises(WeightsMismatchError, match=r"backbone\.layer1\.0\.bn1\.weight"):
         QScoreModel.from_pretrained(folder)
 
@@ -543,6 +545,7 @@ def test_unexpected_tensor_is_named(saved_folder):
     weights = load_file(str(folder / "model.safetensors"))
     weights["backbone.extra_head.weight"] = torch.zeros(3)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(folder)  # edited on purpose: the config names the new weights (else: a mixed save)
     with pytest.raises(WeightsMismatchError, match=r"backbone\.extra_head\.weight"):
         QScoreModel.from_pretrained(folder)
 

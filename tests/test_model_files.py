@@ -20,6 +20,7 @@ from qscore_hf import ActivationStats, QScoreConfig, QScoreModel
 from qscore_hf.cli import main
 from qscore_hf.evaluate_metric import METRIC_PATH
 from qscore_hf.model_files import ModelFolderError
+from qscore_hf.model_snapshot import record_weights_digest
 
 WIDTH = 512  # resnet18
 
@@ -120,6 +121,7 @@ def _edit_weights(folder: Path, **tensors: torch.Tensor) -> None:
     weights = load_file(str(folder / "model.safetensors"))
     weights.update({f"activation_stats.{key}": value for key, value in tensors.items()})
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(folder)  # edited on purpose: the config names the new weights (else: a mixed save)
 
 
 @pytest.mark.parametrize(
@@ -226,6 +228,7 @@ def test_folder_saved_before_the_eps_record_loads(folder):
     weights = load_file(str(folder / "model.safetensors"))
     del weights["activation_stats.counted_eps"]
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(folder)  # edited on purpose: the config names the new weights (else: a mixed save)
     model = QScoreModel.from_pretrained(folder)
     assert model.activation_stats.counted_with_eps == 2.0
     assert int(model.activation_stats.num_samples) == 40
@@ -263,6 +266,7 @@ def test_folder_saved_before_the_stem_padding_record_loads_with_the_configs(fold
     weights = load_file(str(folder / "model.safetensors"))
     del weights["stem_padding"]
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    record_weights_digest(folder)  # edited on purpose: the config names the new weights (else: a mixed save)
     path = folder / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "stem_padding": 2}))
     model = QScoreModel.from_pretrained(folder)  # no record: the config's padding is taken, as before

@@ -435,12 +435,21 @@ def _check_and_fill(
         f"{origin[key]} (checkpoint {tuple(value.shape)}, {arch} expects {tuple(target[key].shape)})"
         for key, value in backbone.items()
         if key in target and value.shape != target[key].shape
+    ] + [  # a float weight stored as integers or complex numbers would be cast silently
+        f"{origin[key]} (checkpoint dtype {value.dtype}, {arch} expects {target[key].dtype})"
+        for key, value in backbone.items()
+        if key in target and _dtype_kind(value) != _dtype_kind(target[key])
     ]
     if missing or unexpected or mismatched:
         raise ConversionError(
             _problem_message(path, layout, detection, arch, shape, missing, unexpected, mismatched)
         )
     return {_BN_COUNTER: len(counters)} if counters else {}
+
+
+def _dtype_kind(tensor: Tensor) -> str:
+    return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "bool" if (
+        tensor.dtype == torch.bool) else "integer"
 
 
 def _problem_message(
@@ -457,7 +466,7 @@ def _problem_message(
     if shape is not None and shape.name is not None and shape.name != arch:
         lines.append(f"the checkpoint has a {shape.describe()} ({shape.name}) but {arch} was asked for")
     if mismatched:
-        lines.append(f"tensors with another shape: {_first(mismatched)}")
+        lines.append(f"tensors with another shape or dtype: {_first(mismatched)}")
     if unexpected:
         lines.append(f"unknown keys (neither backbone weights nor a known head of {layout.name}): {_first(unexpected)}")
     if missing:

@@ -71,6 +71,23 @@ Examples:
 """
 
 
+def _feature_matrix(predictions: Any) -> np.ndarray:
+    """``predictions`` as an ``N x d`` matrix, or ``ValueError`` in one line: float32 when that holds every value
+    exactly (as scored before), float64 otherwise (integers above 2**24)."""
+    if len(predictions) == 0:
+        raise ValueError("predictions is empty: pass at least one representation (one list of floats per sample).")
+    widths = [len(row) for row in predictions]
+    ragged = next((row for row, width in enumerate(widths) if width != widths[0]), None)
+    if ragged is not None:
+        raise ValueError(
+            f"predictions must all have the same length (one value per feature): row 0 has {widths[0]} values, row "
+            f"{ragged} has {widths[ragged]}."
+        )
+    features = np.asarray(predictions, dtype=np.float64)
+    narrow = features.astype(np.float32)
+    return narrow if np.array_equal(narrow, features, equal_nan=True) else features
+
+
 def _reference_matrix(reference_features: Any, width: int) -> np.ndarray:
     """``reference_features`` as a float32 ``N x width`` array, or ``ValueError`` naming it."""
     reference = np.asarray(reference_features, dtype=np.float32)
@@ -171,7 +188,8 @@ class QScore(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             # evaluate needs every declared input on every row, so absent references are stored as -1.
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int32")}
+                # float64: integer features above 2**24 are kept exactly (float32 would round them); see _feature_matrix
+                {"predictions": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int32")}
             ),
             reference_urls=["https://arxiv.org/abs/2203.01881"],
         )
@@ -204,12 +222,9 @@ class QScore(evaluate.Metric):
         reference_features: Any = None,
         baselines: bool = False,
     ) -> dict[str, Any]:
-        features = np.asarray(predictions, dtype=np.float32)
-        if features.ndim != 2:
-            raise ValueError(
-                "predictions must be representations of equal length (one list of floats per sample); "
-                f"got an array of shape {features.shape}."
-            )
+        features = _feature_matrix(predictions)
+        if not 0.0 <= p_lo <= p_hi <= 100.0:
+            raise ValueError(f"need 0 <= p_lo <= p_hi <= 100 (percentiles); got p_lo={p_lo}, p_hi={p_hi}.")
         if eps is not None and not is_auto(eps):
             eps = validate_eps(eps)
         reference = None if reference_features is None else _reference_matrix(reference_features, features.shape[1])
