@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import sys
+from .lazy_exports import lazy_exports
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -56,16 +57,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def _register_config(auto: Any) -> None:

@@ -13,8 +13,8 @@ registry, without importing huggingface_hub or the conversion stack (bench/start
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from ..lazy_exports import lazy_exports
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .build import BuildError, build_release, built_folder
@@ -38,13 +38,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
