@@ -29,6 +29,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.cli import main
+from qscore_hf.data import load_image_dataset
 from qscore_hf.scoring import load_model, model_identity
 
 EPS = 2.0  # random weights leave almost nothing above mu + 4 sigma; 2 gives a proper subset D
@@ -197,7 +198,9 @@ def test_summary_numbers_and_identities(saved_run, folder, stats_model_dir):
     assert summary["model"]["config"]["backbone"] == "resnet18_cifar"
     dataset = summary["dataset"]
     assert (dataset["name"], dataset["split"], dataset["num_rows"]) == (str(folder), "test", 10 * TEST_PER_CLASS)
-    assert dataset["fingerprint"] == load_split(folder, "test")._fingerprint
+    # the fingerprint of the rows scored: the data set as loaded, its files identified by content (not path and mtime)
+    loaded = load_image_dataset(str(folder), "test").dataset
+    assert dataset["fingerprint"] == loaded._fingerprint != load_split(folder, "test")._fingerprint
     assert summary["skipped_images"]["count"] == 0
 
 
