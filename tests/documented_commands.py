@@ -22,30 +22,29 @@ class Run:
 
 CI = "ci"
 
-# Data and step counts only: a few hundred images, a few steps, the kNN monitor on a few hundred images.
-_SMALL_RUN = "--max-steps 2 --max-samples 256 --batch-size 32 --knn-max-train 256 --knn-max-eval 256"
+# Data and step counts only: 64 images, one step, the kNN monitor on 64 images.
+_SMALL_RUN = "--max-steps 1 --max-samples 64 --batch-size 16 --knn-max-train 64 --knn-max-eval 64"
 
 COMMANDS: dict[str, Run | str] = {
     # README, Install
     'pip install -e ".[test]"': CI,
     "pytest -q": CI,
     # README, Pre-train or fine-tune: the CPU-sized run exactly as typed, then the recipe on a few images
-    "accelerate launch --cpu --num_processes 1 training/pretrain.py --method simclr --dataset digits --max-steps 3 "
-    "--batch-size 16 --qscore-reg --output-dir runs/smoke": Run(expect="saved the pre-trained QScoreModel to runs/smoke/model"),
+    "accelerate launch --cpu --num_processes 1 training/pretrain.py --method simclr --dataset digits --max-samples 256 "
+    "--max-steps 3 --batch-size 16 --qscore-reg --output-dir runs/smoke":
+        Run(expect="saved the pre-trained QScoreModel to runs/smoke/model"),
     "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --backbone resnet18_cifar --epochs 100 "
     "--batch-size 256 --qscore-reg --output-dir runs/byol-qreg": Run(shrink=_SMALL_RUN),
     "python training/linear_eval.py --model runs/byol-qreg/model --dataset fashion_mnist --out runs/byol-qreg/eval":
-        Run(shrink="--max-samples 256 --epochs 2", expect="runs/byol-qreg/eval/report.json"),
+        Run(shrink="--max-samples 64 --epochs 2", expect="runs/byol-qreg/eval/report.json"),
     # docs/getting-started.md: the demo, on its few-second sizes (--quick: fewer images and epochs, the same run)
     "qscore-hf demo": Run(shrink="--quick", expect="AUROC"),
-    # docs/guides: score, explain and cards start from a few steps of SimCLR on 256 digits
-    "accelerate launch --cpu --num_processes 1 training/pretrain.py --method simclr --dataset digits --max-samples 256 "
-    "--max-steps 3 --batch-size 16 --output-dir runs/smoke": Run(),
+    # docs/guides: score, explain, cards and distributed scoring start from the README's run above (it runs once)
     "qscore-hf score --model runs/smoke/model --dataset digits --split test --out scores --probe --flag-lowest 16":
         Run(expect="probe accuracy"),
     "qscore-hf explain --model runs/smoke/model --dataset digits --split test --max-samples 16 --out explain": Run(),
     "python training/linear_eval.py --model runs/smoke/model --dataset digits --out runs/smoke/eval":
-        Run(shrink="--max-samples 256 --epochs 10"),
+        Run(shrink="--max-samples 128 --epochs 10"),
     "qscore-hf card --results runs/smoke/eval/report.json --out runs/smoke/card/README.md --license apache-2.0":
         Run(expect="wrote runs/smoke/card/README.md"),
     "qscore-hf zoo list": Run(expect="dino-vits16"),
