@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -329,9 +330,20 @@ def _read_cache_without_network(name: str | os.PathLike, kwargs: dict[str, Any])
     return problem
 
 
+# Looks at a local folder caught between the two renames of another process's save (briefly without config.json).
+_SETTLE_ATTEMPTS, _SETTLE_SECONDS = 5, 0.05
+
+
 def _find_source(name: str | os.PathLike, kwargs: Mapping[str, Any]) -> SourceRepo | None:
-    """The model's config.json, to tell our folders from transformers and timm repos (``None``: not found)."""
-    return find_source(name, **{key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None})
+    """The model's config.json, to tell our folders from transformers and timm repos (``None``: not found). A file
+    that vanishes while it is read (a save swapping the folder) is looked for again a moment later."""
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    for _ in range(_SETTLE_ATTEMPTS - 1):
+        try:
+            return find_source(name, **hub_kwargs)
+        except FileNotFoundError:
+            time.sleep(_SETTLE_SECONDS)
+    return find_source(name, **hub_kwargs)
 
 
 _RECORDED_EPS = "activation_stats.counted_eps"
