@@ -14,7 +14,9 @@ Conventions of the pages:
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,20 @@ def ci_commands(role: str, root: Path = ROOT) -> list[str]:
     if not marked:
         raise SystemExit(f"README.md has no ```bash block marked <!-- ci: {role} -->")
     return [command for block in marked for command in commands(block)]
+
+
+def scratch_clone(tmp_path: Path) -> Path:
+    """A fresh clone's working tree to run commands in: the checkout copied (no .git, no caches), nothing shared."""
+    work = tmp_path / "clone"
+    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.egg-info",
+                                                              "build", "dist", "runs", "outputs", "qscore-demo"))
+    return work
+
+
+def user_environment(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The user's environment, offline, with a Hugging Face home of its own and this interpreter's scripts first."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": path, **(extra or {})}
 
 
 if __name__ == "__main__":

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages
+from doc_blocks import ROOT, SHELL, Block, blocks, ci_commands, commands, pages, scratch_clone, user_environment
 from documented_commands import CI, COMMANDS, DOCUMENTED, ENTRY_POINTS, Run
 
 PAGES = {str(page.relative_to(ROOT)): blocks(page) for page in pages()}
@@ -34,20 +31,6 @@ def _documented_commands() -> dict[str, str]:
         for command in commands(block):
             found.setdefault(command, block.where)
     return found
-
-
-def _scratch(tmp_path: Path) -> Path:
-    """A fresh clone's working tree to run commands in: the checkout copied (no .git, no caches), nothing shared."""
-    work = tmp_path / "clone"
-    shutil.copytree(ROOT, work, ignore=shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.egg-info",
-                                                              "build", "dist", "runs", "outputs", "qscore-demo"))
-    return work
-
-
-def _environment(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The user's environment, offline, with a Hugging Face home of its own and this interpreter's scripts first."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": path, **(extra or {})}
 
 
 def test_every_documented_command_has_an_entry_and_every_entry_a_command():
@@ -73,11 +56,11 @@ def test_python_blocks_run_as_written(page, tmp_path):
     for before, after in zip(page_blocks, page_blocks[1:]):
         if before.lang == "python" and after.lang == "text" and after.line == _closing_line(before) + 1:
             expected[runnable.index(before)] = after.text
-    work = _scratch(tmp_path)
+    work = scratch_clone(tmp_path)
     source = tmp_path / "blocks.json"
     source.write_text(json.dumps([{"where": b.where, "text": b.text} for b in runnable]))
     run = subprocess.run([sys.executable, "-c", NOTEBOOK, str(source), str(tmp_path / "out.json")], cwd=work,
-                         env=_environment(tmp_path), capture_output=True, text=True, timeout=600)  # fmt: skip
+                         env=user_environment(tmp_path), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     outputs = json.loads((tmp_path / "out.json").read_text())
     for index, text in expected.items():

@@ -11,22 +11,21 @@ import subprocess
 
 import pytest
 
-from doc_blocks import SHELL, commands
+from doc_blocks import SHELL, blocks, commands, pages, scratch_clone, user_environment
 from documented_commands import COMMANDS, Run
-from test_docs_contract import PAGES, _environment, _scratch
 
 pytestmark = pytest.mark.runs_long  # minutes of training and scoring: started first under pytest-xdist
 
 
 def test_documented_commands_run_as_typed(tmp_path):
-    work, ran = _scratch(tmp_path), []
-    for block in (b for page in PAGES.values() for b in page if b.lang in SHELL and b.no_run is None):
+    work, ran = scratch_clone(tmp_path), []
+    for block in (b for page in pages() for b in blocks(page) if b.lang in SHELL and b.no_run is None):
         for command in commands(block):
             entry = COMMANDS[command]
             if not isinstance(entry, Run) or command in ran:
                 continue
             typed = f"{command} {entry.shrink}".strip()
-            run = subprocess.run(["bash", "-c", typed], cwd=work, env=_environment(tmp_path, entry.env),
+            run = subprocess.run(["bash", "-c", typed], cwd=work, env=user_environment(tmp_path, entry.env),
                                  capture_output=True, text=True, timeout=entry.timeout, stdin=subprocess.DEVNULL)  # fmt: skip
             assert run.returncode == 0, f"{block.where}: {typed}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
             assert entry.expect in run.stdout + run.stderr, f"{block.where}: {typed}: no {entry.expect!r} in\n{run.stdout}"
