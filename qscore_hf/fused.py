@@ -104,8 +104,10 @@ def _kernel_source(count: bool, masked: bool) -> Callable[..., None]:
                               + 4.0 * _UNIT_ROUNDOFF * (offset * offset + abs(variance)))  # fmt: skip
             error_sigma = error_variance / sigma + 2.0 * _UNIT_ROUNDOFF * sigma if sigma > 0.0 else math.inf
             band = 2.0 * (error_mu + eps * error_sigma) + 8.0 * _UNIT_ROUNDOFF * (abs(mu) + threshold)
-            low_cut = threshold - band
-            high_cut = threshold + band
+            # The cuts on the entries themselves (h_ij > mu_i + ...): no subtraction per entry. Their rounding,
+            # u * |cut|, is within the band's 8u (|mu| + threshold) term, which has room for it.
+            low_cut = mu + (threshold - band)
+            high_cut = mu + (threshold + band)
             row_sum = s
             row_signs = signs
             shift = np.float64(following[0])
@@ -114,13 +116,14 @@ def _kernel_source(count: bool, masked: bool) -> Callable[..., None]:
             signs = following_bits[0]
             # 0/1 products instead of branches, so that the loop vectorizes; t * 0 is 0 for every finite t, and a
             # row holding NaN or Inf is rescored by the caller anyway. An entry above high_cut is in L_i, one at or
-            # below low_cut is not; the row is uncertain when the two counts differ.
+            # below low_cut is not; the row is uncertain when the two counts differ. ``acc`` sums the selected
+            # entries; mu is taken off once per row, below.
             size = 0.0
             acc = 0.0
             above_low = 0.0
             above_high = 0.0
             for j in range(d):
-                t = np.float64(row[j]) - mu
+                t = np.float64(row[j])
                 above_low += 1.0 if t > low_cut else 0.0
                 selected = 1.0 if t > high_cut else 0.0
                 if count:
@@ -142,7 +145,7 @@ def _kernel_source(count: bool, masked: bool) -> Callable[..., None]:
             near = above_low != above_high
             if count and near:  # take the row back out (the same expression decides the same way); the caller counts
                 for j in range(d):
-                    counts[j] -= 1.0 if np.float64(row[j]) - mu > high_cut else 0.0
+                    counts[j] -= 1.0 if np.float64(row[j]) > high_cut else 0.0
             negative = False
             if row_signs < 0:  # a sign bit: a negative entry, or only -0.0
                 for j in range(d):
@@ -153,7 +156,18 @@ def _kernel_source(count: bool, masked: bool) -> Callable[..., None]:
                 l1 = 0.0
                 for j in range(d):
                     l1 += abs(np.float64(row[j]))
-            score = acc / size if size > 0 else 0.0
+            # sum over S_i of (h_ij - mu_i). Every selected entry exceeds mu_i, so sum |h_ij| <= deviations +
+            # size |mu_i|, and the rounding error of acc - size * mu_i is within (d + 2) u (deviations + 2 size
+            # |mu_i|): at most 33 times that of summing the deviations themselves while size |mu_i| <= 16 deviations.
+            # Beyond that (a large common offset) the deviations are summed one by one, as the eager path does.
+            deviations = acc - size * mu
+            if size > 0 and size * abs(mu) > 16.0 * deviations:
+                deviations = 0.0
+                for j in range(d):
+                    t = np.float64(row[j])
+                    weight = (1.0 if t > high_cut else 0.0) * (feature_mask[j] if masked else 1.0)
+                    deviations += (t - mu) * weight
+            score = deviations / size if size > 0 else 0.0
             if mode == 1:
                 score = score / sigma if sigma > 0 else 0.0
             elif mode == 2:

@@ -49,8 +49,11 @@ _GPU_CHUNK_ELEMENTS = 2**25
 _MAX_ROWS_NAMED = 5
 # The fused CPU kernel (qscore_hf/fused.py) reads a row at a time, so its chunks are only units of work for the
 # thread pool: about 50 of them for 50,000 x 2048 features, so that a worker slowed by a busy core takes fewer.
-# Below _FUSED_MIN_ELEMENTS the eager path takes a few milliseconds and importing numba is not worth it.
+# On one thread they are only the unit that _redo_inexact rescores, and 8 times larger (each call of the kernel
+# costs about 30 us of argument handling). Below _FUSED_MIN_ELEMENTS the eager path takes a few milliseconds and
+# importing numba is not worth it.
 _FUSED_CHUNK_ELEMENTS = 2**21
+_FUSED_CHUNK_ELEMENTS_ONE_THREAD = 2**24
 _FUSED_MIN_ELEMENTS = 2**20
 FUSED_ENV = "QSCORE_HF_FUSED"
 
@@ -400,7 +403,8 @@ def _run_pass(features: Tensor, plan: _Pass, chunk_size: int | None) -> list[_Ch
     cpu_batch = not grad and features.device.type == "cpu" and plan.mask_out is None
     fused = _fused() if cpu_batch and features.numel() >= _FUSED_MIN_ELEMENTS else None
     if fused is not None:
-        rows = chunk_size or max(1, _FUSED_CHUNK_ELEMENTS // features.shape[1])  # counts in float64: exact to 2**53
+        elements = _FUSED_CHUNK_ELEMENTS if torch.get_num_threads() > 1 else _FUSED_CHUNK_ELEMENTS_ONE_THREAD
+        rows = chunk_size or max(1, elements // features.shape[1])  # counts in float64: exact to 2**53
         results = _redo_inexact(features, _run_fused(features, plan, rows, fused), rows, plan)
         return _decide_uncertain(features, results, rows, plan)
     rows = chunk_size or default_chunk_rows(features.shape[1], features.device)
