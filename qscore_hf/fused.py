@@ -156,17 +156,10 @@ def _kernel_source(count: bool, masked: bool) -> Callable[..., None]:
                 l1 = 0.0
                 for j in range(d):
                     l1 += abs(np.float64(row[j]))
-            # sum over S_i of (h_ij - mu_i). Every selected entry exceeds mu_i, so sum |h_ij| <= deviations +
-            # size |mu_i|, and the rounding error of acc - size * mu_i is within (d + 2) u (deviations + 2 size
-            # |mu_i|): at most 33 times that of summing the deviations themselves while size |mu_i| <= 16 deviations.
-            # Beyond that (a large common offset) the deviations are summed one by one, as the eager path does.
+            # sum over S_i of (h_ij - mu_i), with mu_i taken off once: every selected entry exceeds mu_i, so the
+            # error of acc - size * mu_i is within (size + 2) u (deviations + 2 size |mu_i|), per selected entry at
+            # most the error bound of mu_i itself (d u (|mu_i| + sigma_i)), which summing h_ij - mu_i carries too.
             deviations = acc - size * mu
-            if size > 0 and size * abs(mu) > 16.0 * deviations:
-                deviations = 0.0
-                for j in range(d):
-                    t = np.float64(row[j])
-                    weight = (1.0 if t > high_cut else 0.0) * (feature_mask[j] if masked else 1.0)
-                    deviations += (t - mu) * weight
             score = deviations / size if size > 0 else 0.0
             if mode == 1:
                 score = score / sigma if sigma > 0 else 0.0

@@ -89,6 +89,22 @@ def test_large_cpu_input_takes_the_fused_kernel_and_matches_float64(large, kerne
     assert stats.counts.tolist() == want["counts"].tolist()
 
 
+def test_rows_with_a_large_common_offset_keep_float64_precision(kernel_calls, monkeypatch):
+    """The kernel sums the selected entries and takes mu off once per row. With an offset of 1e6 on a spread of 1
+    and half the entries selected (eps 0), the float64 Q-Scores stay within the error bound of mu itself (which any
+    float64 sum of the row carries: d u (|mu| + sigma)) of the row-by-row reference; float32 sums would be 1e-2 off."""
+    monkeypatch.delenv(score.FUSED_ENV, raising=False)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 2048)) + 1e6
+    x[:256] = np.abs(rng.standard_normal((256, 2048))) ** 2
+    bound = 2048 * 2.0**-53 * (np.abs(x.mean(axis=1)) + x.std(axis=1))
+    for eps in (0.0, 2.0):
+        want = reference(x, np.ones(2048, bool), eps)["none"]
+        got = qscore(torch.from_numpy(x), eps=eps).numpy()
+        np.testing.assert_array_less(np.abs(got - want), bound)
+    assert sum(kernel_calls) == 2 * 512
+
+
 @pytest.mark.filterwarnings("ignore::qscore_hf.score.NegativeFeaturesWarning")
 def test_fused_rows_with_nan_are_named(large, kernel_calls):
     x = torch.from_numpy(large.copy())
