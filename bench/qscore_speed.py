@@ -13,7 +13,9 @@ with --model-overhead, the overhead) are printed last.
 
 Beside its own input it times ``qscore(x, eps=4)`` and ``eps=1`` on ``x = relu(randn)**2`` with all features (issue
 34's input) on each path, in read passes of that matrix, with the share of rows that had an entry within the rounding
-band of its threshold and were decided again in integer arithmetic ("exact_rows_share").
+band of its threshold and were decided again in integer arithmetic ("exact_rows_share"). On the CPU it also times
+single tensor operations over that matrix in the eager path's chunks ("eager_operation_passes"): the floor of any
+eager implementation is the number of operations it needs (moments, threshold, selection, masked sums) times these.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 
 from _record import environment, save
 from qscore_hf import ActivationStats, qscore
-from qscore_hf.score import FUSED_ENV, NORMALIZE_OPTIONS, _Pass, _run_pass
+from qscore_hf.score import FUSED_ENV, NORMALIZE_OPTIONS, _Pass, _run_pass, default_chunk_rows
 
 RELU_SQUARED_EPS = (4.0, 1.0)
 
@@ -86,6 +88,27 @@ def on_path(fused: bool, function):
             os.environ.pop(FUSED_ENV)
 
     return run
+
+
+def eager_operations(features: torch.Tensor) -> dict:
+    """Single tensor operations of the kinds the eager path is made of, each over every chunk the eager path would
+    take (cache-sized on the CPU), for ``interleaved_best``."""
+    rows = default_chunk_rows(features.shape[1], features.device)
+    chunks = list(torch.split(features, rows))
+    column = torch.ones(rows, 1, dtype=features.dtype, device=features.device)
+    scratch = torch.empty(rows, features.shape[1], dtype=features.dtype, device=features.device)
+
+    def each_chunk(operation):
+        return lambda: [operation(chunk, column[: len(chunk)], scratch[: len(chunk)]) for chunk in chunks]
+
+    return {
+        "row_sum": each_chunk(lambda x, c, out: x.sum(dim=1)),
+        "row_sum_in_float64": each_chunk(lambda x, c, out: x.sum(dim=1, dtype=torch.float64)),
+        "row_minimum": each_chunk(lambda x, c, out: x.amin(dim=1)),
+        "square": each_chunk(lambda x, c, out: torch.mul(x, x, out=out)),
+        "compare_with_row_threshold": each_chunk(lambda x, c, out: torch.gt(x, c, out=out)),
+        "copy_to_float64": each_chunk(lambda x, c, out: x.to(torch.float64)),
+    }
 
 
 def exact_rows_share(features: torch.Tensor, eps: float) -> float:
@@ -149,10 +172,13 @@ def main() -> int:
             timed[prefix + normalize] = on_path(fused, lambda n=normalize: qscore(tensor, d_index, args.eps, n))
         for eps in RELU_SQUARED_EPS:
             timed[f"{prefix}relu_squared_{eps:g}"] = on_path(fused, lambda e=eps: qscore(relu_squared, eps=e))
+    operations = eager_operations(relu_squared) if device.type == "cpu" else {}
+    timed.update({f"operation_{name}": operation for name, operation in operations.items()})
     with busy_cores(args.busy_cores):
         best = interleaved_best(args.repeats, timed, sync)
     read_pass = best.pop("read_pass")
     relu_squared_pass = best.pop("relu_squared_read_pass")
+    operation_passes = {name: best.pop(f"operation_{name}") / relu_squared_pass for name in operations}
     relu_squared_figures = {
         f"eps_{eps:g}": {
             **{f"{prefix}{unit}": best[f"{prefix}relu_squared_{eps:g}"] / (relu_squared_pass if unit == "passes" else 1)
@@ -184,7 +210,8 @@ def main() -> int:
         "read_pass_s": read_pass,
         "passes": vectorized / read_pass,
         "by_normalize": by_normalize,
-        "relu_squared": {"read_pass_s": relu_squared_pass, "discriminative": "all features", **relu_squared_figures},
+        "relu_squared": {"read_pass_s": relu_squared_pass, "discriminative": "all features", **relu_squared_figures,
+                         **({"eager_operation_passes": operation_passes} if operation_passes else {})},
         "busy_cores": args.busy_cores,
         "rows_differing_from_numpy": mismatched_rows,
         "speedup": baseline / vectorized,
@@ -204,6 +231,9 @@ def main() -> int:
         print(f"relu(randn)**2, {name.replace('_', ' ')}: " + ", ".join(
             f"{prefix.rstrip('_') or 'fused'} {figures[prefix + 'passes']:.2f} passes "
             f"({100 * figures[prefix + 'exact_rows_share']:.3f} % of rows decided exactly)" for prefix in paths))
+    if operation_passes:
+        print("one eager tensor operation over every chunk, in read passes: "
+              + ", ".join(f"{name.replace('_', ' ')} {passes:.2f}" for name, passes in operation_passes.items()))
     return 0
 
 
