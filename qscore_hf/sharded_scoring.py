@@ -6,7 +6,11 @@ shards (``PartialState.split_between_processes``) into the feature cache, one fo
 a temporary name and renamed when complete (``qscore_hf.features``): a run killed at any moment and relaunched, with
 the same or another number of processes, reuses every finished shard and never reads a half-written one. Because a
 shard's batches start at its first row, every image goes through the encoder in the same batch whatever the number of
-processes, and the features are the same as in one process (with the same threads per process).
+processes, and the features are the same as in one process (with the same threads per process). A streaming data set
+(``--streaming``) has no row index: it is cut into the same blocks as it is read, and
+``datasets.distributed.split_dataset_by_node`` deals the blocks out one in ``num_processes`` (every process reads the
+stream with the images left encoded, and decodes and encodes only its own blocks); finished blocks are reused the same
+way.
 
 The dataset-level state is merged exactly: the activation counts ``A_j`` and the ``eps="auto"`` histogram are integer
 counts summed across processes (``all_reduce``), so ``D`` and ``eps`` are bit-identical to one process; the linear
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
+from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
@@ -49,6 +54,7 @@ from .features import (
     _write_cache,
     feature_chunks,
     iter_features,
+    without_decoding,
 )
 from .modeling_qscore import QScoreModel
 from .probe import LinearProbe, Optimizer, train_linear_probe
@@ -144,17 +150,59 @@ def _shift(block: FeatureSet, start: int) -> FeatureSet:
     return dataclasses.replace(block, row_ids=block.row_ids + start, skipped=skipped)
 
 
+def _extract_shard(model: QScoreModel, part: ImageDataset, folder: Path, identity: dict[str, Any], num_rows: int,
+                   batch_size: int, device: torch.device, dtype: torch.dtype | None, num_workers: int,
+                   skip_unreadable: bool) -> bool:  # fmt: skip
+    """Extract the rows of ``part`` (one shard) into ``folder`` unless it is cached; whether it was extracted."""
+    if _load_cached(folder, identity) is not None:
+        return False
+    batches = iter_features(model, part, batch_size, device, dtype, num_workers, False, skip_unreadable)
+    _write_cache(folder, identity, batches, None if skip_unreadable else num_rows, part.label_column is not None)
+    return True
+
+
+def _extract_streamed(image_dataset: ImageDataset, state: PartialState, shard_rows: int,
+                      folder_of: Callable[[int, int], tuple[Path, dict[str, Any]]], bar: tqdm,
+                      extract: Callable[..., bool]) -> tuple[int, int]:  # fmt: skip
+    """This process's shards of a streaming data set: the stream cut into blocks of ``shard_rows`` rows from its
+    first row (images left encoded), the blocks dealt out by ``datasets.distributed.split_dataset_by_node`` (one in
+    ``num_processes``: process ``r`` gets blocks ``r``, ``r + num_processes``...); each block is extracted as a small
+    map-style data set, so its batches are those of one process. Returns the data set's rows (from every process's
+    count) and the shards this process extracted."""
+    stream, decoder = without_decoding(image_dataset)
+    columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
+    stream = stream.select_columns(columns)
+    encoded = stream.features
+    # "examples": the blocks are dealt one by one whatever the number of files; "shards" (whole files a process)
+    # would cut batches at file ends and lose the rows' global positions.
+    blocks = split_dataset_by_node(stream.batch(shard_rows), state.process_index, state.num_processes,
+                                   strategy="examples")  # fmt: skip
+    seen, extracted = 0, 0
+    for position, block in enumerate(blocks):
+        index = position * state.num_processes + state.process_index
+        rows = len(block[image_dataset.image_column])
+        seen += rows
+        start = index * shard_rows
+        folder, identity = folder_of(start, start + rows)
+        part = datasets.Dataset.from_dict(block, features=encoded)
+        if decoder is not None:
+            part = part.cast_column(image_dataset.image_column, decoder)
+        extracted += extract(dataclasses.replace(image_dataset, dataset=part), folder, identity, rows)
+        bar.update()
+    return sum(gather_object([seen])), extracted
+
+
 def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: PartialState, shard_rows: int,
                    cache_dir: Path, batch_size: int, device: torch.device, dtype: torch.dtype | None, num_workers: int,
                    progress: bool, skip_unreadable: bool) -> _Shards:  # fmt: skip
     """Extract this process's shards of ``image_dataset`` that are not in the cache yet, wait for the other processes,
-    and return every shard (memory-mapped)."""
+    and return every shard (memory-mapped).
+
+    A map-style data set is split by index, each process taking a contiguous run of shards; a streaming one is read
+    by every process, which extracts one block of ``shard_rows`` rows in ``num_processes`` (``_extract_streamed``).
+    The shards are the same row ranges either way, so a streamed run and a map-style one share nothing but the
+    layout (their cache keys differ)."""
     dataset = image_dataset.dataset
-    if not isinstance(dataset, datasets.Dataset):
-        raise ValueError(
-            "scoring on several processes (or with --shard-rows) needs a map-style data set, whose rows can be split "
-            "by index; load it without --streaming (datasets caches it on disk, memory-mapped)."
-        )
     if shard_rows < 1 or shard_rows % batch_size:
         raise ValueError(
             f"shard_rows ({shard_rows}) must be a positive multiple of the batch size ({batch_size}), so that every "
@@ -169,26 +217,36 @@ def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: Parti
             "the processes disagree on the model or the data set (their feature cache keys differ): load the same "
             "model folder (not a randomly initialised one) and the same data set on every process."
         )
-    bounds = [(start, min(start + shard_rows, len(dataset))) for start in range(0, len(dataset), shard_rows)]
-    with state.split_between_processes(list(range(len(bounds)))) as mine:
-        mine = list(mine)
-    has_labels = image_dataset.label_column is not None
-    identities = [{**base, "rows": list(bound)} for bound in bounds]
-    folders = [root / f"rows-{start:012d}-{stop:012d}" for start, stop in bounds]
-    extracted = 0
-    bar = tqdm(mine, desc=f"feature shards {image_dataset.name}/{image_dataset.split}", unit="shard",
+
+    def folder_of(start: int, stop: int) -> tuple[Path, dict[str, Any]]:
+        return root / f"rows-{start:012d}-{stop:012d}", {**base, "rows": [start, stop]}
+
+    def extract(part: ImageDataset, folder: Path, identity: dict[str, Any], num_rows: int) -> bool:
+        return _extract_shard(model, part, folder, identity, num_rows, batch_size, device, dtype, num_workers,
+                              skip_unreadable)  # fmt: skip
+
+    streamed = not isinstance(dataset, datasets.Dataset)
+    bar = tqdm(desc=f"feature shards {image_dataset.name}/{image_dataset.split}", unit="shard",
                disable=not (progress and state.is_local_main_process))  # fmt: skip
-    for index in bar:
-        if _load_cached(folders[index], identities[index]) is not None:
-            continue
-        start, stop = bounds[index]
-        part = dataclasses.replace(image_dataset, dataset=dataset.select(range(start, stop)))
-        batches = iter_features(model, part, batch_size, device, dtype, num_workers, False, skip_unreadable)
-        _write_cache(folders[index], identities[index], batches, None if skip_unreadable else stop - start, has_labels)
-        extracted += 1
+    if streamed:
+        num_rows, extracted = _extract_streamed(image_dataset, state, shard_rows, folder_of, bar, extract)
+    else:
+        num_rows, extracted = len(dataset), 0
+    bounds = [(start, min(start + shard_rows, num_rows)) for start in range(0, num_rows, shard_rows)]
+    with state.split_between_processes(list(range(len(bounds)))) as mine:
+        mine = list(mine)  # the shards this process scores (and, map-style, extracts)
+    if not streamed:
+        bar.reset(total=len(mine))
+        for index in mine:
+            start, stop = bounds[index]
+            part = dataclasses.replace(image_dataset, dataset=dataset.select(range(start, stop)))
+            extracted += extract(part, *folder_of(start, stop), stop - start)
+            bar.update()
+    bar.close()
     state.wait_for_everyone()
     blocks = []
-    for (start, stop), folder, identity in zip(bounds, folders, identities):
+    for start, stop in bounds:
+        folder, identity = folder_of(start, stop)
         block = _load_cached(folder, identity)
         if block is None:
             raise RuntimeError(
@@ -199,6 +257,8 @@ def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: Parti
             raise UnreadableImageError(dataclasses.replace(block.skipped[0], row_id=block.skipped[0].row_id + start),
                                        image_dataset.name)  # fmt: skip
         blocks.append(_shift(block, start))
+    if not blocks:
+        raise ValueError(f"split {image_dataset.split!r} of data set {image_dataset.name!r} has no rows to score.")
     return _Shards(blocks, mine, root, extracted)
 
 

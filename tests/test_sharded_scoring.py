@@ -1,6 +1,7 @@
 """``qscore-hf score`` on two gloo processes (``accelerate launch``) against one process, on real CIFAR-10 images:
 bit-identical ``A_j`` and per-sample Q, AUROCs equal to 1e-12, outputs read back as one data set in row order, and a
-run killed mid-extraction resumed with another number of processes reusing its finished feature shards."""
+run killed mid-extraction resumed with another number of processes reusing its finished feature shards; the same for
+a streaming data set."""
 
 # Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
 # test log.
@@ -37,8 +38,9 @@ CIFAR10 = next((path for path in (ROOT.parents[0] / "shared/data/cifar10", ROOT.
 pytestmark = pytest.mark.skipif(CIFAR10 is None, reason="the offline CIFAR-10 copy (shared/data/cifar10) is missing")
 
 ROWS, BATCH, EPS = 256, 32, 1.0  # eps 1 leaves this random encoder a non-degenerate Q (|D| about 180 of 512)
+LOWEST = 4  # the plot of the lowest-Q images: drawn by the main process from the rows of every process
 SCORE_ARGS = ["--split", "test", "--max-samples", str(ROWS), "--batch-size", str(BATCH), "--eps", str(EPS),
-              "--no-progress"]  # fmt: skip
+              "--flag-lowest", str(LOWEST), "--no-progress"]  # fmt: skip
 PROBE_ARGS = ["--probe", "--probe-split", "train", "--probe-epochs", "3"]
 
 
@@ -75,13 +77,14 @@ def _one_process(model_dir: Path, work: Path, probe: bool) -> dict:
         scored = load_image_dataset(str(CIFAR10), "test", max_samples=ROWS)
         probe_split = load_image_dataset(str(CIFAR10), "train", max_samples=ROWS) if probe else None
         summary = score_dataset(model, scored, work / "out", probe_dataset=probe_split, probe_epochs=3,
-                                batch_size=BATCH, device="cpu", cache_dir=work / "cache", progress=False, eps=EPS)
+                                batch_size=BATCH, device="cpu", cache_dir=work / "cache", progress=False, eps=EPS,
+                                flag_lowest=LOWEST)  # fmt: skip
         features = extract_features(model, scored, BATCH, "cpu", cache_dir=work / "cache", progress=False).features
         counts = count_activation_stats(features, EPS).counts.numpy()
     finally:
         torch.set_num_threads(threads)
     table = datasets.load_dataset("parquet", data_files=str(work / "out" / "per_sample.parquet"), split="train")
-    return {"summary": summary, "per_sample": table, "counts": counts}
+    return {"summary": summary, "per_sample": table, "counts": counts, "out": work / "out"}
 
 
 def _kill_tree(run: subprocess.Popen) -> None:
@@ -136,6 +139,17 @@ def test_two_gloo_processes_equal_one_process(model_dir, one_process, tmp_path):
     for row in expected["comparison"]["scores"]:
         assert aurocs[row["score"]] == pytest.approx(row["auroc"], abs=1e-12), row["score"]
     np.testing.assert_allclose(table["knn_density"], reference["knn_density"], rtol=0, atol=1e-6)
+    _assert_same_report_and_plots(out, one_process["out"])
+
+
+def _assert_same_report_and_plots(out: Path, expected: Path) -> None:
+    """report.md and the plots as one process writes them (written once, by the main process)."""
+    sharded = {"activation_stats.safetensors", *(path.name for path in out.glob("per_sample-*-of-*.parquet"))}
+    assert {path.name for path in out.iterdir()} - sharded == {path.name for path in expected.iterdir()} - {
+        "per_sample.parquet"}
+    assert (out / "report.md").read_text() == (expected / "report.md").read_text()
+    for plot in json.loads((expected / "summary.json").read_text())["plots"].values():
+        assert (out / plot).read_bytes() == (expected / plot).read_bytes(), plot
 
 
 def test_killed_run_resumes_with_another_process_count(tmp_path):
@@ -211,12 +225,43 @@ def test_linear_eval_on_two_gloo_processes_equals_one_process(model_dir, tmp_pat
     assert two["q_score"] == one["q_score"] and two["prediction"] == one["prediction"]
 
 
-def test_streaming_and_misaligned_shards_are_refused_in_one_line(model_dir, tmp_path):
+def test_streaming_on_two_gloo_processes_equals_one_process(model_dir, one_process, tmp_path):
+    """--streaming: the stream's blocks dealt out by split_dataset_by_node (3 blocks, the last one short: process 0
+    extracts two, process 1 one) give what the map-style one-process run gives; then one process, streaming again,
+    reuses every block."""
+    out, cache, shard_rows = tmp_path / "two", tmp_path / "cache", 3 * BATCH
+    run = _launch(2, ["--model", str(model_dir), "--dataset", str(CIFAR10), "--streaming", *SCORE_ARGS, *PROBE_ARGS,
+                      "--shard-rows", str(shard_rows), "--out", str(out)], cache)  # fmt: skip
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["distributed"]["num_processes"] == 2 and summary["distributed"]["num_shards"] == 3
+    assert summary["distributed"]["shards_extracted_by_main_process"] == 2  # blocks 0 and 2 of the scored split
+    stats = load_file(out / "activation_stats.safetensors")
+    np.testing.assert_array_equal(stats["counts"].numpy(), one_process["counts"])
+    table = datasets.load_dataset("parquet", data_files=str(out / "per_sample-*.parquet"), split="train")
+    reference = one_process["per_sample"]
+    assert table["row_id"] == list(range(ROWS))
+    assert table["q_score"] == reference["q_score"] and table["top_features"] == reference["top_features"]
+    assert table["prediction"] == reference["prediction"] and table["label"] == reference["label"]
+    assert summary["auroc"] == pytest.approx(one_process["summary"]["auroc"], abs=1e-12)
+    _assert_same_report_and_plots(out, one_process["out"])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        streamed = load_image_dataset(str(CIFAR10), "test", streaming=True, max_samples=ROWS)
+        resumed = score_dataset(QScoreModel.from_pretrained(model_dir), streamed, tmp_path / "one", batch_size=BATCH,
+                                device="cpu", cache_dir=cache, progress=False, eps=EPS, shard_rows=shard_rows)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed["distributed"]["shards_extracted_by_main_process"] == 0
+    again = datasets.load_dataset("parquet", data_files=str(tmp_path / "one" / "per_sample-*.parquet"), split="train")
+    assert again["q_score"] == reference["q_score"]
+
+
+def test_misaligned_shards_are_refused_in_one_line(model_dir, tmp_path):
     model = QScoreModel.from_pretrained(model_dir)
-    streamed = load_image_dataset(str(CIFAR10), "test", streaming=True, max_samples=8)
-    with pytest.raises(ValueError, match="map-style data set"):
-        score_dataset(model, streamed, tmp_path / "out", batch_size=4, shard_rows=8, device="cpu",
-                      cache_dir=tmp_path, progress=False, eps=EPS)  # fmt: skip
     scored = load_image_dataset(str(CIFAR10), "test", max_samples=8)
     with pytest.raises(ValueError, match="multiple of the batch size"):
         score_dataset(model, scored, tmp_path / "out", batch_size=4, shard_rows=6, device="cpu", cache_dir=tmp_path,
