@@ -53,9 +53,11 @@ COMMANDS: dict[str, Run | str] = {
     "--batch-size 256 --output-dir runs/byol": Run(shrink=_SMALL_RUN),
     "accelerate launch training/pretrain.py --method byol --dataset fashion_mnist --init-from runs/byol/model --lr 1e-5 "
     "--epochs 50 --qscore-reg --output-dir runs/byol-qreg-ft": Run(shrink=_SMALL_RUN),
-    # docs/guides/distributed-scoring.md: the CPU command on two gloo processes (the GPU ones are no-run)
+    # docs/guides/distributed-scoring.md: the CPU commands on two gloo processes (the GPU ones are no-run)
     "OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m qscore_hf.cli score --model runs/smoke/model "
     "--dataset digits --split test --out scores-2p": Run(expect="scored 360 images"),
+    "OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes 2 -m qscore_hf.cli score --model runs/smoke/model "
+    "--dataset digits --split test --streaming --shard-rows 256 --out scores-2p-streaming": Run(expect="scored 360 images"),
 }
 
 
