@@ -454,12 +454,15 @@ def _load_cached(folder: Path, identity: dict[str, Any]) -> FeatureSet | None:
 
 
 def _write_cache(
-    folder: Path, identity: dict[str, Any], batches: Iterator[FeatureBatch], num_rows: int | None, has_labels: bool
+    folder: Path, identity: dict[str, Any], batches: Iterator[FeatureBatch], num_rows: int | None, has_labels: bool,
+    sweep: bool = True,
 ) -> None:
     """Run the extraction into a temporary folder beside ``folder`` and rename it into place when complete; first
-    remove the temporary folders that killed extractions left in the cache (each as large as its features)."""
+    (``sweep``) remove the temporary folders that killed extractions left in the cache (each as large as its
+    features)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(folder.parent)
+    if sweep:
+        sweep_stale_temporaries(folder.parent)
     tmp = temporary_directory_beside(folder)
     writer = _FeatureWriter(tmp, num_rows)
     try:

@@ -56,6 +56,7 @@ from .features import (
     iter_features,
     without_decoding,
 )
+from .io_utils import sweep_stale_temporaries
 from .modeling_qscore import QScoreModel
 from .probe import LinearProbe, Optimizer, train_linear_probe
 from .score import ActivationStats
@@ -157,7 +158,8 @@ def _extract_shard(model: QScoreModel, part: ImageDataset, folder: Path, identit
     if _load_cached(folder, identity) is not None:
         return False
     batches = iter_features(model, part, batch_size, device, dtype, num_workers, False, skip_unreadable)
-    _write_cache(folder, identity, batches, None if skip_unreadable else num_rows, part.label_column is not None)
+    _write_cache(folder, identity, batches, None if skip_unreadable else num_rows, part.label_column is not None,
+                 sweep=False)  # extract_shards swept the killed runs' temporaries before any process wrote
     return True
 
 
@@ -217,6 +219,12 @@ def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: Parti
             "the processes disagree on the model or the data set (their feature cache keys differ): load the same "
             "model folder (not a randomly initialised one) and the same data set on every process."
         )
+
+    # The temporaries of killed runs are swept once, by the main process, before any process writes: a sweep during
+    # the run would take another node's live temporaries (whose process ids are not running here) for debris.
+    if state.is_main_process:
+        sweep_stale_temporaries(root)
+    state.wait_for_everyone()
 
     def folder_of(start: int, stop: int) -> tuple[Path, dict[str, Any]]:
         return root / f"rows-{start:012d}-{stop:012d}", {**base, "rows": [start, stop]}

@@ -26,9 +26,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import qscore_hf.features
+import qscore_hf.sharded_scoring
 from qscore_hf import QScoreConfig, QScoreModel
 from qscore_hf.data import load_image_dataset
-from qscore_hf.features import count_activation_stats, extract_features
+from qscore_hf.features import count_activation_stats, extract_features, feature_cache_key
+from qscore_hf.io_utils import sweep_stale_temporaries
 from qscore_hf.linear_eval import run_linear_eval
 from qscore_hf.scoring import score_dataset
 
@@ -267,3 +270,25 @@ def test_misaligned_shards_are_refused_in_one_line(model_dir, tmp_path):
         score_dataset(model, scored, tmp_path / "out", batch_size=4, shard_rows=6, device="cpu", cache_dir=tmp_path,
                       progress=False, eps=EPS)  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_killed_runs_temporaries_are_swept_once_before_any_shard_is_written(model_dir, tmp_path, monkeypatch):
+    """On several nodes sharing a cache, a sweep during the run would take another node's live temporaries (whose
+    process ids are not running here) for debris: the killed runs' temporaries go once, before extraction."""
+    calls = []
+
+    def recording(parent):
+        calls.append(Path(parent))
+        return sweep_stale_temporaries(parent)
+
+    monkeypatch.setattr(qscore_hf.features, "sweep_stale_temporaries", recording)
+    monkeypatch.setattr(qscore_hf.sharded_scoring, "sweep_stale_temporaries", recording)
+    model = QScoreModel.from_pretrained(model_dir)
+    scored = load_image_dataset(str(CIFAR10), "test", max_samples=32)
+    root = tmp_path / "cache" / f"{feature_cache_key(model, scored)}-shards"
+    stale = root / ".rows-000000000000-000000000008.tmp-999999999-killed"  # no process has that id
+    stale.mkdir(parents=True)
+    summary = score_dataset(model, scored, tmp_path / "out", batch_size=8, shard_rows=8, device="cpu",
+                            cache_dir=tmp_path / "cache", progress=False, eps=EPS)  # fmt: skip
+    assert summary["distributed"]["shards_extracted_by_main_process"] == 4
+    assert calls == [root] and not stale.exists()
