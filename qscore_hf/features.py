@@ -29,10 +29,12 @@ import datasets
 import numpy as np
 import PIL.Image
 import torch
+from datasets.utils.file_utils import is_local_path
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .bounded_decode import decode_bounded, shortest_edge_of, shrink
 from .data import ImageDataset
 from .devices import resolve_device
 from .image_processing_qscore import to_eight_bit as _eight_bit
@@ -168,15 +170,25 @@ def without_decoding(
     return dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False)), feature
 
 
-def _decode(decoder: datasets.Image | None, value: Any) -> tuple[Any, str | None]:
+def _decode(decoder: datasets.Image | None, value: Any, processor: Any = None) -> tuple[Any, str | None]:
     """``(image, None)``, or ``(None, error)`` for a value that cannot be decoded (corrupt, truncated, of an unknown
-    format, a decompression bomb, or of pixels that have no 8-bit reading; see ``_eight_bit``)."""
+    format, a decompression bomb, or of pixels that have no 8-bit reading; see ``_eight_bit``). With ``processor``
+    the image is decoded and resized no larger than that processor needs (``bounded_decode``), so that a batch of
+    large photos is not held at full resolution."""
     if value is None:
         return None, "the row holds no image (null value)"
     if decoder is None:
-        return _eight_bit(value)
+        image, error = _eight_bit(value)
+        return (shrink(image, processor) if error is None else None), error
     try:
-        return _eight_bit(decoder.decode_example(value))
+        if isinstance(value, dict) and (value.get("bytes") is not None or is_local_path(value.get("path") or "")):
+            image = decode_bounded(value, shortest_edge_of(processor))
+            if decoder.mode and decoder.mode != image.mode:
+                image = image.convert(decoder.mode)
+        else:  # a remote path: datasets reads it
+            image = decoder.decode_example(value)
+        image, error = _eight_bit(image)
+        return (shrink(image, processor) if error is None else None), error
     # what PIL raises for corrupt, truncated or unknown files, and for images above its pixel limit
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         return None, f"{type(error).__name__}: {error}"
@@ -189,7 +201,7 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         images, kept, failures = [], [], []
         for position, row in enumerate(rows):
-            image, error = _decode(decoder, row[image_column])
+            image, error = _decode(decoder, row[image_column], processor)
             if error is None:
                 images.append(image)
                 kept.append(position)
