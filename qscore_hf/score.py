@@ -355,6 +355,20 @@ def _decide_uncertain(features: Tensor, results: list[_ChunkResult], rows: int, 
 
 
 def _exact_selection(values: np.ndarray, eps: float) -> np.ndarray:
+    """``L`` of the rows of ``values`` (float64, ``n x d``) decided in integer arithmetic (``_exact_selection_rows``),
+    ``_EXACT_CHUNK_ELEMENTS`` at a time: Python integers take some 40 bytes each and a few temporaries, which over a
+    million tied rows of 10 features would be 2 GiB at once; per chunk the memory stays the same for any number."""
+    step = max(1, _EXACT_CHUNK_ELEMENTS // max(1, values.shape[1]))
+    selected = np.empty(values.shape, dtype=bool)
+    for start in range(0, values.shape[0], step):
+        selected[start : start + step] = _exact_selection_rows(values[start : start + step], eps)
+    return selected
+
+
+_EXACT_CHUNK_ELEMENTS = 2**16  # Python integers decided at once by _exact_selection (a few MiB)
+
+
+def _exact_selection_rows(values: np.ndarray, eps: float) -> np.ndarray:
     """``L`` of the rows of ``values`` (float64, ``n x d``) decided in integer arithmetic: each row is ``n_j * c``
     with integers ``n_j`` and one power of two ``c``, and ``h_j > mu + eps * sigma`` is
     ``d*n_j - sum(n) > 0 and (d*n_j - sum(n))**2 > eps**2 * (d*sum(n**2) - sum(n)**2)``, with ``eps`` as the exact

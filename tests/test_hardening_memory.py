@@ -125,3 +125,25 @@ def test_a_batch_of_large_photos_is_not_held_at_full_resolution(offline_env, tmp
     result = _run_limited(setup, case, 700, offline_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "48"
+
+
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_exact_tie_rows_are_re_decided_in_bounded_memory(offline_env, fused):
+    """300,000 one-hot rows of 10 at eps 3: every row an exact tie (mean + 3 sigma is exactly 1), re-decided in
+    integer arithmetic, scoring 0. All at once over Python integers that took +636 MiB (eager) and +899 MiB (fused)."""
+    setup = """
+        import torch
+        from qscore_hf.score import qscore
+        tiny = torch.zeros(10, 10)
+        tiny[torch.arange(10), torch.arange(10)] = 1.0
+        assert float(qscore(tiny, eps=3.0).abs().max()) == 0.0  # loads whatever the scoring path loads
+        rows = 300_000
+        features = torch.zeros(rows, 10)
+        features[torch.arange(rows), torch.arange(rows) % 10] = 1.0
+        """
+    case = """
+        print(float(qscore(features, eps=3.0).abs().max()))
+        """
+    result = _run_limited(setup, case, 300, offline_env(QSCORE_HF_FUSED=fused))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "0.0"

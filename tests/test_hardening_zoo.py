@@ -291,3 +291,21 @@ def test_two_processes_loading_one_release_build_it_once(zoo, server, tmp_path):
     cache = tmp_path / "cache"
     assert not [p for p in (cache / "downloads").rglob("*") if p.name.endswith((".part", ".part.json"))]
     assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")]
+
+
+def test_finetune_refuses_its_output_folder_before_any_training(tmp_path, monkeypatch):
+    """An output folder holding someone else's files is refused in one line before the fine-tuning starts, not
+    after hours of it (the final save refused it only then)."""
+    from qscore_hf.zoo.finetune import FinetuneSettings, qreg_finetune
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fine-tuning started")
+
+    monkeypatch.setattr("qscore_hf.pretraining.pretrain", no_training)
+    out = tmp_path / "release-qreg"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    release = next(iter(load_registry().values()))
+    with pytest.raises(FileExistsError, match=r"release-qreg already holds what qscore-hf did not write there"):
+        qreg_finetune(release, tmp_path / "base", FinetuneSettings("digits"), out, tmp_path / "work", progress=False)
+    assert (out / "thesis.tex").read_text() == "mine" and not (tmp_path / "work").exists()

@@ -73,12 +73,14 @@ def qreg_finetune(
     """Fine-tune the built release in ``base`` with Q-reg, probe base and fine-tuned alike, and write the fine-tuned
     model to ``out`` (atomically) with a card holding both top-1s as measured; ``work`` keeps the run and the
     evaluations. Returns ``out``."""
-    from ..io_utils import atomic_directory
+    from ..io_utils import atomic_directory, check_output_folder
     from ..linear_eval import run_linear_eval
     from ..modeling_qscore import QScoreModel
     from ..pretraining import pretrain
     from .build import read_zoo_record
 
+    # what the final save would refuse (a folder holding others' files, nothing writable) is refused before training
+    check_output_folder(out, what=f"the folder of {release.name}-qreg")
     work = Path(work)
     cfg = finetune_config(release, settings, work / "run", base=base, progress=progress)
     start = time.perf_counter()
