@@ -58,7 +58,7 @@ __all__ = [
     "without_decoding",
 ]
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: JPEGs decoded no larger than the processor needs (qscore_hf.bounded_decode)
 FEATURES_FILE = "features.npy"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
