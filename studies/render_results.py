@@ -249,7 +249,7 @@ def machine(result: dict) -> str:
 
 def render_speed() -> str:
     speed, one = load(BENCH / "qscore_speed_cpu.json"), load(BENCH / "qscore_speed_cpu_1thread.json")
-    fused = load(BENCH / "qscore_fused_cpu.json")
+    fused, relu = load(BENCH / "qscore_fused_cpu.json"), one["relu_squared"]
     knn, memory = load(BENCH / "knn_density_cpu.json"), load(BENCH / "memory_cpu.json")
     sharded = load(BENCH / "sharded_scoring_cpu.json")
     merge_share = max(run["merge_share"] for run in sharded["runs"])
@@ -258,6 +258,13 @@ def render_speed() -> str:
              f"{speed['speedup']:.1f}x ({one['speedup']:.1f}x on one thread)", ">= 50x"],
             ["Q-Score time in read passes over the features", "`bench/qscore_speed.py`",
              f"{speed['passes']:.1f} (one thread: {one['passes']:.1f})", "<= 3"],
+            ["Q-Score of `relu(randn)**2`, all features, eps 4, one thread: kernel / eager, in read passes",
+             "`bench/qscore_speed.py`", f"{relu['eps_4']['passes']:.2f} / {relu['eps_4']['eager_passes']:.1f}",
+             "<= 2 / <= 4"],
+            ["one eager tensor operation over a cache-sized chunk (sum / compare / float64 copy), in read passes",
+             "`bench/qscore_speed.py`", " / ".join(f"{relu['eager_operation_passes'][name]:.2f}" for name in
+                                                    ("row_sum", "compare_with_row_threshold", "copy_to_float64")),
+             "the eager path's floor"],
             ["numba kernel / torch.compile / eager, in read passes", "`bench/qscore_fused.py`",
              f"{fused['numba_passes']:.1f} / {fused['fused_passes']:.1f} / {fused['eager_passes']:.1f}", "lowest"]]
     for name in ("score_throughput_cpu", "score_throughput_vit_timm_cpu", "score_throughput_vit_transformers_cpu"):
