@@ -99,7 +99,11 @@ def eager_operations(features: torch.Tensor) -> dict:
     scratch = torch.empty(rows, features.shape[1], dtype=features.dtype, device=features.device)
 
     def each_chunk(operation):
-        return lambda: [operation(chunk, column[: len(chunk)], scratch[: len(chunk)]) for chunk in chunks]
+        def run() -> None:
+            for chunk in chunks:  # each result dropped at once, as the eager path drops its temporaries
+                operation(chunk, column[: len(chunk)], scratch[: len(chunk)])
+
+        return run
 
     return {
         "row_sum": each_chunk(lambda x, c, out: x.sum(dim=1)),
