@@ -9,7 +9,9 @@
 2. For one method: images/s of the full pre-training loop (``qscore_hf.pretraining.pretrain``: data loading,
    augmentation, accelerate, logging) vs a minimal lightly-style loop (DataLoader with the same transform, the same
    method, loss, batch and precision; target >= 1.0) and vs the bare backbone's forward+backward on a ready-made
-   batch of the same shape (no data; target >= 0.8: is data loading the bottleneck?), once per data pipeline
+   batch of the same shape (no data; target >= 0.8: is data loading the bottleneck?; for a method with an EMA copy of
+   the backbone, BYOL, MoCo, DINO, also vs that bare step plus the copy's forward, the like-for-like baseline), once
+   per data pipeline
    (``--pipelines pil,tensor``: per-image PIL augmentation in loader processes, or images decoded once and views drawn
    per batch by kornia; the decoding happens before the timed steps, in a fresh cache).
 The ratios are printed last; ``--methods none`` skips part 1.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -120,21 +123,35 @@ def minimal_loop(args: argparse.Namespace, device: torch.device) -> float:
     return images / (time.perf_counter() - start)
 
 
-def bare_forward_backward(args: argparse.Namespace, device: torch.device) -> float:
-    """Images/s (pairs of views, as the loops count them) of the backbone alone on a ready-made batch."""
+def bare_forward_backward(args: argparse.Namespace, device: torch.device, with_target: bool = False) -> float:
+    """Images/s (pairs of views, as the loops count them) of the backbone alone on a ready-made batch; with
+    ``with_target`` also the forward of the method's EMA copy of the backbone (BYOL's target network, MoCo's key
+    encoder, DINO's teacher) on the same batch without gradients, as the method's step runs it."""
+    torch.manual_seed(0)
     backbone = create_backbone(args.backbone).to(device).to(memory_format=torch.channels_last)
+    target = copy.deepcopy(backbone).requires_grad_(False) if with_target else None
     batch = torch.randn(2 * args.batch_size, 3, args.image_size, args.image_size, device=device)
     batch = batch.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         with _autocast(device, args.bf16):
             loss = backbone(batch).float().mean()
+            if target is not None:
+                with torch.no_grad():
+                    target(batch)
         loss.backward()
 
     for _ in range(3):
         step()
     seconds = statistics.median(_timed(step, device) for _ in range(args.steps))
     return args.batch_size / seconds
+
+
+def has_target_backbone(method_name: str, args: argparse.Namespace) -> bool:
+    """Whether the method's step also runs an EMA copy of its backbone (a child module of the backbone's type)."""
+    backbone = create_backbone(args.backbone)
+    method = build_method(method_name, backbone, backbone.num_features)
+    return any(type(module) is type(backbone) for name, module in method.named_children() if name != "backbone")
 
 
 def full_loop(args: argparse.Namespace, device: torch.device, pipeline: str = "pil") -> float:
@@ -198,10 +215,16 @@ def main() -> int:
     loop = {f"pretrain_{pipeline}_images_per_s": full_loop(args, device, pipeline) for pipeline in pipelines}
     loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
     loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
+    if has_target_backbone(args.loop_method, args):
+        loop["bare_forward_backward_with_target_images_per_s"] = bare_forward_backward(args, device, with_target=True)
     for pipeline in pipelines:
         rate = loop[f"pretrain_{pipeline}_images_per_s"]
         loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
         loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
+        if "bare_forward_backward_with_target_images_per_s" in loop:
+            loop[f"ratio_{pipeline}_vs_bare_forward_backward_with_target"] = (
+                rate / loop["bare_forward_backward_with_target_images_per_s"]
+            )
     result["loop"] = loop
     save(result, args.out)
     for name, figures in result["qscore_reg_overhead"].items():
@@ -211,6 +234,9 @@ def main() -> int:
               "(target >= 1.0)")  # fmt: skip
         print(f"pre-training loop ({pipeline}) vs bare forward+backward images/s = "
               f"{loop[f'ratio_{pipeline}_vs_bare_forward_backward']:.3f} (target >= 0.8)")  # fmt: skip
+        if f"ratio_{pipeline}_vs_bare_forward_backward_with_target" in loop:
+            print(f"pre-training loop ({pipeline}) vs bare forward+backward with the target network's forward "
+                  f"images/s = {loop[f'ratio_{pipeline}_vs_bare_forward_backward_with_target']:.3f} (target >= 0.8)")
     return 0
 
 
