@@ -134,7 +134,7 @@ def _score(args: argparse.Namespace) -> int:
         probe_optimizer=args.probe_optimizer, flag_lowest=args.flag_lowest, batch_size=args.batch_size,
         device=args.device, dtype=torch.bfloat16 if args.bf16 else None, num_workers=args.num_workers,
         cache_dir=args.cache_dir, strict_images=args.strict_images, progress=not args.no_progress,
-        model_info=identity, eps=args.eps, shard_rows=args.shard_rows,
+        model_info=identity, eps=args.eps, shard_rows=args.shard_rows, data_pipeline=args.data_pipeline,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:  # launched on several processes: the main one reports
         return 0
@@ -193,6 +193,10 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     score.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     score.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
+    score.add_argument("--data-pipeline", choices=("pil", "tensor"), default="pil",
+                       help="pil: images decoded and preprocessed in --num-workers loader processes (default); tensor: decoded once "
+                            "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch resized, "
+                            "cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
     score.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/...)")
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip

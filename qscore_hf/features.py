@@ -219,6 +219,7 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
     return collate
 
 
+FEATURE_PIPELINES = ("pil", "tensor")
 MAX_CLASSES = 100_000  # labels are class indices: a probe over more classes (ImageNet-21k has 21,841) is a corrupt label
 
 
@@ -255,6 +256,7 @@ def iter_features(
     num_workers: int = 0,
     progress: bool = True,
     skip_unreadable: bool = False,
+    data_pipeline: str = "pil",
 ) -> Iterator[FeatureBatch]:
     """Yield the pooled features of ``image_dataset`` batch by batch, in data set order.
 
@@ -269,10 +271,20 @@ def iter_features(
         progress: show a tqdm progress bar.
         skip_unreadable: leave out images that cannot be decoded (listed in each batch's ``skipped``; a batch whose
             images all failed has no feature rows) instead of raising ``UnreadableImageError``.
+        data_pipeline: ``"pil"``: each batch's images decoded and preprocessed in the loader (``num_workers``
+            processes); ``"tensor"``: the data set decoded once into a memory-mapped uint8 array
+            (``qscore_hf.decoded``, reused by later calls) and each batch preprocessed on ``device`` by the model's
+            image processor (a map-style data set only; images of another size than the first are resized to it
+            when decoded, said in one line).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
+    if data_pipeline not in FEATURE_PIPELINES:
+        raise ValueError(f"unknown data pipeline {data_pipeline!r}; choose one of {', '.join(FEATURE_PIPELINES)}.")
     device = resolve_device(device)
+    if data_pipeline == "tensor":
+        yield from _iter_decoded_features(model, image_dataset, batch_size, device, dtype, progress, skip_unreadable)
+        return
     columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
     dataset, decoder = without_decoding(image_dataset)
     loader = DataLoader(
@@ -303,10 +315,47 @@ def iter_features(
                 yield FeatureBatch(empty, batch.get("labels"), row_ids, skipped)
                 continue
             pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with torch.no_grad(), autocast:
-                features = model(pixels, return_qscore=False).features
-            yield FeatureBatch(features.float(), batch.get("labels"), row_ids, skipped)
+            yield FeatureBatch(_forward(model, pixels, dtype), batch.get("labels"), row_ids, skipped)
+    finally:
+        model.train(was_training)
+
+
+def _forward(model: QScoreModel, pixels: Tensor, dtype: torch.dtype | None) -> Tensor:
+    autocast = torch.autocast(pixels.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        return model(pixels, return_qscore=False).features.float()
+
+
+def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, batch_size: int, device: torch.device,
+                           dtype: torch.dtype | None, progress: bool, skip_unreadable: bool) -> Iterator[FeatureBatch]:
+    """``iter_features`` with ``data_pipeline="tensor"``: slices of the decoded uint8 array, preprocessed on
+    ``device`` by the model's image processor (transformers' torchvision backend: resize, centre crop, rescale and
+    normalize on a whole batch, the same operations the loader path runs per batch on the CPU)."""
+    from .decoded import decode_images  # decoded builds on this module's decoding helpers
+
+    decoded = decode_images(image_dataset, progress=progress)
+    if decoded.skipped and not skip_unreadable:
+        raise UnreadableImageError(decoded.skipped[0], image_dataset.name)
+    processor = model.image_processor()
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        starts = range(0, len(decoded), batch_size)
+        bar = tqdm(starts, desc=f"features {image_dataset.name}/{image_dataset.split}", unit="batch",
+                   disable=not progress)  # fmt: skip
+        for start in bar:
+            rows = slice(start, start + batch_size)
+            row_ids = torch.from_numpy(np.asarray(decoded.row_ids[rows], dtype=np.int64))
+            images = torch.from_numpy(np.array(decoded.images[rows]))  # read from the memory map
+            if device.type == "cuda":
+                images = images.pin_memory()
+            images = images.to(device, non_blocking=True)
+            pixels = processor(list(images), return_tensors="pt", device=device)["pixel_values"]
+            labels = None
+            if decoded.labels is not None:
+                labels = class_indices(decoded.labels[rows].tolist(), row_ids, image_dataset.label_column)
+            skipped = decoded.skipped if start == 0 else []  # all named once, with the first batch
+            yield FeatureBatch(_forward(model, pixels.to(model.dtype), dtype), labels, row_ids, skipped)
     finally:
         model.train(was_training)
 
@@ -349,8 +398,13 @@ def dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
     return identity
 
 
-def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None) -> dict[str, Any]:
+def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None,
+                    data_pipeline: str = "pil") -> dict[str, Any]:
+    # The tensor pipeline resizes on the device (and images of a mixed-size data set once more, when decoded): its
+    # features may differ from the loader's in the last bits, so each pipeline has its own cache entry (the loader's
+    # keeps the key it had before the switch existed).
     return {
+        **({"data_pipeline": data_pipeline} if data_pipeline != "pil" else {}),
         "format": CACHE_FORMAT_VERSION,
         "backbone": model.config.backbone,
         "stem_padding": model.config.stem_padding,
@@ -367,10 +421,11 @@ def _key_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def feature_cache_key(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None = None) -> str:
+def feature_cache_key(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None = None,
+                      data_pipeline: str = "pil") -> str:
     """The cache folder name for these features: a hash of the backbone's weights, the preprocessing, the autocast
-    dtype and the data set (name, split, columns, and its fingerprint or streaming pipeline)."""
-    return _key_of(_cache_identity(model, image_dataset, dtype))
+    dtype, the data pipeline and the data set (name, split, columns, and its fingerprint or streaming pipeline)."""
+    return _key_of(_cache_identity(model, image_dataset, dtype, data_pipeline))
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -534,12 +589,13 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     skip_unreadable: bool = False,
+    data_pipeline: str = "pil",
 ) -> FeatureSet:
     """Pooled features of every image of ``image_dataset`` (see ``iter_features`` for the arguments).
 
     With ``cache_dir`` the features go to ``cache_dir/<feature_cache_key>/features.npy`` (plus ``labels.npy`` and
     ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
-    call with the same model weights, preprocessing, autocast dtype and data set loads them memory-mapped without
+    call with the same model weights, preprocessing, autocast dtype, data pipeline and data set loads them memory-mapped without
     running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
     by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
     shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
@@ -549,10 +605,11 @@ def extract_features(
     raises ``UnreadableImageError`` as a fresh extraction would).
     """
     has_labels = image_dataset.label_column is not None
-    batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress, skip_unreadable)
+    batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress, skip_unreadable,
+                            data_pipeline)  # fmt: skip
     if cache_dir is None:
         return _extract_in_memory(batches, has_labels)
-    identity = _cache_identity(model, image_dataset, dtype)
+    identity = _cache_identity(model, image_dataset, dtype, data_pipeline)
     folder = Path(cache_dir) / _key_of(identity)
     cached = _load_cached(folder, identity)
     if cached is not None:

@@ -175,6 +175,7 @@ def run_linear_eval(
     eps: float | str | None = None,
     knn_k: int = 10,
     shard_rows: int | None = None,
+    data_pipeline: str = "pil",
 ) -> dict[str, Any]:
     """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
 
@@ -205,6 +206,8 @@ def run_linear_eval(
             ``accelerate launch`` / ``torchrun`` this is always done (32 batches a shard by default) and the processes
             split the shards (``qscore_hf.sharded_scoring``); the main process does the rest and every process
             returns its report.
+        data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader) or ``"tensor"`` (decoded once into
+            a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``).
 
     The activation statistics that define the discriminative features ``D`` are the model's saved ones; a model
     without any gets them counted (label-free) on the training split's features.
@@ -216,12 +219,17 @@ def run_linear_eval(
               for name, split in (("train", train_split), ("eval", eval_split))}  # fmt: skip
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     processes = launched_processes()  # under accelerate launch / torchrun the processes share the extraction
+    if use_sharding(shard_rows) and data_pipeline != "pil":
+        raise ValueError(
+            "sharded extraction (--shard-rows, or several processes) decodes images in its loader; use "
+            "--data-pipeline pil with it."
+        )
     if use_sharding(shard_rows):
         feats = {name: extract_all_shards(model, split, batch_size, device, dtype, num_workers, cache, progress,
                                           shard_rows=shard_rows) for name, split in splits.items()}  # fmt: skip
     else:
-        feats = {name: extract_features(model, split, batch_size, device, dtype, num_workers, cache, progress)
-                 for name, split in splits.items()}  # fmt: skip
+        feats = {name: extract_features(model, split, batch_size, device, dtype, num_workers, cache, progress,
+                                        data_pipeline=data_pipeline) for name, split in splits.items()}  # fmt: skip
     if not is_main_process():  # the main process trains, scores and writes; the others wait for its report
         return share_from_main(None)
     train, evaluation = feats["train"], feats["eval"]

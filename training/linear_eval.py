@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda when available)")
     parser.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
+    parser.add_argument("--data-pipeline", choices=("pil", "tensor"), default="pil",
+                        help="pil: images decoded and preprocessed in --num-workers loader processes (default); tensor: decoded once "
+                             "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch resized, "
+                             "cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
     parser.add_argument(
         "--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)"
     )
@@ -106,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache_dir=args.cache_dir, revision=args.revision, seed=args.seed,
         update_model_card=not args.no_model_card, progress=not args.no_progress,
         command=shlex.join([sys.executable, *sys.argv] if argv is None else ["linear_eval.py", *argv]),
-        eps=args.eps, knn_k=args.knn_k, shard_rows=args.shard_rows,
+        eps=args.eps, knn_k=args.knn_k, shard_rows=args.shard_rows, data_pipeline=args.data_pipeline,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch: the main process reports
         return 0
