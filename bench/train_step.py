@@ -14,6 +14,12 @@
    per data pipeline
    (``--pipelines pil,tensor``: per-image PIL augmentation in loader processes, or images decoded once and views drawn
    per batch by kornia; the decoding happens before the timed steps, in a fresh cache).
+3. Peak memory (``--memory-epochs 1,3``): the resident-set high-water mark of a fresh process running ``pretrain``
+   for each number of epochs, per pipeline (the decoded array's pages, the model, the loader): the same peak after 1
+   and 3 epochs means nothing grows with the epochs. Each loop's own peak is reported beside its images/s.
+4. Scoring (``--score``): images/s of the score's extraction loop (``qscore_hf.features.iter_features``, decoding,
+   the model's image processor, forward) per pipeline, against the bare forward of the same model on the same batches
+   already preprocessed (target >= 0.95 with the tensor pipeline); a first pass, untimed, builds the decoded array.
 The ratios are printed last; ``--methods none`` skips part 1.
 """
 
@@ -23,7 +29,9 @@ import argparse
 import contextlib
 import copy
 import json
+import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -154,6 +162,86 @@ def has_target_backbone(method_name: str, args: argparse.Namespace) -> bool:
     return any(type(module) is type(backbone) for name, module in method.named_children() if name != "backbone")
 
 
+def _reset_peak_rss() -> None:
+    """Start this process's resident-set high-water mark (``VmHWM``) again from its current size (Linux)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mib() -> float:
+    """This process's resident-set high-water mark in MiB: ``VmHWM`` (reset by ``_reset_peak_rss``), else
+    ``getrusage``'s (since the process started)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _pretrain_peak_rss(settings: dict) -> dict[str, float]:
+    """Run ``pretrain`` in this (fresh) process: its resident set before (the libraries imported) and its peak
+    during, in MiB (``VmHWM``: getrusage's ``ru_maxrss`` carries the parent's over the spawn's exec). Loader
+    processes (``pil``) are not counted."""
+    _reset_peak_rss()
+    before = _peak_rss_mib()
+    pretrain(PretrainConfig(**settings))
+    return {"before_mib": before, "peak_mib": _peak_rss_mib()}
+
+
+def peak_memory(args: argparse.Namespace, pipeline: str, epochs: int) -> dict[str, float]:
+    """Peak resident set (MiB) of a fresh process pre-training ``epochs`` epochs of ``--max-samples`` images."""
+    with tempfile.TemporaryDirectory() as out:
+        settings = dict(
+            method=args.loop_method, output_dir=out, backbone=args.backbone, dataset=args.dataset,
+            max_samples=args.max_samples, image_size=args.image_size, batch_size=args.batch_size, epochs=epochs,
+            num_workers=args.num_workers, log_with="none", progress=False, checkpoint_every=0, eval_split=None,
+            optimizer="sgd", lr=1e-3, warmup_epochs=0, qscore_warmup_samples=0, data_pipeline=pipeline,
+            mixed_precision="bf16" if args.bf16 else "no",
+        )  # fmt: skip
+        with _decoded_cache(Path(out) / "decoded"), multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(_pretrain_peak_rss, (settings,))
+
+
+def score_loop(args: argparse.Namespace, device: torch.device, pipelines: list[str]) -> dict[str, float]:
+    """Images/s of ``iter_features`` per pipeline and of the bare forward on the same preprocessed batches."""
+    from qscore_hf import QScoreConfig, QScoreModel
+    from qscore_hf.features import iter_features
+
+    torch.manual_seed(0)
+    model = QScoreModel(QScoreConfig(backbone=args.backbone, image_size=args.image_size)).to(device).eval()
+    data = load_image_dataset(args.dataset, "train", max_samples=args.max_samples)
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out, _decoded_cache(Path(out) / "decoded"):
+        for pipeline in pipelines:
+            def extract() -> int:
+                return sum(len(batch.features) for batch in iter_features(
+                    model, data, args.batch_size, device, num_workers=args.num_workers if pipeline == "pil" else 0,
+                    progress=False, data_pipeline=pipeline))  # fmt: skip
+
+            extract()  # warm-up; builds the decoded array
+            _reset_peak_rss()
+            seconds = _timed(extract, device)
+            result[f"score_{pipeline}_images_per_s"] = len(data.dataset) / seconds
+            result[f"score_{pipeline}_peak_rss_mib"] = _peak_rss_mib()
+    processor = model.image_processor()
+    batches = [processor([data.dataset[i][data.image_column] for i in range(start, min(start + args.batch_size, len(data.dataset)))],
+                         return_tensors="pt")["pixel_values"].to(device)
+               for start in range(0, len(data.dataset), args.batch_size)]  # fmt: skip
+
+    def forward() -> None:
+        with torch.no_grad():
+            for pixels in batches:
+                model(pixels, return_qscore=False)
+
+    forward()
+    result["bare_forward_images_per_s"] = len(data.dataset) / _timed(forward, device)
+    for pipeline in pipelines:
+        result[f"ratio_score_{pipeline}_vs_bare_forward"] = (
+            result[f"score_{pipeline}_images_per_s"] / result["bare_forward_images_per_s"]
+        )
+    return result
+
+
 def full_loop(args: argparse.Namespace, device: torch.device, pipeline: str = "pil") -> float:
     """Images/s of ``pretrain`` as logged in its ``train_log.jsonl`` (the first logging window, warm-up, dropped)."""
     with tempfile.TemporaryDirectory() as out, _decoded_cache(Path(out) / "decoded"):
@@ -198,6 +286,9 @@ def main() -> int:
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--pipelines", default="pil,tensor", help="data pipelines of the full loop, compared")
+    parser.add_argument("--memory-epochs", default="", help="e.g. 1,3: peak memory after that many epochs, per pipeline")
+    parser.add_argument("--score", action="store_true", help="also time the score's extraction loop (part 4)")
+    parser.add_argument("--skip-loop", action="store_true", help="skip part 2 (the pre-training loops)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -212,24 +303,38 @@ def main() -> int:
         result["qscore_reg_overhead"][name] = regularizer_overhead(name, args, device)
         print(name, json.dumps(result["qscore_reg_overhead"][name]), flush=True)
     pipelines = args.pipelines.split(",")
-    loop = {f"pretrain_{pipeline}_images_per_s": full_loop(args, device, pipeline) for pipeline in pipelines}
-    loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
-    loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
-    if has_target_backbone(args.loop_method, args):
-        loop["bare_forward_backward_with_target_images_per_s"] = bare_forward_backward(args, device, with_target=True)
-    for pipeline in pipelines:
-        rate = loop[f"pretrain_{pipeline}_images_per_s"]
-        loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
-        loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
-        if "bare_forward_backward_with_target_images_per_s" in loop:
-            loop[f"ratio_{pipeline}_vs_bare_forward_backward_with_target"] = (
-                rate / loop["bare_forward_backward_with_target_images_per_s"]
-            )
+    loop: dict[str, float] = {}
+    if not args.skip_loop:
+        for pipeline in pipelines:
+            _reset_peak_rss()
+            loop[f"pretrain_{pipeline}_images_per_s"] = full_loop(args, device, pipeline)
+            loop[f"pretrain_{pipeline}_peak_rss_mib"] = _peak_rss_mib()
+        loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
+        loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
+        if has_target_backbone(args.loop_method, args):
+            loop["bare_forward_backward_with_target_images_per_s"] = bare_forward_backward(args, device, with_target=True)
+        for pipeline in pipelines:
+            rate = loop[f"pretrain_{pipeline}_images_per_s"]
+            loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
+            loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
+            if "bare_forward_backward_with_target_images_per_s" in loop:
+                loop[f"ratio_{pipeline}_vs_bare_forward_backward_with_target"] = (
+                    rate / loop["bare_forward_backward_with_target_images_per_s"]
+                )
+    if args.memory_epochs:
+        result["peak_memory_by_epochs"] = {
+            f"{pipeline}_{epochs}_epochs_rss": peak_memory(args, pipeline, int(epochs))
+            for pipeline in pipelines for epochs in args.memory_epochs.split(",")
+        }  # fmt: skip
+        print(json.dumps(result["peak_memory_by_epochs"]), flush=True)
+    if args.score:
+        result["score"] = score_loop(args, device, pipelines)
+        print(json.dumps(result["score"]), flush=True)
     result["loop"] = loop
     save(result, args.out)
     for name, figures in result["qscore_reg_overhead"].items():
         print(f"{name}: step time with / without Q-Score regularization = {figures['ratio']:.3f} (target <= 1.03)")
-    for pipeline in pipelines:
+    for pipeline in pipelines if loop else []:
         print(f"pre-training loop ({pipeline}) vs minimal loop images/s = {loop[f'ratio_{pipeline}_vs_minimal_loop']:.3f} "
               "(target >= 1.0)")  # fmt: skip
         print(f"pre-training loop ({pipeline}) vs bare forward+backward images/s = "
@@ -237,6 +342,9 @@ def main() -> int:
         if f"ratio_{pipeline}_vs_bare_forward_backward_with_target" in loop:
             print(f"pre-training loop ({pipeline}) vs bare forward+backward with the target network's forward "
                   f"images/s = {loop[f'ratio_{pipeline}_vs_bare_forward_backward_with_target']:.3f} (target >= 0.8)")
+    for pipeline in pipelines if args.score else []:
+        print(f"score extraction ({pipeline}) vs bare forward images/s = "
+              f"{result['score'][f'ratio_score_{pipeline}_vs_bare_forward']:.3f} (target >= 0.95 with tensor)")
     return 0
 
 
