@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -198,8 +199,9 @@ def peak_memory(args: argparse.Namespace, pipeline: str, epochs: int) -> dict[st
             optimizer="sgd", lr=1e-3, warmup_epochs=0, qscore_warmup_samples=0, data_pipeline=pipeline,
             mixed_precision="bf16" if args.bf16 else "no",
         )  # fmt: skip
-        with _decoded_cache(Path(out) / "decoded"), multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(_pretrain_peak_rss, (settings,))
+        # not multiprocessing.Pool: its daemonic workers may not start the loader's processes
+        with _decoded_cache(Path(out) / "decoded"), ProcessPoolExecutor(1, multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_pretrain_peak_rss, settings).result()
 
 
 def score_loop(args: argparse.Namespace, device: torch.device, pipelines: list[str]) -> dict[str, float]:

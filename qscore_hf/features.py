@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import datasets
 import numpy as np
@@ -326,6 +326,27 @@ def _forward(model: QScoreModel, pixels: Tensor, dtype: torch.dtype | None) -> T
         return model(pixels, return_qscore=False).features.float()
 
 
+def _batch_preprocessing(processor: Any) -> Callable[[Tensor], Tensor]:
+    """The image processor's resize, centre crop, rescale and normalize applied to a whole uint8 batch (N x 3 x H x W,
+    on its device) through transformers' torchvision backend's own methods: calling the processor itself goes image
+    by image in Python first (25 of its 29 ms on 256 CIFAR images). A processor of another kind (or that pads) is
+    called as usual."""
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    if not isinstance(processor, TorchvisionBackend) or getattr(processor, "do_pad", False):
+        return lambda images: processor(list(images), return_tensors="pt", device=images.device)["pixel_values"]
+
+    def preprocess(images: Tensor) -> Tensor:
+        if processor.do_resize:
+            images = processor.resize(images, processor.size, processor.resample)
+        if processor.do_center_crop:
+            images = processor.center_crop(images, processor.crop_size)
+        return processor.rescale_and_normalize(images, processor.do_rescale, processor.rescale_factor,
+                                               processor.do_normalize, processor.image_mean, processor.image_std)
+
+    return preprocess
+
+
 def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, batch_size: int, device: torch.device,
                            dtype: torch.dtype | None, progress: bool, skip_unreadable: bool) -> Iterator[FeatureBatch]:
     """``iter_features`` with ``data_pipeline="tensor"``: slices of the decoded uint8 array, preprocessed on
@@ -336,7 +357,7 @@ def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, batc
     decoded = decode_images(image_dataset, progress=progress)
     if decoded.skipped and not skip_unreadable:
         raise UnreadableImageError(decoded.skipped[0], image_dataset.name)
-    processor = model.image_processor()
+    preprocess = _batch_preprocessing(model.image_processor())
     was_training = model.training
     model.to(device).eval()
     try:
@@ -350,7 +371,7 @@ def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, batc
             if device.type == "cuda":
                 images = images.pin_memory()
             images = images.to(device, non_blocking=True)
-            pixels = processor(list(images), return_tensors="pt", device=device)["pixel_values"]
+            pixels = preprocess(images)
             labels = None
             if decoded.labels is not None:
                 labels = class_indices(decoded.labels[rows].tolist(), row_ids, image_dataset.label_column)
