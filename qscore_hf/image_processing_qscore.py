@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,12 @@ __all__ = ["MAX_ASPECT", "QScoreImageProcessor"]
 # by the centre crop: a 2,000,000 x 1 px strip resized to a 32 px shortest edge is 64,000,000 x 32 px (6.1 GB).
 # Such an image is first cut to its centre part of this aspect ratio (see ``QScoreImageProcessor.resize``).
 MAX_ASPECT = 16
+# Without a centre crop the whole resize is the output, and cutting would change it: an image is then resized whole
+# up to this many output pixels (1.5 GB as float32 RGB) and refused in one line beyond.
+MAX_UNCROPPED_PIXELS = 2**27
+# The centre crop of the processor call in progress (``preprocess`` may turn it off for one call); ``None`` outside
+# a call, where ``resize`` goes by the processor's own ``do_center_crop``.
+_CALL_CROPS: ContextVar[bool | None] = ContextVar("qscore_call_crops", default=None)
 
 
 def _to_three_channels(image: Any) -> tuple[Any, bool]:
@@ -91,20 +98,32 @@ class QScoreImageProcessor(BitImageProcessor):
         long edge is more than ``MAX_ASPECT`` times its short edge is first cut to its centre part of that aspect
         ratio, whose resize still covers the centre crop (``MAX_ASPECT`` x the shortest edge, at least the crop); the
         crop then differs from an uncut resize by a sub-pixel shift at most (within 2 8-bit levels, 0.07 on average, in
-        tests/test_hardening_memory.py). Other images are resized unchanged."""
+        tests/test_hardening_memory.py). Other images are resized unchanged. Without a centre crop (the processor's, or
+        ``do_center_crop=False`` in the call) nothing is cut: the image is resized whole up to ``MAX_UNCROPPED_PIXELS``
+        and refused beyond, in one line."""
         edge = getattr(size, "shortest_edge", None)
         height, width = image.shape[-2:]
-        if edge and not getattr(size, "longest_edge", None) and min(height, width) > 0:
-            short = min(height, width)
-            crop = max(self.crop_size.height or 0, self.crop_size.width or 0) if self.do_center_crop else 0
-            # the cut's long edge in source pixels: MAX_ASPECT x the short edge, and enough for the crop plus a margin
-            keep = max(MAX_ASPECT * short, -(-(crop + 8) * short // edge))
-            if width > keep:
-                start = (width - keep) // 2
-                image = image[..., :, start : start + keep]
-            elif height > keep:
-                start = (height - keep) // 2
-                image = image[..., start : start + keep, :]
+        if not edge or getattr(size, "longest_edge", None) or min(height, width) == 0:
+            return super().resize(image, size, *args, **kwargs)
+        short = min(height, width)
+        crops = _CALL_CROPS.get()
+        if not (self.do_center_crop if crops is None else crops):
+            resized = edge * -(-edge * max(height, width) // short)
+            if resized > MAX_UNCROPPED_PIXELS:
+                raise ValueError(
+                    f"an image of {height} x {width} px would be resized to {resized:,} px without a centre crop (over "
+                    f"{MAX_UNCROPPED_PIXELS:,}); keep the centre crop on (do_center_crop=True) or cut the image first."
+                )
+            return super().resize(image, size, *args, **kwargs)
+        crop = max(self.crop_size.height or 0, self.crop_size.width or 0)
+        # the cut's long edge in source pixels: MAX_ASPECT x the short edge, and enough for the crop plus a margin
+        keep = max(MAX_ASPECT * short, -(-(crop + 8) * short // edge))
+        if width > keep:
+            start = (width - keep) // 2
+            image = image[..., :, start : start + keep]
+        elif height > keep:
+            start = (height - keep) // 2
+            image = image[..., start : start + keep, :]
         return super().resize(image, size, *args, **kwargs)
 
     def preprocess(self, images: Any, *args: Any, **kwargs: Any):  # noqa: D102 (BitImageProcessor's doc applies)
@@ -114,4 +133,8 @@ class QScoreImageProcessor(BitImageProcessor):
             # Our (H, W, 3) arrays are channels-last; say so, or an image of height 1 or 3 looks channels-first.
             kwargs.setdefault("input_data_format", "channels_last")
         images = [_eight_bit_or_raise(image) for image, _ in converted]
-        return super().preprocess(images if batch else images[0], *args, **kwargs)
+        token = _CALL_CROPS.set(kwargs.get("do_center_crop", self.do_center_crop))
+        try:
+            return super().preprocess(images if batch else images[0], *args, **kwargs)
+        finally:
+            _CALL_CROPS.reset(token)

@@ -59,6 +59,17 @@ def test_a_thin_strip_is_not_resized_to_gigabytes(offline_env):
     assert result.stdout.split()[-1] == "1x3x32x32"
 
 
+def test_without_a_centre_crop_a_strip_is_resized_whole_or_refused():
+    """Turning the crop off for one call makes the whole resize the output: a 1 x 40 strip comes out 32 x 1280 (not
+    cut to 16:1), and a 1 x 200,000 strip (204,800,000 px resized) is refused in one line before any allocation."""
+    processor = _processor(edge=32, crop=32)
+    strip = np.full((1, 40), 128, dtype=np.uint8)
+    assert tuple(processor(strip, do_center_crop=False, return_tensors="pt")["pixel_values"].shape) == (1, 3, 32, 1280)
+    assert tuple(processor(strip, return_tensors="pt")["pixel_values"].shape) == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"1 x 200000 px would be resized to 204,800,000 px without a centre crop"):
+        processor(np.zeros((1, 200_000), dtype=np.uint8), do_center_crop=False, return_tensors="pt")
+
+
 @pytest.mark.parametrize("size", [(20001, 23), (23, 9001)])
 def test_the_cut_of_a_strip_keeps_the_crop_of_the_uncut_resize(monkeypatch, size):
     """Strips of a real photo, long enough to be cut but small enough to resize whole: the crops agree within two
