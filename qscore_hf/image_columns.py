@@ -71,7 +71,7 @@ def _struct_paths(feature: Any) -> bool:
         isinstance(feature, dict)
         and set(feature) == {"bytes", "path"}
         and getattr(feature["bytes"], "dtype", None) in _BINARY
-        and getattr(feature["path"], "dtype", None) in _STRING
+        and getattr(feature["path"], "dtype", None) in (*_STRING, "null")  # "null": every path None
     )
 
 
