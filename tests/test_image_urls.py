@@ -162,3 +162,22 @@ def test_score_encode_labels_shares_one_mapping_and_records_it(tmp_path, digits)
     labels = pq.read_table(tmp_path / "out" / "per_sample.parquet").column("label").to_pylist()
     row_ids = pq.read_table(tmp_path / "out" / "per_sample.parquet").column("row_id").to_pylist()
     assert [summary["label_names"][label] for label in labels] == [words[row] for row in row_ids]
+
+
+def test_linear_eval_encode_labels_maps_eval_by_the_train_split_and_refuses_unseen(tmp_path, digits):
+    from qscore_hf import QScoreConfig, QScoreModel
+    from qscore_hf.linear_eval import run_linear_eval
+
+    model = tmp_path / "model"
+    QScoreModel(QScoreConfig(backbone="resnet10t", image_size=32, crop_pct=1.0)).save_pretrained(model)
+    folder, words = _string_label_parquet(tmp_path, digits, "data", range(60))
+    (tmp_path / "data" / "train.parquet").rename(tmp_path / "data" / "train-0.parquet")
+    _, test_words = _string_label_parquet(tmp_path, digits, "test", range(60, 80))
+    (tmp_path / "test" / "train.parquet").rename(tmp_path / "data" / "test-0.parquet")
+    options = {"epochs": 2, "device": "cpu", "progress": False, "update_model_card": False, "batch_size": 64}
+    report = run_linear_eval(model, folder, tmp_path / "out", encode_labels=True, **options)
+    assert report["label_names"] == sorted(set(words)) and set(test_words) <= set(words)
+    labels = pq.read_table(tmp_path / "out" / "per_sample.parquet").column("label").to_pylist()
+    assert [report["label_names"][label] for label in labels] == test_words
+    with pytest.raises(ValueError, match=r"label column 'label'.*--encode-labels"):
+        run_linear_eval(model, folder, tmp_path / "refused", **options)
