@@ -49,7 +49,7 @@ def fetch_image(url: str, limits: ImageDownloads) -> bytes:
     body = bytearray()
     try:
         with _OPENER.open(url, timeout=limits.timeout) as response:
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read1(_CHUNK):  # what has arrived: the deadline is checked between reads
                 body += chunk
                 if len(body) > limits.max_bytes:
                     raise ValueError(f"larger than the cap of {limits.max_bytes} bytes")

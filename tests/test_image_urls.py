@@ -34,9 +34,10 @@ def _png(image: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def server(digits):
     """A loopback HTTP server: /digit.png (a real image), /big.png (over QUICK's cap), /page (HTML), /stall (sends
-    nothing for 5 s), /to-ftp (a redirect to ftp://); anything else 404."""
+    nothing for 5 s), /drip (a byte every 0.25 s), /to-ftp (a redirect to ftp://); anything else 404."""
     images, _, _ = digits
     digit = _png(images[0])
+    served = {"/changing.png": digit}  # what /changing.png serves, changed by a test
     big = _png(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))  # noise: ~4 KB+ of PNG
     assert len(big) > QUICK.max_bytes
 
@@ -45,12 +46,24 @@ def server(digits):
             if self.path == "/stall":
                 time.sleep(5)
                 return
+            if self.path == "/drip":  # a byte every 0.25 s: every read is in time, the whole is not
+                self.send_response(200)
+                self.send_header("Content-Length", "40")
+                self.end_headers()
+                try:
+                    for _ in range(40):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.25)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+                    pass
+                return
             if self.path == "/to-ftp":
                 self.send_response(302)
                 self.send_header("Location", "ftp://127.0.0.1/digit.png")
                 self.end_headers()
                 return
-            body = {"/digit.png": digit, "/big.png": big, "/page": b"<html>no image</html>"}.get(self.path)
+            body = {"/digit.png": digit, "/big.png": big, "/page": b"<html>no image</html>", **served}.get(self.path)
             if body is None:
                 self.send_error(404)
                 return
@@ -66,7 +79,7 @@ def server(digits):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", images[0]
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", images[0], served
     httpd.shutdown()
 
 
@@ -82,7 +95,7 @@ def online(monkeypatch):
 
 
 def test_urls_are_refused_without_the_option_naming_it(server, tmp_path):
-    base, _ = server
+    base, _, _ = server
     with pytest.raises(ValueError, match="--allow-downloads") as error:
         load_image_dataset(_url_parquet(tmp_path, [f"{base}/digit.png"]))
     assert "\n" not in str(error.value) and "'image'" in str(error.value)
@@ -96,22 +109,33 @@ def test_urls_are_refused_offline_even_when_asked(server, tmp_path, monkeypatch)
 
 
 def test_an_image_url_is_fetched_and_decodes_to_the_served_pixels(server, tmp_path, online):
-    base, pixels = server
+    base, pixels, _ = server
     loaded = load_image_dataset(_url_parquet(tmp_path, [f"{base}/digit.png", None]), allow_downloads=QUICK)
     assert isinstance(loaded.dataset.features["image"], datasets.Image)
     assert np.array_equal(np.asarray(loaded.dataset[0]["image"]), pixels)  # PNG is lossless
     assert loaded.dataset[1]["image"] is None  # a null stays null (counted unreadable downstream)
 
 
+def test_a_url_serving_another_image_gives_another_fingerprint(server, tmp_path, digits, online):
+    base, _, served = server
+    parquet = _url_parquet(tmp_path, [f"{base}/changing.png"])
+    first = load_image_dataset(parquet, allow_downloads=QUICK).dataset
+    served["/changing.png"] = _png(digits[0][1])
+    second = load_image_dataset(parquet, allow_downloads=QUICK).dataset
+    assert np.array_equal(np.asarray(second[0]["image"]), digits[0][1])
+    assert first._fingerprint != second._fingerprint  # the feature cache's key: old features are not served
+
+
 @pytest.mark.parametrize(("path", "reason"), [
     ("/missing.png", "HTTP 404"),
     ("/stall", "timed out|TimeoutError|no answer"),
+    ("/drip", "not read within the deadline of 2 s"),
     ("/big.png", "larger than the cap of 4096 bytes"),
     ("/page", "not an image"),
     ("/to-ftp", "not http"),
 ])  # fmt: skip
 def test_a_failed_fetch_is_one_line_naming_row_column_and_url(server, tmp_path, online, path, reason):
-    base, _ = server
+    base, _, _ = server
     url = f"{base}{path}"
     started = time.monotonic()
     with pytest.raises(ValueError, match=reason) as error:
