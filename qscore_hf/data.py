@@ -28,8 +28,8 @@ from .image_columns import as_image_column
 from .image_downloads import ImageDownloads
 from .normalization import DATASET_NORMALIZATION
 
-__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "check_dataset_name",
-           "dataset_normalization", "load_image_dataset"]
+__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "ImageDownloads",
+           "check_dataset_name", "dataset_normalization", "load_image_dataset"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("QSCORE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [

@@ -145,6 +145,21 @@ def test_a_failed_fetch_is_one_line_naming_row_column_and_url(server, tmp_path, 
     assert time.monotonic() - started < 4  # the stalling server is given up after QUICK's 1 s timeout
 
 
+def test_score_fetches_urls_only_with_allow_downloads(server, tmp_path, online, capsys):
+    from qscore_hf import QScoreConfig, QScoreModel
+
+    base, _, _ = server
+    model = tmp_path / "model"
+    QScoreModel(QScoreConfig(backbone="resnet10t", image_size=32, crop_pct=1.0)).save_pretrained(model)
+    argv = ["score", "--model", str(model), "--dataset", _url_parquet(tmp_path, [f"{base}/digit.png"] * 3),
+            "--no-progress", "--device", "cpu", "--stats", "data"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 1
+    assert "--allow-downloads" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*argv, "--allow-downloads", "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["num_samples"] == 3 and summary["skipped_images"]["count"] == 0
+
+
 def _string_label_parquet(tmp_path, digits, name, rows):
     images, _, target = digits
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
