@@ -127,8 +127,14 @@ def _score(args: argparse.Namespace) -> int:
 
     model, identity = load_model(args.model, args.revision, args.backbone_only, args.image_size, args.pooling)
     columns = (args.image_column, args.label_column, args.streaming, args.max_samples)
-    image_dataset = load_image_dataset(args.dataset, args.split, *columns)
-    probe_dataset = load_image_dataset(args.dataset, args.probe_split, *columns) if args.probe else None
+    options = {"allow_downloads": args.allow_downloads}
+    # with --encode-labels, one mapping for both splits: built from the probe's training split, the scored split's
+    # labels must be among it
+    probe_dataset = load_image_dataset(args.dataset, args.probe_split, *columns, **options,
+                                       encode_labels=args.encode_labels) if args.probe else None  # fmt: skip
+    names = probe_dataset.class_names if probe_dataset is not None and args.encode_labels else None
+    image_dataset = load_image_dataset(args.dataset, args.split, *columns, **options,
+                                       encode_labels=names if names is not None else args.encode_labels)  # fmt: skip
     summary = score_dataset(
         model, image_dataset, args.out, stats=args.stats, probe_dataset=probe_dataset, probe_epochs=args.probe_epochs,
         probe_optimizer=args.probe_optimizer, flag_lowest=args.flag_lowest, batch_size=args.batch_size,
@@ -173,6 +179,10 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     score.add_argument("--label-column", default=None, help="label column (default: the first ClassLabel, if any)")
     score.add_argument("--streaming", action="store_true", help="stream the data set instead of loading it")
+    score.add_argument("--allow-downloads", action="store_true",
+                       help="fetch an image column of http(s) URLs (30 s timeout, 64 MiB cap per image; not offline)")
+    score.add_argument("--encode-labels", action="store_true",
+                       help="map string labels to class indices by their sorted names (listed in summary.json)")
     score.add_argument("--max-samples", type=arguments.positive_int(), default=None, help="use at most this many images per split")
     score.add_argument("--stats", choices=_STATS_SOURCES, default="auto",
                        help="activation statistics: the model's (saved), counted on the data (data), or saved when "

@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -24,10 +25,11 @@ import xxhash
 
 from .dataset_names import BUILTIN_DATASETS, check_dataset_name
 from .image_columns import as_image_column
+from .image_downloads import ImageDownloads
 from .normalization import DATASET_NORMALIZATION
 
-__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "check_dataset_name",
-           "dataset_normalization", "load_image_dataset"]
+__all__ = ["BUILTIN_DATASETS", "CIFAR10_ENV", "CIFAR10_HUB_ID", "ImageDataset", "ImageDownloads",
+           "check_dataset_name", "dataset_normalization", "load_image_dataset"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("QSCORE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
@@ -100,6 +102,9 @@ def load_image_dataset(
     label_column: str | None = None,
     streaming: bool = False,
     max_samples: int | None = None,
+    *,
+    allow_downloads: bool | ImageDownloads = False,
+    encode_labels: bool | Sequence[str] = False,
 ) -> ImageDataset:
     """Load ``name`` (see the module docstring) and find its image and label columns.
 
@@ -107,6 +112,12 @@ def load_image_dataset(
     ``label_column`` to the first ``ClassLabel`` feature or a column named ``label``/``labels`` (``None`` if absent).
     ``split`` may select rows, as in ``datasets``: ``"train[50000:60000]"`` (e.g. a validation split carved out of
     the training data); ``max_samples`` then counts from the slice's start.
+
+    ``allow_downloads``: fetch an image column of http(s) URLs (``True``, or an ``ImageDownloads`` with the timeout,
+    deadline and size cap per image); refused without it, and under ``HF_HUB_OFFLINE=1``.
+    ``encode_labels``: map a label column of strings to class indices, ``True`` by its sorted unique values, or by a
+    given list of names (e.g. the training split's ``class_names``, so that two splits share one mapping; a value not
+    in it is refused). The names become the column's ``ClassLabel``.
     """
     check_dataset_name(name)
     base_split, start, stop = _parse_split(split)
@@ -142,13 +153,39 @@ def load_image_dataset(
             f"its columns are {list(features)}. Pass the image column's name (--image-column)."
         )
     local = Path(source) if Path(source).exists() else None  # paths in the column are read only inside its folder
-    dataset = as_image_column(dataset, image_column, name, local if local is None or local.is_dir() else local.parent)
+    dataset = as_image_column(dataset, image_column, name, local if local is None or local.is_dir() else local.parent,
+                              allow_downloads)  # fmt: skip
     if label_column is not None and label_column not in features:
         raise ValueError(
             f"data set {name!r} has no label column {label_column!r}; its columns are {list(features)}."
         )
     label_column = label_column or _find_column(features, datasets.ClassLabel, ("label", "labels"))
+    if encode_labels is not False and label_column is not None:
+        dataset = _encode_labels(dataset, name, label_column, None if encode_labels is True else list(encode_labels))
     return ImageDataset(dataset, image_column, label_column, name, split)
+
+
+def _encode_labels(dataset: datasets.Dataset | datasets.IterableDataset, name: str, column: str,
+                   names: list[str] | None) -> datasets.Dataset:  # fmt: skip
+    """``dataset`` with its string label ``column`` as a ``ClassLabel`` of ``names`` (default: its sorted unique
+    values; nulls stay null), or ``ValueError`` naming the column (and the row of a value not in ``names``)."""
+    feature = (dataset.features or {}).get(column)
+    if isinstance(feature, datasets.ClassLabel):
+        return dataset  # class indices already
+    where = f"data set {name!r}: label column {column!r}"
+    if not isinstance(feature, datasets.Value) or feature.dtype not in ("string", "large_string"):
+        raise ValueError(f"{where} holds {feature}, not strings; only string labels are mapped to class indices.")
+    if not isinstance(dataset, datasets.Dataset):
+        raise ValueError(f"{where}: string labels are mapped on a loaded data set only; leave out --streaming.")
+    values = dataset[column]
+    if names is None:
+        names = sorted({value for value in values if value is not None})
+    known = set(names)
+    for row, value in enumerate(values):
+        if value is not None and value not in known:
+            raise ValueError(f"{where} row {row} holds {value!r}, which is not among the {len(names)} labels of the "
+                             f"split the mapping was built from ({names[:10]}...); fix or drop that row.")  # fmt: skip
+    return dataset.cast_column(column, datasets.ClassLabel(names=names))
 
 
 def _parse_split(split: str) -> tuple[str, int | None, int | None]:

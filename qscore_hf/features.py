@@ -233,7 +233,7 @@ def class_indices(values: list[Any], row_ids: Tensor, column: str) -> Tensor:
             whole = True  # 3.0: a class index stored as a float
         if not whole or not -1 <= value < MAX_CLASSES:
             fix = (
-                "map the names to class indices first (dataset.class_encode_column)" if isinstance(value, str)
+                "map the names to class indices with --encode-labels (encode_labels=True)" if isinstance(value, str)
                 else f"labels must be class indices 0..{MAX_CLASSES - 1} (or -1 for none); fix or drop that row"
             )  # fmt: skip
             raise ValueError(

@@ -53,8 +53,8 @@ PLOT_FILES = {"histogram": "qscore_hist_correct_vs_misclassified.png", "pr_curve
 
 
 def _load_split(dataset: str, split: str, image_column: str | None, label_column: str | None,
-                max_samples: int | None) -> ImageDataset:  # fmt: skip
-    loaded = load_image_dataset(dataset, split, image_column, label_column, max_samples=max_samples)
+                max_samples: int | None, **options: Any) -> ImageDataset:  # fmt: skip
+    loaded = load_image_dataset(dataset, split, image_column, label_column, max_samples=max_samples, **options)
     if loaded.label_column is None:
         raise ValueError(
             f"split {split!r} of data set {dataset!r} has no label column; a linear probe needs class labels. "
@@ -176,6 +176,8 @@ def run_linear_eval(
     knn_k: int = 10,
     shard_rows: int | None = None,
     data_pipeline: str = "pil",
+    allow_downloads: bool = False,
+    encode_labels: bool = False,
 ) -> dict[str, Any]:
     """Linear-probe a frozen ``QScoreModel`` and measure how well Q-Score predicts its mistakes; returns the report.
 
@@ -208,6 +210,9 @@ def run_linear_eval(
             returns its report.
         data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader) or ``"tensor"`` (decoded once into
             a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``).
+        allow_downloads: fetch an image column of http(s) URLs (``qscore_hf.data.load_image_dataset``).
+        encode_labels: map string labels to class indices by the training split's sorted names (the evaluation
+            split's labels must be among them); the report lists them as ``label_names``.
 
     The activation statistics that define the discriminative features ``D`` are the model's saved ones; a model
     without any gets them counted (label-free) on the training split's features.
@@ -215,8 +220,12 @@ def run_linear_eval(
     started = time.time()
     check_output_folder(out_dir)  # before the work: a folder holding what qscore-hf did not write is refused
     model = QScoreModel.from_pretrained(model_name_or_path, revision=revision)
-    splits = {name: _load_split(dataset, split, image_column, label_column, max_samples)
-              for name, split in (("train", train_split), ("eval", eval_split))}  # fmt: skip
+    columns = (image_column, label_column, max_samples)
+    splits = {"train": _load_split(dataset, train_split, *columns, allow_downloads=allow_downloads,
+                                   encode_labels=encode_labels)}  # fmt: skip
+    names = splits["train"].class_names if encode_labels else None  # one mapping for both splits
+    splits["eval"] = _load_split(dataset, eval_split, *columns, allow_downloads=allow_downloads,
+                                 encode_labels=names if names is not None else encode_labels)  # fmt: skip
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     processes = launched_processes()  # under accelerate launch / torchrun the processes share the extraction
     if use_sharding(shard_rows) and data_pipeline != "pil":
@@ -261,6 +270,7 @@ def run_linear_eval(
         "eval_split": eval_split,
         "image_column": splits["train"].image_column,
         "label_column": splits["train"].label_column,
+        "label_names": splits["train"].class_names,
         "max_samples": max_samples,
         "num_train": len(train),
         "num_eval": len(evaluation),

@@ -618,6 +618,8 @@ def score_dataset(
         "dataset": identity,
         "skipped_images": _skipped_summary(skipped),
     }
+    if (label_names := _label_names(image_dataset)) is not None:  # class index k of "label" is label_names[k]
+        summary["label_names"] = list(label_names.names)
     if probe is not None:
         summary.update(_probe_summary(columns, probe, probe_train, probe_dataset))
     summary["plots"] = _plot_files(summary, min(flag_lowest, len(q_scores)))

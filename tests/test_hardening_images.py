@@ -78,7 +78,7 @@ def test_urls_are_refused_and_never_fetched(tmp_path):
         folder = _write(tmp_path / "urls", pa.array([url, url]))
         with pytest.raises(ValueError, match=r"image column 'image' holds URLs \(row 0: http://127\.0\.0\.1") as error:
             load_image_dataset(str(folder), "train")
-        assert "\n" not in str(error.value) and "does not download" in str(error.value)
+        assert "\n" not in str(error.value) and "--allow-downloads" in str(error.value)
     finally:
         server.shutdown()
     assert requests == []

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-split", default="test", help="split the probe is evaluated on (default: test)")
     parser.add_argument("--image-column", default=None, help="image column (default: found automatically)")
     parser.add_argument("--label-column", default=None, help="label column (default: found automatically)")
+    parser.add_argument("--allow-downloads", action="store_true", help="fetch an image column of http(s) URLs")
+    parser.add_argument("--encode-labels", action="store_true",
+                        help="map string labels to class indices by the train split's sorted names (in report.json)")
     parser.add_argument("--epochs", type=arguments.positive_int(), default=100, help="probe epochs, or L-BFGS iterations (default: 100)")
     parser.add_argument("--optimizer", choices=("sgd", "lbfgs"), default="sgd", help="probe optimizer (default: sgd)")
     parser.add_argument("--lr", type=arguments.positive(), default=None, help="probe learning rate (default: 0.1 SGD, 1.0 L-BFGS)")
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         update_model_card=not args.no_model_card, progress=not args.no_progress,
         command=shlex.join([sys.executable, *sys.argv] if argv is None else ["linear_eval.py", *argv]),
         eps=args.eps, knn_k=args.knn_k, shard_rows=args.shard_rows, data_pipeline=args.data_pipeline,
+        allow_downloads=args.allow_downloads,
+        encode_labels=args.encode_labels,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:  # a multi-process launch: the main process reports
         return 0
