@@ -219,7 +219,17 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
     return collate
 
 
-FEATURE_PIPELINES = ("pil", "tensor")
+# How images reach the model: decoded and preprocessed per batch in the loader ("pil"), or decoded once into a
+# memory-mapped uint8 array and preprocessed (or augmented) per batch on the device ("tensor", qscore_hf.decoded).
+DATA_PIPELINES = ("pil", "tensor")
+
+
+def check_data_pipeline(data_pipeline: str) -> None:
+    """``ValueError`` naming ``data_pipeline`` unless it is one of ``DATA_PIPELINES``."""
+    if data_pipeline not in DATA_PIPELINES:
+        raise ValueError(f"unknown data pipeline {data_pipeline!r}; choose one of {', '.join(DATA_PIPELINES)}.")
+
+
 MAX_CLASSES = 100_000  # labels are class indices: a probe over more classes (ImageNet-21k has 21,841) is a corrupt label
 
 
@@ -279,8 +289,7 @@ def iter_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
-    if data_pipeline not in FEATURE_PIPELINES:
-        raise ValueError(f"unknown data pipeline {data_pipeline!r}; choose one of {', '.join(FEATURE_PIPELINES)}.")
+    check_data_pipeline(data_pipeline)
     device = resolve_device(device)
     if data_pipeline == "tensor":
         yield from _iter_decoded_features(model, image_dataset, batch_size, device, dtype, progress, skip_unreadable)

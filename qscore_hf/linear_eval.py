@@ -42,7 +42,14 @@ from .modeling_qscore import QScoreModel
 from .plots import plot_pr_curves, plot_qscore_histograms
 from .probe import Optimizer, train_linear_probe
 from .score import ActivationStats, qscore_details
-from .sharded_scoring import extract_all_shards, is_main_process, launched_processes, share_from_main, use_sharding
+from .sharded_scoring import (
+    check_sharded_pipeline,
+    extract_all_shards,
+    is_main_process,
+    launched_processes,
+    share_from_main,
+    use_sharding,
+)
 
 __all__ = ["CARD_RESULTS_FILE", "PER_SAMPLE_FILE", "PLOT_FILES", "REPORT_FILE", "run_linear_eval"]
 
@@ -228,11 +235,7 @@ def run_linear_eval(
                                  encode_labels=names if names is not None else encode_labels)  # fmt: skip
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     processes = launched_processes()  # under accelerate launch / torchrun the processes share the extraction
-    if use_sharding(shard_rows) and data_pipeline != "pil":
-        raise ValueError(
-            "sharded extraction (--shard-rows, or several processes) decodes images in its loader; use "
-            "--data-pipeline pil with it."
-        )
+    check_sharded_pipeline(shard_rows, data_pipeline)
     if use_sharding(shard_rows):
         feats = {name: extract_all_shards(model, split, batch_size, device, dtype, num_workers, cache, progress,
                                           shard_rows=shard_rows) for name, split in splits.items()}  # fmt: skip

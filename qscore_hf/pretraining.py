@@ -32,6 +32,7 @@ from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORI
 from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
 from .decoded import decode_images
+from .features import check_data_pipeline
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -446,15 +447,11 @@ def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: Imag
     return model, method
 
 
-DATA_PIPELINES = ("pil", "tensor")
-
-
 def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset, model: QScoreModel,
                         method: SSLMethod) -> tuple[DataLoader, BatchViews | None]:
     """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
     (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``)."""
-    if cfg.data_pipeline not in DATA_PIPELINES:
-        raise ValueError(f"unknown data pipeline {cfg.data_pipeline!r}; choose one of {', '.join(DATA_PIPELINES)}.")
+    check_data_pipeline(cfg.data_pipeline)
     settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
     transform = method.build_transform(settings)
     augment = None

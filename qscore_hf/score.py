@@ -55,6 +55,7 @@ _MAX_ROWS_NAMED = 5
 _FUSED_CHUNK_ELEMENTS = 2**21
 _FUSED_CHUNK_ELEMENTS_ONE_THREAD = 2**24
 _FUSED_MIN_ELEMENTS = 2**20
+_EXACT_CHUNK_ELEMENTS = 2**16  # Python integers decided at once by _exact_selection (a few MiB)
 FUSED_ENV = "QSCORE_HF_FUSED"
 
 
@@ -363,9 +364,6 @@ def _exact_selection(values: np.ndarray, eps: float) -> np.ndarray:
     for start in range(0, values.shape[0], step):
         selected[start : start + step] = _exact_selection_rows(values[start : start + step], eps)
     return selected
-
-
-_EXACT_CHUNK_ELEMENTS = 2**16  # Python integers decided at once by _exact_selection (a few MiB)
 
 
 def _exact_selection_rows(values: np.ndarray, eps: float) -> np.ndarray:

@@ -69,7 +69,7 @@ from .plots import plot_image_grid, plot_pr_curves, plot_qscore_histogram, plot_
 from .explain import select_top_features
 from .probe import LinearProbe, Optimizer, train_linear_probe
 from .score import ActivationStats, qscore_details
-from .sharded_scoring import score_shards, shard_file_names, use_sharding
+from .sharded_scoring import check_sharded_pipeline, score_shards, shard_file_names, use_sharding
 
 __all__ = [
     "HISTOGRAM_FILE",
@@ -563,11 +563,7 @@ def score_dataset(
                   "progress": progress, "skip_unreadable": not strict_images, "data_pipeline": data_pipeline}  # fmt: skip
     cached = {**extraction, "cache_dir": Path(cache_dir) if cache_dir is not None else default_cache_dir()}
     sharded = None
-    if use_sharding(shard_rows) and data_pipeline != "pil":
-        raise ValueError(
-            "sharded extraction (--shard-rows, or several processes) decodes images in its loader; use "
-            "--data-pipeline pil with it."
-        )
+    check_sharded_pipeline(shard_rows, data_pipeline)
     if use_sharding(shard_rows):  # several processes: extraction, statistics and scores in qscore_hf.sharded_scoring
         sharded = score_shards(model, image_dataset, source, probe_dataset, probe_epochs, probe_optimizer, seed, cached,
                                shard_rows, _score_rows, _cached_rows)  # fmt: skip

@@ -61,8 +61,9 @@ from .modeling_qscore import QScoreModel
 from .probe import LinearProbe, Optimizer, train_linear_probe
 from .score import ActivationStats
 
-__all__ = ["DEFAULT_SHARD_BATCHES", "RowBlocks", "ShardedScores", "extract_all_shards", "is_main_process",
-           "launched_processes", "score_shards", "shard_file_names", "share_from_main", "use_sharding"]  # fmt: skip
+__all__ = ["DEFAULT_SHARD_BATCHES", "RowBlocks", "ShardedScores", "check_sharded_pipeline", "extract_all_shards",
+           "is_main_process", "launched_processes", "score_shards", "shard_file_names", "share_from_main",
+           "use_sharding"]  # fmt: skip
 
 DEFAULT_SHARD_BATCHES = 32  # shard_rows = 32 batches by default: 8192 rows at the default batch size of 256
 # The other processes wait while the main one trains the probe and writes the outputs, longer than torch's default
@@ -78,6 +79,16 @@ def launched_processes() -> int:
 def use_sharding(shard_rows: int | None) -> bool:
     """Whether scoring goes through feature shards: ``shard_rows`` was given, or several processes were launched."""
     return shard_rows is not None or launched_processes() > 1
+
+
+def check_sharded_pipeline(shard_rows: int | None, data_pipeline: str) -> None:
+    """``ValueError`` when scoring goes through shards (``use_sharding``) with a data pipeline other than ``"pil"``:
+    the shards decode their images in the loader."""
+    if use_sharding(shard_rows) and data_pipeline != "pil":
+        raise ValueError(
+            "sharded extraction (--shard-rows, or several processes) decodes images in its loader; use "
+            "--data-pipeline pil with it."
+        )
 
 
 def process_state(device: str | torch.device | None) -> PartialState:
