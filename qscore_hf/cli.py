@@ -99,12 +99,13 @@ def _explain(args: argparse.Namespace) -> int:
 
     model = QScoreModel.from_pretrained(args.model)
     image_dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.label_column,
-                                       max_samples=args.max_samples)  # fmt: skip
+                                       max_samples=args.max_samples, allow_downloads=args.allow_downloads,
+                                       encode_labels=args.encode_labels)  # fmt: skip
     mask_columns = [name.strip() for name in args.mask_columns.split(",")] if args.mask_columns else []
     explanation = explain_dataset(
         model, image_dataset, mask_columns=mask_columns, correct_column=args.correct_column, top_k=args.top_k,
         top_fraction=args.top_fraction, method=args.method, combine=args.combine, batch_size=args.batch_size,
-        max_images=args.max_images, device=args.device,
+        max_images=args.max_images, device=args.device, progress=not args.no_progress,
     )  # fmt: skip
     save_explanation(explanation, args.out, extra={"model": args.model, "dataset": args.dataset, "split": args.split})
     print(json.dumps(explanation.summary["means"], indent=2))
@@ -349,6 +350,10 @@ def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--split", default="train", help="split (default: train)")
     explain.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
     explain.add_argument("--label-column", default=None, help="label column, copied to per_sample (default: detected)")
+    explain.add_argument("--allow-downloads", action="store_true",
+                         help="fetch an image column of http(s) URLs (30 s timeout, 64 MiB cap per image; not offline)")
+    explain.add_argument("--encode-labels", action="store_true",
+                         help="map string labels to class indices by their sorted names (listed in explain.json)")
     explain.add_argument("--mask-columns", metavar="CORE,SPURIOUS", default=None,
                          help="two columns of binary masks (images or 2-D arrays) for IoU(heatmap, mask)")  # fmt: skip
     explain.add_argument("--correct-column", default=None,
@@ -364,6 +369,7 @@ def _add_explain_parser(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--max-images", type=arguments.count(), default=32, help="overlay PNGs written (default: 32)")
     explain.add_argument("--batch-size", type=arguments.positive_int(), default=32, help="images per forward pass (default: 32)")
     explain.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    explain.add_argument("--no-progress", action="store_true", help="hide progress bars")
     explain.add_argument("--out", required=True, help="output folder (written atomically)")
     explain.set_defaults(handler=_explain)
 

@@ -41,6 +41,7 @@ from transformers.image_utils import PILImageResampling, get_image_size
 
 from .data import ImageDataset
 from .devices import resolve_device
+from .features import class_indices
 from .io_utils import atomic_directory
 from .modeling_qscore import QScoreModel
 from .score import as_feature_mask, highly_activating, qscore_details
@@ -362,11 +363,16 @@ def explain_dataset(
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1]; got {top_fraction}.")
     correct_column = _check_columns(image_dataset, mask_columns, correct_column)
+    dataset = image_dataset.dataset
+    # the label and correctness columns are checked before the heatmaps are computed, not after
+    row_ids = torch.arange(len(dataset))
+    labels = class_indices(dataset[image_dataset.label_column], row_ids, image_dataset.label_column).tolist() \
+        if image_dataset.label_column else None  # fmt: skip
+    correct = _correctness(list(dataset[correct_column]), correct_column) if correct_column else None
     model.to(resolve_device(device))
     processor = model.image_processor()
     mask_names = dict(zip(("core", "spurious"), mask_columns))
     explain = partial(explain_batch, model, top_k=top_k, method=method, combine=combine)
-    dataset = image_dataset.dataset
     per_sample: dict[str, list] = defaultdict(list)
     overlays: list[Overlay] = []
     batches = dataset.select_columns([image_dataset.image_column, *mask_columns]).iter(batch_size=batch_size)
@@ -379,9 +385,8 @@ def explain_dataset(
         for name, values in rows.items():
             per_sample[name].extend(values)
         overlays.extend(drawn)
-    if image_dataset.label_column:
-        per_sample["label"] = [int(value) for value in dataset[image_dataset.label_column]]
-    correct = _correctness(list(dataset[correct_column]), correct_column) if correct_column else None
+    if labels is not None:
+        per_sample["label"] = labels
     if correct is not None:
         per_sample["correct"] = correct.tolist()
     summary = {
@@ -396,6 +401,7 @@ def explain_dataset(
         "num_samples": len(per_sample["row_id"]),
         "mask_columns": mask_names,
         "correct_column": correct_column,
+        **({"label_names": image_dataset.class_names} if labels is not None and image_dataset.class_names else {}),
         "means": _group_means(per_sample, [f"iou_{kind}" for kind in mask_names], correct),
     }
     return DatasetExplanation(dict(per_sample), summary, overlays)

@@ -220,3 +220,32 @@ def test_linear_eval_encode_labels_maps_eval_by_the_train_split_and_refuses_unse
     assert [report["label_names"][label] for label in labels] == test_words
     with pytest.raises(ValueError, match=r"label column 'label'.*--encode-labels"):
         run_linear_eval(model, folder, tmp_path / "refused", **options)
+
+
+def test_explain_takes_the_same_options_as_score(server, tmp_path, digits, online, monkeypatch, capsys):
+    """explain's refusals name --allow-downloads and --encode-labels, so explain must accept them; a string label
+    column is refused before any heatmap is computed, not after."""
+    import qscore_hf.explain
+    from qscore_hf import QScoreConfig, QScoreModel
+
+    base, _, _ = server
+    model = tmp_path / "model"
+    QScoreModel(QScoreConfig(backbone="resnet10t", image_size=32, crop_pct=1.0)).save_pretrained(model)
+    argv = ["explain", "--model", str(model), "--device", "cpu", "--max-images", "0", "--no-progress"]
+    urls = _url_parquet(tmp_path, [f"{base}/digit.png"] * 2)
+    assert main([*argv, "--dataset", urls, "--out", str(tmp_path / "refused")]) == 1
+    assert "--allow-downloads" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    assert main([*argv, "--dataset", urls, "--allow-downloads", "--out", str(tmp_path / "fetched")]) == 0
+    assert pq.read_table(tmp_path / "fetched" / "per_sample.parquet").column("label").to_pylist() == [0, 1]
+
+    folder, words = _string_label_parquet(tmp_path, digits, "data", range(6))
+    explained = []
+    explain_batch = qscore_hf.explain.explain_batch
+    monkeypatch.setattr(qscore_hf.explain, "explain_batch", lambda *a, **k: explained.append(1) or explain_batch(*a, **k))
+    assert main([*argv, "--dataset", folder, "--out", str(tmp_path / "strings")]) == 1
+    assert "--encode-labels" in capsys.readouterr().err and not explained and not (tmp_path / "strings").exists()
+    assert main([*argv, "--dataset", folder, "--encode-labels", "--out", str(tmp_path / "encoded")]) == 0
+    names = json.loads((tmp_path / "encoded" / "explain.json").read_text())["label_names"]
+    assert names == sorted(set(words))
+    labels = pq.read_table(tmp_path / "encoded" / "per_sample.parquet").column("label").to_pylist()
+    assert [names[label] for label in labels] == words
