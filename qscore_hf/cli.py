@@ -444,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"qscore-hf {command}: error: {str(error) or type(error).__name__ + ' (no message)'}", file=sys.stderr)
         return 1
+    finally:
+        if "torch.distributed" in sys.modules:  # a command run under `accelerate launch` made a process group
+            from .distributed import end_process_group
+
+            end_process_group()
 
 
 if __name__ == "__main__":

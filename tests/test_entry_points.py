@@ -124,3 +124,29 @@ def test_linear_evaluation_needs_no_extra():
     run = _run_without_train_extra("training/linear_eval.py", "--help")
     assert run.returncode == 0, run.stderr
     assert "usage: linear_eval.py" in run.stdout
+
+
+@pytest.mark.parametrize("entry", ["qscore-hf", "training/linear_eval.py"])
+def test_a_launched_command_ends_its_process_group(entry, tmp_path, capsys):
+    """Under `accelerate launch` a command's process group must be destroyed before the interpreter exits: left to
+    the exit, gloo's threads aborted a multi-process `score` that had written everything (SIGABRT, exit -6), about
+    once in three runs. Here a one-process gloo group stands in for the launch, and the command fails on its data."""
+    import importlib.util
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        args = ["--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path / "no-data"), "--out", str(tmp_path / "o")]
+        if entry == "qscore-hf":
+            assert cli.main(["score", *args]) == 1
+        else:
+            spec = importlib.util.spec_from_file_location("linear_eval_script", ROOT / entry)
+            script = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(script)
+            with pytest.raises((ValueError, OSError)):
+                script.main(args)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

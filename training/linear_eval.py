@@ -96,6 +96,15 @@ def summary_table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from qscore_hf.distributed import end_process_group
+
+    try:
+        return _evaluate(args, argv)
+    finally:
+        end_process_group()  # the process group of a launched run, before the interpreter's exit tears it down
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     import torch
 
     from qscore_hf.comparison import report_text
