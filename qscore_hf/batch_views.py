@@ -3,7 +3,8 @@
 The recipe stays written once, as the method's lightly transform (``SSLMethod.build_transform``: crop scale and
 ratio, flip, colour jitter strength and probability, grayscale, blur, solarization, normalization). ``batch_views``
 translates each of its views, op by op, into kornia's batched equivalent, which draws every sample's parameters from
-the same ranges and probabilities; an op it has no translation for is refused in one line rather than dropped.
+the same ranges and probabilities; an op it has no translation for is refused in one line rather than dropped
+(``TensorPipelineRefused``: the default ``auto`` pipeline then augments per image with PIL).
 
 Known differences from the per-image PIL pipeline, none in the distribution of a parameter: kornia draws one
 colour-jitter order per batch (torchvision one per image; every image's order is still uniform), works on float
@@ -20,6 +21,8 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
+
+from .data_pipelines import TensorPipelineRefused
 
 __all__ = ["BatchViews", "batch_views"]
 
@@ -45,8 +48,9 @@ def batch_views(transform: Any) -> BatchViews:
     ``Compose`` per view)."""
     views = getattr(transform, "transforms", None)
     if views is None:
-        raise ValueError(f"{type(transform).__name__} is not a lightly multi-view transform; the tensor pipeline "
-                         "translates those (SSLMethod.build_transform).")  # fmt: skip
+        raise TensorPipelineRefused(f"{type(transform).__name__} is not a lightly multi-view transform; the tensor "
+                                    "pipeline translates those (SSLMethod.build_transform).",
+                                    reason=f"the recipe's {type(transform).__name__} is not a multi-view transform")  # fmt: skip
     return BatchViews([nn.Sequential(*_translate_view(view)) for view in views])
 
 
@@ -82,7 +86,7 @@ def _translate(op: Any) -> nn.Module | None:
     if name == "RandomRotate":  # lightly's: 90 degrees with probability prob
         if op.prob == 0:
             return None
-        raise ValueError("the tensor pipeline has no translation of lightly's RandomRotate; use --data-pipeline pil.")
+        raise _untranslated("lightly's RandomRotate")
     if name == "ColorJitter":  # always applied (SwAV's view holds an empty one: the identity)
         return _color_jitter(op, p=1.0)
     if name == "RandomApply" and len(op.transforms) == 1 and type(op.transforms[0]).__name__ == "ColorJitter":
@@ -98,13 +102,21 @@ def _translate(op: Any) -> nn.Module | None:
         if op.prob == 0:
             return None
         if op.threshold != 128:
-            raise ValueError(f"the tensor pipeline solarizes at 128 only (kornia's threshold 0.5), not {op.threshold}.")
+            raise TensorPipelineRefused(
+                f"the tensor pipeline solarizes at 128 only (kornia's threshold 0.5), not {op.threshold}.",
+                reason=f"the recipe solarizes at {op.threshold}; the tensor pipeline solarizes at 128 only",
+            )
         return K.RandomSolarize(thresholds=0.0, additions=0.0, p=op.prob)
     if name in ("ToTensor", "ToImage", "ToDtype"):  # uint8 to float in [0, 1], done for the whole batch
         return None
     if name == "Normalize":
         return K.Normalize(mean=torch.tensor(op.mean), std=torch.tensor(op.std))
-    raise ValueError(f"the tensor pipeline has no translation of {name}; use --data-pipeline pil.")
+    raise _untranslated(name)
+
+
+def _untranslated(name: str) -> TensorPipelineRefused:
+    return TensorPipelineRefused(f"the tensor pipeline has no translation of {name}; use --data-pipeline pil.",
+                                 reason=f"the recipe's {name} has no kornia translation")  # fmt: skip
 
 
 def _color_jitter(jitter: Any, p: float) -> nn.Module | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import arguments
+from .data_pipelines import DATA_PIPELINES, DEFAULT_DATA_PIPELINE
 from .eps import eps_argument
 from .extras import extra_of, install_command, missing_extra_message, missing_module
 from .io_utils import check_model_source, check_output_folder, check_writable
@@ -204,10 +205,11 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     score.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     score.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
-    score.add_argument("--data-pipeline", choices=("pil", "tensor"), default="pil",
-                       help="pil: images decoded and preprocessed in --num-workers loader processes (default); tensor: decoded once "
-                            "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch resized, "
-                            "cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
+    score.add_argument("--data-pipeline", choices=DATA_PIPELINES, default=DEFAULT_DATA_PIPELINE,
+                       help="auto (default): tensor where it can serve the data set, else pil with one line saying "
+                            "why; pil: images decoded and preprocessed in --num-workers loader processes; tensor: "
+                            "decoded once into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch "
+                            "resized, cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
     score.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/...)")
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip

@@ -6,6 +6,11 @@ processes) costs more than the model's step on small images. ``decode_images`` d
 set's identity (name, split, columns, row count and ``datasets`` fingerprint, as the feature cache does) and the
 image size: a changed data set gets another key and is decoded again, never read from an older array.
 
+What the array cannot hold is refused with ``TensorPipelineRefused`` (``qscore_hf.data_pipelines``), from which the
+default ``auto`` pipeline falls back to decoding per batch: a streamed data set, an array over ``max_bytes`` or over
+the free disk space, and, with ``same_size`` (what ``auto`` asks for), images of several sizes, which the array
+would hold only resized to the first one's (the resize policy that an explicit ``tensor`` pipeline applies).
+
 The folder is written beside its final name and renamed into place (``io_utils.atomic_directory``), under an
 exclusive lock on ``<cache>/.<key>.lock``: a second process asking for the same images waits for the first to finish
 (at most ``wait_s``, then it is refused in one line), and a process killed mid-build leaves no folder that a later
@@ -18,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,12 +35,13 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from .data import ImageDataset
+from .data_pipelines import TensorPipelineRefused
 from .features import UnreadableImage, _decode, dataset_identity, without_decoding
 from .io_utils import atomic_directory
 
 __all__ = ["DecodedImages", "decode_images", "decoded_cache_key", "default_decode_dir"]
 
-DECODE_FORMAT_VERSION = 1
+DECODE_FORMAT_VERSION = 2  # 2: meta.json counts the images resized to the array's size
 IMAGES_FILE, LABELS_FILE, ROWS_FILE, META_FILE = "images.npy", "labels.npy", "row_ids.npy", "meta.json"
 # Above this the array would not stay in the page cache next to the model: keep decoding per batch (--data-pipeline pil).
 DEFAULT_MAX_BYTES = 16 * 2**30
@@ -45,7 +52,7 @@ _CHUNK = 1024  # rows read from the data set at a time
 class DecodedImages:
     """A data set's images decoded to uint8 ``images`` (N x 3 x H x W, memory-mapped), with each row's ``labels``
     (``None`` without a label column) and ``row_ids`` (its row in the data set; unreadable images are left out and
-    listed in ``skipped``)."""
+    listed in ``skipped``); ``resized`` images were of another size than the array's."""
 
     images: np.ndarray
     labels: np.ndarray | None
@@ -53,6 +60,7 @@ class DecodedImages:
     folder: Path
     from_cache: bool
     skipped: list[UnreadableImage] = field(default_factory=list)
+    resized: int = 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,9 +76,10 @@ def default_decode_dir() -> Path:
 
 def _identity(data: ImageDataset, size: tuple[int, int] | None) -> dict[str, Any]:
     if not isinstance(data.dataset, datasets.Dataset):
-        raise ValueError(
+        raise TensorPipelineRefused(
             f"data set {data.name!r} is streamed: its images cannot be decoded once into an array of known size. "
-            "Use --data-pipeline pil, or load it as a map-style data set."
+            "Use --data-pipeline pil, or load it as a map-style data set.",
+            reason=f"data set {data.name!r} is streamed; the tensor pipeline needs a map-style data set",
         )
     return {"format": DECODE_FORMAT_VERSION, "size": None if size is None else list(size), "dataset": dataset_identity(data)}
 
@@ -88,12 +97,15 @@ def decode_images(
     progress: bool = True,
     wait_s: float = 3600.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    same_size: bool = False,
 ) -> DecodedImages:
     """``data``'s images as RGB uint8 (N x 3 x H x W), decoded at most once per data set and size (see the module).
 
     ``size`` is (height, width); ``None`` keeps the first readable image's. Images of another size are resized to it
-    (bilinear, with antialiasing), said in one line. Images that do not decode are left out, each named in one line
-    and in ``skipped``. ``wait_s``: how long to wait for another process building the same array before refusing.
+    (bilinear, with antialiasing), said in one line; with ``same_size`` they are refused instead
+    (``TensorPipelineRefused``, as is a cached array that holds resized images). Images that do not decode are left
+    out, each named in one line and in ``skipped``. ``wait_s``: how long to wait for another process building the same
+    array before refusing. ``max_bytes``: the largest array built (``TensorPipelineRefused`` beyond it).
     """
     identity = _identity(data, size)
     root = Path(cache_dir) if cache_dir is not None else default_decode_dir()
@@ -101,16 +113,16 @@ def decode_images(
     folder = root / key
     cached = _load(folder, identity)
     if cached is not None:
-        return cached
+        return _check_same_size(cached, data, same_size)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{key}.lock", "w") as lock:
         _acquire(lock, wait_s, folder)
         try:
             cached = _load(folder, identity)  # built by the process we waited for
             if cached is not None:
-                return cached
+                return _check_same_size(cached, data, same_size)
             with atomic_directory(folder, keep_other_files=False) as tmp:
-                _build(data, size, identity, tmp, progress, max_bytes)
+                _build(data, size, identity, tmp, progress, max_bytes, same_size)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     loaded = _load(folder, identity)
@@ -118,6 +130,18 @@ def decode_images(
         raise RuntimeError(f"decoded images written to {folder} could not be read back; check the disk.")
     loaded.from_cache = False
     return loaded
+
+
+def _check_same_size(decoded: DecodedImages, data: ImageDataset, same_size: bool) -> DecodedImages:
+    if same_size and decoded.resized:
+        shape = "x".join(str(n) for n in decoded.images.shape[2:])
+        raise _several_sizes(data, f"{decoded.resized} of them are not {shape}")
+    return decoded
+
+
+def _several_sizes(data: ImageDataset, which: str) -> TensorPipelineRefused:
+    reason = f"the images of {data.name!r} have several sizes ({which}); the tensor pipeline would resize them to one"
+    return TensorPipelineRefused(f"{reason}; use --data-pipeline pil, or tensor to resize them.", reason=reason)
 
 
 def _acquire(lock, wait_s: float, folder: Path) -> None:
@@ -147,11 +171,11 @@ def _load(folder: Path, identity: dict[str, Any]) -> DecodedImages | None:
     except (OSError, ValueError, KeyError):
         return None
     skipped = [UnreadableImage(**image) for image in meta.get("skipped", [])]
-    return DecodedImages(images, labels, row_ids, folder, from_cache=True, skipped=skipped)
+    return DecodedImages(images, labels, row_ids, folder, from_cache=True, skipped=skipped, resized=meta["resized"])
 
 
 def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str, Any], folder: Path,
-           progress: bool, max_bytes: int) -> None:
+           progress: bool, max_bytes: int, same_size: bool) -> None:
     """Decode every image of ``data`` into ``folder`` (a temporary folder renamed into place by the caller)."""
     dataset, decoder = without_decoding(data)
     n = len(dataset)
@@ -173,14 +197,13 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
             image = image.convert("RGB")
             if images is None:
                 size = size or (image.height, image.width)
-                if n * 3 * size[0] * size[1] > max_bytes:
-                    raise ValueError(
-                        f"{data.name}: {n} images of {size[0]}x{size[1]} take {n * 3 * size[0] * size[1] / 2**30:.1f} "
-                        f"GiB decoded, over {max_bytes / 2**30:.1f} GiB; use --data-pipeline pil (decoding per batch)."
-                    )
+                _check_room(data, n, size, max_bytes, folder)
                 images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                                    shape=(n, 3, *size))  # fmt: skip
             if (image.height, image.width) != size:
+                if same_size:
+                    raise _several_sizes(data, f"row {start + offset} is {image.height}x{image.width}, not "
+                                               f"{size[0]}x{size[1]}")  # fmt: skip
                 image = image.resize((size[1], size[0]), PIL.Image.BILINEAR)
                 resized += 1
             images[written] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
@@ -191,7 +214,7 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
         bar.update(len(rows[data.image_column]))
     bar.close()
     if images is None:
-        raise ValueError(f"data set {data.name!r} has no readable image; nothing to decode.")
+        raise ValueError(f"data set {data.name!r} has no images{' that decode' if n else ''}; nothing to decode.")
     if resized:
         print(f"{resized} of {n} images of {data.name!r} were not {size[0]}x{size[1]} and were resized to it (bilinear).")
     images.flush()
@@ -208,5 +231,24 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
     if data.label_column is not None:
         np.save(folder / LABELS_FILE, labels[:written])
     meta = {"identity": identity, "has_labels": data.label_column is not None, "num_images": written,
-            "skipped": [asdict(image) for image in skipped]}  # fmt: skip
+            "skipped": [asdict(image) for image in skipped], "resized": resized}  # fmt: skip
     (folder / META_FILE).write_text(json.dumps(meta, default=str))  # inside the temporary folder: atomic by rename
+
+
+def _check_room(data: ImageDataset, n: int, size: tuple[int, int], max_bytes: int, folder: Path) -> None:
+    """``TensorPipelineRefused`` when ``n`` images of ``size`` exceed ``max_bytes`` or the free space under
+    ``folder`` (a memory map written on a full disk would end the process with SIGBUS, not an error)."""
+    needed = n * 3 * size[0] * size[1]
+    what = f"{n} images of {size[0]}x{size[1]} take {needed / 2**30:.1f} GiB decoded"
+    if needed > max_bytes:
+        raise TensorPipelineRefused(
+            f"{data.name}: {what}, over {max_bytes / 2**30:.1f} GiB; use --data-pipeline pil (decoding per batch).",
+            reason=f"{what}, over the {max_bytes / 2**30:.1f} GiB limit of the decode-once array",
+        )
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise TensorPipelineRefused(
+            f"{data.name}: {what}, more than the {free / 2**30:.1f} GiB free under {folder.parent}; free some space, "
+            "set QSCORE_HF_DECODED_CACHE to a larger disk, or use --data-pipeline pil (decoding per batch).",
+            reason=f"{what}, more than the {free / 2**30:.1f} GiB free under {folder.parent}",
+        )

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .bounded_decode import decode_bounded, shortest_edge_of, shrink
 from .data import ImageDataset
+from .data_pipelines import DEFAULT_DATA_PIPELINE, check_data_pipeline, tensor_or_none
 from .devices import resolve_device
 from .image_processing_qscore import to_eight_bit as _eight_bit
 from .io_utils import sweep_stale_temporaries, temporary_directory_beside
@@ -54,6 +55,7 @@ __all__ = [
     "extract_features",
     "feature_cache_key",
     "iter_features",
+    "resolve_data_pipeline",
     "row_chunks",
     "without_decoding",
 ]
@@ -219,17 +221,6 @@ def _collate(processor: Any, image_column: str, label_column: str | None, decode
     return collate
 
 
-# How images reach the model: decoded and preprocessed per batch in the loader ("pil"), or decoded once into a
-# memory-mapped uint8 array and preprocessed (or augmented) per batch on the device ("tensor", qscore_hf.decoded).
-DATA_PIPELINES = ("pil", "tensor")
-
-
-def check_data_pipeline(data_pipeline: str) -> None:
-    """``ValueError`` naming ``data_pipeline`` unless it is one of ``DATA_PIPELINES``."""
-    if data_pipeline not in DATA_PIPELINES:
-        raise ValueError(f"unknown data pipeline {data_pipeline!r}; choose one of {', '.join(DATA_PIPELINES)}.")
-
-
 MAX_CLASSES = 100_000  # labels are class indices: a probe over more classes (ImageNet-21k has 21,841) is a corrupt label
 
 
@@ -266,7 +257,7 @@ def iter_features(
     num_workers: int = 0,
     progress: bool = True,
     skip_unreadable: bool = False,
-    data_pipeline: str = "pil",
+    data_pipeline: str = DEFAULT_DATA_PIPELINE,
 ) -> Iterator[FeatureBatch]:
     """Yield the pooled features of ``image_dataset`` batch by batch, in data set order.
 
@@ -285,14 +276,17 @@ def iter_features(
             processes); ``"tensor"``: the data set decoded once into a memory-mapped uint8 array
             (``qscore_hf.decoded``, reused by later calls) and each batch preprocessed on ``device`` by the model's
             image processor (a map-style data set only; images of another size than the first are resized to it
-            when decoded, said in one line).
+            when decoded, said in one line); ``"auto"`` (default): ``"tensor"`` where it can hold the data set,
+            ``"pil"`` otherwise, said in one line (``resolve_data_pipeline``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
     check_data_pipeline(data_pipeline)
     device = resolve_device(device)
-    if data_pipeline == "tensor":
-        yield from _iter_decoded_features(model, image_dataset, batch_size, device, dtype, progress, skip_unreadable)
+    decoded = _decoded_or_none(image_dataset, data_pipeline, progress)
+    if decoded is not None:
+        yield from _iter_decoded_features(model, image_dataset, decoded, batch_size, device, dtype, progress,
+                                          skip_unreadable)  # fmt: skip
         return
     columns = [image_dataset.image_column] + ([image_dataset.label_column] if image_dataset.label_column else [])
     dataset, decoder = without_decoding(image_dataset)
@@ -356,14 +350,30 @@ def _batch_preprocessing(processor: Any) -> Callable[[Tensor], Tensor]:
     return preprocess
 
 
-def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, batch_size: int, device: torch.device,
-                           dtype: torch.dtype | None, progress: bool, skip_unreadable: bool) -> Iterator[FeatureBatch]:
-    """``iter_features`` with ``data_pipeline="tensor"``: slices of the decoded uint8 array, preprocessed on
-    ``device`` by the model's image processor (transformers' torchvision backend: resize, centre crop, rescale and
-    normalize on a whole batch, the same operations the loader path runs per batch on the CPU)."""
+def resolve_data_pipeline(image_dataset: ImageDataset, data_pipeline: str = DEFAULT_DATA_PIPELINE,
+                          progress: bool = True) -> str:
+    """``"pil"`` or ``"tensor"``: the way ``data_pipeline`` takes for ``image_dataset``. ``"tensor"`` and ``"auto"``
+    decode the images once here (``qscore_hf.decoded``; a later call loads them from its cache); ``"auto"`` falls
+    back to ``"pil"`` in one printed line when the array cannot hold them (a streamed data set, over the size limit
+    or the free disk space, images of several sizes), where ``"tensor"`` raises."""
+    return "pil" if _decoded_or_none(image_dataset, data_pipeline, progress) is None else "tensor"
+
+
+def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: bool):
+    """The decoded images of ``image_dataset`` when ``data_pipeline`` takes the tensor pipeline, else ``None``."""
     from .decoded import decode_images  # decoded builds on this module's decoding helpers
 
-    decoded = decode_images(image_dataset, progress=progress)
+    same_size = data_pipeline == "auto"  # an explicit "tensor" resizes images of other sizes to the first one's
+    return tensor_or_none(data_pipeline, lambda: decode_images(image_dataset, progress=progress, same_size=same_size))
+
+
+def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, decoded: Any, batch_size: int,
+                           device: torch.device, dtype: torch.dtype | None, progress: bool,
+                           skip_unreadable: bool) -> Iterator[FeatureBatch]:  # fmt: skip
+    """``iter_features`` through the tensor pipeline: slices of the ``decoded`` uint8 array
+    (``qscore_hf.decoded.DecodedImages``), preprocessed on ``device`` by the model's image processor (transformers'
+    torchvision backend: resize, centre crop, rescale and normalize on a whole batch, the same operations the loader
+    path runs per batch on the CPU)."""
     if decoded.skipped and not skip_unreadable:
         raise UnreadableImageError(decoded.skipped[0], image_dataset.name)
     preprocess = _batch_preprocessing(model.image_processor())
@@ -429,10 +439,12 @@ def dataset_identity(image_dataset: ImageDataset) -> dict[str, Any]:
 
 
 def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None,
-                    data_pipeline: str = "pil") -> dict[str, Any]:
+                    data_pipeline: str) -> dict[str, Any]:
     # The tensor pipeline resizes on the device (and images of a mixed-size data set once more, when decoded): its
     # features may differ from the loader's in the last bits, so each pipeline has its own cache entry (the loader's
-    # keeps the key it had before the switch existed).
+    # keeps the key it had before the switch existed). Keyed on the pipeline taken, "pil" or "tensor", never "auto".
+    if data_pipeline not in ("pil", "tensor"):
+        raise ValueError(f"the feature cache is keyed on the data pipeline taken (pil or tensor), not {data_pipeline!r}.")
     return {
         **({"data_pipeline": data_pipeline} if data_pipeline != "pil" else {}),
         "format": CACHE_FORMAT_VERSION,
@@ -454,7 +466,8 @@ def _key_of(identity: dict[str, Any]) -> str:
 def feature_cache_key(model: QScoreModel, image_dataset: ImageDataset, dtype: torch.dtype | None = None,
                       data_pipeline: str = "pil") -> str:
     """The cache folder name for these features: a hash of the backbone's weights, the preprocessing, the autocast
-    dtype, the data pipeline and the data set (name, split, columns, and its fingerprint or streaming pipeline)."""
+    dtype, the data pipeline taken (``"pil"`` or ``"tensor"``: what ``resolve_data_pipeline`` gives for ``"auto"``)
+    and the data set (name, split, columns, and its fingerprint or streaming pipeline)."""
     return _key_of(_cache_identity(model, image_dataset, dtype, data_pipeline))
 
 
@@ -619,14 +632,14 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     skip_unreadable: bool = False,
-    data_pipeline: str = "pil",
+    data_pipeline: str = DEFAULT_DATA_PIPELINE,
 ) -> FeatureSet:
     """Pooled features of every image of ``image_dataset`` (see ``iter_features`` for the arguments).
 
     With ``cache_dir`` the features go to ``cache_dir/<feature_cache_key>/features.npy`` (plus ``labels.npy`` and
     ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
-    call with the same model weights, preprocessing, autocast dtype, data pipeline and data set loads them memory-mapped without
-    running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
+    call with the same model weights, preprocessing, autocast dtype, data pipeline taken (``"auto"`` resolved first:
+    ``resolve_data_pipeline``) and data set loads them memory-mapped without running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
     by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
     shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
 
@@ -635,6 +648,7 @@ def extract_features(
     raises ``UnreadableImageError`` as a fresh extraction would).
     """
     has_labels = image_dataset.label_column is not None
+    data_pipeline = resolve_data_pipeline(image_dataset, data_pipeline, progress)
     batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress, skip_unreadable,
                             data_pipeline)  # fmt: skip
     if cache_dir is None:

@@ -35,6 +35,7 @@ from .cards import card_title, report_eval_results
 from .comparison import compare_scores, scores_with_baselines
 from .degeneracy import degeneracy_report
 from .data import ImageDataset, load_image_dataset
+from .data_pipelines import DEFAULT_DATA_PIPELINE
 from .features import FeatureSet, count_activation_stats, default_cache_dir, extract_features, feature_chunks
 from .io_utils import atomic_directory, atomic_write_text, check_output_folder
 from .metrics import misclassification_metrics
@@ -182,7 +183,7 @@ def run_linear_eval(
     eps: float | str | None = None,
     knn_k: int = 10,
     shard_rows: int | None = None,
-    data_pipeline: str = "pil",
+    data_pipeline: str = DEFAULT_DATA_PIPELINE,
     allow_downloads: bool = False,
     encode_labels: bool = False,
 ) -> dict[str, Any]:
@@ -215,8 +216,10 @@ def run_linear_eval(
             ``accelerate launch`` / ``torchrun`` this is always done (32 batches a shard by default) and the processes
             split the shards (``qscore_hf.sharded_scoring``); the main process does the rest and every process
             returns its report.
-        data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader) or ``"tensor"`` (decoded once into
-            a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``).
+        data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader), ``"tensor"`` (decoded once into
+            a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``) or
+            ``"auto"`` (default: tensor where it can serve, for each split, else pil with one line saying why;
+            always pil with sharded extraction).
         allow_downloads: fetch an image column of http(s) URLs (``qscore_hf.data.load_image_dataset``).
         encode_labels: map string labels to class indices by the training split's sorted names (the evaluation
             split's labels must be among them); the report lists them as ``label_names``.
@@ -235,7 +238,7 @@ def run_linear_eval(
                                  encode_labels=names if names is not None else encode_labels)  # fmt: skip
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     processes = launched_processes()  # under accelerate launch / torchrun the processes share the extraction
-    check_sharded_pipeline(shard_rows, data_pipeline)
+    data_pipeline = check_sharded_pipeline(shard_rows, data_pipeline)
     if use_sharding(shard_rows):
         feats = {name: extract_all_shards(model, split, batch_size, device, dtype, num_workers, cache, progress,
                                           shard_rows=shard_rows) for name, split in splits.items()}  # fmt: skip

@@ -31,8 +31,8 @@ from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
-from .decoded import decode_images
-from .features import check_data_pipeline
+from .data_pipelines import DEFAULT_DATA_PIPELINE, tensor_or_none
+from .decoded import DecodedImages, decode_images
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -145,8 +145,9 @@ class PretrainConfig:
     progress: bool = True
     # "pil": per-image PIL/torchvision augmentation in the loader processes; "tensor": the images decoded once into
     # a memory-mapped uint8 array (qscore_hf.decoded) and each batch's views drawn on the device by kornia
-    # (qscore_hf.batch_views), from the same recipe
-    data_pipeline: str = "pil"
+    # (qscore_hf.batch_views), from the same recipe; "auto": tensor where it can serve the run, else pil with one
+    # line saying why (qscore_hf.data_pipelines). The model's config records the pipeline taken.
+    data_pipeline: str = DEFAULT_DATA_PIPELINE
 
 
 @dataclass
@@ -401,14 +402,18 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     ``None`` when ``stop_after_steps`` ended this invocation early (continue it with ``resume="auto"``).
 
     The stages, in order: ``_build_accelerator``, ``_build_model`` (with the training data it normalizes for),
-    ``_build_train_loader`` (data), ``_build_optimization`` (regularizer, optimizer, schedule, accelerate's
+    ``_choose_data_pipeline`` and ``_build_train_loader`` (data), ``_build_optimization`` (regularizer, optimizer, schedule, accelerate's
     preparation), ``_resume``, ``_train_loop`` and ``_export``.
     """
     accelerator = _build_accelerator(cfg)
     set_seed(cfg.seed)
     train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
     model, method = _build_model(cfg, accelerator, train_data)
-    loader, augment = _build_train_loader(cfg, accelerator, train_data, model, method)
+    transform = method.build_transform(_transform_settings(cfg, model))
+    tensor = _choose_data_pipeline(cfg, accelerator, train_data, transform)
+    cfg = replace(cfg, data_pipeline="pil" if tensor is None else "tensor")  # the pipeline taken, as recorded
+    loader = _build_train_loader(cfg, train_data, transform, None if tensor is None else tensor[1])
+    augment = None if tensor is None else tensor[0]
     run = _build_optimization(cfg, accelerator, model, method, loader, augment)
     _resume(run)
     monitor = _monitor_data(cfg, train_data, model)
@@ -447,17 +452,31 @@ def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: Imag
     return model, method
 
 
-def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset, model: QScoreModel,
-                        method: SSLMethod) -> tuple[DataLoader, BatchViews | None]:
+def _transform_settings(cfg: PretrainConfig, model: QScoreModel) -> TransformSettings:
+    return TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
+
+
+def _choose_data_pipeline(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset,
+                          transform: Any) -> tuple[BatchViews, DecodedImages] | None:
+    """The tensor pipeline's batch views of the recipe (on the device) and decoded training images when
+    ``cfg.data_pipeline`` takes it; ``None`` for the pil pipeline: ``"pil"``, or ``"auto"`` when the recipe has no
+    kornia translation or the images cannot be decoded once (said in one line)."""
+    requested, say = cfg.data_pipeline, accelerator.print
+    augment = tensor_or_none(requested, lambda: batch_views(transform), say)
+    if augment is None:
+        return None
+    progress = cfg.progress and accelerator.is_main_process
+    decoded = tensor_or_none(requested, lambda: decode_images(train_data, progress=progress,
+                                                              same_size=requested == "auto"), say)  # fmt: skip
+    return None if decoded is None else (augment.to(accelerator.device), decoded)
+
+
+def _build_train_loader(cfg: PretrainConfig, train_data: ImageDataset, transform: Any,
+                        decoded: DecodedImages | None) -> DataLoader:
     """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
-    (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``)."""
-    check_data_pipeline(cfg.data_pipeline)
-    settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
-    transform = method.build_transform(settings)
-    augment = None
-    if cfg.data_pipeline == "tensor":
-        augment = batch_views(transform).to(accelerator.device)
-        decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
+    (``pil``, ``decoded`` is ``None``), or of ``decoded`` uint8 images (``tensor``: the run's ``BatchViews`` turn a
+    batch into its views)."""
+    if decoded is not None:
         dataset: Dataset = DecodedImageBatches(decoded.images)
         num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
     else:
@@ -472,7 +491,7 @@ def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_dat
             f"{cfg.dataset} ({len(dataset)} samples) has fewer samples than one batch of {cfg.batch_size}; "
             "lower --batch-size."
         )
-    return loader, augment
+    return loader
 
 
 @dataclass

@@ -49,6 +49,7 @@ from .comparison import ScoreComparison, compare_scores
 from .configuration_qscore import QScoreConfig
 from .degeneracy import degeneracy_report
 from .data import ImageDataset
+from .data_pipelines import DEFAULT_DATA_PIPELINE
 from .features import (
     FeatureBatch,
     FeatureSet,
@@ -510,7 +511,7 @@ def score_dataset(
     model_info: dict[str, Any] | None = None,
     eps: float | str | None = None,
     shard_rows: int | None = None,
-    data_pipeline: str = "pil",
+    data_pipeline: str = DEFAULT_DATA_PIPELINE,
 ) -> dict[str, Any]:
     """Score every image of ``image_dataset`` and write the outputs listed in the module docstring; returns the
     summary (the content of ``summary.json``).
@@ -540,8 +541,10 @@ def score_dataset(
             launch``, ``torchrun``) this is always done (32 batches a shard by default): the processes split the
             shards and the statistics are merged exactly (``qscore_hf.sharded_scoring``); the main process writes
             the outputs and every process returns the summary.
-        data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader) or ``"tensor"`` (decoded once into
-            a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``).
+        data_pipeline: ``"pil"`` (images decoded and preprocessed in the loader), ``"tensor"`` (decoded once into
+            a memory-mapped array, preprocessed per batch on ``device``; see ``qscore_hf.features.iter_features``) or
+            ``"auto"`` (default: tensor where it can serve, for each data set, else pil with one line saying why;
+            always pil with sharded extraction).
     """
     started = time.time()
     check_output_folder(out_dir)  # before the work: a folder holding what qscore-hf did not write is refused
@@ -559,11 +562,11 @@ def score_dataset(
             f"split {image_dataset.split!r} of data set {image_dataset.name!r} has no label column, so probe mistakes "
             "cannot be counted. Name the column with --label-column or leave out --probe."
         )
+    data_pipeline = check_sharded_pipeline(shard_rows, data_pipeline)
     extraction = {"batch_size": batch_size, "device": device, "dtype": dtype, "num_workers": num_workers,
                   "progress": progress, "skip_unreadable": not strict_images, "data_pipeline": data_pipeline}  # fmt: skip
     cached = {**extraction, "cache_dir": Path(cache_dir) if cache_dir is not None else default_cache_dir()}
     sharded = None
-    check_sharded_pipeline(shard_rows, data_pipeline)
     if use_sharding(shard_rows):  # several processes: extraction, statistics and scores in qscore_hf.sharded_scoring
         sharded = score_shards(model, image_dataset, source, probe_dataset, probe_epochs, probe_optimizer, seed, cached,
                                shard_rows, _score_rows, _cached_rows)  # fmt: skip

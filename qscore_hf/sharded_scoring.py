@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from .calibration import DEFAULT_COVERAGE, EpsCalibrator, is_auto
 from .configuration_qscore import QScoreConfig
 from .data import ImageDataset
+from .data_pipelines import TensorPipelineRefused, tensor_or_none
 from .features import (
     FeatureSet,
     UnreadableImage,
@@ -81,14 +82,23 @@ def use_sharding(shard_rows: int | None) -> bool:
     return shard_rows is not None or launched_processes() > 1
 
 
-def check_sharded_pipeline(shard_rows: int | None, data_pipeline: str) -> None:
-    """``ValueError`` when scoring goes through shards (``use_sharding``) with a data pipeline other than ``"pil"``:
-    the shards decode their images in the loader."""
-    if use_sharding(shard_rows) and data_pipeline != "pil":
-        raise ValueError(
+def check_sharded_pipeline(shard_rows: int | None, data_pipeline: str) -> str:
+    """``data_pipeline``, or ``"pil"`` when scoring goes through shards (``use_sharding``): the shards decode their
+    images in the loader. There ``"auto"`` says so in one line (on the main process) and ``"tensor"`` is refused
+    (``TensorPipelineRefused``)."""
+    if not use_sharding(shard_rows):
+        return data_pipeline
+
+    def refuse() -> None:
+        raise TensorPipelineRefused(
             "sharded extraction (--shard-rows, or several processes) decodes images in its loader; use "
-            "--data-pipeline pil with it."
+            "--data-pipeline pil with it.",
+            reason="the features are extracted in shards, whose images are decoded in the loader",
         )
+
+    main = int(os.environ.get("RANK", "0")) == 0  # the process state is set up later, for the chosen device
+    tensor_or_none(data_pipeline, refuse, say=lambda line: print(line) if main else None)
+    return "pil"
 
 
 def process_state(device: str | torch.device | None) -> PartialState:
@@ -168,7 +178,7 @@ def _extract_shard(model: QScoreModel, part: ImageDataset, folder: Path, identit
     """Extract the rows of ``part`` (one shard) into ``folder`` unless it is cached; whether it was extracted."""
     if _load_cached(folder, identity) is not None:
         return False
-    batches = iter_features(model, part, batch_size, device, dtype, num_workers, False, skip_unreadable)
+    batches = iter_features(model, part, batch_size, device, dtype, num_workers, False, skip_unreadable, "pil")
     _write_cache(folder, identity, batches, None if skip_unreadable else num_rows, part.label_column is not None,
                  sweep=False)  # extract_shards swept the killed runs' temporaries before any process wrote
     return True
@@ -222,7 +232,7 @@ def extract_shards(model: QScoreModel, image_dataset: ImageDataset, state: Parti
             "image is encoded in the same batch whatever the number of processes; pick e.g. "
             f"{DEFAULT_SHARD_BATCHES * batch_size}."
         )
-    base = _cache_identity(model, image_dataset, dtype)
+    base = _cache_identity(model, image_dataset, dtype, "pil")  # shards decode in the loader (check_sharded_pipeline)
     root = cache_dir / f"{_key_of(base)}-shards"
     keys = gather_object([root.name])
     if len(set(keys)) > 1:

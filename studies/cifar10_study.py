@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qscore_hf.data_pipelines import DATA_PIPELINES
 
 import study_summary
 import trajectory
@@ -80,7 +81,7 @@ class Setting:
     mixed_precision: str = "no"
     num_workers: int = 0
     device: str = "cpu"  # where snapshots are evaluated
-    data_pipeline: str = "pil"  # training/pretrain.py --data-pipeline
+    data_pipeline: str = "auto"  # training/pretrain.py --data-pipeline
 
     @property
     def train_images(self) -> int:
@@ -102,6 +103,9 @@ SETTINGS = {
         # Its runs trained before pre-training's LARS clipped its layer-wise rate (solo-learn's clip_lr): they stay
         # reproducible without it.
         recipe_args=("--no-lars-clip",),
+        # ... and with per-image PIL augmentation, the only pipeline then: a resumed or added run of the recorded
+        # study draws its views as the others did (--data-pipeline overrides it for a new study)
+        data_pipeline="pil",
     ),
     "smoke": Setting(
         train_split="train[0:512]", validation_split="train[45000:45256]", test_split="test[0:256]",
@@ -180,7 +184,8 @@ def snapshot_probe(model_dir: Path, setting: Setting, cache: Path) -> tuple[dict
                         ("test", setting.test_split)):  # fmt: skip
         data = load_image_dataset("cifar10", split)
         extracted = extract_features(model, data, batch_size=512, device=setting.device, cache_dir=cache,
-                                     num_workers=setting.num_workers, progress=False)  # fmt: skip
+                                     num_workers=setting.num_workers, progress=False,
+                                     data_pipeline=setting.data_pipeline)  # fmt: skip
         feats[name] = (np.asarray(extracted.features, dtype=np.float32), np.asarray(extracted.labels))
     probe = train_linear_probe(*feats["train"], epochs=setting.probe_epochs, num_classes=10, device=setting.device, seed=0,
                                progress=False)  # fmt: skip
@@ -337,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None,
                         help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
     parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
-    parser.add_argument("--data-pipeline", choices=["pil", "tensor"], default=None,
-                        help="pil: per-image PIL augmentation (the setting's default); tensor: images decoded once, "
-                             "views drawn per batch by kornia")
+    parser.add_argument("--data-pipeline", choices=DATA_PIPELINES, default=None,
+                        help="the setting's by default (cpu: pil, as its recorded runs; smoke: auto); auto: tensor where "
+                             "it can serve the run, else pil; pil: per-image PIL augmentation; tensor: images decoded "
+                             "once, views drawn per batch by kornia")
     parser.add_argument("--paired", action="store_true",
                         help="first train again the probes of each Q-reg comparison's two snapshots whose reports "
                              "predate per-image correctness, for the paired interval of their top-1 difference")

@@ -62,6 +62,9 @@ ANCHORS = {
     "relative_top1_byol": "BYOL +7.2 % relative on ImageNet-100 (preprint)",
 }
 METHOD_ORDER = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
+# The recorded runs trained and were evaluated with per-image PIL decoding, the only pipeline then: a resumed or
+# added run does the same, so that the runs of a study compare like with like.
+DATA_PIPELINE = "pil"
 # The methods whose seed-0 runs choose the regularizer on the validation split (the rest only report the choice).
 SELECTION_METHODS = ("byol", "simclr")
 
@@ -146,7 +149,7 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, regularize
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
             "--epochs", str(scale.finetune_epochs if init_from else scale.epochs), "--eval-split", "none",
             "--mixed-precision", scale.mixed_precision, "--num-workers", str(scale.num_workers), "--log-with", "none",
-            "--resume", "auto", "--checkpoint-every", "100", "--no-progress"]  # fmt: skip
+            "--resume", "auto", "--checkpoint-every", "100", "--no-progress", "--data-pipeline", DATA_PIPELINE]  # fmt: skip
     if scale.max_samples:
         argv += ["--max-samples", str(scale.max_samples)]
     if regularizer is not None:
@@ -174,7 +177,8 @@ def _evaluate(model_dir: Path, scale: Scale, out: Path, cache: Path) -> dict[str
     for name, split in (("validation", validation_split(scale)), ("test", "test")):
         report = run_linear_eval(model_dir, scale.dataset, out / ("eval" if name == "test" else "eval-validation"),
                                  eval_split=split, max_samples=scale.max_samples, epochs=scale.probe_epochs,
-                                 cache_dir=cache, update_model_card=name == "test", progress=False)  # fmt: skip
+                                 cache_dir=cache, update_model_card=name == "test", progress=False,
+                                 data_pipeline=DATA_PIPELINE)  # fmt: skip
         train, evaluation = _cached(report["feature_cache"]["train"]), _cached(report["feature_cache"]["eval"])
         knn = knn_accuracy(torch.from_numpy(train[0]), torch.from_numpy(train[1]), torch.from_numpy(evaluation[0]),
                            torch.from_numpy(evaluation[1]), k=20)  # fmt: skip

@@ -33,6 +33,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("runs_long") is None)  # stable: the rest keep their order
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_images_in_a_temporary_folder(tmp_path_factory):
+    """The default data pipeline (auto) decodes a data set once into ``$QSCORE_HF_DECODED_CACHE``
+    (``qscore_hf.decoded``): this session's temporary folder rather than the user's cache (subprocesses inherit it);
+    tests that look at that folder set their own."""
+    previous = os.environ.get("QSCORE_HF_DECODED_CACHE")
+    os.environ["QSCORE_HF_DECODED_CACHE"] = str(tmp_path_factory.mktemp("decoded"))
+    yield
+    if previous is None:
+        os.environ.pop("QSCORE_HF_DECODED_CACHE", None)
+    else:
+        os.environ["QSCORE_HF_DECODED_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's 8x8 digits (bundled, no download): ``(images uint8 0..255 of shape (N, 8, 8), data, target)``."""

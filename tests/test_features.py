@@ -121,7 +121,8 @@ def test_second_call_loads_the_cache_without_running_the_model(model, digits_tes
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.labels, first.labels)
     np.testing.assert_allclose(second.features, reference_features(model, digits_test), rtol=1e-4, atol=1e-5)
-    folder = tmp_path / feature_cache_key(model, digits_test)
+    # the default pipeline, auto, takes the tensor one on digits (a map-style data set of 8x8 images)
+    folder = tmp_path / feature_cache_key(model, digits_test, data_pipeline="tensor")
     assert second.cache_path == folder
     assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "labels.npy", "meta.json"]
     assert np.load(folder / "features.npy").shape == (ROWS, 512)  # a plain .npy any NumPy can read

@@ -57,7 +57,7 @@ def test_a_resumed_tensor_pipeline_run_equals_an_uninterrupted_one(tmp_path, mon
 def test_the_command_line_switch_and_a_wrong_name(training_script, tmp_path):
     script = training_script("pretrain")
     common = ["--method", "simclr", "--output-dir", str(tmp_path)]
-    assert script.parse_args(common).data_pipeline == "pil"
+    assert script.parse_args(common).data_pipeline == "auto"
     assert script.parse_args([*common, "--data-pipeline", "tensor"]).data_pipeline == "tensor"
-    with pytest.raises(ValueError, match="unknown data pipeline 'gpu'; choose one of pil, tensor"):
+    with pytest.raises(ValueError, match="unknown data pipeline 'gpu'; choose one of auto, pil, tensor"):
         pretrain(tiny(tmp_path / "wrong", data_pipeline="gpu"))

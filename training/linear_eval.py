@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from qscore_hf import arguments
 from qscore_hf.calibration import eps_argument
+from qscore_hf.data_pipelines import DATA_PIPELINES, DEFAULT_DATA_PIPELINE
 
 SUMMARY_COLUMNS = (
     ("model", "model", "{}"),
@@ -57,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bf16", action="store_true", help="run the encoder under bfloat16 autocast")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda when available)")
     parser.add_argument("--num-workers", type=arguments.count(), default=0, help="DataLoader workers decoding images (default: 0)")
-    parser.add_argument("--data-pipeline", choices=("pil", "tensor"), default="pil",
-                        help="pil: images decoded and preprocessed in --num-workers loader processes (default); tensor: decoded once "
-                             "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch resized, "
+    parser.add_argument("--data-pipeline", choices=DATA_PIPELINES, default=DEFAULT_DATA_PIPELINE,
+                        help="auto (default): tensor where it can serve the split, else pil with one line saying why; "
+                             "pil: images decoded and preprocessed in --num-workers loader processes; tensor: decoded "
+                             "once into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch resized, "
                              "cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
     parser.add_argument(
         "--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/qscore_hf/features)"

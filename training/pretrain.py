@@ -25,6 +25,7 @@ from accelerate import PartialState  # noqa: E402
 
 from qscore_hf import arguments  # noqa: E402
 from qscore_hf.calibration import eps_argument  # noqa: E402
+from qscore_hf.data_pipelines import DATA_PIPELINES  # noqa: E402
 from qscore_hf.io_utils import check_model_source  # noqa: E402
 from qscore_hf.pretraining import PretrainConfig, log_spaced_epochs, pretrain  # noqa: E402
 from qscore_hf.score import NORMALIZE_OPTIONS  # noqa: E402
@@ -104,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=arguments.seed())
     add("--mixed-precision", choices=["no", "fp16", "bf16"])
     add("--num-workers", type=arguments.count())
-    add("--data-pipeline", choices=["pil", "tensor"],
-        help="pil: per-image PIL augmentation in --num-workers loader processes (default); tensor: images decoded once "
-             "into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch's views drawn on the device by "
-             "kornia from the same recipe")
+    add("--data-pipeline", choices=DATA_PIPELINES,
+        help="auto (default): tensor where it can serve the run, else pil with one line saying why; pil: per-image PIL "
+             "augmentation in --num-workers loader processes; tensor: images decoded once into a memory-mapped uint8 "
+             "array ($QSCORE_HF_DECODED_CACHE), each batch's views drawn on the device by kornia from the same recipe")
     add("--no-channels-last", dest="channels_last", action="store_false")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--knn-k", type=arguments.positive_int(), help=f"neighbours of the per-epoch kNN monitor (default: {DEFAULTS.knn_k})")
