@@ -239,16 +239,23 @@ def _check_room(data: ImageDataset, n: int, size: tuple[int, int], max_bytes: in
     """``TensorPipelineRefused`` when ``n`` images of ``size`` exceed ``max_bytes`` or the free space under
     ``folder`` (a memory map written on a full disk would end the process with SIGBUS, not an error)."""
     needed = n * 3 * size[0] * size[1]
-    what = f"{n} images of {size[0]}x{size[1]} take {needed / 2**30:.1f} GiB decoded"
+    what = f"{n} images of {size[0]}x{size[1]} take {_bytes(needed)} decoded"
     if needed > max_bytes:
         raise TensorPipelineRefused(
-            f"{data.name}: {what}, over {max_bytes / 2**30:.1f} GiB; use --data-pipeline pil (decoding per batch).",
-            reason=f"{what}, over the {max_bytes / 2**30:.1f} GiB limit of the decode-once array",
+            f"{data.name}: {what}, over {_bytes(max_bytes)}; use --data-pipeline pil (decoding per batch).",
+            reason=f"{what}, over the {_bytes(max_bytes)} limit of the decode-once array",
         )
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise TensorPipelineRefused(
-            f"{data.name}: {what}, more than the {free / 2**30:.1f} GiB free under {folder.parent}; free some space, "
+            f"{data.name}: {what}, more than the {_bytes(free)} free under {folder.parent}; free some space, "
             "set QSCORE_HF_DECODED_CACHE to a larger disk, or use --data-pipeline pil (decoding per batch).",
-            reason=f"{what}, more than the {free / 2**30:.1f} GiB free under {folder.parent}",
+            reason=f"{what}, more than the {_bytes(free)} free under {folder.parent}",
         )
+
+
+def _bytes(count: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"

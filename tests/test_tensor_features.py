@@ -2,7 +2,8 @@
 loader's (--data-pipeline pil) on real CIFAR-10 images, for extraction, `qscore-hf score` and linear evaluation."""
 
 # Defaults switched off in this file, and why: progress bars off (--no-progress / progress=False): they only fill the
-# test log; no model card update in linear evaluation: the model folder is shared by the tests of this file.
+# test log; no model card update in linear evaluation: the model folder is shared by the tests of this file; the
+# loader's pipeline named (pil), since the default, auto, takes the tensor one on these images.
 # Every entry point still runs with all defaults on somewhere: tests/documented_commands.py ENTRY_POINTS.
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def test_extracted_features_equal_the_loaders_and_each_pipeline_has_its_cache(ci
     monkeypatch.setenv("QSCORE_HF_DECODED_CACHE", str(tmp_path / "decoded"))
     model = QScoreModel.from_pretrained(model_dir)
     data = load_image_dataset(str(cifar), "train")
-    loader = extract_features(model, data, batch_size=128, cache_dir=tmp_path / "cache", progress=False)
+    loader = extract_features(model, data, batch_size=128, cache_dir=tmp_path / "cache", progress=False,
+                              data_pipeline="pil")  # fmt: skip
     tensor = extract_features(model, data, batch_size=128, cache_dir=tmp_path / "cache", progress=False,
                               data_pipeline="tensor")  # fmt: skip
     assert not tensor.from_cache and tensor.cache_path != loader.cache_path
@@ -75,7 +77,7 @@ def test_score_gives_the_loaders_q_scores_and_refuses_sharding(cifar, model_dir,
     monkeypatch.setenv("QSCORE_HF_DECODED_CACHE", str(tmp_path / "decoded"))
     common = ["score", "--model", str(model_dir), "--dataset", str(cifar), "--cache-dir", str(tmp_path / "cache"),
               "--no-progress", "--batch-size", "128"]  # fmt: skip
-    assert main([*common, "--out", str(tmp_path / "pil")]) == 0
+    assert main([*common, "--data-pipeline", "pil", "--out", str(tmp_path / "pil")]) == 0
     assert main([*common, "--data-pipeline", "tensor", "--out", str(tmp_path / "tensor")]) == 0
     pil = pq.read_table(tmp_path / "pil" / "per_sample.parquet").to_pydict()
     tensor = pq.read_table(tmp_path / "tensor" / "per_sample.parquet").to_pydict()
