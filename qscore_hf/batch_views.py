@@ -48,9 +48,10 @@ def batch_views(transform: Any) -> BatchViews:
     ``Compose`` per view)."""
     views = getattr(transform, "transforms", None)
     if views is None:
-        raise TensorPipelineRefused(f"{type(transform).__name__} is not a lightly multi-view transform; the tensor "
-                                    "pipeline translates those (SSLMethod.build_transform).",
-                                    reason=f"the recipe's {type(transform).__name__} is not a multi-view transform")  # fmt: skip
+        name = type(transform).__name__
+        raise TensorPipelineRefused(f"{name} is not a lightly multi-view transform; the tensor pipeline translates "
+                                    "those (SSLMethod.build_transform).",
+                                    reason=f"the recipe's {name} is not a multi-view transform")  # fmt: skip
     return BatchViews([nn.Sequential(*_translate_view(view)) for view in views])
 
 

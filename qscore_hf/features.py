@@ -444,7 +444,8 @@ def _cache_identity(model: QScoreModel, image_dataset: ImageDataset, dtype: torc
     # features may differ from the loader's in the last bits, so each pipeline has its own cache entry (the loader's
     # keeps the key it had before the switch existed). Keyed on the pipeline taken, "pil" or "tensor", never "auto".
     if data_pipeline not in ("pil", "tensor"):
-        raise ValueError(f"the feature cache is keyed on the data pipeline taken (pil or tensor), not {data_pipeline!r}.")
+        raise ValueError(f"the feature cache is keyed on the data pipeline taken (pil or tensor), not "
+                         f"{data_pipeline!r}.")  # fmt: skip
     return {
         **({"data_pipeline": data_pipeline} if data_pipeline != "pil" else {}),
         "format": CACHE_FORMAT_VERSION,
@@ -639,7 +640,8 @@ def extract_features(
     With ``cache_dir`` the features go to ``cache_dir/<feature_cache_key>/features.npy`` (plus ``labels.npy`` and
     ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
     call with the same model weights, preprocessing, autocast dtype, data pipeline taken (``"auto"`` resolved first:
-    ``resolve_data_pipeline``) and data set loads them memory-mapped without running the model (only the labels, 8 bytes a row, are gathered in memory). A map-style data set is identified
+    ``resolve_data_pipeline``) and data set loads them memory-mapped without running the model (only the labels,
+    8 bytes a row, are gathered in memory). A map-style data set is identified
     by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
     shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
 

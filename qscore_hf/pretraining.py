@@ -402,8 +402,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     ``None`` when ``stop_after_steps`` ended this invocation early (continue it with ``resume="auto"``).
 
     The stages, in order: ``_build_accelerator``, ``_build_model`` (with the training data it normalizes for),
-    ``_choose_data_pipeline`` and ``_build_train_loader`` (data), ``_build_optimization`` (regularizer, optimizer, schedule, accelerate's
-    preparation), ``_resume``, ``_train_loop`` and ``_export``.
+    ``_choose_data_pipeline`` and ``_build_train_loader`` (data), ``_build_optimization`` (regularizer, optimizer,
+    schedule, accelerate's preparation), ``_resume``, ``_train_loop`` and ``_export``.
     """
     accelerator = _build_accelerator(cfg)
     set_seed(cfg.seed)
@@ -453,7 +453,8 @@ def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: Imag
 
 
 def _transform_settings(cfg: PretrainConfig, model: QScoreModel) -> TransformSettings:
-    return TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
+    mean, std = tuple(model.config.image_mean), tuple(model.config.image_std)
+    return TransformSettings(cfg.image_size, mean, std, cfg.local_views)
 
 
 def _choose_data_pipeline(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset,

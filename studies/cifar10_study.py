@@ -343,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights, checkpoints and feature caches (default: ~/.cache/qscore_hf/bench/<out name>)")
     parser.add_argument("--summary", action="store_true", help="only tabulate and plot what finished")
     parser.add_argument("--data-pipeline", choices=DATA_PIPELINES, default=None,
-                        help="the setting's by default (cpu: pil, as its recorded runs; smoke: auto); auto: tensor where "
-                             "it can serve the run, else pil; pil: per-image PIL augmentation; tensor: images decoded "
-                             "once, views drawn per batch by kornia")
+                        help="the setting's by default (cpu: pil, as its recorded runs; smoke: auto); auto: "
+                             "tensor where it can serve the run, else pil; pil: per-image PIL augmentation; "
+                             "tensor: images decoded once, views drawn per batch by kornia")
     parser.add_argument("--paired", action="store_true",
                         help="first train again the probes of each Q-reg comparison's two snapshots whose reports "
                              "predate per-image correctness, for the paired interval of their top-1 difference")

@@ -149,7 +149,8 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, regularize
             "--image-size", str(scale.image_size), "--batch-size", str(scale.batch_size), "--seed", str(seed),
             "--epochs", str(scale.finetune_epochs if init_from else scale.epochs), "--eval-split", "none",
             "--mixed-precision", scale.mixed_precision, "--num-workers", str(scale.num_workers), "--log-with", "none",
-            "--resume", "auto", "--checkpoint-every", "100", "--no-progress", "--data-pipeline", DATA_PIPELINE]  # fmt: skip
+            "--resume", "auto", "--checkpoint-every", "100", "--no-progress",
+            "--data-pipeline", DATA_PIPELINE]  # fmt: skip
     if scale.max_samples:
         argv += ["--max-samples", str(scale.max_samples)]
     if regularizer is not None:

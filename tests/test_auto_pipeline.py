@@ -60,7 +60,8 @@ def test_auto_extracts_what_the_tensor_pipeline_does_and_caches_it_under_its_key
     np.testing.assert_array_equal(auto.features, tensor.features)
     np.testing.assert_array_equal(auto.labels, tensor.labels)
     # the loader's features keep the key they always had (no pipeline in it), apart from the tensor pipeline's
-    pil = extract_features(model, data, batch_size=64, cache_dir=tmp_path / "cache", progress=False, data_pipeline="pil")
+    pil = extract_features(model, data, batch_size=64, cache_dir=tmp_path / "cache", progress=False,
+                           data_pipeline="pil")  # fmt: skip
     assert pil.cache_path == tmp_path / "cache" / feature_cache_key(model, data) != auto.cache_path
     np.testing.assert_allclose(auto.features, pil.features, rtol=0, atol=1e-4 * float(np.abs(pil.features).max()))
     with pytest.raises(ValueError, match="feature cache is keyed on the data pipeline taken"):
@@ -131,7 +132,7 @@ def test_a_recipe_without_a_kornia_translation_pretrains_through_pil(tmp_path, d
     ]
     assert QScoreModel.from_pretrained(model_dir).config.training["data_pipeline"] == "pil"
     assert not decoded_cache.exists()
-    with pytest.raises(TensorPipelineRefused, match="no translation of lightly's RandomRotate; use --data-pipeline pil"):
+    with pytest.raises(TensorPipelineRefused, match="no translation of lightly's RandomRotate; use --data-pipeline"):
         pretrain(tiny(tmp_path / "tensor", method="simclr", data_pipeline="tensor"))
 
 
