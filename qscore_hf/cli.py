@@ -209,7 +209,8 @@ def _add_score_parser(commands: argparse._SubParsersAction) -> None:
                        help="auto (default): tensor where it can serve the data set, else pil with one line saying "
                             "why; pil: images decoded and preprocessed in --num-workers loader processes; tensor: "
                             "decoded once into a memory-mapped uint8 array ($QSCORE_HF_DECODED_CACHE), each batch "
-                            "resized, cropped and normalized on --device (same features; not with --shard-rows)")  # fmt: skip
+                            "resized, cropped and normalized on --device (same features; not with "
+                            "--shard-rows)")  # fmt: skip
     score.add_argument("--cache-dir", default=None, help="feature cache (default: $QSCORE_HF_CACHE or $HF_HOME/...)")
     score.add_argument("--strict-images", action="store_true",
                        help="fail on an unreadable image instead of skipping and counting it")  # fmt: skip
