@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import datasets
 import numpy as np
@@ -42,6 +42,9 @@ from .image_processing_qscore import to_eight_bit as _eight_bit
 from .io_utils import sweep_stale_temporaries, temporary_directory_beside
 from .modeling_qscore import QScoreModel
 from .score import ActivationStats
+
+if TYPE_CHECKING:  # decoded builds on this module's decoding helpers: imported where it is used
+    from .decoded import DecodedImages
 
 __all__ = [
     "FeatureBatch",
@@ -359,7 +362,7 @@ def resolve_data_pipeline(image_dataset: ImageDataset, data_pipeline: str = DEFA
     return "pil" if _decoded_or_none(image_dataset, data_pipeline, progress) is None else "tensor"
 
 
-def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: bool):
+def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: bool) -> DecodedImages | None:
     """The decoded images of ``image_dataset`` when ``data_pipeline`` takes the tensor pipeline, else ``None``."""
     from .decoded import decode_images  # decoded builds on this module's decoding helpers
 
@@ -367,11 +370,10 @@ def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: 
     return tensor_or_none(data_pipeline, lambda: decode_images(image_dataset, progress=progress, same_size=same_size))
 
 
-def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, decoded: Any, batch_size: int,
+def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, decoded: DecodedImages, batch_size: int,
                            device: torch.device, dtype: torch.dtype | None, progress: bool,
                            skip_unreadable: bool) -> Iterator[FeatureBatch]:  # fmt: skip
-    """``iter_features`` through the tensor pipeline: slices of the ``decoded`` uint8 array
-    (``qscore_hf.decoded.DecodedImages``), preprocessed on ``device`` by the model's image processor (transformers'
+    """``iter_features`` through the tensor pipeline: slices of the ``decoded`` uint8 array, preprocessed on ``device`` by the model's image processor (transformers'
     torchvision backend: resize, centre crop, rescale and normalize on a whole batch, the same operations the loader
     path runs per batch on the CPU)."""
     if decoded.skipped and not skip_unreadable:
@@ -641,9 +643,8 @@ def extract_features(
     ``meta.json``), written batch by batch through a memory map, so memory stays flat in the data set size; a later
     call with the same model weights, preprocessing, autocast dtype, data pipeline taken (``"auto"`` resolved first:
     ``resolve_data_pipeline``) and data set loads them memory-mapped without running the model (only the labels,
-    8 bytes a row, are gathered in memory). A map-style data set is identified
-    by its fingerprint (its content and transformations); a streaming one by name, split and pipeline (take/skip/
-    shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
+    8 bytes a row, are gathered in memory). A map-style data set is identified by its fingerprint (its content and
+    transformations); a streaming one by name, split and pipeline (take/skip/shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
 
     With ``skip_unreadable`` images that cannot be decoded are left out and listed in ``FeatureSet.skipped`` (also in
     the cache's ``meta.json``, so a cached extraction reports them too; without ``skip_unreadable`` such a cache
