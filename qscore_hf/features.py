@@ -373,9 +373,9 @@ def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: 
 def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, decoded: DecodedImages, batch_size: int,
                            device: torch.device, dtype: torch.dtype | None, progress: bool,
                            skip_unreadable: bool) -> Iterator[FeatureBatch]:  # fmt: skip
-    """``iter_features`` through the tensor pipeline: slices of the ``decoded`` uint8 array, preprocessed on ``device`` by the model's image processor (transformers'
-    torchvision backend: resize, centre crop, rescale and normalize on a whole batch, the same operations the loader
-    path runs per batch on the CPU)."""
+    """``iter_features`` through the tensor pipeline: slices of the ``decoded`` uint8 array, preprocessed on
+    ``device`` by the model's image processor (transformers' torchvision backend: resize, centre crop, rescale and
+    normalize on a whole batch, the same operations the loader path runs per batch on the CPU)."""
     if decoded.skipped and not skip_unreadable:
         raise UnreadableImageError(decoded.skipped[0], image_dataset.name)
     preprocess = _batch_preprocessing(model.image_processor())
@@ -644,7 +644,8 @@ def extract_features(
     call with the same model weights, preprocessing, autocast dtype, data pipeline taken (``"auto"`` resolved first:
     ``resolve_data_pipeline``) and data set loads them memory-mapped without running the model (only the labels,
     8 bytes a row, are gathered in memory). A map-style data set is identified by its fingerprint (its content and
-    transformations); a streaming one by name, split and pipeline (take/skip/shuffle), not by content. Without ``cache_dir`` the features are gathered in memory.
+    transformations); a streaming one by name, split and pipeline (take/skip/shuffle), not by content. Without
+    ``cache_dir`` the features are gathered in memory.
 
     With ``skip_unreadable`` images that cannot be decoded are left out and listed in ``FeatureSet.skipped`` (also in
     the cache's ``meta.json``, so a cached extraction reports them too; without ``skip_unreadable`` such a cache
