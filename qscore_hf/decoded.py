@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .data_pipelines import TensorPipelineRefused
-from .features import UnreadableImage, _decode, dataset_identity, without_decoding
+from .features import UnreadableImage, _decode, class_indices, dataset_identity, without_decoding
 from .io_utils import atomic_directory
 
 __all__ = ["DecodedImages", "decode_images", "decoded_cache_key", "default_decode_dir"]
@@ -52,7 +52,9 @@ _CHUNK = 1024  # rows read from the data set at a time
 class DecodedImages:
     """A data set's images decoded to uint8 ``images`` (N x 3 x H x W, memory-mapped), with each row's ``labels``
     (``None`` without a label column) and ``row_ids`` (its row in the data set; unreadable images are left out and
-    listed in ``skipped``); ``resized`` images were of another size than the array's."""
+    listed in ``skipped``); ``resized`` images were of another size than the array's. ``label_error``: the first
+    label that is no class index (``features.class_indices``' one-line error; then ``labels`` is ``None``), raised by
+    whoever reads the labels: pre-training, which does not, still takes the images."""
 
     images: np.ndarray
     labels: np.ndarray | None
@@ -61,6 +63,7 @@ class DecodedImages:
     from_cache: bool
     skipped: list[UnreadableImage] = field(default_factory=list)
     resized: int = 0
+    label_error: str | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -171,7 +174,8 @@ def _load(folder: Path, identity: dict[str, Any]) -> DecodedImages | None:
     except (OSError, ValueError, KeyError):
         return None
     skipped = [UnreadableImage(**image) for image in meta.get("skipped", [])]
-    return DecodedImages(images, labels, row_ids, folder, from_cache=True, skipped=skipped, resized=meta["resized"])
+    return DecodedImages(images, labels, row_ids, folder, from_cache=True, skipped=skipped, resized=meta["resized"],
+                         label_error=meta["label_error"])  # fmt: skip
 
 
 def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str, Any], folder: Path,
@@ -184,6 +188,7 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
     row_ids = np.empty(n, dtype=np.int64)
     skipped: list[UnreadableImage] = []
     resized, written = 0, 0
+    label_error: str | None = None
     bar = tqdm(total=n, disable=not progress, desc=f"decoding {data.name} once", unit="img")
     for start in range(0, n, _CHUNK):
         rows = dataset[start : start + _CHUNK]
@@ -207,8 +212,12 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
                 image = image.resize((size[1], size[0]), PIL.Image.BILINEAR)
                 resized += 1
             images[written] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-            if data.label_column is not None:
-                labels[written] = rows[data.label_column][offset]
+            if data.label_column is not None and label_error is None:
+                try:  # a class index, checked as the loader's pipeline checks it: 0.7 is not truncated to 0
+                    labels[written] = class_indices([rows[data.label_column][offset]], np.array([start + offset]),
+                                                    data.label_column)[0]  # fmt: skip
+                except ValueError as error:
+                    label_error = str(error)
             row_ids[written] = start + offset
             written += 1
         bar.update(len(rows[data.image_column]))
@@ -228,10 +237,11 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
     else:
         del images
     np.save(folder / ROWS_FILE, row_ids[:written])
-    if data.label_column is not None:
+    has_labels = data.label_column is not None and label_error is None
+    if has_labels:
         np.save(folder / LABELS_FILE, labels[:written])
-    meta = {"identity": identity, "has_labels": data.label_column is not None, "num_images": written,
-            "skipped": [asdict(image) for image in skipped], "resized": resized}  # fmt: skip
+    meta = {"identity": identity, "has_labels": has_labels, "num_images": written, "resized": resized,
+            "skipped": [asdict(image) for image in skipped], "label_error": label_error}  # fmt: skip
     (folder / META_FILE).write_text(json.dumps(meta, default=str))  # inside the temporary folder: atomic by rename
 
 

@@ -378,6 +378,8 @@ def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, deco
     normalize on a whole batch, the same operations the loader path runs per batch on the CPU)."""
     if decoded.skipped and not skip_unreadable:
         raise UnreadableImageError(decoded.skipped[0], image_dataset.name)
+    if decoded.label_error is not None:
+        raise ValueError(decoded.label_error)
     preprocess = _batch_preprocessing(model.image_processor())
     was_training = model.training
     model.to(device).eval()
