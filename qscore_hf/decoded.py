@@ -34,6 +34,7 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
+from .bounded_decode import REDUCING_GAP
 from .data import ImageDataset
 from .data_pipelines import TensorPipelineRefused
 from .features import UnreadableImage, _decode, class_indices, dataset_identity, without_decoding
@@ -101,6 +102,7 @@ def decode_images(
     wait_s: float = 3600.0,
     max_bytes: int = DEFAULT_MAX_BYTES,
     same_size: bool = False,
+    model_edge: int | None = None,
 ) -> DecodedImages:
     """``data``'s images as RGB uint8 (N x 3 x H x W), decoded at most once per data set and size (see the module).
 
@@ -109,6 +111,8 @@ def decode_images(
     (``TensorPipelineRefused``, as is a cached array that holds resized images). Images that do not decode are left
     out, each named in one line and in ``skipped``. ``wait_s``: how long to wait for another process building the same
     array before refusing. ``max_bytes``: the largest array built (``TensorPipelineRefused`` beyond it).
+    ``model_edge``: the shortest edge the model reads; images ``REDUCING_GAP`` times larger are refused
+    (``TensorPipelineRefused``): the loader's pipeline decodes them at a reduced size instead of storing them whole.
     """
     identity = _identity(data, size)
     root = Path(cache_dir) if cache_dir is not None else default_decode_dir()
@@ -125,7 +129,7 @@ def decode_images(
             if cached is not None:
                 return _check_same_size(cached, data, same_size)
             with atomic_directory(folder, keep_other_files=False) as tmp:
-                _build(data, size, identity, tmp, progress, max_bytes, same_size)
+                _build(data, size, identity, tmp, progress, max_bytes, same_size, model_edge)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     loaded = _load(folder, identity)
@@ -179,7 +183,7 @@ def _load(folder: Path, identity: dict[str, Any]) -> DecodedImages | None:
 
 
 def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str, Any], folder: Path,
-           progress: bool, max_bytes: int, same_size: bool) -> None:
+           progress: bool, max_bytes: int, same_size: bool, model_edge: int | None) -> None:
     """Decode every image of ``data`` into ``folder`` (a temporary folder renamed into place by the caller)."""
     dataset, decoder = without_decoding(data)
     n = len(dataset)
@@ -202,6 +206,10 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
             image = image.convert("RGB")
             if images is None:
                 size = size or (image.height, image.width)
+                if model_edge is not None and min(size) >= REDUCING_GAP * model_edge:
+                    reason = (f"the images of {data.name!r} ({size[0]}x{size[1]}) are much larger than the "
+                              f"{model_edge} px the model reads; the loader decodes them at a reduced size")  # fmt: skip
+                    raise TensorPipelineRefused(f"{reason}; use --data-pipeline pil.", reason=reason)
                 _check_room(data, n, size, max_bytes, folder)
                 images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                                    shape=(n, 3, *size))  # fmt: skip

@@ -286,7 +286,7 @@ def iter_features(
         raise ValueError(f"batch_size must be a positive number of images; got {batch_size}.")
     check_data_pipeline(data_pipeline)
     device = resolve_device(device)
-    decoded = _decoded_or_none(image_dataset, data_pipeline, progress)
+    decoded = _decoded_or_none(model, image_dataset, data_pipeline, progress)
     if decoded is not None:
         yield from _iter_decoded_features(model, image_dataset, decoded, batch_size, device, dtype, progress,
                                           skip_unreadable)  # fmt: skip
@@ -353,21 +353,25 @@ def _batch_preprocessing(processor: Any) -> Callable[[Tensor], Tensor]:
     return preprocess
 
 
-def resolve_data_pipeline(image_dataset: ImageDataset, data_pipeline: str = DEFAULT_DATA_PIPELINE,
+def resolve_data_pipeline(model: QScoreModel, image_dataset: ImageDataset, data_pipeline: str = DEFAULT_DATA_PIPELINE,
                           progress: bool = True) -> str:
-    """``"pil"`` or ``"tensor"``: the way ``data_pipeline`` takes for ``image_dataset``. ``"tensor"`` and ``"auto"``
-    decode the images once here (``qscore_hf.decoded``; a later call loads them from its cache); ``"auto"`` falls
-    back to ``"pil"`` in one printed line when the array cannot hold them (a streamed data set, over the size limit
-    or the free disk space, images of several sizes), where ``"tensor"`` raises."""
-    return "pil" if _decoded_or_none(image_dataset, data_pipeline, progress) is None else "tensor"
+    """``"pil"`` or ``"tensor"``: the way ``data_pipeline`` takes for ``model``'s features of ``image_dataset``.
+    ``"tensor"`` and ``"auto"`` decode the images once here (``qscore_hf.decoded``; a later call loads them from its
+    cache); ``"auto"`` falls back to ``"pil"`` in one printed line when the array cannot hold them (a streamed data
+    set, over the size limit or the free disk space, images of several sizes) or when they are much larger than the
+    model reads (the loader decodes those at a reduced size), where ``"tensor"`` raises or decodes them whole."""
+    return "pil" if _decoded_or_none(model, image_dataset, data_pipeline, progress) is None else "tensor"
 
 
-def _decoded_or_none(image_dataset: ImageDataset, data_pipeline: str, progress: bool) -> DecodedImages | None:
+def _decoded_or_none(model: QScoreModel, image_dataset: ImageDataset, data_pipeline: str,
+                     progress: bool) -> DecodedImages | None:  # fmt: skip
     """The decoded images of ``image_dataset`` when ``data_pipeline`` takes the tensor pipeline, else ``None``."""
     from .decoded import decode_images  # decoded builds on this module's decoding helpers
 
-    same_size = data_pipeline == "auto"  # an explicit "tensor" resizes images of other sizes to the first one's
-    return tensor_or_none(data_pipeline, lambda: decode_images(image_dataset, progress=progress, same_size=same_size))
+    auto = data_pipeline == "auto"  # an explicit "tensor" resizes images of other sizes to the first one's
+    model_edge = shortest_edge_of(model.image_processor()) if auto else None
+    return tensor_or_none(data_pipeline, lambda: decode_images(image_dataset, progress=progress, same_size=auto,
+                                                               model_edge=model_edge))  # fmt: skip
 
 
 def _iter_decoded_features(model: QScoreModel, image_dataset: ImageDataset, decoded: DecodedImages, batch_size: int,
@@ -654,7 +658,7 @@ def extract_features(
     raises ``UnreadableImageError`` as a fresh extraction would).
     """
     has_labels = image_dataset.label_column is not None
-    data_pipeline = resolve_data_pipeline(image_dataset, data_pipeline, progress)
+    data_pipeline = resolve_data_pipeline(model, image_dataset, data_pipeline, progress)
     batches = iter_features(model, image_dataset, batch_size, device, dtype, num_workers, progress, skip_unreadable,
                             data_pipeline)  # fmt: skip
     if cache_dir is None:

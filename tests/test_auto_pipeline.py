@@ -148,16 +148,17 @@ def digits_of_two_sizes(folder, digits) -> ImageDataset:
     return load_image_dataset(str(folder), "train")
 
 
-def test_images_of_several_sizes_take_pil_unless_the_tensor_pipeline_is_named(tmp_path, decoded_cache, digits, capsys):
-    data = digits_of_two_sizes(tmp_path / "folder", digits)
-    assert resolve_data_pipeline(data, "auto", progress=False) == "pil"
+def test_images_of_several_sizes_take_pil_unless_the_tensor_pipeline_is_named(model_dir, tmp_path, decoded_cache,
+                                                                              digits, capsys):  # fmt: skip
+    data, model = digits_of_two_sizes(tmp_path / "folder", digits), QScoreModel.from_pretrained(model_dir)
+    assert resolve_data_pipeline(model, data, "auto", progress=False) == "pil"
     (line,) = said(capsys.readouterr().out)
     assert line.startswith("data pipeline: pil (the images of ") and "have several sizes (row " in line
     assert line.endswith("is 8x12, not 8x8); the tensor pipeline would resize them to one)")
     # named, the tensor pipeline resizes them (its resize policy); auto does not take that resized array either
-    assert resolve_data_pipeline(data, "tensor", progress=False) == "tensor"
+    assert resolve_data_pipeline(model, data, "tensor", progress=False) == "tensor"
     assert "10 of 40 images" in capsys.readouterr().out
-    assert resolve_data_pipeline(data, "auto", progress=False) == "pil"
+    assert resolve_data_pipeline(model, data, "auto", progress=False) == "pil"
     assert said(capsys.readouterr().out) == [
         f"data pipeline: pil (the images of {data.name!r} have several sizes (10 of them are not 8x8); the tensor "
         "pipeline would resize them to one)"
@@ -183,3 +184,21 @@ def test_an_array_over_the_limit_or_the_free_space_takes_pil(tmp_path, decoded_c
     assert lines == [f"data pipeline: pil (360 images of 8x8 take 67.5 KiB decoded, more than the 1000 bytes free "
                      f"under {decoded_cache})"]  # fmt: skip
     assert not any(entry.name.endswith(".npy") for entry in decoded_cache.rglob("*"))  # nothing half-written
+
+
+def test_images_much_larger_than_the_model_reads_are_scored_through_pil(model_dir, tmp_path, decoded_cache, digits,
+                                                                        capsys):  # fmt: skip
+    """Digits at 64x64 for a model reading 16 px: the loader decodes them at a reduced size (bounded_decode) where an
+    array would hold them whole."""
+    images, _, target = digits
+    for index in range(20):
+        folder = tmp_path / "large" / str(target[index])
+        folder.mkdir(parents=True, exist_ok=True)
+        PIL.Image.fromarray(images[index]).resize((64, 64)).convert("RGB").save(folder / f"{index:03d}.png")
+    data, model = load_image_dataset(str(tmp_path / "large"), "train"), QScoreModel.from_pretrained(model_dir)
+    assert resolve_data_pipeline(model, data, "auto", progress=False) == "pil"
+    assert said(capsys.readouterr().out) == [
+        f"data pipeline: pil (the images of {data.name!r} (64x64) are much larger than the 16 px the model reads; "
+        "the loader decodes them at a reduced size)"
+    ]
+    assert resolve_data_pipeline(model, data, "tensor", progress=False) == "tensor"  # named: decoded whole
