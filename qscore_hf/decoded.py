@@ -208,7 +208,8 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
                 size = size or (image.height, image.width)
                 if model_edge is not None and min(size) >= REDUCING_GAP * model_edge:
                     reason = (f"the images of {data.name!r} ({size[0]}x{size[1]}) are much larger than the "
-                              f"{model_edge} px the model reads; the loader decodes them at a reduced size")  # fmt: skip
+                              f"{model_edge} px the model reads; the loader decodes them at a reduced "
+                              "size")  # fmt: skip
                     raise TensorPipelineRefused(f"{reason}; use --data-pipeline pil.", reason=reason)
                 _check_room(data, n, size, max_bytes, folder)
                 images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
