@@ -32,13 +32,26 @@ from .data import ImageDataset
 from .features import UnreadableImage, _decode, dataset_identity, without_decoding
 from .io_utils import atomic_directory
 
-__all__ = ["DecodedImages", "decode_images", "decoded_cache_key", "default_decode_dir"]
+__all__ = ["DecodedImages", "TooLargeToDecode", "decode_images", "decoded_cache_key", "default_decode_dir"]
 
 DECODE_FORMAT_VERSION = 1
 IMAGES_FILE, LABELS_FILE, ROWS_FILE, META_FILE = "images.npy", "labels.npy", "row_ids.npy", "meta.json"
 # Above this the array would not stay in the page cache next to the model: keep decoding per batch (--data-pipeline pil).
 DEFAULT_MAX_BYTES = 16 * 2**30
 _CHUNK = 1024  # rows read from the data set at a time
+
+
+class TooLargeToDecode(ValueError):
+    """The decoded array would exceed ``max_bytes``: ``num_images`` images of ``size`` (height, width)."""
+
+    def __init__(self, name: str, num_images: int, size: tuple[int, int], max_bytes: int) -> None:
+        self.num_images, self.size, self.max_bytes = num_images, size, max_bytes
+        self.nbytes = num_images * 3 * size[0] * size[1]
+        super().__init__(f"{name}: {self.describe()}; use --data-pipeline pil (decoding per batch).")
+
+    def describe(self) -> str:
+        return (f"{self.num_images} images of {self.size[0]}x{self.size[1]} take {self.nbytes / 2**30:.1f} GiB decoded, "
+                f"over {self.max_bytes / 2**30:.1f} GiB")
 
 
 @dataclass
@@ -87,13 +100,14 @@ def decode_images(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     wait_s: float = 3600.0,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> DecodedImages:
     """``data``'s images as RGB uint8 (N x 3 x H x W), decoded at most once per data set and size (see the module).
 
     ``size`` is (height, width); ``None`` keeps the first readable image's. Images of another size are resized to it
     (bilinear, with antialiasing), said in one line. Images that do not decode are left out, each named in one line
     and in ``skipped``. ``wait_s``: how long to wait for another process building the same array before refusing.
+    An array over ``max_bytes`` (``None``: ``DEFAULT_MAX_BYTES``) is refused with ``TooLargeToDecode``.
     """
     identity = _identity(data, size)
     root = Path(cache_dir) if cache_dir is not None else default_decode_dir()
@@ -110,7 +124,7 @@ def decode_images(
             if cached is not None:
                 return cached
             with atomic_directory(folder, keep_other_files=False) as tmp:
-                _build(data, size, identity, tmp, progress, max_bytes)
+                _build(data, size, identity, tmp, progress, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     loaded = _load(folder, identity)
@@ -174,10 +188,8 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
             if images is None:
                 size = size or (image.height, image.width)
                 if n * 3 * size[0] * size[1] > max_bytes:
-                    raise ValueError(
-                        f"{data.name}: {n} images of {size[0]}x{size[1]} take {n * 3 * size[0] * size[1] / 2**30:.1f} "
-                        f"GiB decoded, over {max_bytes / 2**30:.1f} GiB; use --data-pipeline pil (decoding per batch)."
-                    )
+                    bar.close()
+                    raise TooLargeToDecode(data.name, n, size, max_bytes)
                 images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                                    shape=(n, 3, *size))  # fmt: skip
             if (image.height, image.width) != size:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,7 +31,7 @@ from .cards import training_provenance
 from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORING, QScoreConfig
 from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
-from .decoded import decode_images
+from .decoded import TooLargeToDecode, decode_images
 from .features import check_data_pipeline
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
@@ -48,6 +48,7 @@ from .regularizer import (
 )
 from .ssl import SSLMethod, TransformSettings, build_method
 from .tracking import TrackerValue, tracker_config
+from .worker_views import WorkerViews, seeded
 
 __all__ = ["PretrainConfig", "StepOutput", "log_spaced_epochs", "pretrain", "snapshot_folder", "training_step"]
 
@@ -249,17 +250,8 @@ class AugmentedViews(Dataset):
     def __getitem__(self, global_index: int) -> dict[str, list[Tensor]]:
         epoch, index = divmod(int(global_index), len(self))
         image = self.data.dataset[index][self.data.image_column].convert("RGB")
-        sample_seed = augmentation_seed(self.seed, epoch, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            python_state, numpy_state = random.getstate(), np.random.get_state()
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            try:
-                views = self.transform(image)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        with seeded(augmentation_seed(self.seed, epoch, index)):
+            views = self.transform(image)
         return {"views": views}
 
 
@@ -450,16 +442,24 @@ def _build_model(cfg: PretrainConfig, accelerator: Accelerator, train_data: Imag
 def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset, model: QScoreModel,
                         method: SSLMethod) -> tuple[DataLoader, BatchViews | None]:
     """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
-    (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``)."""
+    (``pil``), or of decoded uint8 images with the ``BatchViews`` that turn a batch into its views (``tensor``; images
+    too many to decode once are decoded and cropped in the loader workers, ``qscore_hf.worker_views``, and the
+    ``BatchViews`` do the colour work of each view's batch)."""
     check_data_pipeline(cfg.data_pipeline)
     settings = TransformSettings(cfg.image_size, tuple(model.config.image_mean), tuple(model.config.image_std), cfg.local_views)
     transform = method.build_transform(settings)
     augment = None
     if cfg.data_pipeline == "tensor":
-        augment = batch_views(transform).to(accelerator.device)
-        decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
-        dataset: Dataset = DecodedImageBatches(decoded.images)
-        num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
+        try:
+            decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
+            augment = batch_views(transform).to(accelerator.device)
+            dataset: Dataset = DecodedImageBatches(decoded.images)
+            num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
+        except TooLargeToDecode as too_large:
+            accelerator.print(f"data pipeline: tensor, images decoded in the loader workers ({too_large.describe()})")
+            augment = batch_views(transform, geometric=False).to(accelerator.device)
+            dataset = WorkerViews(train_data, transform, partial(augmentation_seed, cfg.seed))
+            num_workers, collate = cfg.num_workers, _collate_views
     else:
         dataset, num_workers, collate = AugmentedViews(train_data, transform, cfg.seed), cfg.num_workers, _collate_views
     loader = DataLoader(
