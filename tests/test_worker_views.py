@@ -94,3 +94,116 @@ def test_images_are_decoded_at_the_smallest_size_the_recipe_allows(photos, metho
         decoded_size = views.decode(index).size
         assert decoded_size == decoded_sizes[size], size
         assert min(decoded_size) >= min(min_edge, min(size))  # never below the need, unless the file is smaller
+
+
+def test_crop_parameters_follow_the_recipe(photos):
+    """(b) 10,000 samples' crops, each seeded by (seed, epoch, index) as in training, against 10,000 draws of
+    torchvision's RandomResizedCrop sampler from one stream: area fraction and aspect ratio within the recipe's
+    ranges (up to the rounding of a crop to whole pixels), the same means (within 4 standard errors) and the same
+    distributions (two-sample Kolmogorov-Smirnov); the flip in half of the samples."""
+    views = worker_views(photos, "simclr", 224)
+    index = file_sizes(views).index((2400, 1600))
+    image = views.decode(index)  # 1200 x 800: draws are relative to the decoded image
+    width, height = image.size
+    draws = [views.draw(image, augmentation_seed(0, epoch, sample))[0] for epoch in range(2) for sample in range(5_000)]
+    ours = np.array([(p.height * p.width / (width * height), p.width / p.height) for p in draws])
+    torch.manual_seed(1234)
+    theirs = np.array([(h * w / (width * height), w / h) for _, _, h, w in
+                       (T.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(10_000))])
+    rounding = 2 / 100  # a crop of at least ~200 px a side, rounded to whole pixels
+    assert ours[:, 0].min() >= 0.08 * (1 - rounding) and ours[:, 0].max() <= 1.0
+    assert ours[:, 1].min() >= 3 / 4 * (1 - rounding) and ours[:, 1].max() <= 4 / 3 * (1 + rounding)
+    for column in range(2):
+        a, b = ours[:, column], theirs[:, column]
+        standard_error = np.sqrt(a.var() / len(a) + b.var() / len(b))
+        assert abs(a.mean() - b.mean()) < 4 * standard_error
+        assert scipy.stats.ks_2samp(a, b).pvalue > 1e-3
+    flips = np.mean([p.applied[0] for p in draws])
+    assert abs(flips - 0.5) < 4 * np.sqrt(0.25 / len(draws))
+    assert not any(p.applied[1] or p.applied[2] for p in draws)  # SimCLR's vertical flip and rotation: probability 0
+
+
+def test_views_equal_torchvisions_ops_on_the_same_image_with_the_same_parameters(photos):
+    """(f) Each uint8 view is torchvision's resized crop (and flip) of the image decoded at the same draft scale,
+    with the drawn parameters, pixel for pixel; and within one 8-bit level on average of the same crop of the
+    full-resolution decode (the reduced decode is an honest downscale)."""
+    views = worker_views(photos, "byol", 32)
+    index = file_sizes(views).index((2400, 1600))
+    global_index = 3 * len(views) + index  # epoch 3
+    sample = views[global_index]["views"]
+    params = views.draw(views.decode(index), augmentation_seed(0, 3, index))
+    path = views.dataset[index][views.image_column]["path"]
+    reduced = PIL.Image.open(path)
+    reduced.draft("RGB", (300, 200))  # 1/8: the scale the recipe allows (see the test above)
+    reduced = reduced.convert("RGB")
+    full = PIL.Image.open(path).convert("RGB")
+    assert len(sample) == 2 and reduced.size == (300, 200)
+    for view, p in zip(sample, params):
+        assert view.dtype == torch.uint8 and view.shape == (3, 32, 32)
+        expected = F1.resized_crop(reduced, p.top, p.left, p.height, p.width, [32, 32], antialias=True)
+        if p.applied[0]:
+            expected = F1.hflip(expected)
+        assert torch.equal(view, F1.pil_to_tensor(expected))
+        # the same crop of the full-resolution image: its box 8 times larger
+        expected_full = F1.resized_crop(full, 8 * p.top, 8 * p.left, 8 * p.height, 8 * p.width, [32, 32], antialias=True)
+        if p.applied[0]:
+            expected_full = F1.hflip(expected_full)
+        difference = (view.float() - F1.pil_to_tensor(expected_full).float()).abs()
+        assert difference.mean() < 1.0, float(difference.mean())
+
+
+def first_batches(views: WorkerViews, num_workers: int, epoch: int) -> list[list[torch.Tensor]]:
+    sampler = EpochSampler(len(views), seed=0)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(views, batch_size=4, sampler=sampler, num_workers=num_workers, collate_fn=_collate_views)
+    return list(loader)
+
+
+def test_batches_depend_on_seed_epoch_and_step_only_not_on_the_workers(photos):
+    """(d) The same (seed, epoch, step) gives identical uint8 view batches with 0 and 2 loader workers, and identical
+    views after the device's colour work (seeded per step); another epoch gives other views."""
+    views = worker_views(photos, "byol", 32)
+    colour = batch_views(recipe("byol", 32), geometric=False)
+    # the colour ops only (BYOL's first view is never solarized, its second one is; no blur at 32 px)
+    assert [[type(op).__name__ for op in view] for view in colour.views] == [
+        ["ColorJitter", "RandomGrayscale", "Normalize"], ["ColorJitter", "RandomGrayscale", "RandomSolarize", "Normalize"]]
+    alone, with_workers = first_batches(views, 0, epoch=1), first_batches(views, 2, epoch=1)
+    assert len(alone) == 2 and all(len(batch) == 2 for batch in alone)  # 2 steps of 2 views
+    for step, (a, b) in enumerate(zip(alone, with_workers)):
+        assert a[0].shape == (4, 3, 32, 32) and a[0].dtype == torch.uint8
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        seed = augmentation_seed(0, 1, step)
+        assert all(torch.equal(x, y) for x, y in zip(colour(a, seed), colour(b, seed)))
+    other_epoch = first_batches(views, 0, epoch=2)
+    assert not torch.equal(alone[0][0], other_epoch[0][0])
+
+
+def logged_steps(output_dir) -> list[int]:
+    lines = (output_dir / "train_log.jsonl").read_text().splitlines()
+    return [entry["step"] for entry in map(json.loads, lines) if "loss" in entry]
+
+
+def test_pretraining_takes_the_worker_path_in_one_line_and_resumes_exactly(photos, tmp_path, monkeypatch, capsys):
+    """(a) A data set over the decode-once limit is decoded in the loader workers, said in one line (nothing left
+    in the decode cache); (e) a run through that path resumed after step 3 equals an uninterrupted one."""
+    monkeypatch.setenv("QSCORE_HF_DECODED_CACHE", str(tmp_path / "decoded"))
+    monkeypatch.setattr(decoded, "DEFAULT_MAX_BYTES", 2**20)  # 8 images of 2400 x 1600 take 88 MiB decoded
+
+    def run(output, **overrides):
+        settings = dict(method="simclr", output_dir=str(tmp_path / output), dataset=str(photos), backbone="resnet10t",
+                        image_size=32, batch_size=4, epochs=2, checkpoint_every=2, num_workers=0, log_with="none",
+                        progress=False, log_every=1, eval_split=None, data_pipeline="tensor", seed=3)  # fmt: skip
+        return pretrain(PretrainConfig(**{**settings, **overrides}))
+
+    straight = run("straight")
+    announced = [line for line in capsys.readouterr().out.splitlines() if "data pipeline" in line]
+    assert announced == ["data pipeline: tensor, images decoded in the loader workers (8 images of 1600x2400 take "
+                         "0.1 GiB decoded, over 0.0 GiB)"]  # fmt: skip
+    assert not [entry for entry in (tmp_path / "decoded").iterdir() if not entry.name.startswith(".")]
+    assert run("resumed", stop_after_steps=3) is None
+    resumed = run("resumed", resume="auto")
+    assert logged_steps(tmp_path / "straight") == logged_steps(tmp_path / "resumed") == [1, 2, 3, 4]
+    expected, weights = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == weights.keys()
+    for key in expected:
+        assert torch.equal(expected[key], weights[key]), key
