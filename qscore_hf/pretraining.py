@@ -146,7 +146,8 @@ class PretrainConfig:
     progress: bool = True
     # "pil": per-image PIL/torchvision augmentation in the loader processes; "tensor": the images decoded once into
     # a memory-mapped uint8 array (qscore_hf.decoded) and each batch's views drawn on the device by kornia
-    # (qscore_hf.batch_views), from the same recipe
+    # (qscore_hf.batch_views), from the same recipe; images too many to decode once are decoded and cropped in the
+    # loader workers instead, their colour work done per batch on the device (qscore_hf.worker_views)
     data_pipeline: str = "pil"
 
 

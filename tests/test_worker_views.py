@@ -207,3 +207,16 @@ def test_pretraining_takes_the_worker_path_in_one_line_and_resumes_exactly(photo
     assert expected.keys() == weights.keys()
     for key in expected:
         assert torch.equal(expected[key], weights[key]), key
+
+
+def test_multi_crop_views_of_two_sizes_come_as_one_batch_per_view(photos):
+    """SwAV's two global and two local views: one uint8 batch per view at the recipe's sizes, each normalized by
+    its colour ops on the device."""
+    transform = recipe("swav", 32, local_views=2)
+    sizes = [tuple(view.transforms[0].size) for view in transform.transforms]
+    views = WorkerViews(load_image_dataset(str(photos), "train"), transform, partial(augmentation_seed, 0))
+    (batch, _) = first_batches(views, 0, epoch=0)
+    assert [tuple(view.shape) for view in batch] == [(4, 3, *size) for size in sizes] and len(set(sizes)) == 2
+    coloured = batch_views(transform, geometric=False)(batch, seed=7)
+    assert [tuple(view.shape) for view in coloured] == [(4, 3, *size) for size in sizes]
+    assert all(view.dtype == torch.float32 and view.min() < 0 for view in coloured)  # normalized around 0.5
