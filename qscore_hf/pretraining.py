@@ -451,16 +451,17 @@ def _build_train_loader(cfg: PretrainConfig, accelerator: Accelerator, train_dat
     transform = method.build_transform(settings)
     augment = None
     if cfg.data_pipeline == "tensor":
+        augment = batch_views(transform).to(accelerator.device)
         try:
             decoded = decode_images(train_data, progress=cfg.progress and accelerator.is_main_process)
-            augment = batch_views(transform).to(accelerator.device)
-            dataset: Dataset = DecodedImageBatches(decoded.images)
-            num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
         except TooLargeToDecode as too_large:
             accelerator.print(f"data pipeline: tensor, images decoded in the loader workers ({too_large.describe()})")
             augment = batch_views(transform, geometric=False).to(accelerator.device)
-            dataset = WorkerViews(train_data, transform, partial(augmentation_seed, cfg.seed))
+            dataset: Dataset = WorkerViews(train_data, transform, partial(augmentation_seed, cfg.seed))
             num_workers, collate = cfg.num_workers, _collate_views
+        else:
+            dataset = DecodedImageBatches(decoded.images)
+            num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
     else:
         dataset, num_workers, collate = AugmentedViews(train_data, transform, cfg.seed), cfg.num_workers, _collate_views
     loader = DataLoader(
