@@ -55,9 +55,9 @@ def shortest_edge_of(processor: Any) -> int | None:
 def decode_bounded(value: Any, shortest_edge: int | None, gap: float = REDUCING_GAP) -> PIL.Image.Image:
     """Decode ``value`` (a ``datasets`` image dict ``{"bytes", "path"}`` whose path, when read, is local; raw bytes;
     or a local path); a JPEG at the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose shortest edge is still at least
-    ``gap`` x ``shortest_edge`` (``None``: full size; ``gap`` 1: no smaller than ``shortest_edge`` itself). Raises what ``PIL.Image.open`` raises for a file that
-    is not an image (``OSError``, ``DecompressionBombError``) and ``ValueError`` for a value with neither bytes nor
-    a path."""
+    ``gap`` x ``shortest_edge`` (``None``: full size; ``gap`` 1: no smaller than ``shortest_edge`` itself). Raises
+    what ``PIL.Image.open`` raises for a file that is not an image (``OSError``, ``DecompressionBombError``) and
+    ``ValueError`` for a value with neither bytes nor a path."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         source = io.BytesIO(data) if data is not None else path

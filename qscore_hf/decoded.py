@@ -50,8 +50,8 @@ class TooLargeToDecode(ValueError):
         super().__init__(f"{name}: {self.describe()}; use --data-pipeline pil (decoding per batch).")
 
     def describe(self) -> str:
-        return (f"{self.num_images} images of {self.size[0]}x{self.size[1]} take {self.nbytes / 2**30:.1f} GiB decoded, "
-                f"over {self.max_bytes / 2**30:.1f} GiB")
+        size, limit = f"{self.size[0]}x{self.size[1]}", self.max_bytes / 2**30
+        return f"{self.num_images} images of {size} take {self.nbytes / 2**30:.1f} GiB decoded, over {limit:.1f} GiB"
 
 
 @dataclass

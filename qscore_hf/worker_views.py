@@ -93,11 +93,12 @@ class ViewGeometry:
         geometric = [name in GEOMETRIC_OPS for name in names]
         count = sum(geometric)
         if not names or names[0] != "RandomResizedCrop" or not all(geometric[:count]):
-            raise ValueError(f"a view of the recipe ({', '.join(names)}) does not start with RandomResizedCrop followed "
-                             "by its other geometric ops; the loader workers cannot crop it: use --data-pipeline pil.")  # fmt: skip
+            raise ValueError(f"a view of the recipe ({', '.join(names)}) does not start with RandomResizedCrop "
+                             "followed by its other geometric ops; the loader workers cannot crop it: use "
+                             "--data-pipeline pil.")
         crop = ops[0]
-        after = tuple((type(op).__name__, float(getattr(op, "p", getattr(op, "prob", 0.0))), int(getattr(op, "angle", 0)))
-                      for op in ops[1:count])  # fmt: skip
+        after = tuple((type(op).__name__, float(getattr(op, "p", getattr(op, "prob", 0.0))),
+                       int(getattr(op, "angle", 0))) for op in ops[1:count])  # fmt: skip
         return cls(tuple(crop.size), tuple(crop.scale), tuple(crop.ratio), crop.interpolation, after)
 
     @property
@@ -109,7 +110,8 @@ class ViewGeometry:
     def draw(self, image: PIL.Image.Image) -> ViewParams:
         """This view's random geometry for ``image``, from torch's global stream (torchvision's own crop sampler)."""
         top, left, height, width = T.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
-        applied = tuple(bool(probability > 0 and torch.rand(1).item() < probability) for _, probability, _ in self.after)
+        applied = tuple(bool(probability > 0 and torch.rand(1).item() < probability)
+                        for _, probability, _ in self.after)  # fmt: skip
         return ViewParams(top, left, height, width, applied)
 
     def apply(self, image: PIL.Image.Image, params: ViewParams) -> Tensor:

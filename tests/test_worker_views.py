@@ -145,7 +145,8 @@ def test_views_equal_torchvisions_ops_on_the_same_image_with_the_same_parameters
             expected = F1.hflip(expected)
         assert torch.equal(view, F1.pil_to_tensor(expected))
         # the same crop of the full-resolution image: its box 8 times larger
-        expected_full = F1.resized_crop(full, 8 * p.top, 8 * p.left, 8 * p.height, 8 * p.width, [32, 32], antialias=True)
+        box = [8 * p.top, 8 * p.left, 8 * p.height, 8 * p.width]
+        expected_full = F1.resized_crop(full, *box, [32, 32], antialias=True)
         if p.applied[0]:
             expected_full = F1.hflip(expected_full)
         difference = (view.float() - F1.pil_to_tensor(expected_full).float()).abs()
@@ -166,7 +167,9 @@ def test_batches_depend_on_seed_epoch_and_step_only_not_on_the_workers(photos):
     colour = batch_views(recipe("byol", 32), geometric=False)
     # the colour ops only (BYOL's first view is never solarized, its second one is; no blur at 32 px)
     assert [[type(op).__name__ for op in view] for view in colour.views] == [
-        ["ColorJitter", "RandomGrayscale", "Normalize"], ["ColorJitter", "RandomGrayscale", "RandomSolarize", "Normalize"]]
+        ["ColorJitter", "RandomGrayscale", "Normalize"],
+        ["ColorJitter", "RandomGrayscale", "RandomSolarize", "Normalize"],
+    ]
     alone, with_workers = first_batches(views, 0, epoch=1), first_batches(views, 2, epoch=1)
     assert len(alone) == 2 and all(len(batch) == 2 for batch in alone)  # 2 steps of 2 views
     for step, (a, b) in enumerate(zip(alone, with_workers)):
