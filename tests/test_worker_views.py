@@ -223,3 +223,17 @@ def test_multi_crop_views_of_two_sizes_come_as_one_batch_per_view(photos):
     coloured = batch_views(transform, geometric=False)(batch, seed=7)
     assert [tuple(view.shape) for view in coloured] == [(4, 3, *size) for size in sizes]
     assert all(view.dtype == torch.float32 and view.min() < 0 for view in coloured)  # normalized around 0.5
+
+
+def test_an_image_that_does_not_decode_is_named_in_one_line(tmp_path):
+    """A truncated JPEG among real ones: the worker refuses it naming its row and file, not with PIL's traceback."""
+    folder = tmp_path / "train" / "a"
+    folder.mkdir(parents=True)
+    photo = PIL.Image.fromarray(load_sample_images().images[0])
+    photo.save(folder / "0.jpg")
+    (folder / "1.jpg").write_bytes((folder / "0.jpg").read_bytes()[:300])
+    views = worker_views(tmp_path)
+    assert views[0]["views"][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"cannot read the image in row 1 of data set '.*' \(.*1\.jpg\): .*Replace or "
+                                         r"delete that file\.$"):  # fmt: skip
+        views[1]
