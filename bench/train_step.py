@@ -13,7 +13,9 @@
    the backbone, BYOL, MoCo, DINO, also vs that bare step plus the copy's forward, the like-for-like baseline), once
    per data pipeline
    (``--pipelines pil,tensor``: per-image PIL augmentation in loader processes, or images decoded once and views drawn
-   per batch by kornia; the decoding happens before the timed steps, in a fresh cache).
+   per batch by kornia; the decoding happens before the timed steps, in a fresh cache; ``tensor-workers``: the tensor
+   pipeline's path for data sets too large to decode once, taken here by a decode limit of 0 bytes: images decoded,
+   cropped and flipped in the loader processes, colour work per batch by kornia).
 3. Peak memory (``--memory-epochs 1,3``): the resident-set high-water mark of a fresh process running ``pretrain``
    for each number of epochs, per pipeline (the decoded array's pages, the model, the loader): the same peak after 1
    and 3 epochs means nothing grows with the epochs. Each loop's own peak is reported beside its images/s.
@@ -44,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from _record import environment, save
-from qscore_hf import QScoreRegularizer
+from qscore_hf import QScoreRegularizer, decoded
 from qscore_hf.backbones import create_backbone
 from qscore_hf.data import dataset_normalization, load_image_dataset
 from qscore_hf.pretraining import (
@@ -246,19 +248,32 @@ def score_loop(args: argparse.Namespace, device: torch.device, pipelines: list[s
 
 def full_loop(args: argparse.Namespace, device: torch.device, pipeline: str = "pil") -> float:
     """Images/s of ``pretrain`` as logged in its ``train_log.jsonl`` (the first logging window, warm-up, dropped)."""
-    with tempfile.TemporaryDirectory() as out, _decoded_cache(Path(out) / "decoded"):
+    with tempfile.TemporaryDirectory() as out, _decoded_cache(Path(out) / "decoded"), _decode_limit(pipeline):
         window = max(1, args.steps // 4)
         cfg = PretrainConfig(
             method=args.loop_method, output_dir=out, backbone=args.backbone, dataset=args.dataset,
             max_samples=args.max_samples, image_size=args.image_size, batch_size=args.batch_size,
             max_steps=args.steps + window, epochs=10_000, num_workers=args.num_workers, log_with="none",
             progress=False, log_every=window, checkpoint_every=0, eval_split=None, optimizer="sgd", lr=1e-3,
-            mixed_precision="bf16" if args.bf16 else "no", qscore_warmup_samples=0, data_pipeline=pipeline,
+            mixed_precision="bf16" if args.bf16 else "no", qscore_warmup_samples=0,
+            data_pipeline="tensor" if pipeline == "tensor-workers" else pipeline,
         )  # fmt: skip
         pretrain(cfg)  # the export's statistics pass after the last step is outside the logged windows
         records = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
         rates = [record["images_per_s"] for record in records if "images_per_s" in record]  # not the health lines
     return statistics.mean(rates[1:])
+
+
+@contextlib.contextmanager
+def _decode_limit(pipeline: str):
+    """For ``tensor-workers``: a decode-once limit of 0 bytes, so that the tensor pipeline decodes in the loader
+    workers as it does for a data set too large to decode once."""
+    limit = decoded.DEFAULT_MAX_BYTES
+    decoded.DEFAULT_MAX_BYTES = 0 if pipeline == "tensor-workers" else limit
+    try:
+        yield
+    finally:
+        decoded.DEFAULT_MAX_BYTES = limit
 
 
 @contextlib.contextmanager
@@ -287,7 +302,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--pipelines", default="pil,tensor", help="data pipelines of the full loop, compared")
+    parser.add_argument("--pipelines", default="pil,tensor", help="data pipelines of the full loop, compared (pil, "
+                        "tensor, tensor-workers; --memory-epochs and --score take pil and tensor)")
     parser.add_argument("--memory-epochs", default="", help="e.g. 1,3: peak memory after that many epochs, per pipeline")
     parser.add_argument("--score", action="store_true", help="also time the score's extraction loop (part 4)")
     parser.add_argument("--skip-loop", action="store_true", help="skip part 2 (the pre-training loops)")

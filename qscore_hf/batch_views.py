@@ -24,7 +24,11 @@ from torch import Tensor, nn
 
 from .data_pipelines import TensorPipelineRefused
 
-__all__ = ["BatchViews", "batch_views"]
+__all__ = ["GEOMETRIC_OPS", "BatchViews", "batch_views", "view_ops"]
+
+# The ops that move pixels (which ``batch_views(..., geometric=False)`` leaves to the loader workers,
+# ``qscore_hf.worker_views``); the others change their colours only.
+GEOMETRIC_OPS = ("RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotate")
 
 
 class BatchViews(nn.Module):
@@ -36,27 +40,41 @@ class BatchViews(nn.Module):
         super().__init__()
         self.views = nn.ModuleList(views)
 
-    def forward(self, images: Tensor, seed: int) -> list[Tensor]:
-        pixels = images.to(torch.float32).div_(255.0)
-        with torch.random.fork_rng(devices=[pixels.device] if pixels.device.type == "cuda" else []):
+    def forward(self, images: Tensor | list[Tensor], seed: int) -> list[Tensor]:
+        """``images``: one uint8 batch that every view starts from, or one uint8 batch per view (the views already
+        cropped, in the loader workers: a module built with ``geometric=False``)."""
+        if isinstance(images, Tensor):
+            pixels = [images.to(torch.float32).div_(255.0)] * len(self.views)
+        elif len(images) == len(self.views):
+            pixels = [batch.to(torch.float32).div_(255.0) for batch in images]
+        else:
+            raise ValueError(f"{len(images)} batches of views for {len(self.views)} views; give one per view.")
+        with torch.random.fork_rng(devices=[pixels[0].device] if pixels[0].device.type == "cuda" else []):
             torch.manual_seed(seed)  # every device's generator
-            return [view(pixels) for view in self.views]
+            return [view(batch) for view, batch in zip(self.views, pixels)]
 
 
-def batch_views(transform: Any) -> BatchViews:
+def batch_views(transform: Any, geometric: bool = True) -> BatchViews:
     """The kornia translation of a lightly multi-view transform (``MultiViewTransform``: one torchvision
-    ``Compose`` per view)."""
+    ``Compose`` per view). ``geometric=False`` leaves out the ops of ``GEOMETRIC_OPS`` (crop, flips, rotation):
+    the colour work of views already cropped elsewhere."""
     views = getattr(transform, "transforms", None)
     if views is None:
         name = type(transform).__name__
         raise TensorPipelineRefused(f"{name} is not a lightly multi-view transform; the tensor pipeline translates "
                                     "those (SSLMethod.build_transform).",
                                     reason=f"the recipe's {name} is not a multi-view transform")  # fmt: skip
-    return BatchViews([nn.Sequential(*_translate_view(view)) for view in views])
+    return BatchViews([nn.Sequential(*_translate_view(view, geometric)) for view in views])
 
 
-def _translate_view(view: Any) -> list[nn.Module]:
-    return [translated for op in _flatten(view) if (translated := _translate(op)) is not None]
+def view_ops(view: Any) -> list[Any]:
+    """The single torchvision/lightly ops of one view of a multi-view transform, in order."""
+    return _flatten(view)
+
+
+def _translate_view(view: Any, geometric: bool = True) -> list[nn.Module]:
+    ops = [op for op in _flatten(view) if geometric or type(op).__name__ not in GEOMETRIC_OPS]
+    return [translated for op in ops if (translated := _translate(op)) is not None]
 
 
 def _flatten(op: Any) -> list[Any]:

@@ -52,12 +52,12 @@ def shortest_edge_of(processor: Any) -> int | None:
     return None
 
 
-def decode_bounded(value: Any, shortest_edge: int | None) -> PIL.Image.Image:
+def decode_bounded(value: Any, shortest_edge: int | None, gap: float = REDUCING_GAP) -> PIL.Image.Image:
     """Decode ``value`` (a ``datasets`` image dict ``{"bytes", "path"}`` whose path, when read, is local; raw bytes;
     or a local path); a JPEG at the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose shortest edge is still at least
-    ``REDUCING_GAP`` x ``shortest_edge`` (``None``: full size). Raises what ``PIL.Image.open`` raises for a file that
-    is not an image (``OSError``, ``DecompressionBombError``) and ``ValueError`` for a value with neither bytes nor
-    a path."""
+    ``gap`` x ``shortest_edge`` (``None``: full size; ``gap`` 1: no smaller than ``shortest_edge`` itself). Raises
+    what ``PIL.Image.open`` raises for a file that is not an image (``OSError``, ``DecompressionBombError``) and
+    ``ValueError`` for a value with neither bytes nor a path."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         source = io.BytesIO(data) if data is not None else path
@@ -67,7 +67,7 @@ def decode_bounded(value: Any, shortest_edge: int | None) -> PIL.Image.Image:
         raise ValueError(f"an image value holds neither bytes nor a path: {str(value)[:100]}")
     image = PIL.Image.open(source)
     if shortest_edge is not None and image.format in ("JPEG", "MPO"):
-        factor = math.floor(min(image.size) / (REDUCING_GAP * shortest_edge))
+        factor = math.floor(min(image.size) / (gap * shortest_edge))
         if factor >= 2:  # the decoder picks the largest of 1/2, 1/4, 1/8 whose result is at least this size
             image.draft(image.mode, (math.ceil(image.width / factor), math.ceil(image.height / factor)))
     image.load()

@@ -40,13 +40,19 @@ from .data_pipelines import TensorPipelineRefused
 from .features import UnreadableImage, _decode, class_indices, dataset_identity, without_decoding
 from .io_utils import atomic_directory
 
-__all__ = ["DecodedImages", "decode_images", "decoded_cache_key", "default_decode_dir"]
+__all__ = ["DecodedImages", "TooLargeToDecode", "decode_images", "decoded_cache_key", "default_decode_dir"]
 
 DECODE_FORMAT_VERSION = 2  # 2: meta.json counts the images resized to the array's size
 IMAGES_FILE, LABELS_FILE, ROWS_FILE, META_FILE = "images.npy", "labels.npy", "row_ids.npy", "meta.json"
 # Above this the array would not stay in the page cache next to the model: keep decoding per batch (--data-pipeline pil).
 DEFAULT_MAX_BYTES = 16 * 2**30
 _CHUNK = 1024  # rows read from the data set at a time
+
+
+class TooLargeToDecode(TensorPipelineRefused):
+    """The decoded array would not fit: over ``max_bytes`` or over the free disk space (``reason`` says which). The
+    pre-training tensor pipeline then decodes and crops the images in its loader workers (``qscore_hf.worker_views``);
+    feature extraction under ``auto`` decodes them per batch (the pil pipeline)."""
 
 
 @dataclass
@@ -100,7 +106,7 @@ def decode_images(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     wait_s: float = 3600.0,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_bytes: int | None = None,
     same_size: bool = False,
     model_edge: int | None = None,
 ) -> DecodedImages:
@@ -110,9 +116,10 @@ def decode_images(
     (bilinear, with antialiasing), said in one line; with ``same_size`` they are refused instead
     (``TensorPipelineRefused``, as is a cached array that holds resized images). Images that do not decode are left
     out, each named in one line and in ``skipped``. ``wait_s``: how long to wait for another process building the same
-    array before refusing. ``max_bytes``: the largest array built (``TensorPipelineRefused`` beyond it).
-    ``model_edge``: the shortest edge the model reads; images ``REDUCING_GAP`` times larger are refused
-    (``TensorPipelineRefused``): the loader's pipeline decodes them at a reduced size instead of storing them whole.
+    array before refusing. ``max_bytes``: the largest array built (``None``: ``DEFAULT_MAX_BYTES``); beyond it, or
+    beyond the free disk space, ``TooLargeToDecode``. ``model_edge``: the shortest edge the model reads; images
+    ``REDUCING_GAP`` times larger are refused (``TensorPipelineRefused``): the loader's pipeline decodes them at a
+    reduced size instead of storing them whole.
     """
     identity = _identity(data, size)
     root = Path(cache_dir) if cache_dir is not None else default_decode_dir()
@@ -129,7 +136,8 @@ def decode_images(
             if cached is not None:
                 return _check_same_size(cached, data, same_size)
             with atomic_directory(folder, keep_other_files=False) as tmp:
-                _build(data, size, identity, tmp, progress, max_bytes, same_size, model_edge)
+                _build(data, size, identity, tmp, progress, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                       same_size, model_edge)  # fmt: skip
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     loaded = _load(folder, identity)
@@ -211,7 +219,11 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
                               f"{model_edge} px the model reads; the loader decodes them at a reduced "
                               "size")  # fmt: skip
                     raise TensorPipelineRefused(f"{reason}; use --data-pipeline pil.", reason=reason)
-                _check_room(data, n, size, max_bytes, folder)
+                try:
+                    _check_room(data, n, size, max_bytes, folder)
+                except TooLargeToDecode:
+                    bar.close()
+                    raise
                 images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                                    shape=(n, 3, *size))  # fmt: skip
             if (image.height, image.width) != size:
@@ -260,13 +272,13 @@ def _check_room(data: ImageDataset, n: int, size: tuple[int, int], max_bytes: in
     needed = n * 3 * size[0] * size[1]
     what = f"{n} images of {size[0]}x{size[1]} take {_bytes(needed)} decoded"
     if needed > max_bytes:
-        raise TensorPipelineRefused(
+        raise TooLargeToDecode(
             f"{data.name}: {what}, over {_bytes(max_bytes)}; use --data-pipeline pil (decoding per batch).",
             reason=f"{what}, over the {_bytes(max_bytes)} limit of the decode-once array",
         )
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise TensorPipelineRefused(
+        raise TooLargeToDecode(
             f"{data.name}: {what}, more than the {_bytes(free)} free under {folder.parent}; free some space, "
             "set QSCORE_HF_DECODED_CACHE to a larger disk, or use --data-pipeline pil (decoding per batch).",
             reason=f"{what}, more than the {_bytes(free)} free under {folder.parent}",

@@ -175,11 +175,13 @@ def without_decoding(
     return dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False)), feature
 
 
-def _decode(decoder: datasets.Image | None, value: Any, processor: Any = None) -> tuple[Any, str | None]:
+def _decode(decoder: datasets.Image | None, value: Any, processor: Any = None,
+            at_least: int | None = None) -> tuple[Any, str | None]:
     """``(image, None)``, or ``(None, error)`` for a value that cannot be decoded (corrupt, truncated, of an unknown
     format, a decompression bomb, or of pixels that have no 8-bit reading; see ``_eight_bit``). With ``processor``
     the image is decoded and resized no larger than that processor needs (``bounded_decode``), so that a batch of
-    large photos is not held at full resolution."""
+    large photos is not held at full resolution; with ``at_least``, a JPEG is decoded at the smallest draft scale
+    whose shortest edge is still at least ``at_least`` pixels (the caller does the rest of the resizing)."""
     if value is None:
         return None, "the row holds no image (null value)"
     if decoder is None:
@@ -187,7 +189,8 @@ def _decode(decoder: datasets.Image | None, value: Any, processor: Any = None) -
         return (shrink(image, processor) if error is None else None), error
     try:
         if isinstance(value, dict) and (value.get("bytes") is not None or is_local_path(value.get("path") or "")):
-            image = decode_bounded(value, shortest_edge_of(processor))
+            image = (decode_bounded(value, shortest_edge_of(processor)) if at_least is None
+                     else decode_bounded(value, at_least, gap=1.0))
             if decoder.mode and decoder.mode != image.mode:
                 image = image.convert(decoder.mode)
         else:  # a remote path: datasets reads it

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,7 +32,7 @@ from .configuration_qscore import IMAGENET_MEAN, IMAGENET_STD, SMALL_SCALE_SCORI
 from .batch_views import BatchViews, batch_views
 from .data import ImageDataset, dataset_normalization, load_image_dataset
 from .data_pipelines import DEFAULT_DATA_PIPELINE, tensor_or_none
-from .decoded import DecodedImages, decode_images
+from .decoded import DecodedImages, TooLargeToDecode, decode_images
 from .io_utils import atomic_directory, atomic_write_text, check_model_source
 from .knn import knn_accuracy
 from .modeling_qscore import QScoreModel
@@ -48,6 +48,7 @@ from .regularizer import (
 )
 from .ssl import SSLMethod, TransformSettings, build_method
 from .tracking import TrackerValue, tracker_config
+from .worker_views import WorkerViews, seeded
 
 __all__ = ["PretrainConfig", "StepOutput", "log_spaced_epochs", "pretrain", "snapshot_folder", "training_step"]
 
@@ -145,8 +146,10 @@ class PretrainConfig:
     progress: bool = True
     # "pil": per-image PIL/torchvision augmentation in the loader processes; "tensor": the images decoded once into
     # a memory-mapped uint8 array (qscore_hf.decoded) and each batch's views drawn on the device by kornia
-    # (qscore_hf.batch_views), from the same recipe; "auto": tensor where it can serve the run, else pil with one
-    # line saying why (qscore_hf.data_pipelines). The model's config records the pipeline taken.
+    # (qscore_hf.batch_views), from the same recipe (images too many to decode once are decoded and cropped in the
+    # loader workers instead, their colour work done per batch on the device: qscore_hf.worker_views); "auto": tensor
+    # where it can serve the run, else pil with one line saying why (qscore_hf.data_pipelines). The model's config
+    # records the pipeline taken.
     data_pipeline: str = DEFAULT_DATA_PIPELINE
 
 
@@ -250,17 +253,8 @@ class AugmentedViews(Dataset):
     def __getitem__(self, global_index: int) -> dict[str, list[Tensor]]:
         epoch, index = divmod(int(global_index), len(self))
         image = self.data.dataset[index][self.data.image_column].convert("RGB")
-        sample_seed = augmentation_seed(self.seed, epoch, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            python_state, numpy_state = random.getstate(), np.random.get_state()
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            try:
-                views = self.transform(image)
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        with seeded(augmentation_seed(self.seed, epoch, index)):
+            views = self.transform(image)
         return {"views": views}
 
 
@@ -458,28 +452,45 @@ def _transform_settings(cfg: PretrainConfig, model: QScoreModel) -> TransformSet
 
 
 def _choose_data_pipeline(cfg: PretrainConfig, accelerator: Accelerator, train_data: ImageDataset,
-                          transform: Any) -> tuple[BatchViews, DecodedImages] | None:
-    """The tensor pipeline's batch views of the recipe (on the device) and decoded training images when
+                          transform: Any) -> tuple[BatchViews, DecodedImages | WorkerViews] | None:
+    """The tensor pipeline's batch views of the recipe (on the device) and where its uint8 images come from, when
     ``cfg.data_pipeline`` takes it; ``None`` for the pil pipeline: ``"pil"``, or ``"auto"`` when the recipe has no
-    kornia translation or the images cannot be decoded once (said in one line)."""
+    kornia translation or the images cannot be decoded once for another reason than their number (said in one line).
+    The images come decoded once (``DecodedImages``), or, too many for that array, decoded and cropped in the loader
+    workers (``WorkerViews``), the batch views then doing each view's colour work only."""
     requested, say = cfg.data_pipeline, accelerator.print
     augment = tensor_or_none(requested, lambda: batch_views(transform), say)
     if augment is None:
         return None
     progress = cfg.progress and accelerator.is_main_process
-    decoded = tensor_or_none(requested, lambda: decode_images(train_data, progress=progress,
-                                                              same_size=requested == "auto"), say)  # fmt: skip
-    return None if decoded is None else (augment.to(accelerator.device), decoded)
+
+    def images() -> DecodedImages | WorkerViews:
+        try:
+            return decode_images(train_data, progress=progress, same_size=requested == "auto")
+        except TooLargeToDecode as too_large:
+            views = WorkerViews(train_data, transform, partial(augmentation_seed, cfg.seed))
+            say(f"data pipeline: tensor, images decoded in the loader workers ({too_large.reason})")
+            return views
+
+    source = tensor_or_none(requested, images, say)
+    if source is None:
+        return None
+    if isinstance(source, WorkerViews):
+        augment = batch_views(transform, geometric=False)
+    return augment.to(accelerator.device), source
 
 
 def _build_train_loader(cfg: PretrainConfig, train_data: ImageDataset, transform: Any,
-                        decoded: DecodedImages | None) -> DataLoader:
+                        source: DecodedImages | WorkerViews | None) -> DataLoader:
     """Batches reshuffled each epoch (``EpochSampler``), full batches only: of the method's augmented views
-    (``pil``, ``decoded`` is ``None``), or of ``decoded`` uint8 images (``tensor``: the run's ``BatchViews`` turn a
-    batch into its views)."""
-    if decoded is not None:
-        dataset: Dataset = DecodedImageBatches(decoded.images)
+    (``pil``, ``source`` is ``None``), of ``DecodedImages``' uint8 images (``tensor``: the run's ``BatchViews`` turn a
+    batch into its views) or of ``WorkerViews``' uint8 crops, one batch per view (the ``BatchViews`` do their colour
+    work)."""
+    if isinstance(source, DecodedImages):
+        dataset: Dataset = DecodedImageBatches(source.images)
         num_workers, collate = 0, _collate_decoded  # a batch is one slice of the memory map: nothing to parallelize
+    elif isinstance(source, WorkerViews):
+        dataset, num_workers, collate = source, cfg.num_workers, _collate_views
     else:
         dataset, num_workers, collate = AugmentedViews(train_data, transform, cfg.seed), cfg.num_workers, _collate_views
     loader = DataLoader(
