@@ -53,6 +53,7 @@ from .worker_views import WorkerViews, seeded
 __all__ = ["PretrainConfig", "StepOutput", "log_spaced_epochs", "pretrain", "snapshot_folder", "training_step"]
 
 CHECKPOINT_DIR = "checkpoints"
+PIPELINE_FILE = "data_pipeline.txt"  # in each checkpoint: the data pipeline its run took, which `auto` resumes on
 MODEL_DIR = "model"
 SNAPSHOT_DIR = "snapshots"  # snapshots/epoch_0008: the backbone as a QScoreModel folder after epoch 8
 TRAIN_LOG = "train_log.jsonl"
@@ -327,9 +328,23 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int) -> None:
-    """``accelerator.save_state`` into a temporary folder, then a rename: a killed run never leaves half a
-    checkpoint that ``--resume auto`` would pick."""
+def _resumed_pipeline(cfg: PretrainConfig) -> str:
+    """``cfg.data_pipeline``, but for ``auto`` resuming a checkpoint the pipeline that checkpoint's run took (a
+    checkpoint without the record was written when ``pil`` was the default), so that the resumed run draws the views
+    an uninterrupted one would."""
+    if cfg.data_pipeline != "auto" or not cfg.resume:
+        return cfg.data_pipeline
+    checkpoint = _latest_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else Path(cfg.resume)
+    if checkpoint is None or not checkpoint.is_dir():
+        return cfg.data_pipeline
+    recorded = checkpoint / PIPELINE_FILE
+    taken = recorded.read_text().strip() if recorded.is_file() else "pil"
+    return taken if taken in ("pil", "tensor") else cfg.data_pipeline
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, data_pipeline: str) -> None:
+    """``accelerator.save_state`` into a temporary folder with the data pipeline taken (``PIPELINE_FILE``), then a
+    rename: a killed run never leaves half a checkpoint that ``--resume auto`` would pick."""
     root = output_dir / CHECKPOINT_DIR
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
@@ -338,6 +353,8 @@ def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / PIPELINE_FILE).write_text(data_pipeline)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -404,7 +421,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
     model, method = _build_model(cfg, accelerator, train_data)
     transform = method.build_transform(_transform_settings(cfg, model))
-    tensor = _choose_data_pipeline(cfg, accelerator, train_data, transform)
+    tensor = _choose_data_pipeline(replace(cfg, data_pipeline=_resumed_pipeline(cfg)), accelerator, train_data,
+                                   transform)  # fmt: skip
     cfg = replace(cfg, data_pipeline="pil" if tensor is None else "tensor")  # the pipeline taken, as recorded
     loader = _build_train_loader(cfg, train_data, transform, None if tensor is None else tensor[1])
     augment = None if tensor is None else tensor[0]
@@ -623,7 +641,7 @@ def _train_loop(run: _Run, monitor: tuple[Any, Any] | None) -> bool:
                 _log_step(run, out, epoch, window_images / max(time.perf_counter() - window_start, 1e-9), progress)
                 window_start, window_images = time.perf_counter(), 0
             if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0:
-                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints, cfg.data_pipeline)
             if state.step >= run.max_steps or state.step == stop_at:
                 break
         epoch_ended = state.step % run.steps_per_epoch == 0 or state.step >= run.max_steps
@@ -631,7 +649,7 @@ def _train_loop(run: _Run, monitor: tuple[Any, Any] | None) -> bool:
             _end_epoch(run, tracker, monitor, epoch, progress)
         if state.step == stop_at and state.step < run.max_steps:
             if not epoch_ended:
-                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+                _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints, cfg.data_pipeline)
             accelerator.print(f"stopped after step {state.step} of {run.max_steps}; continue with --resume auto")
             return False
     progress.close()
@@ -672,7 +690,7 @@ def _end_epoch(run: _Run, tracker: _EpochTracker, monitor: tuple[Any, Any] | Non
         tracker.q_term_was_active = tracker.q_term_was_active or float(tracker.active_q_samples) > 0
         tracker.active_q_samples.zero_()
     if not (cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0):  # not saved just now
-        _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints)
+        _save_checkpoint(accelerator, run.output_dir, state.step, cfg.keep_checkpoints, cfg.data_pipeline)
     if state.step % run.steps_per_epoch == 0 and state.step // run.steps_per_epoch in cfg.snapshot_epochs:
         _save_snapshot(cfg, accelerator, run.model, run.unwrapped, state.step // run.steps_per_epoch, state.step)
     if monitor is not None and accelerator.is_main_process:

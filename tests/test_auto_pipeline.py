@@ -202,3 +202,21 @@ def test_images_much_larger_than_the_model_reads_are_scored_through_pil(model_di
         "the loader decodes them at a reduced size)"
     ]
     assert resolve_data_pipeline(model, data, "tensor", progress=False) == "tensor"  # named: decoded whole
+
+
+def test_auto_resumes_on_the_pipeline_its_checkpoint_was_written_with(tmp_path, decoded_cache, capsys):
+    """A run checkpointed on pil (explicitly, or by the old default: a checkpoint without the record) and resumed with
+    the default auto goes on with pil, ending where an uninterrupted pil run ends."""
+    straight = load_file(pretrain(tiny(tmp_path / "straight", data_pipeline="pil")) / "model.safetensors")
+    for name, drop_record in (("recorded", False), ("older", True)):
+        assert pretrain(tiny(tmp_path / name, data_pipeline="pil", stop_after_steps=4, checkpoint_every=2)) is None
+        checkpoint = tmp_path / name / "checkpoints" / "step_00000004"
+        assert (checkpoint / "data_pipeline.txt").read_text() == "pil"
+        if drop_record:
+            (checkpoint / "data_pipeline.txt").unlink()
+        resumed = pretrain(tiny(tmp_path / name, resume="auto"))
+        assert QScoreModel.from_pretrained(resumed).config.training["data_pipeline"] == "pil"
+        weights = load_file(resumed / "model.safetensors")
+        for key in straight:
+            assert torch.equal(straight[key], weights[key]), (name, key)
+    assert not decoded_cache.exists()  # nothing was decoded once: every run took pil
