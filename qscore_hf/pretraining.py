@@ -328,13 +328,18 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _checkpoint_to_resume(cfg: PretrainConfig) -> Path | None:
+    """The checkpoint ``cfg.resume`` names (``"auto"``: the latest in ``cfg.output_dir``, ``None`` if there is none)."""
+    return _latest_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else Path(cfg.resume)
+
+
 def _resumed_pipeline(cfg: PretrainConfig) -> str:
     """``cfg.data_pipeline``, but for ``auto`` resuming a checkpoint the pipeline that checkpoint's run took (a
     checkpoint without the record was written when ``pil`` was the default), so that the resumed run draws the views
     an uninterrupted one would."""
     if cfg.data_pipeline != "auto" or not cfg.resume:
         return cfg.data_pipeline
-    checkpoint = _latest_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else Path(cfg.resume)
+    checkpoint = _checkpoint_to_resume(cfg)
     if checkpoint is None or not checkpoint.is_dir():
         return cfg.data_pipeline
     recorded = checkpoint / PIPELINE_FILE
@@ -579,7 +584,7 @@ def _resume(run: _Run) -> None:
     """Load ``cfg.resume``'s checkpoint (``"auto"``: the latest, if any) and drop the log's later steps."""
     cfg, accelerator = run.cfg, run.accelerator
     if cfg.resume:
-        checkpoint = _latest_checkpoint(run.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        checkpoint = _checkpoint_to_resume(cfg)
         if checkpoint is not None:
             accelerator.load_state(str(checkpoint))
             accelerator.print(f"resumed from {checkpoint} at step {run.state.step}")
