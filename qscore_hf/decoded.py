@@ -201,48 +201,45 @@ def _build(data: ImageDataset, size: tuple[int, int] | None, identity: dict[str,
     skipped: list[UnreadableImage] = []
     resized, written = 0, 0
     label_error: str | None = None
-    bar = tqdm(total=n, disable=not progress, desc=f"decoding {data.name} once", unit="img")
-    for start in range(0, n, _CHUNK):
-        rows = dataset[start : start + _CHUNK]
-        for offset, value in enumerate(rows[data.image_column]):
-            image, error = _decode(decoder, value)
-            if error is not None:
-                path = value.get("path") if isinstance(value, dict) else None
-                skipped.append(UnreadableImage(start + offset, path, error))
-                print(f"skipped the image in row {start + offset} of {data.name!r}{f' ({path})' if path else ''}: {error}")
-                continue
-            image = image.convert("RGB")
-            if images is None:
-                size = size or (image.height, image.width)
-                if model_edge is not None and min(size) >= REDUCING_GAP * model_edge:
-                    reason = (f"the images of {data.name!r} ({size[0]}x{size[1]}) are much larger than the "
-                              f"{model_edge} px the model reads; the loader decodes them at a reduced "
-                              "size")  # fmt: skip
-                    raise TensorPipelineRefused(f"{reason}; use --data-pipeline pil.", reason=reason)
-                try:
+    # closed however the loop ends: a refusal mid-way leaves no bar standing
+    with tqdm(total=n, disable=not progress, desc=f"decoding {data.name} once", unit="img") as bar:
+        for start in range(0, n, _CHUNK):
+            rows = dataset[start : start + _CHUNK]
+            for offset, value in enumerate(rows[data.image_column]):
+                image, error = _decode(decoder, value)
+                if error is not None:
+                    path = value.get("path") if isinstance(value, dict) else None
+                    skipped.append(UnreadableImage(start + offset, path, error))
+                    where = f" ({path})" if path else ""
+                    print(f"skipped the image in row {start + offset} of {data.name!r}{where}: {error}")
+                    continue
+                image = image.convert("RGB")
+                if images is None:
+                    size = size or (image.height, image.width)
+                    if model_edge is not None and min(size) >= REDUCING_GAP * model_edge:
+                        reason = (f"the images of {data.name!r} ({size[0]}x{size[1]}) are much larger than the "
+                                  f"{model_edge} px the model reads; the loader decodes them at a reduced "
+                                  "size")  # fmt: skip
+                        raise TensorPipelineRefused(f"{reason}; use --data-pipeline pil.", reason=reason)
                     _check_room(data, n, size, max_bytes, folder)
-                except TooLargeToDecode:
-                    bar.close()
-                    raise
-                images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
-                                                   shape=(n, 3, *size))  # fmt: skip
-            if (image.height, image.width) != size:
-                if same_size:
-                    raise _several_sizes(data, f"row {start + offset} is {image.height}x{image.width}, not "
-                                               f"{size[0]}x{size[1]}")  # fmt: skip
-                image = image.resize((size[1], size[0]), PIL.Image.BILINEAR)
-                resized += 1
-            images[written] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-            if data.label_column is not None and label_error is None:
-                try:  # a class index, checked as the loader's pipeline checks it: 0.7 is not truncated to 0
-                    labels[written] = class_indices([rows[data.label_column][offset]], np.array([start + offset]),
-                                                    data.label_column)[0]  # fmt: skip
-                except ValueError as error:
-                    label_error = str(error)
-            row_ids[written] = start + offset
-            written += 1
-        bar.update(len(rows[data.image_column]))
-    bar.close()
+                    images = np.lib.format.open_memmap(folder / IMAGES_FILE, mode="w+", dtype=np.uint8,
+                                                       shape=(n, 3, *size))  # fmt: skip
+                if (image.height, image.width) != size:
+                    if same_size:
+                        raise _several_sizes(data, f"row {start + offset} is {image.height}x{image.width}, not "
+                                                   f"{size[0]}x{size[1]}")  # fmt: skip
+                    image = image.resize((size[1], size[0]), PIL.Image.BILINEAR)
+                    resized += 1
+                images[written] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+                if data.label_column is not None and label_error is None:
+                    try:  # a class index, checked as the loader's pipeline checks it: 0.7 is not truncated to 0
+                        labels[written] = class_indices([rows[data.label_column][offset]], np.array([start + offset]),
+                                                        data.label_column)[0]  # fmt: skip
+                    except ValueError as error:
+                        label_error = str(error)
+                row_ids[written] = start + offset
+                written += 1
+            bar.update(len(rows[data.image_column]))
     if images is None:
         raise ValueError(f"data set {data.name!r} has no images{' that decode' if n else ''}; nothing to decode.")
     if resized:
