@@ -67,24 +67,19 @@ def batch_views(transform: Any, geometric: bool = True) -> BatchViews:
     return BatchViews([nn.Sequential(*_translate_view(view, geometric)) for view in views])
 
 
-def view_ops(view: Any) -> list[Any]:
-    """The single torchvision/lightly ops of one view of a multi-view transform, in order."""
-    return _flatten(view)
-
-
 def _translate_view(view: Any, geometric: bool = True) -> list[nn.Module]:
-    ops = [op for op in _flatten(view) if geometric or type(op).__name__ not in GEOMETRIC_OPS]
+    ops = [op for op in view_ops(view) if geometric or type(op).__name__ not in GEOMETRIC_OPS]
     return [translated for op in ops if (translated := _translate(op)) is not None]
 
 
-def _flatten(op: Any) -> list[Any]:
-    """The single ops of a view: torchvision ``Compose``s and lightly's view transforms (which hold one in
-    ``.transform``) opened recursively."""
+def view_ops(op: Any) -> list[Any]:
+    """The single torchvision/lightly ops of one view of a multi-view transform, in order: torchvision ``Compose``s
+    and lightly's view transforms (which hold one in ``.transform``) opened recursively."""
     if type(op).__name__ == "Compose":
-        return [leaf for inner in op.transforms for leaf in _flatten(inner)]
+        return [leaf for inner in op.transforms for leaf in view_ops(inner)]
     inner = vars(op).get("transform") if hasattr(op, "__dict__") else None
     if inner is not None and type(inner).__name__ == "Compose":
-        return _flatten(inner)
+        return view_ops(inner)
     return [op]
 
 

@@ -46,10 +46,10 @@ def recipe(method: str, image_size: int = 32, local_views: int = 0):
 
 def ops_of(method: str, image_size: int = 32, view: int = 0) -> tuple[list, list]:
     """(torchvision/lightly ops, kornia ops) of one view of a method's recipe, by class name."""
-    from qscore_hf.batch_views import _flatten
+    from qscore_hf.batch_views import view_ops
 
     transform = recipe(method, image_size)
-    return _flatten(transform.transforms[view]), list(batch_views(transform).views[view])
+    return view_ops(transform.transforms[view]), list(batch_views(transform).views[view])
 
 
 def kornia_op(method: str, name: str, view: int = 0, image_size: int = 32):
