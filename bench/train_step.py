@@ -1,7 +1,8 @@
 """Training speed, as ratios measured in one process on one machine.
 
     python bench/train_step.py [--device cpu|cuda] [--backbone resnet18_cifar] [--image-size 32] [--batch-size 64]
-                               [--methods simclr,byol,...] [--steps 20] [--loop-method simclr] [--out bench/results/x.json]
+                               [--methods simclr,byol,...] [--steps 20] [--loop-method simclr] [--rounds 3]
+                               [--out bench/results/x.json]
 
 1. Per method: the time of one optimization step (forward of two views, loss, backward, optimizer step) with vs
    without Q-Score regularization (SPEC §6) on the same batch; target ratio <= 1.03. Steps with and without
@@ -10,12 +11,14 @@
    augmentation, accelerate, logging) vs a minimal lightly-style loop (DataLoader with the same transform, the same
    method, loss, batch and precision; target >= 1.0) and vs the bare backbone's forward+backward on a ready-made
    batch of the same shape (no data; target >= 0.8: is data loading the bottleneck?; for a method with an EMA copy of
-   the backbone, BYOL, MoCo, DINO, also vs that bare step plus the copy's forward, the like-for-like baseline), once
+   the backbone, BYOL, MoCo, DINO, also vs that bare step plus the copy's forward, the like-for-like baseline), and
+   vs the method's whole step on ready-made views (heads, loss, EMA and optimizer included: the loop's ceiling), once
    per data pipeline
    (``--pipelines pil,tensor``: per-image PIL augmentation in loader processes, or images decoded once and views drawn
    per batch by kornia; the decoding happens before the timed steps, in a fresh cache; ``tensor-workers``: the tensor
    pipeline's path for data sets too large to decode once, taken here by a decode limit of 0 bytes: images decoded,
-   cropped and flipped in the loader processes, colour work per batch by kornia).
+   cropped and flipped in the loader processes, colour work per batch by kornia). Part 2 runs ``--rounds`` times
+   (default 3); each figure and ratio reported is the median over the rounds, each ratio taken within its round.
 3. Peak memory (``--memory-epochs 1,3``): the resident-set high-water mark of a fresh process running ``pretrain``
    for each number of epochs, per pipeline (the decoded array's pages, the model, the loader): the same peak after 1
    and 3 epochs means nothing grows with the epochs. Each loop's own peak is reported beside its images/s.
@@ -99,6 +102,30 @@ def regularizer_overhead(method_name: str, args: argparse.Namespace, device: tor
     return {"step_s": t_plain, "step_with_qscore_reg_s": t_reg, "ratio": t_reg / t_plain}
 
 
+def method_step(args: argparse.Namespace, device: torch.device) -> float:
+    """Images/s of the loop method's whole optimization step (its heads, loss, EMA update and optimizer step
+    included) on ready-made views: everything the full loop does except producing the data, so the loop's ratio
+    to it is the data pipeline's and the training loop's own cost."""
+    torch.manual_seed(0)
+    backbone = create_backbone(args.backbone)
+    method = build_method(args.loop_method, backbone, backbone.num_features).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+             .contiguous(memory_format=torch.channels_last) for _ in range(2)]  # fmt: skip
+    counter = iter(range(10**9))
+
+    def step() -> None:
+        with _autocast(device, args.bf16):
+            loss = method(views, next(counter), 1000, 0).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    return args.batch_size / statistics.median(_timed(step, device) for _ in range(args.steps))
+
+
 def _views_dataset(args: argparse.Namespace, method_cls) -> AugmentedViews:
     data = load_image_dataset(args.dataset, "train", max_samples=args.max_samples)
     mean, std = dataset_normalization(data) or ((0.5,) * 3, (0.25,) * 3)
@@ -163,6 +190,33 @@ def has_target_backbone(method_name: str, args: argparse.Namespace) -> bool:
     backbone = create_backbone(args.backbone)
     method = build_method(method_name, backbone, backbone.num_features)
     return any(type(module) is type(backbone) for name, module in method.named_children() if name != "backbone")
+
+
+def loop_round(args: argparse.Namespace, device: torch.device, pipelines: list[str]) -> dict[str, float]:
+    """Part 2 once: each pipeline's full loop, the minimal loop, the bare step(s), and the ratios between them. A
+    ratio is taken within one round, from figures measured minutes apart at most: the speed of a shared VM drifts
+    by 10-20 % over longer spans, which one round alone can put into a ratio (hence ``--rounds``)."""
+    loop: dict[str, float] = {}
+    for pipeline in pipelines:
+        _reset_peak_rss()
+        loop[f"pretrain_{pipeline}_images_per_s"] = full_loop(args, device, pipeline)
+        loop[f"pretrain_{pipeline}_peak_rss_mib"] = _peak_rss_mib()
+    loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
+    loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
+    if has_target_backbone(args.loop_method, args):
+        loop["bare_forward_backward_with_target_images_per_s"] = bare_forward_backward(args, device, with_target=True)
+    loop["method_step_images_per_s"] = method_step(args, device)
+    for pipeline in pipelines:
+        rate = loop[f"pretrain_{pipeline}_images_per_s"]
+        loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
+        loop[f"ratio_{pipeline}_vs_method_step"] = rate / loop["method_step_images_per_s"]
+        loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
+        if "bare_forward_backward_with_target_images_per_s" in loop:
+            loop[f"ratio_{pipeline}_vs_bare_forward_backward_with_target"] = (
+                rate / loop["bare_forward_backward_with_target_images_per_s"]
+            )
+    print(json.dumps({key: round(value, 3) for key, value in loop.items()}), flush=True)
+    return loop
 
 
 def _reset_peak_rss() -> None:
@@ -290,6 +344,13 @@ def _decoded_cache(folder: Path):
             os.environ["QSCORE_HF_DECODED_CACHE"] = previous
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -307,6 +368,8 @@ def main() -> int:
     parser.add_argument("--memory-epochs", default="", help="e.g. 1,3: peak memory after that many epochs, per pipeline")
     parser.add_argument("--score", action="store_true", help="also time the score's extraction loop (part 4)")
     parser.add_argument("--skip-loop", action="store_true", help="skip part 2 (the pre-training loops)")
+    parser.add_argument("--rounds", type=_positive, default=3, help="part 2 this many times; each figure and ratio "
+                        "reported is the median over the rounds (each round's ratios from its own figures)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -323,22 +386,11 @@ def main() -> int:
     pipelines = args.pipelines.split(",")
     loop: dict[str, float] = {}
     if not args.skip_loop:
-        for pipeline in pipelines:
-            _reset_peak_rss()
-            loop[f"pretrain_{pipeline}_images_per_s"] = full_loop(args, device, pipeline)
-            loop[f"pretrain_{pipeline}_peak_rss_mib"] = _peak_rss_mib()
-        loop["minimal_loop_images_per_s"] = minimal_loop(args, device)
-        loop["bare_forward_backward_images_per_s"] = bare_forward_backward(args, device)
-        if has_target_backbone(args.loop_method, args):
-            loop["bare_forward_backward_with_target_images_per_s"] = bare_forward_backward(args, device, with_target=True)
-        for pipeline in pipelines:
-            rate = loop[f"pretrain_{pipeline}_images_per_s"]
-            loop[f"ratio_{pipeline}_vs_minimal_loop"] = rate / loop["minimal_loop_images_per_s"]
-            loop[f"ratio_{pipeline}_vs_bare_forward_backward"] = rate / loop["bare_forward_backward_images_per_s"]
-            if "bare_forward_backward_with_target_images_per_s" in loop:
-                loop[f"ratio_{pipeline}_vs_bare_forward_backward_with_target"] = (
-                    rate / loop["bare_forward_backward_with_target_images_per_s"]
-                )
+        rounds = [loop_round(args, device, pipelines) for _ in range(args.rounds)]
+        # the median of each figure over the rounds, ratios included (each taken within its round)
+        loop = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        if args.rounds > 1:
+            result["loop_rounds"] = rounds
     if args.memory_epochs:
         result["peak_memory_by_epochs"] = {
             f"{pipeline}_{epochs}_epochs_rss": peak_memory(args, pipeline, int(epochs))
@@ -360,6 +412,8 @@ def main() -> int:
         if f"ratio_{pipeline}_vs_bare_forward_backward_with_target" in loop:
             print(f"pre-training loop ({pipeline}) vs bare forward+backward with the target network's forward "
                   f"images/s = {loop[f'ratio_{pipeline}_vs_bare_forward_backward_with_target']:.3f} (target >= 0.8)")
+        print(f"pre-training loop ({pipeline}) vs the method's own step on ready-made views images/s = "
+              f"{loop[f'ratio_{pipeline}_vs_method_step']:.3f} (what the data and the loop cost)")
     for pipeline in pipelines if args.score else []:
         print(f"score extraction ({pipeline}) vs bare forward images/s = "
               f"{result['score'][f'ratio_score_{pipeline}_vs_bare_forward']:.3f} (target >= 0.95 with tensor)")

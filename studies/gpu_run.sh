@@ -21,4 +21,4 @@ python3 bench/score_throughput.py --device cuda --backbone resnet18_cifar --imag
     --out "$OUT/score_throughput.json" 2>&1 | tee -a "$OUT/log.txt"
 QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
     --backbone resnet18_cifar --batch-size 256 --steps 20 --methods simclr,byol --loop-method simclr \
-    --num-workers 14 --out "$OUT/train_step.json" 2>&1 | tee -a "$OUT/log.txt"
+    --num-workers 14 --rounds 1 --out "$OUT/train_step.json" 2>&1 | tee -a "$OUT/log.txt"  # one round: device time is short

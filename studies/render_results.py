@@ -253,7 +253,10 @@ def render_speed() -> str:
     knn, memory = load(BENCH / "knn_density_cpu.json"), load(BENCH / "memory_cpu.json")
     sharded = load(BENCH / "sharded_scoring_cpu.json")
     merge_share = max(run["merge_share"] for run in sharded["runs"])
-    step, step_c10 = load(BENCH / "train_step_cpu.json"), load(BENCH / "train_step_cifar10_cpu.json")
+    step = load(BENCH / "train_step_cpu.json")
+    simclr = load(BENCH / "train_step_tensor_pipeline_cifar10_cpu.json")["loop"]
+    byol = load(BENCH / "train_step_tensor_pipeline_byol_cifar10_cpu.json")["loop"]
+    scoring = load(BENCH / "train_step_memory_score_cifar10_cpu.json")["score"]
     rows = [["Q-Score vs a per-row NumPy loop, 50,000 x 2048", "`bench/qscore_speed.py`",
              f"{speed['speedup']:.1f}x ({one['speedup']:.1f}x on one thread)", ">= 50x"],
             ["Q-Score time in read passes over the features", "`bench/qscore_speed.py`",
@@ -273,8 +276,21 @@ def render_speed() -> str:
                      f"{r['batch_size']}", "`bench/score_throughput.py`", f"{r['ratio']:.3f}", ">= 0.95"])
     overhead = ", ".join(f"{m} {v['ratio']:.3f}" for m, v in step["qscore_reg_overhead"].items())
     rows += [["training step with / without Q-reg, ResNet-18 CIFAR stem", "`bench/train_step.py`", overhead, "<= 1.03"],
-             ["pre-training loop vs a minimal lightly-style loop (CIFAR-10, `resnet10t`)", "`bench/train_step.py`",
-              f"{step_c10['loop']['ratio_vs_minimal_loop']:.3f}", ">= 1.0"],
+             ["pre-training loop vs a minimal lightly-style loop (CIFAR-10, `resnet10t`, SimCLR): `pil` / `tensor`",
+              "`bench/train_step.py`",
+              f"{simclr['ratio_pil_vs_minimal_loop']:.3f} / {simclr['ratio_tensor_vs_minimal_loop']:.3f}", ">= 1.0"],
+             ["pre-training loop vs bare forward+backward, CIFAR-10 at 32 px, `resnet10t`, batch 256, SimCLR: "
+              "`--data-pipeline pil` / `tensor`", "`bench/train_step.py`",
+              f"{simclr['ratio_pil_vs_bare_forward_backward']:.3f} / {simclr['ratio_tensor_vs_bare_forward_backward']:.3f}",
+              ">= 0.8"],
+             ["the same for BYOL, against the bare step plus its target network's forward: `pil` / `tensor` (and "
+              "`tensor` vs BYOL's own step on ready-made views)", "`bench/train_step.py`",
+              f"{byol['ratio_pil_vs_bare_forward_backward_with_target']:.3f} / "
+              f"{byol['ratio_tensor_vs_bare_forward_backward_with_target']:.3f} "
+              f"({byol['ratio_tensor_vs_method_step']:.3f})", ">= 0.8"],
+             ["`qscore-hf score` extraction vs bare forward, CIFAR-10: `pil` / `tensor`", "`bench/train_step.py`",
+              f"{scoring['ratio_score_pil_vs_bare_forward']:.3f} / {scoring['ratio_score_tensor_vs_bare_forward']:.3f}",
+              ">= 0.95"],
              ["kNN density vs one brute-force pass: time; extra memory", "`bench/knn_density.py`",
               f"{knn['time_ratio_knn_over_brute_force']:.2f}x; {knn['knn_density_extra_mib']:.0f} vs "
               f"{knn['brute_force_extra_mib']:.0f} MiB", "bounded memory"],

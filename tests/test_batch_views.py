@@ -53,7 +53,8 @@ def ops_of(method: str, image_size: int = 32, view: int = 0) -> tuple[list, list
 
 
 def kornia_op(method: str, name: str, view: int = 0, image_size: int = 32):
-    (op,) = [op for op in ops_of(method, image_size, view)[1] if type(op).__name__ == name]
+    """The kornia op of that class, or of a subclass of it (``BatchedResizedCrop`` is kornia's ``RandomResizedCrop``)."""
+    (op,) = [op for op in ops_of(method, image_size, view)[1] if name in {c.__name__ for c in type(op).__mro__}]
     return op
 
 
@@ -69,7 +70,7 @@ def torchvision_op(method: str, name: str, view: int = 0, image_size: int = 32):
 # ----------------------------------------------------------------------------------------- (a) deterministic ops
 def test_the_recipes_translate_to_the_expected_kornia_ops():
     names = [type(op).__name__ for op in batch_views(recipe("byol")).views[1]]
-    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "RandomSolarize",
+    assert names == ["BatchedResizedCrop", "RandomHorizontalFlip", "ColorJitter", "RandomGrayscale", "RandomSolarize",
                      "Normalize"]  # fmt: skip
     big = [type(op).__name__ for op in batch_views(recipe("byol", 224)).views[0]]
     assert "RandomGaussianBlur" in big  # solo-learn drops blur at 32 px only
@@ -106,6 +107,52 @@ def test_flip_crop_resize_grayscale_solarize_normalize_equal_torchvision_on_cifa
     expected = torch.stack([torchvision_op("simclr", "Normalize")(F.to_dtype(F.to_image(image), torch.float32, scale=True))
                             for image in cifar_images])  # fmt: skip
     torch.testing.assert_close(normalize(x), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("image_size, view_size, scale", [
+    (32, 32, (0.08, 1.0)),  # the CIFAR recipes: mostly upscaling
+    (32, 16, (0.05, 0.14)),  # multi-crop's small views
+    (96, 32, (0.05, 1.0)),  # downscaling (no antialiasing, as kornia's slice mode)
+])  # fmt: skip
+def test_the_batched_crop_equals_kornias_slice_mode_on_cifar10(cifar_images, image_size, view_size, scale):
+    """One grid_sample for the batch gives kornia's own per-image slice-and-interpolate pixels, boxes touching the
+    image's edges and boxes exactly the view's size (copied, not resampled) included."""
+    import kornia.augmentation as K
+
+    from qscore_hf.batch_views import BatchedResizedCrop
+
+    x = torch.nn.functional.interpolate(as_batch(cifar_images), size=image_size, mode="bilinear", antialias=True)
+    torch.manual_seed(0)
+    ours = BatchedResizedCrop((view_size, view_size), scale=scale, align_corners=False)
+    kornias = K.RandomResizedCrop((view_size, view_size), scale=scale, align_corners=False, cropping_mode="slice")
+    params = kornias.forward_parameters(x.shape)
+    exact = torch.tensor([[0, 0], [view_size - 1, 0], [view_size - 1, view_size - 1], [0, view_size - 1]])
+    params["src"][:4] = exact + torch.tensor([[image_size - view_size, 0], [0, image_size - view_size], [0, 0],
+                                              [image_size - view_size] * 2])[:, None]  # fmt: skip
+    expected = kornias(x, params=params)
+    assert float((ours(x, params=params) - expected).abs().max()) <= 1e-4  # float rounding of the sample positions
+    torch.testing.assert_close(ours(x, params=params)[:4], expected[:4], atol=1e-6, rtol=0)
+
+
+def test_the_hue_shift_equals_kornias_and_torchvisions_on_cifar10(cifar_images):
+    """``shift_hue`` (kornia's hue hook in our ColorJitter) against ``kornia.enhance.adjust_hue`` and torchvision's
+    float ``adjust_hue``, on real images plus grey pixels and exact ties between channels, over the whole turn."""
+    import math
+
+    from kornia.enhance import adjust_hue
+
+    from qscore_hf.batch_views import shift_hue
+
+    x = as_batch(cifar_images)
+    x[:4] = x[:4, :1].expand(-1, 3, -1, -1)  # grey: hue undefined, value kept
+    x[4:8, 1] = x[4:8, 0]  # red == green: torchvision takes red's formula
+    x[8:12, 2] = x[8:12, 1]  # green == blue
+    turns = torch.linspace(-0.5, 0.5, len(x))
+    ours = shift_hue(x, turns * 2 * math.pi)
+    torch.testing.assert_close(ours, adjust_hue(x, turns * 2 * math.pi), atol=1e-5, rtol=0)
+    reference = torch.stack([F.adjust_hue(image, float(turn)) for image, turn in zip(x, turns)])
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours[:4], x[:4], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("prop, factor, adjust", [
