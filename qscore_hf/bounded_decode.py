@@ -68,8 +68,12 @@ def decode_bounded(value: Any, shortest_edge: int | None, gap: float = REDUCING_
     image = PIL.Image.open(source)
     if shortest_edge is not None and image.format in ("JPEG", "MPO"):
         factor = math.floor(min(image.size) / (gap * shortest_edge))
-        if factor >= 2:  # the decoder picks the largest of 1/2, 1/4, 1/8 whose result is at least this size
-            image.draft(image.mode, (math.ceil(image.width / factor), math.ceil(image.height / factor)))
+        scale = next((s for s in (8, 4, 2) if s <= factor), 1)
+        if scale > 1:
+            # PIL's draft picks the largest of 1/2, 1/4, 1/8 not above edge // asked (the smaller over both edges):
+            # asking for edge // scale gets exactly ``scale`` (ceil(edge / scale) pixels); asking for
+            # ceil(edge / factor) lost a step on every odd edge (401 // 201 = 1: a 401 px edge was decoded whole)
+            image.draft(image.mode, (image.width // scale, image.height // scale))
     image.load()
     if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
         image = PIL.ImageOps.exif_transpose(image)

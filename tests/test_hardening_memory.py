@@ -113,6 +113,21 @@ def test_bounded_decode_keeps_the_pixels_of_a_full_decode(edge, crop):
     assert difference.mean() < (1.5 if edge < 100 else 0.3)
 
 
+@pytest.mark.parametrize("size, scale", [((800, 600), 2), ((601, 401), 2), ((1201, 801), 4), ((1603, 1601), 8),
+                                         ((399, 399), 1)])  # fmt: skip
+def test_a_jpeg_of_any_edge_parity_is_decoded_at_the_largest_scale_the_target_allows(size, scale):
+    """A 50 px target with the default gap of 4 allows the largest of 1/2, 1/4, 1/8 that keeps the shortest edge at
+    200 px or more: by hand, 401 // 200 = 2, 801 // 200 = 4, 1601 // 200 = 8 (capped), 399 // 200 = 1; the decoded
+    size is each edge divided by that scale, rounded up. Odd edges included (they used to keep a scale too small)."""
+    width, height = size
+    gradient = np.add.outer(np.arange(height), np.arange(width)) % 256
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([gradient] * 3, axis=-1).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    decoded = decode_bounded(buffer.getvalue(), 50)
+    assert decoded.size == (-(-width // scale), -(-height // scale))
+    assert min(decoded.size) >= 200
+
+
 def test_a_batch_of_large_photos_is_not_held_at_full_resolution(offline_env, tmp_path):
     """48 photos of 3840 x 2562 (9.8 megapixels, 29 MB each decoded: 1.4 GB for the batch) through ``iter_features``
     with a 16 px model, under 700 MiB above the imports: one batch of 48."""

@@ -66,14 +66,13 @@ def file_sizes(views: WorkerViews) -> list[tuple[int, int]]:
 
 
 # (c) hand-computed: the shortest edge the recipe needs is max view size / sqrt(smallest crop scale), rounded up;
-# libjpeg decodes at the smallest of 1/1, 1/2, 1/4, 1/8 whose edges are still at least the file's divided by
-# floor(file's shortest edge / need) (sizes rounded up); the PNG is decoded whole.
+# libjpeg decodes at the largest of 1/1, 1/2, 1/4, 1/8 not above floor(file's shortest edge / need), sizes rounded
+# up; the PNG is decoded whole.
 @pytest.mark.parametrize("method, image_size, local_views, min_edge, decoded_sizes", [
-    # 32 / sqrt(0.08) = 113.1. 2400 x 1600: 1600 // 114 = 14, 1/8 gives 200; 1280 x 854: 854 // 114 = 7, 1/8 would
-    # give 107 < 854 / 7, 1/4 gives 214; 640 x 427: 3, 1/4 would give 107 < 143, 1/2 gives 214; 900 x 1200: 7, 1/4.
-    # 500 x 333: 2, but bounded_decode asks for ceil(333 / 2) = 167 rows and 333 // 167 = 1: PIL decodes it whole
+    # 32 / sqrt(0.08) = 113.1. 2400 x 1600: 1600 // 114 = 14, 1/8 gives 200; 1280 x 854: 854 // 114 = 7, 1/4 gives
+    # 214; 640 x 427: 3, 1/2 gives 214; 900 x 1200: 7, 1/4; 500 x 333 (odd edges): 2, 1/2 gives 250 x 167
     ("simclr", 32, 0, 114, {(2400, 1600): (300, 200), (1600, 2400): (200, 300), (1280, 854): (320, 214),
-                            (640, 427): (320, 214), (500, 333): (500, 333), (900, 1200): (225, 300),
+                            (640, 427): (320, 214), (500, 333): (250, 167), (900, 1200): (225, 300),
                             (2000, 1500): (250, 188), (300, 200): (300, 200)}),
     # 224 / sqrt(0.08) = 791.96: only the two files with a shortest edge of 1600 are halved (1500 // 792 = 1)
     ("simclr", 224, 0, 792, {(2400, 1600): (1200, 800), (1600, 2400): (800, 1200), (1280, 854): (1280, 854),
