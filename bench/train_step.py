@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from _record import environment, save
-from qscore_hf import QScoreRegularizer, decoded
+from qscore_hf import QScoreRegularizer, arguments, decoded
 from qscore_hf.backbones import create_backbone
 from qscore_hf.data import dataset_normalization, load_image_dataset
 from qscore_hf.pretraining import (
@@ -75,8 +75,9 @@ def _timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def regularizer_overhead(method_name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Median step time with and without the regularizer, alternating, on one fixed batch."""
+def ready_made_step(method_name: str, args: argparse.Namespace, device: torch.device) -> Callable[[bool], None]:
+    """One optimization step of the method (forward of two views, heads, loss, EMA update, backward, optimizer
+    step) on one fixed batch of ready-made views, with or without the Q-Score regularizer."""
     torch.manual_seed(0)
     backbone = create_backbone(args.backbone)
     method = build_method(method_name, backbone, backbone.num_features).to(device).to(memory_format=torch.channels_last)
@@ -92,6 +93,12 @@ def regularizer_overhead(method_name: str, args: argparse.Namespace, device: tor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def regularizer_overhead(method_name: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """Median step time with and without the regularizer, alternating, on one fixed batch."""
+    step = ready_made_step(method_name, args, device)
     for _ in range(3):
         step(False), step(True)
     plain, regularized = [], []
@@ -103,27 +110,13 @@ def regularizer_overhead(method_name: str, args: argparse.Namespace, device: tor
 
 
 def method_step(args: argparse.Namespace, device: torch.device) -> float:
-    """Images/s of the loop method's whole optimization step (its heads, loss, EMA update and optimizer step
-    included) on ready-made views: everything the full loop does except producing the data, so the loop's ratio
-    to it is the data pipeline's and the training loop's own cost."""
-    torch.manual_seed(0)
-    backbone = create_backbone(args.backbone)
-    method = build_method(args.loop_method, backbone, backbone.num_features).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
-             .contiguous(memory_format=torch.channels_last) for _ in range(2)]  # fmt: skip
-    counter = iter(range(10**9))
-
-    def step() -> None:
-        with _autocast(device, args.bf16):
-            loss = method(views, next(counter), 1000, 0).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    """Images/s of the loop method's whole optimization step on ready-made views (``ready_made_step``, without the
+    regularizer): everything the full loop does except producing the data, so the loop's ratio to it is the data
+    pipeline's and the training loop's own cost."""
+    step = ready_made_step(args.loop_method, args, device)
     for _ in range(3):
-        step()
-    return args.batch_size / statistics.median(_timed(step, device) for _ in range(args.steps))
+        step(False)
+    return args.batch_size / statistics.median(_timed(lambda: step(False), device) for _ in range(args.steps))
 
 
 def _views_dataset(args: argparse.Namespace, method_cls) -> AugmentedViews:
@@ -344,13 +337,6 @@ def _decoded_cache(folder: Path):
             os.environ["QSCORE_HF_DECODED_CACHE"] = previous
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -368,7 +354,7 @@ def main() -> int:
     parser.add_argument("--memory-epochs", default="", help="e.g. 1,3: peak memory after that many epochs, per pipeline")
     parser.add_argument("--score", action="store_true", help="also time the score's extraction loop (part 4)")
     parser.add_argument("--skip-loop", action="store_true", help="skip part 2 (the pre-training loops)")
-    parser.add_argument("--rounds", type=_positive, default=3, help="part 2 this many times; each figure and ratio "
+    parser.add_argument("--rounds", type=arguments.positive_int(), default=3, help="part 2 this many times; each figure and ratio "
                         "reported is the median over the rounds (each round's ratios from its own figures)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
