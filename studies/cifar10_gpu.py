@@ -4,13 +4,13 @@
     python studies/cifar10_gpu.py --data studies/.gpu_data --out $OUT --budget-s 360   # on the GPU machine
     python studies/cifar10_gpu.py --smoke --out /tmp/gpu-smoke               # the same code path on the CPU, small
 
-SimCLR and BYOL, each as a baseline and with the package's default Q-Score regularization, ResNet-18 with
-solo-learn's CIFAR stem (3x3, stride 1, padding 2, no max-pool) at 32 px, the methods' solo-learn CIFAR recipes, bf16
-and channels_last, the DataLoader decoding and augmenting on the machine's cores. The schedule is budgeted by time:
-each run first trains ``CALIBRATION_STEPS`` steps in a scratch folder to measure its images/s, then its cosine schedule
-is fixed to the number of epochs that fit ``--budget-s / 4``. Each run is evaluated with the same report as the CPU
-study (``trajectory.snapshot_report``: every Q-Score setting, every baseline, the ceiling, validation chooses, test
-reports) at epoch 1 and at its last epoch.
+SimCLR and BYOL, each as a baseline and with the package's default Q-Score regularization, ResNet-18 with solo-learn's
+CIFAR stem (3x3, stride 1, padding 2, no max-pool) at 32 px, the methods' solo-learn CIFAR recipes, bf16 and
+channels_last, the tensor data pipeline (the images decoded once into a uint8 array, each batch's views drawn on the
+GPU by kornia). The schedule is budgeted by time: each run first trains ``CALIBRATION_STEPS`` steps in a scratch
+folder to measure its images/s, then its cosine schedule is fixed to the number of epochs that fit ``--budget-s / 4``.
+Each run is evaluated with the same report as the CPU study (``trajectory.snapshot_report``: every Q-Score setting,
+every baseline, the ceiling, validation chooses, test reports) at epoch 1 and at its last epoch.
 
 The data: ``../shared`` does not travel to the GPU machine (64 MiB of working tree in all), so ``--pack`` writes
 CIFAR-10's first ``PACK_TRAIN`` training images (exact PNG), ``PACK_VALIDATION`` held-out training images (from

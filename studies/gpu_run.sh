@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared command for a lent H200 (issue 18 item 7, issue 19): the CIFAR-10 study at ResNet-18 scale, then
-# the GPU speed rows, everything into $OUT (8 files). Prepare here, once (no device time):
+# the GPU speed rows, everything into $OUT (9 files). Prepare here, once (no device time):
 #   bash studies/gpu_wheels.sh                               # .whl/: what the device image lacks
 #   python studies/cifar10_gpu.py --pack studies/.gpu_data      # the data that travels (under 60 MiB)
 # then, with the device tool: command "bash studies/gpu_run.sh", carry [".whl", "studies/.gpu_data"], timeout_s 560.
@@ -22,3 +22,6 @@ python3 bench/score_throughput.py --device cuda --backbone resnet18_cifar --imag
 QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
     --backbone resnet18_cifar --batch-size 256 --steps 20 --methods simclr,byol --loop-method simclr \
     --num-workers 14 --rounds 1 --out "$OUT/train_step.json" 2>&1 | tee -a "$OUT/log.txt"  # one round: device time is short
+QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
+    --backbone resnet18_cifar --batch-size 256 --steps 20 --methods none --loop-method byol --pipelines tensor \
+    --num-workers 14 --rounds 1 --out "$OUT/train_step_byol.json" 2>&1 | tee -a "$OUT/log.txt"  # BYOL's loop, the default pipeline
