@@ -22,7 +22,8 @@ Choices, on the validation split only (``studies/selection.py``):
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
 interrupted pre-training continues from its last checkpoint, so the long scale can run in the background across
-sittings. The tables are printed last and written to ``--out/summary.json`` and ``--out/summary.md``, with the PR
+sittings. Each run records its data pipeline (``--data-pipeline``; the scale's by default: ``pil`` on the CPU scales,
+as their recorded runs, ``auto`` on the GPU), and one ``--out`` holds one pipeline's runs. The tables are printed last and written to ``--out/summary.json`` and ``--out/summary.md``, with the PR
 curves of Q-Score (chosen setting) and the baselines on one encoder beside them.
 """
 
@@ -43,6 +44,7 @@ import torch
 import selection
 from _record import environment
 from qscore_hf.baselines import BASELINES, CEILING
+from qscore_hf.data_pipelines import DATA_PIPELINES
 from qscore_hf.health import feature_health
 from qscore_hf.knn import knn_accuracy
 from qscore_hf.linear_eval import run_linear_eval
@@ -62,9 +64,6 @@ ANCHORS = {
     "relative_top1_byol": "BYOL +7.2 % relative on ImageNet-100 (preprint)",
 }
 METHOD_ORDER = ("simclr", "swav", "moco", "byol", "dino", "simsiam")
-# The recorded runs trained and were evaluated with per-image PIL decoding, the only pipeline then: a resumed or
-# added run does the same, so that the runs of a study compare like with like.
-DATA_PIPELINE = "pil"
 # The methods whose seed-0 runs choose the regularizer on the validation split (the rest only report the choice).
 SELECTION_METHODS = ("byol", "simclr")
 
@@ -117,6 +116,10 @@ class Scale:
     notes: str
     methods: tuple[str, ...] = METHOD_ORDER
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # training/pretrain.py's and linear evaluation's --data-pipeline. The CPU scales' recorded runs trained and were
+    # evaluated with per-image PIL decoding, the only pipeline then: a resumed or added run does the same, so that the
+    # runs of a study compare like with like (main refuses to mix pipelines in one --out).
+    data_pipeline: str = "pil"
 
 
 # Small batches need smaller queues (MoCo's negatives, SwAV's Sinkhorn queue) than the ImageNet recipes.
@@ -137,7 +140,7 @@ SCALES = {
         dataset="fashion_mnist", backbone="resnet18_cifar", image_size=32, epochs=20, batch_size=256, max_samples=50_000,
         probe_epochs=100, mixed_precision="bf16", num_workers=8, finetune_epochs=5,
         notes="one H100-class GPU: the 12 runs fit about 25 minutes",
-        method_overrides=_SMALL_QUEUES,
+        method_overrides=_SMALL_QUEUES, data_pipeline="auto",  # no recorded runs: the package's default
     ),
 }
 
@@ -150,7 +153,7 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, regularize
             "--epochs", str(scale.finetune_epochs if init_from else scale.epochs), "--eval-split", "none",
             "--mixed-precision", scale.mixed_precision, "--num-workers", str(scale.num_workers), "--log-with", "none",
             "--resume", "auto", "--checkpoint-every", "100", "--no-progress",
-            "--data-pipeline", DATA_PIPELINE]  # fmt: skip
+            "--data-pipeline", scale.data_pipeline]  # fmt: skip
     if scale.max_samples:
         argv += ["--max-samples", str(scale.max_samples)]
     if regularizer is not None:
@@ -162,6 +165,17 @@ def _pretrain_config(scale: Scale, method: str, out: Path, seed: int, regularize
     if scale.method_overrides.get(method):
         argv += ["--method-kwargs", json.dumps(scale.method_overrides[method])]
     return parse_args(argv)
+
+
+def runs_with_another_pipeline(root: Path, data_pipeline: str) -> list[str]:
+    """The finished runs under ``root`` drawn with another data pipeline than ``data_pipeline`` (a ``result.json``
+    without the key predates the switch: its run used ``pil``, the only pipeline then), as ``folder (pipeline)``."""
+    other = []
+    for done in sorted(root.glob("*/result.json")):
+        used = json.loads(done.read_text()).get("data_pipeline", "pil")
+        if used != data_pipeline:
+            other.append(f"{done.parent.name} ({used})")
+    return other
 
 
 def validation_split(scale: Scale) -> str:
@@ -179,7 +193,7 @@ def _evaluate(model_dir: Path, scale: Scale, out: Path, cache: Path) -> dict[str
         report = run_linear_eval(model_dir, scale.dataset, out / ("eval" if name == "test" else "eval-validation"),
                                  eval_split=split, max_samples=scale.max_samples, epochs=scale.probe_epochs,
                                  cache_dir=cache, update_model_card=name == "test", progress=False,
-                                 data_pipeline=DATA_PIPELINE)  # fmt: skip
+                                 data_pipeline=scale.data_pipeline)  # fmt: skip
         train, evaluation = _cached(report["feature_cache"]["train"]), _cached(report["feature_cache"]["eval"])
         knn = knn_accuracy(torch.from_numpy(train[0]), torch.from_numpy(train[1]), torch.from_numpy(evaluation[0]),
                            torch.from_numpy(evaluation[1]), k=20)  # fmt: skip
@@ -239,7 +253,7 @@ def run_one(scale: Scale, method: str, variant: str, regularizer: Regularizer | 
     cfg = _pretrain_config(scale, method, out, seed, regularizer, init_from)
     started = time.time()
     model_dir = pretrain(cfg)
-    result = {"method": method, "variant": variant, "seed": seed,
+    result = {"method": method, "variant": variant, "seed": seed, "data_pipeline": scale.data_pipeline,
               "regularizer": regularizer.to_dict() if regularizer else None,
               **_evaluate(model_dir, scale, out, root / "feature_cache")}  # fmt: skip
     result["health"] = feature_health(_run_features(result, "eval")).to_dict()
@@ -427,6 +441,10 @@ def main() -> int:
                              "folder or a Hub id; it needs labels and at least 2 x --max-samples training images")
     parser.add_argument("--epochs", type=int, default=None, help="override the scale's pre-training epochs")
     parser.add_argument("--max-samples", type=int, default=None, help="override the scale's images per split")
+    parser.add_argument("--data-pipeline", choices=DATA_PIPELINES, default=None,
+                        help="the scale's by default (cpu, cpu-long: pil, as their recorded runs; gpu: auto); auto: "
+                             "tensor where it can serve the run, else pil; pil: per-image PIL augmentation; tensor: "
+                             "images decoded once, views drawn per batch by kornia. One --out holds one pipeline's runs")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: studies/results/reproduce_<scale> (cpu_long for cpu-long)")
     parser.add_argument("--summary-only", action="store_true",
@@ -438,8 +456,15 @@ def main() -> int:
     scale = replace(SCALES[args.scale], epochs=args.epochs or SCALES[args.scale].epochs,
                     max_samples=args.max_samples or SCALES[args.scale].max_samples,
                     backbone=args.backbone or SCALES[args.scale].backbone,
-                    dataset=args.dataset or SCALES[args.scale].dataset)  # fmt: skip
+                    dataset=args.dataset or SCALES[args.scale].dataset,
+                    data_pipeline=args.data_pipeline or SCALES[args.scale].data_pipeline)  # fmt: skip
     root = args.out or Path(__file__).resolve().parent / "results" / f"reproduce_{args.scale.replace('-', '_')}"
+    other = runs_with_another_pipeline(root, scale.data_pipeline)
+    if other and not args.summary_only:
+        listed = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        parser.error(f"{root} holds runs drawn with another data pipeline than {scale.data_pipeline}: {listed}; the "
+                     "runs of one study compare like with like: give this pipeline its own --out, or leave "
+                     "--data-pipeline at the scale's")  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     if len(set(args.seeds)) < len(args.seeds):
         parser.error(f"--seeds {args.seeds} must be distinct")

@@ -3,6 +3,9 @@ statistics over seeds, checked against hand-computed values (representation heal
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +31,26 @@ def test_regularizer_names_and_flags(reproduce, tmp_path):
     cfg = reproduce._pretrain_config(reproduce.SCALES["cpu"], "byol", tmp_path, 0, reproduce.Regularizer("normalized", 1e-4, 0.1, "auto"))
     assert (cfg.qscore_reg, cfg.qscore_l1_form, cfg.lambda2, cfg.qscore_eps) == (True, "normalized", 0.1, "auto")
     assert not reproduce._pretrain_config(reproduce.SCALES["cpu"], "byol", tmp_path, 0, None).qscore_reg
+
+
+def test_the_data_pipeline_is_the_scales_and_one_out_holds_one_pipeline(reproduce, tmp_path, monkeypatch, capsys):
+    cpu = reproduce.SCALES["cpu"]
+    assert reproduce._pretrain_config(cpu, "byol", tmp_path, 0, None).data_pipeline == "pil"  # as its recorded runs
+    tensor = dataclasses.replace(cpu, data_pipeline="tensor")
+    assert reproduce._pretrain_config(tensor, "byol", tmp_path, 0, None).data_pipeline == "tensor"
+    # A finished run from before the switch (no key: it drew its views with pil) and one drawn with tensor.
+    for folder, result in (("simclr-baseline-seed0", {}), ("byol-baseline-seed0", {"data_pipeline": "tensor"})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "result.json").write_text(json.dumps({"method": folder.split("-")[0], **result}))
+    assert reproduce.runs_with_another_pipeline(tmp_path, "pil") == ["byol-baseline-seed0 (tensor)"]
+    assert reproduce.runs_with_another_pipeline(tmp_path, "tensor") == ["simclr-baseline-seed0 (pil)"]
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--scale", "cpu", "--data-pipeline", "tensor", "--methods",
+                                      "simclr", "--out", str(tmp_path)])  # fmt: skip
+    with pytest.raises(SystemExit):
+        reproduce.main()  # refused before any run starts
+    error = capsys.readouterr().err
+    assert "simclr-baseline-seed0 (pil)" in error and "its own --out" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["byol-baseline-seed0", "simclr-baseline-seed0"]
 
 
 def test_over_seeds_statistics(reproduce):
