@@ -333,18 +333,23 @@ def _checkpoint_to_resume(cfg: PretrainConfig) -> Path | None:
     return _latest_checkpoint(Path(cfg.output_dir)) if cfg.resume == "auto" else Path(cfg.resume)
 
 
-def _resumed_pipeline(cfg: PretrainConfig) -> str:
+def _resumed_pipeline(cfg: PretrainConfig, say: Callable[[str], object]) -> str:
     """``cfg.data_pipeline``, but for ``auto`` resuming a checkpoint the pipeline that checkpoint's run took (a
     checkpoint without the record was written when ``pil`` was the default), so that the resumed run draws the views
-    an uninterrupted one would."""
-    if cfg.data_pipeline != "auto" or not cfg.resume:
-        return cfg.data_pipeline
-    checkpoint = _checkpoint_to_resume(cfg)
+    an uninterrupted one would. A pipeline named explicitly is taken; where it is not the checkpoint's, one line says
+    that the views from there on differ from an uninterrupted run's."""
+    checkpoint = _checkpoint_to_resume(cfg) if cfg.resume else None
     if checkpoint is None or not checkpoint.is_dir():
         return cfg.data_pipeline
     recorded = checkpoint / PIPELINE_FILE
     taken = recorded.read_text().strip() if recorded.is_file() else "pil"
-    return taken if taken in ("pil", "tensor") else cfg.data_pipeline
+    if cfg.data_pipeline == "auto":
+        return taken if taken in ("pil", "tensor") else cfg.data_pipeline
+    if taken != cfg.data_pipeline:
+        say(f"data pipeline: {cfg.data_pipeline}, as --data-pipeline names it, though {checkpoint.name} was written by "
+            f"a run on {taken}: from here on the views differ from an uninterrupted run's (--data-pipeline auto "
+            f"resumes on {taken})")  # fmt: skip
+    return cfg.data_pipeline
 
 
 def _save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, keep: int, data_pipeline: str) -> None:
@@ -426,8 +431,8 @@ def pretrain(cfg: PretrainConfig) -> Path | None:
     train_data = load_image_dataset(cfg.dataset, cfg.split, cfg.image_column, cfg.label_column, max_samples=cfg.max_samples)
     model, method = _build_model(cfg, accelerator, train_data)
     transform = method.build_transform(_transform_settings(cfg, model))
-    tensor = _choose_data_pipeline(replace(cfg, data_pipeline=_resumed_pipeline(cfg)), accelerator, train_data,
-                                   transform)  # fmt: skip
+    tensor = _choose_data_pipeline(replace(cfg, data_pipeline=_resumed_pipeline(cfg, accelerator.print)), accelerator,
+                                   train_data, transform)  # fmt: skip
     cfg = replace(cfg, data_pipeline="pil" if tensor is None else "tensor")  # the pipeline taken, as recorded
     loader = _build_train_loader(cfg, train_data, transform, None if tensor is None else tensor[1])
     augment = None if tensor is None else tensor[0]

@@ -220,3 +220,16 @@ def test_auto_resumes_on_the_pipeline_its_checkpoint_was_written_with(tmp_path, 
         for key in straight:
             assert torch.equal(straight[key], weights[key]), (name, key)
     assert not decoded_cache.exists()  # nothing was decoded once: every run took pil
+    assert "from here on the views differ" not in capsys.readouterr().out
+
+
+def test_a_pipeline_named_on_resume_that_is_not_the_checkpoints_is_taken_with_one_line(tmp_path, decoded_cache, capsys):
+    assert pretrain(tiny(tmp_path / "run", data_pipeline="pil", stop_after_steps=2, checkpoint_every=2)) is None
+    capsys.readouterr()
+    resumed = pretrain(tiny(tmp_path / "run", resume="auto", data_pipeline="tensor"))
+    lines = [line for line in said(capsys.readouterr().out) if "from here on" in line]
+    assert lines == ["data pipeline: tensor, as --data-pipeline names it, though step_00000002 was written by a run on "
+                     "pil: from here on the views differ from an uninterrupted run's (--data-pipeline auto resumes on "
+                     "pil)"]  # fmt: skip
+    assert QScoreModel.from_pretrained(resumed).config.training["data_pipeline"] == "tensor"
+    assert decoded_cache.exists()  # the resumed steps drew their views from the decoded array
