@@ -22,9 +22,10 @@ Choices, on the validation split only (``studies/selection.py``):
 
 Resumable: each run keeps its own folder under ``--out``; a finished run (``result.json``) is not run again, an
 interrupted pre-training continues from its last checkpoint, so the long scale can run in the background across
-sittings. Each run records its data pipeline (``--data-pipeline``; the scale's by default: ``pil`` on the CPU scales,
-as their recorded runs, ``auto`` on the GPU), and one ``--out`` holds one pipeline's runs. The tables are printed last and written to ``--out/summary.json`` and ``--out/summary.md``, with the PR
-curves of Q-Score (chosen setting) and the baselines on one encoder beside them.
+sittings. Each run records the ``--data-pipeline`` it ran with (the scale's by default: ``pil`` on the CPU scales, as
+their recorded runs, ``auto`` on the GPU), and one ``--out`` holds one pipeline's runs. The tables are printed last
+and written to ``--out/summary.json`` and ``--out/summary.md``, with the PR curves of Q-Score (chosen setting) and the
+baselines on one encoder beside them.
 """
 
 from __future__ import annotations
