@@ -256,6 +256,7 @@ def render_speed() -> str:
     step = load(BENCH / "train_step_cpu.json")
     simclr = load(BENCH / "train_step_tensor_pipeline_cifar10_cpu.json")["loop"]
     byol = load(BENCH / "train_step_tensor_pipeline_byol_cifar10_cpu.json")["loop"]
+    simclr_r18 = load(BENCH / "train_step_tensor_pipeline_simclr_resnet18_cifar10_cpu.json")["loop"]
     byol_r18 = load(BENCH / "train_step_tensor_pipeline_byol_resnet18_cifar10_cpu.json")["loop"]
     scoring = load(BENCH / "train_step_memory_score_cifar10_cpu.json")["score"]
     rows = [["Q-Score vs a per-row NumPy loop, 50,000 x 2048", "`bench/qscore_speed.py`",
@@ -289,9 +290,10 @@ def render_speed() -> str:
               f"{byol['ratio_pil_vs_bare_forward_backward_with_target']:.3f} / "
               f"{byol['ratio_tensor_vs_bare_forward_backward_with_target']:.3f} "
               f"({byol['ratio_tensor_vs_method_step']:.3f})", ">= 0.8"],
-             ["BYOL on the pre-training default backbone (`resnet18_cifar`), batch 256: `tensor` against the bare "
-              "step plus the target's forward (against the bare step alone; against BYOL's own step)",
-              "`bench/train_step.py`",
+             ["the same on the pre-training default backbone (`resnet18_cifar`), batch 256, `tensor`: SimCLR vs the "
+              "bare step / BYOL vs the bare step plus its target's forward (BYOL vs the bare step alone; vs its own "
+              "step)", "`bench/train_step.py`",
+              f"{simclr_r18['ratio_tensor_vs_bare_forward_backward']:.3f} / "
               f"{byol_r18['ratio_tensor_vs_bare_forward_backward_with_target']:.3f} "
               f"({byol_r18['ratio_tensor_vs_bare_forward_backward']:.3f}; {byol_r18['ratio_tensor_vs_method_step']:.3f})",
               ">= 0.8"],
