@@ -24,6 +24,8 @@ from qscore_hf.pretraining import PretrainConfig, pretrain, training_step
 from qscore_hf.ssl import METHODS, TransformSettings, build_method
 from qscore_hf.backbones import create_backbone
 
+from local_ports import free_port
+
 pytestmark = pytest.mark.runs_long  # minutes of training: started first under pytest-xdist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +172,8 @@ def test_two_process_run_uses_global_statistics(tmp_path):
     # accelerate's torchrun launcher; on a machine without a GPU the script's processes form a gloo group.
     # (`--cpu` would pick the MPI launcher, which needs mpirun.)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]  # not torch's default: another test's group may hold it
     run = run_script(["--method", "simclr", "--output-dir", str(out), "--max-samples", "64", "--epochs", "1",
                       "--qscore-reg", "--qscore-warmup-samples", "1000", "--eval-split", "none",
                       "--checkpoint-every", "0", "--qscore-eps", "4", "--scoring-eps", "2", "--scoring-normalize",

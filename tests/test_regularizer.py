@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ import torch.multiprocessing as mp
 
 from qscore_hf.regularizer import L1_FORMS, QScoreRegularizer, QScoreRegularizerOutput
 from qscore_hf.score import ActivationStats
+
+from local_ports import free_port
 
 NORMALIZE = ("none", "zscore", "l1")
 
@@ -490,15 +491,9 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process(tmp_path):
     world = 2
-    mp.spawn(_dist_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_dist_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     # one process, 1 x 128

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from qscore_hf.io_utils import sweep_stale_temporaries
 from qscore_hf.linear_eval import run_linear_eval
 from qscore_hf.scoring import score_dataset
 
+from local_ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = next((path for path in (ROOT.parents[0] / "shared/data/cifar10", ROOT.parents[1] / "shared/data/cifar10")
                 if (path / "test-00000-of-00001.parquet").exists()), None)  # fmt: skip
@@ -47,12 +48,6 @@ SCORE_ARGS = ["--split", "test", "--max-samples", str(ROWS), "--batch-size", str
 PROBE_ARGS = ["--probe", "--probe-split", "train", "--probe-epochs", "3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(processes: int, args: list[str], cache: Path, program: tuple[str, ...] = ("-m", "qscore_hf.cli", "score"),
             **popen: object) -> subprocess.Popen:  # fmt: skip
     """``accelerate launch --num_processes N -m qscore_hf.cli score ...`` on the CPU, one thread a process."""
@@ -60,7 +55,7 @@ def _launch(processes: int, args: list[str], cache: Path, program: tuple[str, ..
            "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}  # fmt: skip
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), *program, *args]  # fmt: skip
+               "--main_process_port", str(free_port()), *program, *args]  # fmt: skip
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)  # fmt: skip
 
