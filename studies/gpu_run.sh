@@ -19,9 +19,9 @@ python3 bench/qscore_speed.py --device cuda --rows 50000 --dim 2048 --model-over
     2>&1 | tee -a "$OUT/log.txt"
 python3 bench/score_throughput.py --device cuda --backbone resnet18_cifar --image-size 32 --batch-size 512 \
     --out "$OUT/score_throughput.json" 2>&1 | tee -a "$OUT/log.txt"
-QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
-    --backbone resnet18_cifar --batch-size 256 --steps 20 --methods simclr,byol --loop-method simclr \
-    --num-workers 14 --rounds 1 --out "$OUT/train_step.json" 2>&1 | tee -a "$OUT/log.txt"  # one round: device time is short
-QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
-    --backbone resnet18_cifar --batch-size 256 --steps 20 --methods none --loop-method byol --pipelines tensor \
-    --num-workers 14 --rounds 1 --out "$OUT/train_step_byol.json" 2>&1 | tee -a "$OUT/log.txt"  # BYOL's loop, the default pipeline
+train_step() {  # bench/train_step.py on the packed CIFAR-10, one round (device time is short), plus the given flags
+    QSCORE_CIFAR10_DIR=studies/.gpu_data python3 bench/train_step.py --device cuda --dataset cifar10 --max-samples 20000 \
+        --backbone resnet18_cifar --batch-size 256 --steps 20 --num-workers 14 --rounds 1 "$@" 2>&1 | tee -a "$OUT/log.txt"
+}
+train_step --methods simclr,byol --loop-method simclr --out "$OUT/train_step.json"
+train_step --methods none --loop-method byol --pipelines tensor --out "$OUT/train_step_byol.json"  # the default pipeline
